@@ -134,9 +134,14 @@ class ConsumerRing:
         self._store_cons = store_consumer
 
     def available(self, wanted: int = 1) -> int:
-        """Entries ready, capped at ``wanted``; reloads the producer index when none is cached."""
+        """Entries ready, capped at ``wanted``.
+
+        Reloads the producer index when fewer than ``wanted`` are cached (xsk.h
+        reloads only at zero; a reload here is one load, and fuller batches
+        are what matter in Python).
+        """
         entries = (self.cached_prod - self.cached_cons) & U32_MASK
-        if entries == 0:
+        if entries < wanted:
             self.cached_prod = self._load_prod() & U32_MASK
             entries = (self.cached_prod - self.cached_cons) & U32_MASK
             if entries > self.size:
