@@ -1,0 +1,247 @@
+"""The ``mux-rpc`` command line.
+
+Every subcommand imports what it needs lazily, inside its function: ``mux-rpc
+--help`` never loads cffi, pyroute2 or the agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Callable, Sequence
+
+__all__ = ["build_parser", "main"]
+
+DESCRIPTION = """\
+mux-rpc: a message-multiplexing RPC runtime. TCP and message framing run in an
+offload agent (on a SmartNIC's CPU, or a separate process here); the host
+receives whole messages over AF_XDP (or shared memory) with credit-based flow
+control.
+
+subcommands:
+  agent   run the offload agent (TCP termination, framing, mux onto the link)
+  serve   run a host application (module:app) behind an agent
+  demo    end-to-end demo: veth pair, agent process, host echo service, TCP clients
+  bench   benchmarks of the offload path against plain asyncio TCP
+  stats   print the counters of running agents and hosts
+"""
+
+SERVE_EPILOG = """\
+APP is "package.module:attribute". The attribute may be
+  - an async callable taking one offloaded connection (a MessageConnection),
+    called once per accepted connection;
+  - an object with "async serve(listener)" (e.g. a mux_rpc Server), given the
+    offloaded listener;
+  - a zero-argument callable returning one of the above (a factory).
+
+Without --ifname, serve builds everything itself: a veth pair (random names,
+removed on exit), an agent process on one end, the host on the other.
+With --ifname, the host end already exists and an agent already runs on the
+peer end (e.g. on a SmartNIC): serve only attaches to it.
+"""
+
+STATS_EPILOG = """\
+Every agent and host process serves its counters as one JSON object on a UNIX
+socket named <role>-<pid>.sock in $MUX_RPC_STATS_DIR, else /run/mux-rpc (root),
+else /tmp/mux-rpc-<uid>. Connect and read until EOF; stats does exactly that.
+"""
+
+
+def _add_link_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queues", type=int, default=2, metavar="N",
+                   help="number of link queues (one AF_XDP socket per queue; default 2)")
+    p.add_argument("--backend", choices=("auto", "afxdp", "shm"), default="auto",
+                   help="link backend: AF_XDP on a veth pair when usable (root, cffi "
+                        "extension, BPF object), else shared memory (default auto)")
+    p.add_argument("--netns", action="store_true",
+                   help="move the host end of the veth pair into its own network namespace")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mux-rpc", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "agent", add_help=False,
+        help="run the offload agent (arguments go to python -m agent; see mux-rpc agent --help)",
+        description="Run the offload agent. Every argument is passed to the agent's own parser "
+                    "(python -m agent): --ifname IF --queues N --netns NS --backend "
+                    "afxdp|afpacket|shm ...")
+    p.add_argument("agent_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_agent)
+
+    p = sub.add_parser(
+        "serve", help="run a host application behind an offload agent",
+        description="Serve APP on offloaded TCP connections: the agent listens on "
+                    "127.0.0.1:PORT, frames each client's bytes into whole messages and "
+                    "hands them to APP over the link.",
+        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("app", metavar="APP", help='the application, "module:attribute"')
+    p.add_argument("--ifname", metavar="IF",
+                   help="attach to this existing host-end interface (an agent must run on "
+                        "its peer); default: create a veth pair and start an agent")
+    p.add_argument("--port", type=int, default=7000,
+                   help="TCP port the agent listens on for clients (default 7000; 0 = any)")
+    p.add_argument("--bind", default="127.0.0.1",
+                   help="address the agent listens on (default 127.0.0.1)")
+    p.add_argument("--framer", default="length:4",
+                   help='framer spec for the listener, e.g. "length:4", "msgpack-rpc", '
+                        '"nvme-tcp", "oncrpc" (default length:4)')
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="host worker processes, one per queue (default 1: one process "
+                        "serves every queue)")
+    _add_link_options(p)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "demo", help="end-to-end demo over a veth pair (what scripts/demo.sh runs)",
+        description="Bring up a veth pair, start the agent in its own process, run a host "
+                    "echo service on the other end and drive TCP clients through it; "
+                    "print what happened and the counters. Everything is removed on exit.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_link_options(p)
+    p.add_argument("--clients", type=int, default=100, help="concurrent TCP clients (100)")
+    p.add_argument("--messages", type=int, default=100,
+                   help="messages per client (100)")
+    p.add_argument("--size", type=int, default=64, help="message payload bytes (64)")
+    p.set_defaults(func=_cmd_module("mux_rpc.demo"))
+
+    p = sub.add_parser(
+        "bench", help="benchmarks: offload path vs plain asyncio TCP",
+        description="Measure messages/s and latency through the offload path (agent "
+                    "process + host over the link) next to a plain asyncio TCP server "
+                    "doing the same work.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_link_options(p)
+    p.add_argument("--connections", type=int, default=64, help="concurrent connections (64)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per run (5)")
+    p.add_argument("--size", type=int, default=64, help="message payload bytes (64)")
+    p.add_argument("--pipeline", type=int, default=1,
+                   help="requests in flight per connection (1)")
+    p.add_argument("--baseline", action="store_true",
+                   help="also run the plain asyncio TCP baseline")
+    p.add_argument("--json", dest="json_out", metavar="FILE", help="write results as JSON")
+    p.set_defaults(func=_cmd_module("mux_rpc.bench"))
+
+    p = sub.add_parser(
+        "stats", help="print counters of running agents and hosts",
+        description="Read the counters of every running agent and host process from their "
+                    "stats sockets and print them.",
+        epilog=STATS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--socket", metavar="PATH", action="append",
+                   help="read only this socket (repeatable)")
+    p.add_argument("--json", action="store_true", help="print raw JSON")
+    p.set_defaults(func=_cmd_stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # "agent" hands everything after it to the agent's own parser (--help included),
+    # which argparse.REMAINDER cannot do when the first of them is an option.
+    i = 0
+    while i < len(argv) and argv[i] in ("-v", "-vv", "--verbose"):
+        i += 1
+    if i < len(argv) and argv[i] == "agent":
+        args = parser.parse_args(argv[: i + 1])
+        args.agent_args = argv[i + 1:]
+    else:
+        args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    _setup_logging(args.verbose)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _setup_logging(verbose: int) -> None:
+    import logging
+
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+# -- subcommands ------------------------------------------------------------------
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    # The CLI is the agent's entry point here: nothing else imports agent.
+    try:
+        agent = importlib.import_module("agent")
+        entry = getattr(agent, "main", None)
+        if entry is None:
+            entry = importlib.import_module("agent.__main__").main
+    except (ImportError, AttributeError) as exc:
+        print(f"mux-rpc agent: the agent is not available: {exc}", file=sys.stderr)
+        if "-h" in args.agent_args or "--help" in args.agent_args:
+            print("usage: mux-rpc agent --ifname IF [--queues N] [--netns NS] "
+                  "[--backend afxdp|afpacket|shm] ...", file=sys.stderr)
+        return 2
+    rc = entry(list(args.agent_args))
+    return int(rc or 0)
+
+
+def _cmd_module(modname: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name != modname:
+                raise
+            print(f"mux-rpc {args.command}: {modname} is not available in this installation "
+                  f"(module {modname} missing)", file=sys.stderr)
+            return 2
+        rc = mod.run(args)
+        return int(rc or 0)
+
+    return run
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ._orchestrate import serve_main
+
+    return serve_main(args)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ._stats import read_stats, stats_dir
+
+    paths = [Path(p) for p in args.socket] if args.socket else sorted(stats_dir().glob("*.sock"))
+    if not paths:
+        print(f"no running agent or host (no stats socket in {stats_dir()})", file=sys.stderr)
+        return 1
+    rc = 0
+    for path in paths:
+        try:
+            snap = read_stats(path)
+        except (OSError, ValueError) as exc:
+            print(f"{path}: unreachable ({exc})", file=sys.stderr)
+            rc = 1
+            continue
+        if args.json:
+            print(json.dumps({"socket": str(path), **snap}))
+        else:
+            print(f"== {path.name}")
+            _print_flat(snap, "  ")
+    return rc
+
+
+def _print_flat(obj: object, indent: str, prefix: str = "") -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _print_flat(v, indent, f"{prefix}{k}." if isinstance(v, dict) else f"{prefix}{k}")
+    else:
+        print(f"{indent}{prefix:<40} {obj}")
