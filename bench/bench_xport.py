@@ -1,0 +1,566 @@
+#!/usr/bin/env python3
+"""Transport benchmark: frames and packed messages between two processes.
+
+Theory of operation
+-------------------
+For every cell (backend x workload) the benchmark starts two processes: a
+*receiver* on the host end of a veth pair (optionally inside its own network
+namespace, ``--netns``) and, once the receiver reports ready, a *sender* on
+the agent end. The sender pushes as fast as its backend takes frames for
+``--seconds``; the receiver counts what arrives and stops ``--idle-ms`` after
+the last frame. Throughput is measured **at the receiver**: frames (or
+messages) divided by the time from its first to its last frame. Each cell runs
+``--repeat`` times, repetitions interleaved across cells (so a noisy
+neighbour hits every cell alike), and the table quotes medians.
+
+Backends: ``c`` (bench/c/xsk_floor, the floor: libxdp's xsk.h and nothing
+else), ``afxdp`` (:class:`xport._afxdp.AfXdpBackend`), ``afpacket``
+(:class:`xport._afpacket.AfPacketBackend`, the kernel-socket baseline) and
+``shm`` (:class:`xport._shm.ShmBackend`, no veth at all). Workloads: raw
+64-byte and 1500-byte frames through ``send_batch``/``recv_batch`` (no
+link-level credits: received may be below sent, and the loss is reported), and
+small messages (``--msg-size`` bytes each) packed many to a frame by
+:class:`xport._link.Link`, lossless by its credits.
+
+Ratios printed: Python AF_XDP frames/s / C floor frames/s for 64-byte frames
+(target >= 0.5 on the reference machine) and AF_XDP / AF_PACKET per workload
+(target > 1). Speed targets live here, never in unit tests.
+
+Run ``bench/bench_xport.py --help``. Each peer is this same file run as
+``bench_xport.py worker ...`` (see ``bench_xport.py worker --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+if ROOT not in sys.path:
+    sys.path.insert(1, ROOT)
+
+from _procs import Peer, PeerError  # noqa: E402
+
+C_FLOOR = os.path.join(HERE, "c", "xsk_floor")
+BPF_OBJ = os.path.join(ROOT, "bpf", "mux_xdp.o")
+ETHERTYPE = 0x88B5
+ALL_BACKENDS = ("c", "afxdp", "afpacket", "shm")
+#: workload name -> (kind, frame size); "msg" frames are as large as the link makes them
+WORKLOADS: dict[str, tuple[str, int]] = {
+    "64": ("frames", 64),
+    "1500": ("frames", 1500),
+    "msg": ("messages", 1500),
+}
+LABELS = {"64": "64 B frames", "1500": "1500 B frames", "msg": "small messages"}
+
+
+def log(msg: str) -> None:
+    print(f"[bench_xport] {msg}", file=sys.stderr, flush=True)
+
+
+# ============================================================================
+# Worker side: one peer, one backend, one workload.
+# ============================================================================
+
+_stop = False
+
+
+def _on_stop(signum: int, frame: object) -> None:
+    global _stop
+    _stop = True
+
+
+def _frame_template(size: int) -> bytes:
+    hdr = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + ETHERTYPE.to_bytes(2, "big")
+    return hdr + bytes(size - len(hdr))
+
+
+def open_backend(name: str, role: str, a: argparse.Namespace) -> Any:
+    """The backend for this peer. The receiver side loads/attaches XDP where needed."""
+    if name == "shm":
+        from xport._shm import ShmBackend
+
+        if role == "recv":
+            return ShmBackend.create(a.shm_name, slots=2048, frame_size=2048)
+        return ShmBackend.attach(a.shm_name)
+    if name == "afxdp":
+        from xport._afxdp import AfXdpBackend
+
+        if role == "recv":
+            return AfXdpBackend(a.ifname, queue=a.queue, bpf_object=a.bpf_obj)
+        return AfXdpBackend(a.ifname, queue=a.queue, bpf_object=None)
+    if name == "afpacket":
+        from xport._afpacket import AfPacketBackend
+
+        return AfPacketBackend(a.ifname)
+    raise SystemExit(f"unknown backend {name!r}")
+
+
+def _run_frames_send(be: Any, a: argparse.Namespace) -> dict[str, Any]:
+    frame = _frame_template(a.frame_size)
+    batch = [frame] * a.batch
+    full = a.batch
+    sent = rounds = 0
+    send = be.send_batch
+    now = time.monotonic
+    t0 = now()
+    deadline = t0 + a.seconds
+    while not _stop:
+        n = send(batch)
+        sent += n
+        if n < full:
+            be.flush()
+        rounds += 1
+        if not rounds & 15 and now() >= deadline:
+            break
+    t_end = now()
+    drain_until = t_end + 1.0
+    while be.tx_pending() and now() < drain_until:
+        be.flush()
+    secs = t_end - t0
+    return {"role": "send", "frames": sent, "bytes": sent * a.frame_size, "seconds": secs,
+            "frames_per_s": sent / secs if secs else 0.0}
+
+
+def _run_frames_recv(be: Any, a: argparse.Namespace) -> dict[str, Any]:
+    frames = nbytes = 0
+    t_first = t_last = 0.0
+    now = time.monotonic
+    recv = be.recv_batch
+    idle = a.idle_ms / 1000.0
+    t_start = now()
+    batch = a.batch
+    _ready()
+    while not _stop:
+        got = recv(batch)
+        if not got:
+            t = now()
+            if frames and (t - t_last > idle or t - t_first > a.seconds + 1.0):
+                break
+            if not frames and t - t_start > a.seconds + 30.0:
+                break
+            be.wait_readable(0.01)
+            continue
+        for f in got:
+            nbytes += len(f)
+        t_last = now()
+        if not frames:
+            t_first = t_last
+        frames += len(got)
+    secs = t_last - t_first
+    return {"role": "recv", "frames": frames, "bytes": nbytes, "seconds": secs,
+            "frames_per_s": frames / secs if secs > 0 else 0.0,
+            "mb_per_s": nbytes / secs / 1e6 if secs > 0 else 0.0}
+
+
+def _ready() -> None:
+    print(json.dumps({"event": "ready"}), flush=True)
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="bench_xport.py worker",
+        description="One benchmark peer (started by bench_xport.py; runnable by hand). "
+                    "Prints {\"event\":\"ready\"} (receiver) then one JSON result line.")
+    p.add_argument("--role", choices=("send", "recv"), required=True,
+                   help="send on this end, or receive and count")
+    p.add_argument("--backend", choices=("afxdp", "afpacket", "shm"), required=True,
+                   help="frame backend to use")
+    p.add_argument("--workload", choices=("frames", "messages"), default="frames",
+                   help="raw frames through the backend, or small messages through xport._link")
+    p.add_argument("--ifname", default="", help="interface (veth end); unused for shm")
+    p.add_argument("--queue", type=int, default=0, help="queue id (default 0)")
+    p.add_argument("--shm-name", default="", help="shared-memory link name (shm backend)")
+    p.add_argument("--bpf-obj", default=BPF_OBJ, help="XDP object the afxdp receiver attaches")
+    p.add_argument("--frame-size", type=int, default=64, help="frame length in bytes (frames)")
+    p.add_argument("--msg-size", type=int, default=16, help="message payload bytes (messages)")
+    p.add_argument("--batch", type=int, default=64, help="frames per send_batch/recv_batch call")
+    p.add_argument("--seconds", type=float, default=2.0, help="how long the sender sends")
+    p.add_argument("--idle-ms", type=int, default=500,
+                   help="receiver stops this long after the last frame")
+    a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_stop)
+    signal.signal(signal.SIGINT, _on_stop)
+    be = open_backend(a.backend, a.role, a)
+    try:
+        if a.workload == "frames":
+            res = (_run_frames_send if a.role == "send" else _run_frames_recv)(be, a)
+        else:
+            res = (_run_msgs_send if a.role == "send" else _run_msgs_recv)(be, a)
+        stats = be.statistics()
+        res["backend_stats"] = stats.as_dict()
+        res["mode"] = be.mode
+    finally:
+        be.close()
+    print(json.dumps(res), flush=True)
+    return 0
+
+
+# ============================================================================
+# Driver side: cells, repetitions, table, JSON, plot.
+# ============================================================================
+
+@dataclass
+class Cell:
+    backend: str
+    workload: str
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    def median(self, key: str) -> float:
+        vals = [float(r[key]) for r in self.runs if key in r]
+        return statistics.median(vals) if vals else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        kind, fsize = WORKLOADS[self.workload]
+        out: dict[str, Any] = {
+            "backend": self.backend, "workload": self.workload, "kind": kind,
+            "repeats": len(self.runs), "error": self.error,
+            "frames": int(self.median("frames")),
+            "frames_sent": int(self.median("sent_frames")),
+            "frames_per_s": self.median("frames_per_s"),
+            "mb_per_s": self.median("mb_per_s"),
+            "loss": self.median("loss"),
+            "frames_per_s_runs": [round(float(r.get("frames_per_s", 0.0)), 1)
+                                  for r in self.runs],
+        }
+        if kind == "frames":
+            out["frame_size"] = fsize
+        else:
+            out["messages"] = int(self.median("messages"))
+            out["messages_per_s"] = self.median("messages_per_s")
+            out["messages_per_frame"] = self.median("messages_per_frame")
+        return out
+
+
+class Bench:
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.pair: Any = None
+        self.py = sys.executable
+        self.me = os.path.abspath(__file__)
+
+    # -- availability -----------------------------------------------------------
+    def unavailable(self, backend: str) -> str | None:
+        needs_root = backend in ("c", "afxdp", "afpacket")
+        if needs_root and os.geteuid() != 0:
+            return "needs root"
+        if backend == "c":
+            build = os.path.join(HERE, "c", "build.sh")
+            r = subprocess.run(["bash", build], capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:
+                return f"bench/c/build.sh failed: {r.stderr.strip()[-300:]}"
+            if not os.path.exists(BPF_OBJ):
+                return "bpf/mux_xdp.o not built (scripts/setup.sh)"
+            return None
+        mod = {"afxdp": "xport._afxdp", "afpacket": "xport._afpacket", "shm": "xport._shm"}
+        try:
+            __import__(mod[backend])
+        except ImportError as exc:
+            return f"{mod[backend]} not importable ({exc})"
+        if backend == "afxdp" and not os.path.exists(BPF_OBJ):
+            return "bpf/mux_xdp.o not built (scripts/setup.sh)"
+        return None
+
+    # -- one run of one cell -------------------------------------------------------
+    def run_cell(self, cell: Cell, rep: int) -> dict[str, Any]:
+        a = self.a
+        kind, fsize = WORKLOADS[cell.workload]
+        host = self.pair.host if self.pair else None
+        agent = self.pair.agent if self.pair else None
+        netns = host.netns if host else None
+        common = ["--seconds", str(a.seconds), "--batch", str(a.batch)]
+        if cell.backend == "c":
+            recv_argv = [C_FLOOR, "recv", "--ifname", host.ifname, "--bpf-obj", BPF_OBJ,
+                         "--idle-ms", str(a.idle_ms), *common]
+            send_argv = [C_FLOOR, "send", "--ifname", agent.ifname, "--frame-size",
+                         str(fsize), *common]
+        else:
+            base = [self.py, self.me, "worker", "--backend", cell.backend, "--workload", kind,
+                    "--frame-size", str(fsize), "--msg-size", str(a.msg_size),
+                    "--idle-ms", str(a.idle_ms), *common]
+            if cell.backend == "shm":
+                shm = f"bench{os.getpid()}x{rep}"
+                recv_argv = [*base, "--role", "recv", "--shm-name", shm]
+                send_argv = [*base, "--role", "send", "--shm-name", shm]
+                netns = None
+            else:
+                recv_argv = [*base, "--role", "recv", "--ifname", host.ifname]
+                send_argv = [*base, "--role", "send", "--ifname", agent.ifname]
+        timeout = a.seconds + 30.0
+        with Peer(recv_argv, name=f"{cell.backend}/{cell.workload} recv", netns=netns) as rx:
+            rx.wait_ready(timeout=30.0)
+            with Peer(send_argv, name=f"{cell.backend}/{cell.workload} send") as tx:
+                sres = tx.result(timeout=timeout)
+            rres = rx.result(timeout=timeout)
+        sent = int(sres.get("frames", 0))
+        got = int(rres.get("frames", 0))
+        run = dict(rres)
+        run["sent_frames"] = sent
+        run["loss"] = (sent - got) / sent if sent and kind == "frames" else 0.0
+        run["sender"] = sres
+        return run
+
+    # -- the whole matrix ---------------------------------------------------------
+    def run(self) -> list[Cell]:
+        a = self.a
+        backends = [b for b in a.backends]
+        cells: list[Cell] = []
+        skipped: dict[str, str] = {}
+        for b in backends:
+            why = self.unavailable(b)
+            if why:
+                skipped[b] = why
+                log(f"backend {b}: unavailable: {why}")
+        for b in backends:
+            for w in a.workloads:
+                if b == "c" and WORKLOADS[w][0] == "messages":
+                    continue  # the C floor moves frames only
+                c = Cell(b, w)
+                c.error = skipped.get(b)
+                cells.append(c)
+        needs_veth = any(c.error is None and c.backend != "shm" for c in cells)
+        from xport._topology import VethPair, install_cleanup_handlers
+
+        install_cleanup_handlers()
+        self.pair = VethPair(queues=1, host_netns=bool(a.netns)) if needs_veth else None
+        try:
+            if self.pair:
+                self.pair.create()
+                log(f"veth {self.pair.agent.ifname} <-> {self.pair.host.ifname}"
+                    + (f" (host end in netns {self.pair.netns})" if self.pair.netns else ""))
+            for rep in range(a.repeat):
+                for c in cells:
+                    if c.error:
+                        continue
+                    t = time.monotonic()
+                    try:
+                        r = self.run_cell(c, rep)
+                    except PeerError as exc:
+                        c.error = str(exc).splitlines()[0]
+                        log(f"{c.backend}/{c.workload}: FAILED: {exc}")
+                        continue
+                    c.runs.append(r)
+                    extra = (f", {r.get('messages_per_s', 0) / 1e6:.2f} M msg/s"
+                             if "messages_per_s" in r else "")
+                    log(f"rep {rep + 1}/{a.repeat} {c.backend:8s} {LABELS[c.workload]:15s} "
+                        f"{r.get('frames_per_s', 0) / 1e3:8.1f} k frames/s{extra}  "
+                        f"recv {r.get('frames', 0)}/{r['sent_frames']} sent "
+                        f"({time.monotonic() - t:.1f}s)")
+        finally:
+            if self.pair:
+                self.pair.close()
+        return cells
+
+
+# -- reporting ---------------------------------------------------------------------
+
+def ratios(cells: list[Cell]) -> dict[str, float | None]:
+    by = {(c.backend, c.workload): c for c in cells if c.runs}
+
+    def rate(b: str, w: str) -> float | None:
+        c = by.get((b, w))
+        if c is None:
+            return None
+        key = "messages_per_s" if WORKLOADS[w][0] == "messages" else "frames_per_s"
+        v = c.median(key)
+        return v or None
+
+    def div(x: float | None, y: float | None) -> float | None:
+        return round(x / y, 3) if x and y else None
+
+    out: dict[str, float | None] = {
+        "python_afxdp_over_c_64": div(rate("afxdp", "64"), rate("c", "64")),
+        "python_afxdp_over_c_1500": div(rate("afxdp", "1500"), rate("c", "1500")),
+    }
+    for w in WORKLOADS:
+        out[f"afxdp_over_afpacket_{w}"] = div(rate("afxdp", w), rate("afpacket", w))
+    return out
+
+
+def table(cells: list[Cell], rat: dict[str, float | None]) -> str:
+    lines = [f"{'backend':9s} {'workload':15s} {'frames/s':>12s} {'msgs/s':>12s} "
+             f"{'MB/s':>9s} {'recv/sent':>9s} {'runs (k frames/s)':s}"]
+    for c in cells:
+        if not c.runs:
+            lines.append(f"{c.backend:9s} {LABELS[c.workload]:15s} "
+                         f"  -- {c.error or 'no result'}")
+            continue
+        s = c.summary()
+        msgs = f"{s['messages_per_s']:12,.0f}" if "messages_per_s" in s else f"{'':>12s}"
+        rs = " ".join(f"{v / 1e3:.0f}" for v in s["frames_per_s_runs"])
+        recv_sent = (f"{1 - s['loss']:9.4f}" if s["kind"] == "frames" else f"{'lossless':>9s}")
+        lines.append(f"{c.backend:9s} {LABELS[c.workload]:15s} {s['frames_per_s']:12,.0f} "
+                     f"{msgs} {s['mb_per_s']:9.1f} {recv_sent} {rs}")
+    lines.append("")
+    r64 = rat.get("python_afxdp_over_c_64")
+    lines.append(f"Python AF_XDP / C floor, 64 B frames/s : "
+                 f"{'n/a' if r64 is None else f'{r64:.3f}'}  (target >= 0.5: "
+                 f"{'n/a' if r64 is None else ('met' if r64 >= 0.5 else 'MISSED')})")
+    for w in WORKLOADS:
+        v = rat.get(f"afxdp_over_afpacket_{w}")
+        lines.append(f"AF_XDP / AF_PACKET, {LABELS[w]:15s}: "
+                     f"{'n/a' if v is None else f'{v:.3f}'}  (target > 1: "
+                     f"{'n/a' if v is None else ('met' if v > 1 else 'MISSED')})")
+    return "\n".join(lines)
+
+
+def plot(cells: list[Cell], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {(c.backend, c.workload): c for c in cells if c.runs}
+    ws = [w for w in WORKLOADS if ("afxdp", w) in by or ("afpacket", w) in by]
+    if not ws:
+        log("plot: no AF_XDP/AF_PACKET results, nothing to plot")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.27
+    series = [("afxdp", "AF_XDP (Python)"), ("afpacket", "AF_PACKET (Python)"),
+              ("c", "AF_XDP C floor")]
+    for i, (b, label) in enumerate(series):
+        vals = []
+        for w in ws:
+            c = by.get((b, w))
+            key = "messages_per_s" if WORKLOADS[w][0] == "messages" else "frames_per_s"
+            vals.append(c.median(key) / 1e6 if c else 0.0)
+        if not any(vals):
+            continue
+        xs = [j + (i - 1) * width for j in range(len(ws))]
+        bars = ax.bar(xs, vals, width, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(range(len(ws)))
+    ax.set_xticklabels([LABELS[w] + (" (msgs)" if w == "msg" else " (frames)") for w in ws])
+    ax.set_ylabel("millions per second (median, at receiver)")
+    ax.set_title("mux-rpc transport: AF_XDP vs AF_PACKET, two processes over veth")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    log(f"plot saved to {path}")
+
+
+def machine_notes() -> dict[str, Any]:
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "kernel": platform.release(),
+            "python": platform.python_version(), "cpus": os.cpu_count(),
+            "cpu": _cpu_model()}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench_xport.py",
+        description="Transport benchmark between two processes over a veth pair: Python "
+                    "AF_XDP, AF_PACKET and shared-memory backends against a C AF_XDP floor "
+                    "(bench/c/xsk_floor). Throughput is measured at the receiver; the table "
+                    "shows medians of --repeat runs. Progress goes to stderr.",
+        epilog="Each peer runs as 'bench_xport.py worker ...' (see 'worker --help'). "
+               "Needs root for veth/AF_XDP/AF_PACKET; shm runs anywhere.")
+    p.add_argument("--backends", default=",".join(ALL_BACKENDS),
+                   help="comma-separated backends to run, from c, afxdp, afpacket, shm "
+                        "(default: all; unavailable ones are reported, not run)")
+    p.add_argument("--workloads", default=",".join(WORKLOADS),
+                   help="comma-separated workloads: 64 and 1500 (raw frames of that many "
+                        "bytes), msg (small messages packed into frames by xport._link) "
+                        "(default: all)")
+    p.add_argument("--seconds", type=float, default=2.0,
+                   help="how long the sender sends in each run (default 2.0)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="runs per cell; the table quotes medians (default 3)")
+    p.add_argument("--quick", action="store_true",
+                   help="short smoke run (~20 s): --seconds 0.5 --repeat 1 --idle-ms 200")
+    p.add_argument("--batch", type=int, default=64,
+                   help="frames per send/receive call, Python and C alike (default 64)")
+    p.add_argument("--msg-size", type=int, default=16,
+                   help="payload bytes per message in the msg workload (default 16)")
+    p.add_argument("--idle-ms", type=int, default=300,
+                   help="a receiver stops this long after its last frame (default 300)")
+    p.add_argument("--netns", action="store_true",
+                   help="put the host (receiver) end of the veth pair in its own netns")
+    p.add_argument("--json", action="store_true",
+                   help="print a machine-readable JSON summary on stdout instead of the table")
+    p.add_argument("--plot", default=os.path.join(HERE, "out", "xport.png"), metavar="PNG",
+                   help="save a bar plot of AF_XDP vs AF_PACKET (and the C floor) here "
+                        "(default bench/out/xport.png)")
+    p.add_argument("--no-plot", action="store_true", help="do not write the plot")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.seconds, a.repeat, a.idle_ms = 0.5, 1, 200
+    a.backends = [b.strip() for b in a.backends.split(",") if b.strip()]
+    a.workloads = [w.strip() for w in a.workloads.split(",") if w.strip()]
+    for b in a.backends:
+        if b not in ALL_BACKENDS:
+            p.error(f"unknown backend {b!r} (choose from {', '.join(ALL_BACKENDS)})")
+    for w in a.workloads:
+        if w not in WORKLOADS:
+            p.error(f"unknown workload {w!r} (choose from {', '.join(WORKLOADS)})")
+    if a.repeat < 1 or a.seconds <= 0:
+        p.error("--repeat must be >= 1 and --seconds > 0")
+    return a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "worker":
+        return worker_main(argv[1:])
+    a = parse_args(argv)
+    t0 = time.monotonic()
+    cells = Bench(a).run()
+    rat = ratios(cells)
+    if not a.no_plot:
+        try:
+            plot(cells, a.plot)
+        except Exception as exc:  # a missing matplotlib must not lose the numbers
+            log(f"plot failed: {exc}")
+    summary = {
+        "machine": machine_notes(),
+        "config": {"seconds": a.seconds, "repeat": a.repeat, "batch": a.batch,
+                   "msg_size": a.msg_size, "netns": a.netns, "quick": a.quick},
+        "cells": [c.summary() for c in cells],
+        "ratios": rat,
+        "targets": {
+            "python_afxdp_over_c_64_ge_0.5": (rat["python_afxdp_over_c_64"] or 0) >= 0.5,
+            "afxdp_beats_afpacket": all((rat.get(f"afxdp_over_afpacket_{w}") or 0) > 1
+                                        for w in a.workloads),
+        },
+        "elapsed_s": round(time.monotonic() - t0, 1),
+    }
+    if a.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(table(cells, rat))
+        print(f"\n{summary['machine']['date']}, {summary['machine']['cpu']}, "
+              f"{summary['machine']['cpus']} CPUs, Linux {summary['machine']['kernel']}, "
+              f"Python {summary['machine']['python']}; {a.seconds}s x {a.repeat} runs per "
+              f"cell, medians; elapsed {summary['elapsed_s']}s")
+    return 0 if all(c.runs for c in cells) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
