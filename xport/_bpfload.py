@@ -1,0 +1,238 @@
+"""Load ``bpf/mux_xdp.o`` with libbpf and attach it to interfaces.
+
+Theory of operation
+-------------------
+:class:`XdpProgram` opens and loads the BPF object once (its ``xsks_map``
+XSKMAP and per-CPU ``mux_counters`` array come with it) and attaches the
+program to one or more interfaces with ``bpf_xdp_attach`` and explicit mode
+flags: ``"native"`` (``XDP_FLAGS_DRV_MODE``), ``"generic"``
+(``XDP_FLAGS_SKB_MODE``), or ``"auto"``, which tries native then generic and
+records what it got. ``XDP_FLAGS_UPDATE_IF_NOEXIST`` keeps it from replacing
+somebody else's program.
+
+Detaching is the subtle part: an attachment is undone only by "fd -1 with the
+*same* mode flag" (``bpf_xdp_detach(ifindex, mode_flag)``); a detach without
+the flag silently leaves a generic-mode program in place. Before detaching we
+check (``bpf_xdp_query_id``) that the program there is still ours.
+
+netlink attachments outlive the fds that made them, so detaching must not be
+left to the garbage collector alone: :meth:`XdpProgram.close` detaches and is
+idempotent; it runs on ``with`` exit, on failure inside :meth:`attach`, and
+from a ``weakref.finalize`` backstop (which also runs at interpreter exit).
+
+Namespaces: ifindex lookup and netlink both act in the namespace of the
+calling thread, so a process that has entered a netns (``pyroute2.netns.setns``)
+attaches to the interfaces it sees there.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import socket
+import weakref
+from dataclasses import dataclass
+from typing import Literal
+
+from xport._xsk import check, check_ptr, ffi, lib, libbpf_log, oserror
+
+__all__ = ["XdpProgram", "XdpAttachment", "DEFAULT_OBJECT", "attached_prog_id", "AttachMode"]
+
+log = logging.getLogger("xport.bpf")
+
+DEFAULT_OBJECT = pathlib.Path(__file__).resolve().parent.parent / "bpf" / "mux_xdp.o"
+PROG_NAME = b"mux_xdp_steer"
+XSKS_MAP_NAME = b"xsks_map"
+COUNTERS_MAP_NAME = b"mux_counters"
+COUNTER_NAMES = ("redirected", "passed", "too_short")
+
+AttachMode = Literal["native", "generic"]
+_MODE_FLAGS: dict[str, int] = {
+    "native": lib.XDP_FLAGS_DRV_MODE,
+    "generic": lib.XDP_FLAGS_SKB_MODE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class XdpAttachment:
+    """One interface the program is attached to, and how."""
+
+    ifindex: int
+    ifname: str
+    mode: AttachMode
+
+
+def _ifindex(ifname_or_index: str | int) -> tuple[int, str]:
+    if isinstance(ifname_or_index, int):
+        return ifname_or_index, socket.if_indextoname(ifname_or_index)
+    try:
+        return socket.if_nametoindex(ifname_or_index), ifname_or_index
+    except OSError as exc:
+        raise OSError(exc.errno, f"no interface {ifname_or_index!r} in this namespace") from exc
+
+
+def attached_prog_id(ifindex: int, mode: AttachMode | None = None) -> int:
+    """The id of the XDP program attached to ``ifindex`` in ``mode`` (0 = none).
+
+    ``mode=None`` asks for whichever program is attached in any mode.
+    """
+    pid = ffi.new("uint32_t *")
+    flags = _MODE_FLAGS[mode] if mode else 0
+    check(lib.bpf_xdp_query_id(ifindex, flags, pid), f"bpf_xdp_query_id({ifindex})")
+    return int(pid[0])
+
+
+def _prog_id(prog_fd: int) -> int:
+    # bpf_prog_info.id is the first u32 after type; read it via fdinfo (no struct decl needed)
+    with open(f"/proc/self/fdinfo/{prog_fd}") as f:
+        for line in f:
+            if line.startswith("prog_id:"):
+                return int(line.split()[1])
+    raise OSError(f"cannot read prog_id of fd {prog_fd}")
+
+
+def _cleanup(obj: object, attachments: list[XdpAttachment], prog_id: int) -> None:
+    """Detach everything and close the object. Never raises (runs in finalizers)."""
+    while attachments:
+        att = attachments.pop()
+        try:
+            _detach(att, prog_id)
+        except OSError as exc:
+            log.warning("detaching XDP from %s (ifindex %d): %s", att.ifname, att.ifindex, exc)
+    if obj is not None and obj != ffi.NULL:
+        lib.bpf_object__close(obj)
+
+
+def _detach(att: XdpAttachment, prog_id: int) -> None:
+    try:
+        current = attached_prog_id(att.ifindex, att.mode)
+    except OSError as exc:
+        if exc.errno in (19, 6):  # ENODEV, ENXIO: the interface is gone, and the program with it
+            return
+        raise
+    if current == 0:
+        return
+    if current != prog_id:
+        log.warning("XDP program on %s is no longer ours (id %d, ours %d); leaving it",
+                    att.ifname, current, prog_id)
+        return
+    # fd -1 with the same mode flag: without the flag a generic program stays.
+    check(lib.bpf_xdp_detach(att.ifindex, _MODE_FLAGS[att.mode], ffi.NULL),
+          f"bpf_xdp_detach({att.ifname}, {att.mode})", with_log=True)
+    log.info("XDP program detached from %s (%s)", att.ifname, att.mode)
+
+
+class XdpProgram:
+    """The loaded mux XDP program; attach it to interfaces, read its counters.
+
+    Use as a context manager; :meth:`close` detaches from every interface.
+    """
+
+    def __init__(self, path: str | pathlib.Path = DEFAULT_OBJECT) -> None:
+        self.path = pathlib.Path(path)
+        self._attachments: list[XdpAttachment] = []
+        self._obj = ffi.NULL
+        self._closed = False
+        if not self.path.exists():
+            raise FileNotFoundError(f"BPF object {self.path} not built; run scripts/setup.sh")
+        libbpf_log()  # drop stale messages
+        obj = check_ptr(lib.bpf_object__open_file(str(self.path).encode(), ffi.NULL),
+                        f"bpf_object__open_file({self.path})", with_log=True)
+        self._obj = obj
+        self._finalizer = weakref.finalize(self, _cleanup, obj, self._attachments, 0)
+        try:
+            check(lib.bpf_object__load(obj), "bpf_object__load", with_log=True)
+            prog = check_ptr(lib.bpf_object__find_program_by_name(obj, PROG_NAME),
+                             "find program mux_xdp_steer")
+            self.prog_fd = check(lib.bpf_program__fd(prog), "bpf_program__fd")
+            self.xskmap_fd = check(lib.bpf_object__find_map_fd_by_name(obj, XSKS_MAP_NAME),
+                                   "find map xsks_map")
+            self.counters_fd = check(
+                lib.bpf_object__find_map_fd_by_name(obj, COUNTERS_MAP_NAME),
+                "find map mux_counters")
+            self.prog_id = _prog_id(self.prog_fd)
+        except BaseException:
+            self.close()
+            raise
+        # re-arm the finalizer with the real program id
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _cleanup, obj, self._attachments, self.prog_id)
+
+    # -- attach/detach -------------------------------------------------------
+    def attach(self, ifname: str | int, mode: Literal["auto", "native", "generic"] = "auto"
+               ) -> AttachMode:
+        """Attach to ``ifname`` (or ifindex); returns the mode used."""
+        if self._closed:
+            raise ValueError("XdpProgram is closed")
+        ifindex, name = _ifindex(ifname)
+        if mode == "auto":
+            tries: list[AttachMode] = ["native", "generic"]
+        elif mode in _MODE_FLAGS:
+            tries = [mode]
+        else:
+            raise ValueError(f"mode must be 'auto', 'native' or 'generic', got {mode!r}")
+        errors: list[str] = []
+        for m in tries:
+            libbpf_log()
+            flags = _MODE_FLAGS[m] | lib.XDP_FLAGS_UPDATE_IF_NOEXIST
+            rc = lib.bpf_xdp_attach(ifindex, self.prog_fd, flags, ffi.NULL)
+            if rc == 0:
+                self._attachments.append(XdpAttachment(ifindex, name, m))
+                log.info("XDP program attached to %s (ifindex %d, %s)", name, ifindex, m)
+                return m
+            errors.append(f"{m}: {oserror(-rc, 'attach')}")
+            if -rc == 16 and attached_prog_id(ifindex) != 0:  # EBUSY: someone else's program
+                raise oserror(16, f"bpf_xdp_attach({name})",
+                              "another XDP program is attached; not replacing it")
+        raise OSError(-rc, f"cannot attach XDP program to {name}: " + "; ".join(errors))
+
+    def detach(self, ifname: str | int) -> None:
+        """Detach from one interface (no-op when not attached there)."""
+        ifindex, _ = _ifindex(ifname) if isinstance(ifname, str) else (ifname, "")
+        for att in [a for a in self._attachments if a.ifindex == ifindex]:
+            self._attachments.remove(att)
+            _detach(att, self.prog_id)
+
+    def mode_on(self, ifname: str | int) -> AttachMode | None:
+        """The mode this program is attached with on ``ifname``, or None."""
+        ifindex = ifname if isinstance(ifname, int) else _ifindex(ifname)[0]
+        for att in self._attachments:
+            if att.ifindex == ifindex:
+                return att.mode
+        return None
+
+    @property
+    def attachments(self) -> tuple[XdpAttachment, ...]:
+        return tuple(self._attachments)
+
+    # -- counters ------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """The program's counters summed over CPUs: redirected, passed, too_short."""
+        if self._closed:
+            raise ValueError("XdpProgram is closed")
+        out = ffi.new("uint64_t[]", len(COUNTER_NAMES))
+        check(lib.mux_bpf_read_counters(self.counters_fd, out, len(COUNTER_NAMES)),
+              "read mux_counters")
+        return {name: int(out[i]) for i, name in enumerate(COUNTER_NAMES)}
+
+    # -- lifetime ------------------------------------------------------------
+    def close(self) -> None:
+        """Detach from every interface and close the object. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer()  # runs _cleanup once
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "XdpProgram":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        atts = ", ".join(f"{a.ifname}:{a.mode}" for a in self._attachments)
+        return f"XdpProgram(id={getattr(self, 'prog_id', 0)}, attached=[{atts}])"
