@@ -33,10 +33,8 @@ field (bit 0 HDGST_ENABLE, bit 1 DDGST_ENABLE).
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import ClassVar
-
-from crc32c import crc32c
 
 from ._base import Framer, parse_spec_value
 from ._errors import (
@@ -100,6 +98,15 @@ _U32 = struct.Struct("<I")
 _DGST_OFFSET = 11  # ICReq/ICResp byte 11: DGST
 
 
+def _load_crc32c() -> Callable[[bytes], int]:
+    """The hardware-accelerated CRC32C of the ``crc32c`` package, imported on
+    first use: its ``__init__`` imports ``importlib.metadata``, which pulls in
+    ``socket``, and ``import framing`` must stay free of socket modules."""
+    from crc32c import crc32c
+
+    return crc32c  # type: ignore[no-any-return]
+
+
 class NvmeTcpFramer(Framer[NvmePdu]):
     """NVMe/TCP PDUs in, header/data-split :class:`~framing.NvmePdu` out.
 
@@ -119,6 +126,7 @@ class NvmeTcpFramer(Framer[NvmePdu]):
         """Update the digest settings from ICReq/ICResp PDUs seen."""
         self._cache: dict[int, tuple[int, int, int, int, int, int, int, int, int]] = {}
         self._need = 8
+        self._crc = _load_crc32c()
 
     @property
     def hdgst(self) -> bool:
@@ -189,6 +197,7 @@ class NvmeTcpFramer(Framer[NvmePdu]):
         unpack = _CH4.unpack_from
         cache = self._cache
         out = self._out.append
+        crc32c = self._crc
         while n - pos >= 8:
             key, plen = unpack(data, pos)
             ent = cache.get(key)
@@ -243,6 +252,7 @@ class NvmeTcpFramer(Framer[NvmePdu]):
         ptype, flags, hlen, pdo, plen = _CH.unpack_from(h, 0)
         if (ptype, flags, hlen, pdo, plen) != (m.pdu_type, m.flags, m.hlen, m.pdo, m.plen):
             raise EncodeError("common header bytes disagree with the PDU fields")
+        crc32c = self._crc
         parts = [h]
         size = len(h)
         if flags & HDGSTF:
