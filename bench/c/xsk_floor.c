@@ -19,7 +19,9 @@
  * inserted into the program's `xsks_map` with xsk_socket__update_xskmap.
  * The loop peeks up to --batch RX descriptors, counts them, and gives the
  * same addresses straight back to the fill ring; when the RX ring is empty
- * it sleeps in poll() for at most 10 ms. It stops after --count frames,
+ * it sleeps in poll() for at most 10 ms (with --rx-wait spin, only after
+ * 1 ms of empty ring: a sleeping receiver makes the sender's softirq pay
+ * for a wake-up per RX flush, a fifth of the sender CPU on veth). It stops after --count frames,
  * after --idle-ms without a frame once something arrived, after --seconds
  * since the first frame (plus a grace), or on SIGINT/SIGTERM/SIGUSR1.
  * The rate is frames / (time of last frame - time of first frame).
@@ -65,6 +67,9 @@
 #define FRAME_SIZE XSK_UMEM__DEFAULT_FRAME_SIZE
 #define RING_SIZE 2048u
 #define MAX_BATCH 256u
+#ifndef XDP_MAX_TX_SKB_BUDGET
+#define XDP_MAX_TX_SKB_BUDGET 9 /* Linux 6.18; missing from Debian 12's headers */
+#endif
 
 static volatile sig_atomic_t g_stop;
 
@@ -82,6 +87,8 @@ struct opts {
 	double seconds;
 	unsigned idle_ms;
 	int skb_mode;
+	int spin;
+	unsigned tx_budget;
 };
 
 static double now_s(void)
@@ -110,6 +117,10 @@ static void usage(FILE *f)
 		"                   (default: use the program already attached to IF)\n"
 		"  --skb            recv: attach in generic (skb) mode instead of native\n"
 		"  --idle-ms N      recv: stop N ms after the last frame (default 500)\n"
+		"  --rx-wait MODE   recv: poll (sleep in poll() as soon as the RX ring is empty,\n"
+		"                   the default) or spin (sleep only after 1 ms without frames)\n"
+		"  --tx-budget N    send: set XDP_MAX_TX_SKB_BUDGET (Linux >= 6.18) so one kick\n"
+		"                   may move up to N descriptors instead of 32 (default: kernel's)\n"
 		"  --netns NAME     enter network namespace NAME first\n");
 }
 
@@ -121,6 +132,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"seconds", required_argument, 0, 's'}, {"batch", required_argument, 0, 'b'},
 		{"bpf-obj", required_argument, 0, 'o'}, {"skb", no_argument, 0, 'k'},
 		{"idle-ms", required_argument, 0, 'I'}, {"netns", required_argument, 0, 'n'},
+		{"rx-wait", required_argument, 0, 'w'}, {"tx-budget", required_argument, 0, 't'},
 		{"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
 	};
 	memset(o, 0, sizeof(*o));
@@ -146,6 +158,12 @@ static void parse(int argc, char **argv, struct opts *o)
 		case 'k': o->skb_mode = 1; break;
 		case 'I': o->idle_ms = (unsigned)strtoul(optarg, NULL, 0); break;
 		case 'n': o->netns = optarg; break;
+		case 't': o->tx_budget = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'w':
+			if (!strcmp(optarg, "spin")) o->spin = 1;
+			else if (!strcmp(optarg, "poll")) o->spin = 0;
+			else { usage(stderr); exit(2); }
+			break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); exit(2);
 		}
@@ -318,17 +336,22 @@ static int run_recv(const struct opts *o)
 
 	unsigned long long frames = 0, bytes = 0;
 	double t_first = 0, t_last = 0, t_start = now_s();
-	double idle = o->idle_ms / 1000.0;
+	double idle = o->idle_ms / 1000.0, t_empty = 0;
+	int was_empty = 0;
 	struct pollfd pfd = {.fd = xsk_socket__fd(x.sock), .events = POLLIN};
 	while (!g_stop) {
 		__u32 rx_idx, fill_idx;
 		unsigned n = xsk_ring_cons__peek(&x.rx, o->batch, &rx_idx);
 		if (!n) {
 			double t = now_s();
+			if (!was_empty) { was_empty = 1; t_empty = t; }
 			if (frames && t - t_last > idle) break;
 			if (!frames && t - t_start > o->seconds + 30.0) break;
 			if (frames && t - t_first > o->seconds + 1.0) break;
-			poll(&pfd, 1, 10);
+			/* --rx-wait spin: sleep only after 1 ms without frames, so the
+			 * sender's softirq never pays for waking us up while traffic flows. */
+			if (!o->spin || t - t_empty > 1e-3)
+				poll(&pfd, 1, 10);
 			continue;
 		}
 		/* Every buffer we consume goes straight back: the fill ring holds them all. */
@@ -341,6 +364,7 @@ static int run_recv(const struct opts *o)
 		}
 		xsk_ring_prod__submit(&x.fill, n);
 		xsk_ring_cons__release(&x.rx, n);
+		was_empty = 0;
 		t_last = now_s();
 		if (!frames) t_first = t_last;
 		frames += n;
@@ -367,6 +391,13 @@ static int run_send(const struct opts *o)
 	struct xsk x;
 	xsk_open(&x, o, 0);
 	int fd = xsk_socket__fd(x.sock);
+	int budget_set = 0;
+	if (o->tx_budget) {
+		int v = (int)o->tx_budget;
+		budget_set = !setsockopt(fd, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, &v, sizeof(v));
+		if (!budget_set)
+			fprintf(stderr, "xsk_floor: XDP_MAX_TX_SKB_BUDGET: %s (kept 32)\n", strerror(errno));
+	}
 
 	unsigned char tmpl[FRAME_SIZE];
 	memset(tmpl, 0, sizeof(tmpl));
@@ -440,9 +471,9 @@ static int run_send(const struct opts *o)
 	unsigned long long bytes = completed * o->frame_size;
 	xsk_close(&x);
 	printf("{\"role\":\"send\",\"frames\":%llu,\"bytes\":%llu,\"seconds\":%.6f,"
-	       "\"frames_per_s\":%.1f,\"mb_per_s\":%.3f,\"submitted\":%llu,\"kicks\":%llu}\n",
+	       "\"frames_per_s\":%.1f,\"mb_per_s\":%.3f,\"submitted\":%llu,\"kicks\":%llu,\"tx_budget\":%u}\n",
 	       completed, bytes, secs, secs > 0 ? completed / secs : 0.0,
-	       secs > 0 ? bytes / secs / 1e6 : 0.0, sent, kicks);
+	       secs > 0 ? bytes / secs / 1e6 : 0.0, sent, kicks, budget_set ? o->tx_budget : 32);
 	fflush(stdout);
 	return 0;
 }
