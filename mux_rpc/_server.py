@@ -1,0 +1,293 @@
+"""The asyncio shell: serve an :class:`App` on any :class:`MessageListener`.
+
+Theory of operation
+-------------------
+One task per connection reads whole messages. Before each ``recv()`` it takes
+an in-flight slot (per connection and overall, :mod:`mux_rpc._limits`), so the
+runtime never holds a message it cannot start. The pure
+:class:`~mux_rpc._dispatch.Dispatcher` turns the message into an immediate
+reply (plain-function handlers, errors) or a pending coroutine, which runs as
+its own task under the call deadline. When a call is finished - reply sent or
+failed - the message's credit goes back (``conn.on_consumed``) and its slot is
+freed. A connection at its limit stops reading; the agent then stops reading
+its socket once credit runs out: a slow handler backpressures only its own
+clients. When a connection ends (peer close, protocol error, server close) its
+in-flight handlers are cancelled and awaited.
+
+The peer's close is noticed at the next ``recv()``: a connection whose every
+slot is held by a stuck handler notices it when a slot frees or the deadline
+(``ServerConfig.call_timeout``) fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass
+
+from ._conn import ConnectionClosedError, ListenerClosedError, MessageConnection, MessageListener
+from ._dispatch import Dispatcher, PendingCall, ProtocolError
+from ._limits import InflightLimits
+from ._service import App, StreamHandlerSpec
+
+__all__ = ["Server", "ServerConfig", "ServerStats"]
+
+logger = logging.getLogger("mux_rpc.server")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Limits and timeouts of a :class:`Server` (and of ``serve_direct``)."""
+
+    max_inflight_per_connection: int = 128
+    """Calls of one connection running at once; beyond it the connection stops
+    being read (backpressure to its clients only)."""
+    max_inflight_total: int = 8192
+    """Calls running at once over all connections of the server."""
+    call_timeout: float | None = None
+    """Deadline in seconds for each async call (None: no deadline). A late
+    call is cancelled and answered with a TIMEOUT error. ``@app.method(timeout=)``
+    overrides it per method."""
+    shutdown_timeout: float = 5.0
+    """Seconds ``Server.close()`` waits for cancelled connections to finish."""
+    max_message_size: int = 16 << 20
+    """Largest msgpack-rpc message the direct TCP server buffers (the offload
+    agent enforces its own maximum for offloaded connections)."""
+
+    def __post_init__(self) -> None:
+        if self.max_inflight_per_connection < 1 or self.max_inflight_total < 1:
+            raise ValueError("in-flight limits must be >= 1")
+        if self.call_timeout is not None and self.call_timeout <= 0:
+            raise ValueError("call_timeout must be positive or None")
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """Counters of a server (mutable, read them any time)."""
+
+    connections_accepted: int = 0
+    connections_closed: int = 0
+    messages: int = 0
+    protocol_errors: int = 0
+    handler_failures: int = 0
+
+
+class Server:
+    """Serves an :class:`App` over :class:`MessageListener` objects.
+
+    >>> server = Server(app, ServerConfig(call_timeout=2.0))
+    >>> await server.serve(listener)     # returns when the listener closes
+    >>> await server.close()             # cancels everything, bounded
+    """
+
+    def __init__(self, app: App, config: ServerConfig | None = None) -> None:
+        self.app = app
+        self.config = config or ServerConfig()
+        self.dispatcher = Dispatcher(app)
+        self.limits = InflightLimits(self.config.max_inflight_per_connection,
+                                     self.config.max_inflight_total)
+        self.stats = ServerStats()
+        self._listeners: set[MessageListener] = set()
+        self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._keys = itertools.count(1)
+        self._closing = False
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def serve(
+        self, listener: MessageListener, *, handler: StreamHandlerSpec | None = None
+    ) -> None:
+        """Accept connections until ``listener`` or the server is closed.
+
+        With ``handler`` each message goes to that whole-message stream handler,
+        otherwise messages are msgpack-rpc calls dispatched to the app."""
+        if self._closing:
+            raise RuntimeError("server is closed")
+        self._listeners.add(listener)
+        try:
+            while True:
+                try:
+                    conn = await listener.accept()
+                except ListenerClosedError:
+                    return
+                self.stats.connections_accepted += 1
+                coro = (self._run_rpc_connection(conn) if handler is None
+                        else self._run_stream_connection(conn, handler))
+                task = asyncio.get_running_loop().create_task(coro)
+                self._conn_tasks.add(task)
+                task.add_done_callback(self._conn_done)
+        finally:
+            self._listeners.discard(listener)
+
+    def _conn_done(self, task: asyncio.Task[None]) -> None:
+        self._conn_tasks.discard(task)
+        self.stats.connections_closed += 1
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("connection task failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Stop accepting, cancel every connection and its handlers, wait
+        (at most ``config.shutdown_timeout``)."""
+        self._closing = True
+        for listener in list(self._listeners):
+            await listener.close()
+        tasks = list(self._conn_tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_timeout)
+            if pending:
+                logger.error("%d connection(s) did not stop within %.1f s",
+                             len(pending), self.config.shutdown_timeout)
+
+    # -- msgpack-rpc connections ----------------------------------------------
+    async def _run_rpc_connection(self, conn: MessageConnection) -> None:
+        key = next(self._keys)
+        calls: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        limits, dispatcher, stats = self.limits, self.dispatcher, self.stats
+        try:
+            while True:
+                await limits.acquire(key)
+                try:
+                    msg = await conn.recv()
+                except ConnectionClosedError as exc:
+                    limits.finish(key)
+                    logger.info("connection %s broke: %s", conn.conn_id, exc)
+                    return
+                except BaseException:
+                    limits.finish(key)
+                    raise
+                if msg is None:
+                    limits.finish(key)
+                    return
+                stats.messages += 1
+                try:
+                    out = dispatcher.dispatch(msg.payload)
+                except ProtocolError as exc:
+                    limits.finish(key)
+                    stats.protocol_errors += 1
+                    logger.warning("closing connection %s from %s: malformed message: %s",
+                                   conn.conn_id, conn.peer, exc.reason)
+                    return
+                if out is None or type(out) is bytes:
+                    try:
+                        if out is not None:
+                            await conn.send(out)
+                    finally:
+                        conn.on_consumed(msg.nbytes)
+                        limits.finish(key)
+                else:
+                    assert isinstance(out, PendingCall)
+                    task = loop.create_task(self._run_call(conn, key, out, msg.nbytes))
+                    calls.add(task)
+                    task.add_done_callback(calls.discard)
+        except ConnectionClosedError as exc:
+            logger.info("connection %s closed while replying: %s", conn.conn_id, exc)
+        finally:
+            await self._end_connection(conn, calls)
+
+    async def _run_call(
+        self, conn: MessageConnection, key: int, call: PendingCall, nbytes: int
+    ) -> None:
+        try:
+            timeout = call.spec.timeout if call.spec.timeout is not None else self.config.call_timeout
+            try:
+                if timeout is None:
+                    result = await call.coro
+                else:
+                    async with asyncio.timeout(timeout):
+                        result = await call.coro
+            except Exception as exc:
+                self.stats.handler_failures += 1
+                reply = self.dispatcher.fail(call, exc)
+            else:
+                reply = self.dispatcher.complete(call, result)
+            if reply is not None:
+                try:
+                    await conn.send(reply)
+                except ConnectionClosedError as exc:
+                    logger.info("reply to %s on connection %s not sent: %s",
+                                call.spec.name, conn.conn_id, exc)
+        finally:
+            conn.on_consumed(nbytes)
+            self.limits.finish(key)
+
+    async def _end_connection(self, conn: MessageConnection, calls: set[asyncio.Task[None]]) -> None:
+        pending = list(calls)
+        for t in pending:
+            t.cancel()
+        try:
+            if pending:
+                results = await asyncio.gather(*pending, return_exceptions=True)
+                for r in results:
+                    if isinstance(r, Exception):
+                        logger.error("call on connection %s failed", conn.conn_id, exc_info=r)
+        finally:
+            await conn.close()
+
+    # -- whole-message stream connections --------------------------------------
+    async def _run_stream_connection(
+        self, conn: MessageConnection, spec: StreamHandlerSpec
+    ) -> None:
+        key = next(self._keys)
+        calls: set[asyncio.Task[None]] = set()
+        own = asyncio.Semaphore(spec.concurrency)
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+
+        async def run(msg_nbytes: int, coro_msg: object) -> None:
+            try:
+                timeout = self.config.call_timeout
+                async with asyncio.timeout(timeout):
+                    await spec.func(conn, coro_msg)  # type: ignore[arg-type]
+            except Exception as exc:
+                self.stats.handler_failures += 1
+                logger.warning("stream handler %s on connection %s failed; closing it",
+                               spec.func.__name__, conn.conn_id, exc_info=exc)
+                if not failed.done():
+                    failed.set_result(None)
+            finally:
+                conn.on_consumed(msg_nbytes)
+                self.limits.finish(key)
+                own.release()
+
+        try:
+            while not failed.done():
+                await own.acquire()
+                try:
+                    await self.limits.acquire(key)
+                except BaseException:
+                    own.release()
+                    raise
+                recv = loop.create_task(conn.recv())
+                try:
+                    await asyncio.wait([recv, failed], return_when=asyncio.FIRST_COMPLETED)
+                    if not recv.done():
+                        recv.cancel()
+                        self.limits.finish(key)
+                        own.release()
+                        return
+                    msg = recv.result()
+                except BaseException:
+                    recv.cancel()
+                    self.limits.finish(key)
+                    own.release()
+                    raise
+                if msg is None:
+                    self.limits.finish(key)
+                    own.release()
+                    return
+                self.stats.messages += 1
+                task = loop.create_task(run(msg.nbytes, msg))
+                calls.add(task)
+                task.add_done_callback(calls.discard)
+        except ConnectionClosedError as exc:
+            logger.info("connection %s broke: %s", conn.conn_id, exc)
+        finally:
+            await self._end_connection(conn, calls)
