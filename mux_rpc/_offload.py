@@ -1,0 +1,924 @@
+"""Offloaded sockets: listen, accept, connect, send and receive whole messages
+through the offload agent.
+
+Theory of operation
+-------------------
+A :class:`Host` owns the link to the agent: one *port* per transport queue
+(an :class:`xport.AsyncLink` over a frame backend, adapted by
+:class:`LinkPort`). Connection ``c`` rides queue ``c % queues``; LISTEN and
+other link-wide messages ride queue 0. One reader task per port hands every
+incoming transport message to :meth:`Host._on_message`, which is synchronous:
+it demultiplexes by ``conn_id`` with a dict (aioquic) and drives the
+connection's lifecycle table (:mod:`mux_rpc._connstate`). Messages to the
+agent go through a per-port outbox drained by one writer task, so nothing
+that runs on the receive path ever awaits.
+
+Startup (contract §HELLO): the host sends HELLO on every queue and waits for
+the agent's HELLO on queue 0. A second agent HELLO means the agent restarted:
+every connection breaks with ``peer_restarted``, the host answers with its own
+HELLO and re-issues LISTEN for every open listener. Nothing heard from the
+agent for ``keepalive_timeout`` (checked by :meth:`Host.tick`, time passed in)
+means the link is lost: every connection breaks with ``link_lost`` and every
+waiting call raises :class:`LinkLostError`.
+
+Flow control, agent → host: the host grants each connection a window of
+``window_messages`` messages and ``window_bytes`` bytes. A message counts
+against it from the moment it arrives until the application reports it done
+with :meth:`OffloadConnection.on_consumed` (explicit, as the
+:class:`mux_rpc.MessageConnection` contract says; the streams face and
+``auto_consume=True`` call it when ``recv`` returns). So the host holds at most
+one window per connection; an agent that sends more breaks the connection
+(``credit_violation``) and never makes the host allocate. Consumed credit goes
+back in CREDIT messages, batched: sent when half a window has accumulated, or
+at once when the connection's receive queue runs empty (so a sender that is
+blocked on a large message never waits for a batch that cannot fill).
+
+Flow control, host → agent: ``send`` waits (FIFO) until the agent's window
+allows the message; CREDIT from the agent refills it. A message larger than
+the whole window may go when nothing is outstanding, so it cannot deadlock.
+
+Errors (trio's exact meanings): :class:`ConnectionClosedError` closed by you;
+:class:`ConnectionBrokenError` broken by the client, agent or link with the
+agent's reason chained as ``__cause__``; :class:`LinkLostError`;
+:class:`BusyError` when two tasks ``recv`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol, Sequence
+
+from xport import _protocol as P
+from xport._flow import FlowControlError, ReceiveWindow, SendWindow
+
+from ._conn import ListenerClosedError, Message
+from ._connstate import Action, ConnEvent, ConnState, transition
+from ._offload_errors import (
+    BusyError,
+    ConnectionBrokenError,
+    ConnectionClosedError,
+    LinkLostError,
+    OffloadRequestError,
+    broken,
+)
+
+__all__ = [
+    "Host",
+    "HostConfig",
+    "HostStats",
+    "LinkPort",
+    "OffloadConnection",
+    "OffloadListener",
+    "reason_code",
+]
+
+log = logging.getLogger("mux_rpc.offload")
+
+#: host-assigned connection ids (CONNECT) have the high bit set; the agent's don't
+HOST_CONN_ID_BASE = 0x8000_0000
+
+
+def reason_code(status: int) -> str:
+    """The machine reason string of a CLOSED/CONNECTED/ERROR status code."""
+    special = {
+        P.Status.PEER_CLOSED: "peer_closed",
+        P.Status.LOCAL_CLOSE: "closed_by_host",
+        P.Status.RESET: "peer_reset",
+        P.Status.TOO_LARGE: "message_too_large",
+    }
+    try:
+        st = P.Status(status)
+    except ValueError:
+        return f"code_{status}"
+    return special.get(st, st.name.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfig:
+    """Limits and timers of a :class:`Host`. Every limit has a safe default."""
+
+    window_messages: int = 64
+    """Messages per connection the host lets the agent send ahead of the
+    application (the most it ever buffers per connection)."""
+    window_bytes: int = 1 << 20
+    """Bytes per connection, likewise (payload plus ULP header)."""
+    max_message_size: int = 1 << 20
+    """Largest message the host accepts or sends; announced in HELLO."""
+    keepalive_interval: float = 1.0
+    """Seconds between KEEPALIVEs when the host has sent nothing else."""
+    keepalive_timeout: float = 5.0
+    """Seconds without anything from the agent before the link is declared lost."""
+    hello_timeout: float = 10.0
+    """Seconds :meth:`Host.start` waits for the agent's HELLO."""
+    request_timeout: float = 10.0
+    """Seconds LISTEN and CONNECT wait for the agent's answer."""
+    close_timeout: float = 2.0
+    """Seconds ``close()`` waits for the agent's CLOSED before forgetting the id."""
+    accept_backlog: int = 1024
+    """Connections accepted by the agent but not yet by the application, per
+    listener; beyond it new connections are closed at once (counted)."""
+    max_early_connections: int = 1024
+    """Connection ids with messages that arrived before their NEW_CONNECTION
+    (possible when they ride another queue); beyond it the oldest is dropped."""
+    tick_interval: float = 0.25
+    """Seconds between keepalive checks of the host's timer task."""
+
+    def __post_init__(self) -> None:
+        if self.window_messages < 1 or self.window_bytes < 1:
+            raise ValueError("windows must be positive")
+        if not 0 < self.keepalive_interval < self.keepalive_timeout:
+            raise ValueError("need 0 < keepalive_interval < keepalive_timeout")
+
+
+@dataclass(slots=True)
+class HostStats:
+    """Counters of a :class:`Host` (cumulative)."""
+
+    connections_accepted: int = 0
+    connections_connected: int = 0
+    connections_closed: int = 0
+    connections_broken: int = 0
+    messages_in: int = 0
+    bytes_in: int = 0
+    messages_out: int = 0
+    bytes_out: int = 0
+    credits_sent: int = 0
+    credits_received: int = 0
+    backlog_overflow: int = 0
+    early_dropped: int = 0
+    unknown_conn: int = 0
+    protocol_errors: int = 0
+    credit_violations: int = 0
+    agent_errors: int = 0
+    links_lost: int = 0
+    peer_restarts: int = 0
+    dropped_while_closing: int = 0
+    close_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class LinkPort(Protocol):
+    """What the host needs of one queue's link (an AsyncLink adapter, or a test double)."""
+
+    async def send(self, msgs: Sequence[P.Message]) -> None:
+        """Send messages in order; may wait for link-level credit."""
+        ...
+
+    async def recv(self) -> Sequence[P.Message]:
+        """Wait for the next received messages (at least one). Raises
+        ``EOFError``/``OSError`` when the link is gone for good."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the port (idempotent)."""
+        ...
+
+
+# -- connections --------------------------------------------------------------------
+
+
+class OffloadConnection:
+    """One offloaded TCP connection, as whole messages (a ``MessageConnection``).
+
+    ``recv()`` returns the next :class:`Message`, or ``None`` once the client
+    closed cleanly and everything before the close was received. After a
+    break, messages that had already arrived are still returned, then
+    :class:`ConnectionBrokenError` is raised. After your own ``close()`` every
+    call raises :class:`ConnectionClosedError`.
+    """
+
+    def __init__(self, host: Host, conn_id: int, peer: tuple[str, int] | None, framer: str,
+                 state: ConnState, *, auto_consume: bool = False) -> None:
+        self.conn_id = conn_id
+        self.peer = peer
+        self.framer = framer
+        self.queue = conn_id % len(host._ports)
+        self.auto_consume = auto_consume
+        self._host = host
+        self._state = state
+        self._loop = asyncio.get_running_loop()
+        self._rx: collections.deque[Message] = collections.deque()
+        self._rx_waiter: asyncio.Future[None] | None = None
+        self._recv_busy = False
+        cfg = host.config
+        # agent -> host: the window granted in our HELLO counts as the initial grant
+        self._rwin = ReceiveWindow(cfg.window_messages, cfg.window_bytes,
+                                   max_message_size=cfg.max_message_size)
+        self._rwin.initial_grant()
+        # host -> agent: the agent's HELLO window, refilled by its CREDITs
+        self._swin = SendWindow(host._agent_window[0], host._agent_window[1],
+                                max_message_size=host.max_send_size)
+        self._send_lock = asyncio.Lock()
+        self._send_waiter: asyncio.Future[None] | None = None
+        self._cause: tuple[str, str] | None = None
+        self._done = self._loop.create_future()  # set when CLOSED/BROKEN
+        self._opened = self._loop.create_future()  # CONNECTING -> OPEN
+
+    # -- public -----------------------------------------------------------------
+    @property
+    def state(self) -> ConnState:
+        return self._state
+
+    @property
+    def buffered(self) -> tuple[int, int]:
+        """(messages, bytes) received from the agent and not yet consumed."""
+        return self._rwin.buffered_messages, self._rwin.buffered_bytes
+
+    @property
+    def send_credit(self) -> tuple[int, int]:
+        """(messages, bytes) the agent currently lets this side send."""
+        return self._swin.messages, self._swin.bytes
+
+    def __repr__(self) -> str:
+        return f"<OffloadConnection {self.conn_id:#x} {self._state.value} peer={self.peer}>"
+
+    async def recv(self) -> Message | None:
+        if self._recv_busy:
+            raise BusyError(f"another task is already in recv() on connection {self.conn_id:#x}")
+        self._recv_busy = True
+        try:
+            while True:
+                st = self._state
+                if st in (ConnState.CLOSING, ConnState.CLOSED):
+                    raise ConnectionClosedError(f"connection {self.conn_id:#x} was closed")
+                if self._rx:
+                    msg = self._rx.popleft()
+                    if self.auto_consume:
+                        self.on_consumed(msg.nbytes)
+                    return msg
+                if st is ConnState.PEER_CLOSED:
+                    return None
+                if st is ConnState.BROKEN:
+                    raise self._broken_error()
+                fut = self._loop.create_future()
+                self._rx_waiter = fut
+                try:
+                    await fut
+                finally:
+                    self._rx_waiter = None
+        finally:
+            self._recv_busy = False
+
+    def recv_nowait(self) -> Message | None:
+        """A message if one is queued, else None (never waits, never raises Busy)."""
+        if self._rx and self._state not in (ConnState.CLOSING, ConnState.CLOSED):
+            msg = self._rx.popleft()
+            if self.auto_consume:
+                self.on_consumed(msg.nbytes)
+            return msg
+        return None
+
+    async def send(self, payload: bytes, *, header: bytes | None = None) -> None:
+        n = len(payload) + (len(header) if header is not None else 0)
+        if n > self._host.max_send_size:
+            raise ValueError(f"message of {n} bytes exceeds the maximum "
+                             f"{self._host.max_send_size}")
+        self._check_can_send()
+        async with self._send_lock:  # FIFO: asyncio.Lock wakes waiters in order
+            while not self._swin.can_send(n):
+                self._check_can_send()
+                fut = self._loop.create_future()
+                self._send_waiter = fut
+                try:
+                    await fut
+                finally:
+                    self._send_waiter = None
+            self._check_can_send()
+            self._swin.consume(n)
+            body = payload if header is None else header + payload
+            self._host._send_data(self, body, 0 if header is None else len(header), n)
+
+    async def close(self) -> None:
+        """Close: the agent flushes what was sent, closes the TCP connection and
+        confirms; waits for that (at most ``HostConfig.close_timeout``). Idempotent."""
+        self._event(ConnEvent.LOCAL_CLOSE)
+        if not self._done.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._done),
+                                       self._host.config.close_timeout)
+            except asyncio.TimeoutError:
+                log.warning("connection %#x: no CLOSED from the agent within %.1f s",
+                            self.conn_id, self._host.config.close_timeout)
+                self._finish(closed=True)
+
+    def on_consumed(self, nbytes: int) -> None:
+        """One received message of ``nbytes`` is done with: its credit may go back."""
+        w = self._rwin
+        if w.buffered_messages < 1:
+            return  # more reports than messages: ignore rather than over-grant
+        grant = w.on_consumed(min(nbytes, w.buffered_bytes))
+        if grant is not None and self._state in (ConnState.OPEN, ConnState.CONNECTING):
+            self._host._send_ctl(self.queue, P.Credit(self.conn_id, grant[0], grant[1]))
+            self._host.stats.credits_sent += 1
+
+    # -- internals ----------------------------------------------------------------
+
+    def _check_can_send(self) -> None:
+        st = self._state
+        if st in (ConnState.CLOSING, ConnState.CLOSED):
+            raise ConnectionClosedError(f"connection {self.conn_id:#x} was closed")
+        if st is ConnState.BROKEN:
+            raise self._broken_error()
+        if st is ConnState.PEER_CLOSED:
+            raise self._broken_error()
+
+    def _broken_error(self) -> ConnectionBrokenError:
+        code, text = self._cause or ("unknown", "")
+        return broken(f"connection {self.conn_id:#x}", code, text)
+
+    def _wake_rx(self) -> None:
+        w = self._rx_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _wake_tx(self) -> None:
+        w = self._send_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _finish(self, *, closed: bool) -> None:
+        if closed and self._state is not ConnState.CLOSED:
+            self._state = ConnState.CLOSED
+        self._host._forget(self)
+        if not self._done.done():
+            self._done.set_result(None)
+        if not self._opened.done():
+            self._opened.set_result(None)
+        if closed:
+            self._rx.clear()
+        self._wake_rx()
+        self._wake_tx()
+
+    def _event(self, event: ConnEvent, msg: P.Message | None = None, *,
+               cause: tuple[str, str] | None = None) -> None:
+        """Run one lifecycle step: look the pair up, apply the action."""
+        action, nxt = transition(self._state, event)
+        self._state = nxt
+        host = self._host
+        if action is Action.NONE or action is Action.IGNORE:
+            return
+        if action is Action.DELIVER:
+            assert isinstance(msg, P.Data)
+            self._deliver(msg)
+        elif action is Action.ADD_CREDIT:
+            assert isinstance(msg, P.Credit)
+            host.stats.credits_received += 1
+            try:
+                self._swin.grant(msg.messages, msg.bytes)
+            except FlowControlError as exc:
+                host.stats.protocol_errors += 1
+                log.warning("connection %#x: bad CREDIT from the agent: %s", self.conn_id, exc)
+            self._wake_tx()
+        elif action is Action.OPENED:
+            if not self._opened.done():
+                self._opened.set_result(None)
+        elif action is Action.SEND_CLOSE:
+            host._send_ctl(self.queue, P.Close(self.conn_id))
+            self._rx.clear()
+            self._wake_rx()
+            self._wake_tx()
+        elif action is Action.EOF:
+            self._cause = cause
+            host._count_close(cause)
+            self._wake_rx()
+            self._wake_tx()
+        elif action in (Action.BREAK, Action.BREAK_AND_CLOSE, Action.CONNECT_FAILED):
+            self._cause = cause
+            host._count_close(cause)
+            host.stats.connections_broken += 1
+            if action is Action.BREAK_AND_CLOSE:
+                host._send_ctl(self.queue, P.Close(self.conn_id, abort=True))
+            self._finish(closed=False)
+        elif action is Action.FORGET:
+            host.stats.connections_closed += 1
+            self._finish(closed=True)
+        elif action is Action.DROP:
+            host.stats.dropped_while_closing += 1
+        elif action is Action.PROTOCOL_ERROR:
+            host.stats.protocol_errors += 1
+            log.debug("connection %#x: %s in state %s ignored", self.conn_id, event.value,
+                      self._state.value)
+
+    def _deliver(self, d: P.Data) -> None:
+        n = len(d.payload)
+        # contract: the agent stays within the window the host granted (§5.3)
+        try:
+            self._rwin.on_received(n)
+        except FlowControlError as exc:
+            self._host.stats.credit_violations += 1
+            self._event(ConnEvent.OVERRUN, cause=(exc.reason, str(exc)))
+            return
+        if d.header_length:
+            mv = memoryview(d.payload)
+            m = Message(bytes(mv[d.header_length:]), bytes(mv[:d.header_length]))
+        else:
+            m = Message(bytes(d.payload))
+        self._host.stats.messages_in += 1
+        self._host.stats.bytes_in += n
+        self._rx.append(m)
+        self._wake_rx()
+
+
+class OffloadListener:
+    """A TCP listener in the agent (a ``MessageListener``): ``accept()`` returns
+    :class:`OffloadConnection` objects. ``port`` is the bound port."""
+
+    def __init__(self, host: Host, listener_id: int, bind: str, port: int, framer: str,
+                 tls: tuple[str, str] | None, auto_consume: bool) -> None:
+        self._host = host
+        self.listener_id = listener_id
+        self.bind = bind
+        self.requested_port = port
+        self.port = port
+        self.framer = framer
+        self.tls = tls
+        self.auto_consume = auto_consume
+        self._backlog: collections.deque[OffloadConnection] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._lost: tuple[str, str] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.bind, self.port
+
+    def __repr__(self) -> str:
+        return f"<OffloadListener {self.listener_id} {self.bind}:{self.port} {self.framer}>"
+
+    async def accept(self) -> OffloadConnection:
+        while True:
+            if self._closed:
+                raise ListenerClosedError(f"listener {self.listener_id} is closed")
+            if self._backlog:
+                return self._backlog.popleft()
+            if self._lost is not None:
+                raise broken(f"listener {self.listener_id}", *self._lost)
+            fut = asyncio.get_running_loop().create_future()
+            self._waiter = fut
+            try:
+                await fut
+            finally:
+                self._waiter = None
+
+    async def close(self) -> None:
+        """Stop accepting: connections still in the backlog are closed; the
+        agent's TCP listener is released when the host closes (the transport
+        has no unlisten message), and new clients are refused meanwhile."""
+        if self._closed:
+            return
+        self._closed = True
+        self._host._listeners.pop(self.listener_id, None)
+        pending = list(self._backlog)
+        self._backlog.clear()
+        self._wake()
+        for c in pending:
+            c._event(ConnEvent.LOCAL_CLOSE)
+
+    async def __aenter__(self) -> OffloadListener:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _offer(self, conn: OffloadConnection) -> bool:
+        if self._closed or len(self._backlog) >= self._host.config.accept_backlog:
+            return False
+        self._backlog.append(conn)
+        self._wake()
+        return True
+
+
+# -- the host -------------------------------------------------------------------------
+
+
+class _Outbox:
+    """Messages waiting for one port's writer task (bounded by connection windows)."""
+
+    def __init__(self) -> None:
+        self.items: collections.deque[P.Message] = collections.deque()
+        self.event = asyncio.Event()
+
+
+class Host:
+    """The host side of the offload link. Use ``async with Host(ports) as host``
+    (or ``await host.start()`` / ``await host.close()``)."""
+
+    def __init__(self, ports: Sequence[LinkPort], config: HostConfig | None = None, *,
+                 clock: Callable[[], float] = time.monotonic, run_timer: bool = True) -> None:
+        if not ports:
+            raise ValueError("need at least one port")
+        self.config = config or HostConfig()
+        self.stats = HostStats()
+        self._ports = list(ports)
+        self._clock = clock
+        self._run_timer = run_timer
+        self._outboxes = [_Outbox() for _ in self._ports]
+        self._conns: dict[int, OffloadConnection] = {}
+        self._listeners: dict[int, OffloadListener] = {}
+        self._listen_waits: dict[int, asyncio.Future[P.ListenResult]] = {}
+        self._early: collections.OrderedDict[int, list[P.Message]] = collections.OrderedDict()
+        self._forgotten: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._listener_ids = itertools.count(1)
+        self._host_conn_ids = itertools.count(HOST_CONN_ID_BASE)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._agent_hello: P.Hello | None = None
+        self._hello_event: asyncio.Event | None = None
+        self._agent_window = (self.config.window_messages, self.config.window_bytes)
+        self.max_send_size = self.config.max_message_size
+        self._lost: tuple[str, str] | None = None
+        self._closed = False
+        now = clock()
+        self._last_rx = now
+        self._last_tx = [now] * len(self._ports)
+
+    # -- lifecycle ----------------------------------------------------------------
+    @property
+    def queues(self) -> int:
+        return len(self._ports)
+
+    @property
+    def agent_hello(self) -> P.Hello | None:
+        return self._agent_hello
+
+    @property
+    def link_lost(self) -> bool:
+        return self._lost is not None
+
+    async def start(self) -> Host:
+        """Send HELLO on every queue, start the port tasks, wait for the agent's HELLO."""
+        loop = asyncio.get_running_loop()
+        self._hello_event = asyncio.Event()
+        for q, port in enumerate(self._ports):
+            self._tasks.append(loop.create_task(self._reader(q, port), name=f"host-rx-{q}"))
+            self._tasks.append(loop.create_task(self._writer(q, port), name=f"host-tx-{q}"))
+        if self._run_timer:
+            self._tasks.append(loop.create_task(self._timer(), name="host-timer"))
+        self._send_hello()
+        try:
+            await asyncio.wait_for(self._hello_event.wait(), self.config.hello_timeout)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise LinkLostError(f"no HELLO from the agent within {self.config.hello_timeout} s",
+                                "link_lost") from None
+        return self
+
+    async def close(self) -> None:
+        """Close every connection (best effort: CLOSE sent), stop the tasks, close ports."""
+        if self._closed:
+            return
+        self._closed = True
+        for conn in list(self._conns.values()):
+            conn._event(ConnEvent.LOCAL_CLOSE)
+            conn._finish(closed=True)
+        for lst in list(self._listeners.values()):
+            await lst.close()
+        # give the writers a moment to push the CLOSEs out
+        for ob in self._outboxes:
+            ob.event.set()
+        await asyncio.sleep(0)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        for port in self._ports:
+            try:
+                await port.aclose()
+            except Exception as exc:
+                log.warning("closing port: %s", exc)
+
+    async def __aenter__(self) -> Host:
+        if not self._tasks:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- requests ------------------------------------------------------------------
+    async def listen(self, port: int = 0, framer: str = "length:4", *, bind: str = "127.0.0.1",
+                     tls: tuple[str, str] | None = None,
+                     auto_consume: bool = False) -> OffloadListener:
+        """Ask the agent to listen on ``bind:port`` (0 = any) with ``framer``.
+
+        ``tls`` is ``(certfile, keyfile)`` paths on the agent's machine, or None.
+        ``auto_consume``: connections return credit as soon as ``recv`` returns.
+        Raises :class:`OffloadRequestError` if the agent refuses."""
+        self._check_usable()
+        lid = next(self._listener_ids)
+        lst = OffloadListener(self, lid, bind, port, framer, tls, auto_consume)
+        result = await self._request_listen(lst)
+        if result.status != P.Status.OK:
+            raise OffloadRequestError(f"agent refused LISTEN {bind}:{port} {framer!r}: "
+                                      f"{reason_code(result.status)} {result.text}")
+        lst.port = result.port
+        self._listeners[lid] = lst
+        return lst
+
+    async def _request_listen(self, lst: OffloadListener) -> P.ListenResult:
+        fut: asyncio.Future[P.ListenResult] = asyncio.get_running_loop().create_future()
+        self._listen_waits[lst.listener_id] = fut
+        cert, key = lst.tls or ("", "")
+        self._send_ctl(0, P.Listen(lst.listener_id, lst.bind, lst.requested_port, lst.framer,
+                                   lst.tls is not None, cert, key))
+        try:
+            return await asyncio.wait_for(fut, self.config.request_timeout)
+        except asyncio.TimeoutError:
+            raise OffloadRequestError(
+                f"no LISTEN_RESULT within {self.config.request_timeout} s") from None
+        finally:
+            self._listen_waits.pop(lst.listener_id, None)
+
+    async def connect(self, address: tuple[str, int], framer: str = "length:4", *,
+                      auto_consume: bool = False) -> OffloadConnection:
+        """Have the agent open a TCP connection to ``address`` with ``framer``."""
+        self._check_usable()
+        cid = next(self._host_conn_ids)
+        conn = OffloadConnection(self, cid, (address[0], address[1]), framer,
+                                 ConnState.CONNECTING, auto_consume=auto_consume)
+        self._conns[cid] = conn
+        self._send_ctl(conn.queue, P.Connect(cid, address[0], address[1], framer))
+        try:
+            await asyncio.wait_for(asyncio.shield(conn._opened), self.config.request_timeout)
+        except asyncio.TimeoutError:
+            conn._event(ConnEvent.LOCAL_CLOSE)
+            raise OffloadRequestError(f"no CONNECTED within {self.config.request_timeout} s") \
+                from None
+        if conn.state is ConnState.OPEN:
+            self.stats.connections_connected += 1
+            return conn
+        if conn.state is ConnState.BROKEN:
+            code, text = conn._cause or ("unknown", "")
+            if code in ("link_lost", "peer_restarted"):
+                raise conn._broken_error()
+            raise OffloadRequestError(f"connect to {address[0]}:{address[1]} failed: "
+                                      f"{code} {text}") from conn._broken_error()
+        raise ConnectionClosedError(f"connection {cid:#x} was closed")
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ConnectionClosedError("host is closed")
+        if self._lost is not None:
+            raise broken("link to the agent", *self._lost)
+        if self._agent_hello is None:
+            raise RuntimeError("Host.start() has not completed")
+
+    # -- timers ---------------------------------------------------------------------
+    def tick(self, now: float | None = None) -> None:
+        """Keepalive duty at time ``now``: send KEEPALIVE on idle queues, declare
+        the link lost when the agent has been silent for ``keepalive_timeout``."""
+        if now is None:
+            now = self._clock()
+        if self._lost is None and self._agent_hello is not None \
+                and now - self._last_rx > self.config.keepalive_timeout:
+            self._link_lost("link_lost", f"nothing from the agent for "
+                                         f"{now - self._last_rx:.1f} s")
+            return
+        for q in range(len(self._ports)):
+            if now - self._last_tx[q] >= self.config.keepalive_interval:
+                self._send_ctl(q, P.Keepalive())
+
+    async def _timer(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_interval)
+            self.tick(self._clock())
+
+    # -- sending ----------------------------------------------------------------------
+    def _send_ctl(self, q: int, msg: P.Message) -> None:
+        ob = self._outboxes[q]
+        ob.items.append(msg)
+        ob.event.set()
+        self._last_tx[q] = self._clock()
+
+    def _send_data(self, conn: OffloadConnection, body: bytes, header_length: int, n: int) -> None:
+        self.stats.messages_out += 1
+        self.stats.bytes_out += n
+        self._send_ctl(conn.queue, P.Data(conn.conn_id, body, header_length))
+
+    def _send_hello(self) -> None:
+        cfg = self.config
+        for q in range(len(self._ports)):
+            self._send_ctl(q, _make_hello(cfg))
+
+    async def _writer(self, q: int, port: LinkPort) -> None:
+        ob = self._outboxes[q]
+        while True:
+            await ob.event.wait()
+            ob.event.clear()
+            while ob.items:
+                batch = list(itertools.islice(ob.items, 0, 256))
+                for _ in range(len(batch)):
+                    ob.items.popleft()
+                try:
+                    await port.send(batch)
+                except (OSError, EOFError) as exc:
+                    self._link_lost("link_lost", f"send failed: {exc}")
+                    return
+
+    # -- receiving ----------------------------------------------------------------------
+    async def _reader(self, q: int, port: LinkPort) -> None:
+        while True:
+            try:
+                msgs = await port.recv()
+            except (OSError, EOFError) as exc:
+                self._link_lost("link_lost", f"link closed: {exc}")
+                return
+            self._last_rx = self._clock()
+            for m in msgs:
+                try:
+                    self._on_message(q, m)
+                except Exception:  # a bug in one message's handling must not kill the link
+                    self.stats.protocol_errors += 1
+                    log.exception("handling %r", m)
+
+    def _on_message(self, q: int, m: P.Message) -> None:
+        if isinstance(m, P.Data):
+            self._to_conn(m, ConnEvent.DATA)
+        elif isinstance(m, P.Credit):
+            self._to_conn(m, ConnEvent.CREDIT)
+        elif isinstance(m, P.Closed):
+            code = reason_code(m.reason)
+            if m.reason == P.Status.LOCAL_CLOSE:
+                ev = ConnEvent.CLOSED_ACK
+            elif m.reason == P.Status.PEER_CLOSED:
+                ev = ConnEvent.PEER_EOF
+            else:
+                ev = ConnEvent.PEER_ERROR
+            self._to_conn(m, ev, cause=(code, m.text))
+        elif isinstance(m, P.NewConnection):
+            self._on_new_connection(m)
+        elif isinstance(m, P.Connected):
+            ok = m.status == P.Status.OK
+            self._to_conn(m, ConnEvent.CONNECTED_OK if ok else ConnEvent.CONNECTED_FAIL,
+                          cause=None if ok else (reason_code(m.status), m.text))
+        elif isinstance(m, P.ListenResult):
+            fut = self._listen_waits.get(m.listener_id)
+            if fut is not None and not fut.done():
+                fut.set_result(m)
+            elif m.status != P.Status.OK and m.listener_id in self._listeners:
+                # a re-LISTEN after an agent restart failed: the listener is gone
+                lst = self._listeners[m.listener_id]
+                lst._lost = (reason_code(m.status), m.text)
+                lst._wake()
+        elif isinstance(m, P.Hello):
+            self._on_hello(m)
+        elif isinstance(m, P.Keepalive):
+            pass
+        elif isinstance(m, P.Error):
+            self.stats.agent_errors += 1
+            log.warning("agent error (conn %#x): %s %s", m.conn_id, reason_code(m.code), m.text)
+            if m.conn_id and m.conn_id in self._conns:
+                self._conns[m.conn_id]._event(ConnEvent.PEER_ERROR,
+                                              cause=(reason_code(m.code), m.text))
+        else:
+            self.stats.protocol_errors += 1
+
+    def _to_conn(self, m: P.Message, ev: ConnEvent, *,
+                 cause: tuple[str, str] | None = None) -> None:
+        conn = self._conns.get(m.conn_id)
+        if conn is not None:
+            conn._event(ev, m, cause=cause)
+            return
+        if m.conn_id in self._forgotten or m.conn_id >= HOST_CONN_ID_BASE:
+            self.stats.unknown_conn += 1
+            return
+        # the NEW_CONNECTION may still be on its way on queue 0: keep (bounded)
+        self._stash_early(m)
+
+    def _stash_early(self, m: P.Message) -> None:
+        lst = self._early.get(m.conn_id)
+        if lst is None:
+            if len(self._early) >= self.config.max_early_connections:
+                _, dropped = self._early.popitem(last=False)
+                self.stats.early_dropped += len(dropped)
+            lst = self._early[m.conn_id] = []
+        if len(lst) > self.config.window_messages + 2:
+            self.stats.early_dropped += 1
+            return
+        lst.append(m)
+
+    def _on_new_connection(self, m: P.NewConnection) -> None:
+        lst = self._listeners.get(m.listener_id)
+        early = self._early.pop(m.conn_id, [])
+        if m.conn_id in self._conns:
+            self.stats.protocol_errors += 1
+            return
+        conn = OffloadConnection(self, m.conn_id, (m.peer_host, m.peer_port),
+                                 lst.framer if lst else "", ConnState.OPEN,
+                                 auto_consume=lst.auto_consume if lst else False)
+        self._conns[m.conn_id] = conn
+        for e in early:
+            self._on_message(conn.queue, e)
+        if conn.state is not ConnState.OPEN and conn.state is not ConnState.PEER_CLOSED:
+            return  # broken before anyone saw it
+        if lst is None or not lst._offer(conn):
+            self.stats.backlog_overflow += 1
+            conn._event(ConnEvent.LOCAL_CLOSE)
+            return
+        self.stats.connections_accepted += 1
+
+    def _on_hello(self, m: P.Hello) -> None:
+        if m.role != P.Role.AGENT:
+            self.stats.protocol_errors += 1
+            return
+        first = self._agent_hello is None
+        self._agent_hello = m
+        self._agent_window = _hello_window(m, self.config)
+        self.max_send_size = min(self.config.max_message_size, m.max_message_size)
+        if first:
+            if self._hello_event is not None:
+                self._hello_event.set()
+            return
+        # the agent restarted (or came back after a lost link)
+        self.stats.peer_restarts += 1
+        was_lost = self._lost is not None
+        self._lost = None
+        if not was_lost:
+            self._break_all("peer_restarted", "the agent sent a new HELLO")
+        self._send_hello()
+        for lst in list(self._listeners.values()):
+            lst._lost = None
+            cert, key = lst.tls or ("", "")
+            self._send_ctl(0, P.Listen(lst.listener_id, lst.bind, lst.port, lst.framer,
+                                       lst.tls is not None, cert, key))
+
+    def _link_lost(self, code: str, text: str) -> None:
+        if self._lost is not None or self._closed:
+            return
+        self.stats.links_lost += 1
+        log.warning("link to the agent lost: %s", text)
+        self._lost = (code, text)
+        self._break_all(code, text)
+        for lst in self._listeners.values():
+            lst._lost = (code, text)
+            lst._wake()
+
+    def _break_all(self, code: str, text: str) -> None:
+        self._early.clear()
+        for fut in self._listen_waits.values():
+            if not fut.done():
+                fut.set_exception(broken("LISTEN", code, text))
+        for conn in list(self._conns.values()):
+            conn._event(ConnEvent.LINK_LOST, cause=(code, text))
+            if conn._state is ConnState.PEER_CLOSED:
+                self._forget(conn)
+
+    def _forget(self, conn: OffloadConnection) -> None:
+        if self._conns.get(conn.conn_id) is conn:
+            del self._conns[conn.conn_id]
+            self._forgotten[conn.conn_id] = None
+            if len(self._forgotten) > 65536:
+                self._forgotten.popitem(last=False)
+
+    def _count_close(self, cause: tuple[str, str] | None) -> None:
+        code = cause[0] if cause else "unknown"
+        self.stats.close_reasons[code] = self.stats.close_reasons.get(code, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters and state, for ``mux-rpc stats``."""
+        from dataclasses import asdict
+
+        return {
+            "role": "host",
+            "queues": len(self._ports),
+            "connections_open": len(self._conns),
+            "listeners": {lid: f"{l.bind}:{l.port} {l.framer}" for lid, l in
+                          self._listeners.items()},
+            "link_lost": self._lost[0] if self._lost else None,
+            **asdict(self.stats),
+        }
+
+
+_HELLO_FIELDS = {f.name for f in dataclasses.fields(P.Hello)}
+
+
+def _make_hello(cfg: HostConfig) -> P.Hello:
+    extra: dict[str, int] = {}
+    # the initial per-connection window the host grants the agent (contract: HELLO)
+    if "window_messages" in _HELLO_FIELDS:
+        extra["window_messages"] = cfg.window_messages
+    if "window_bytes" in _HELLO_FIELDS:
+        extra["window_bytes"] = cfg.window_bytes
+    return P.Hello(P.Role.HOST, keepalive_interval_ms=int(cfg.keepalive_interval * 1000),
+                   max_message_size=cfg.max_message_size, **extra)
+
+
+def _hello_window(m: P.Hello, cfg: HostConfig) -> tuple[int, int]:
+    wm = getattr(m, "window_messages", None)
+    wb = getattr(m, "window_bytes", None)
+    return (int(wm) if wm else cfg.window_messages, int(wb) if wb else cfg.window_bytes)
+
+
+Callback = Callable[..., Awaitable[None]]
