@@ -99,13 +99,13 @@ def open_backend(name: str, role: str, a: argparse.Namespace) -> Any:
     if name == "afxdp":
         from xport._afxdp import AfXdpBackend
 
-        if role == "recv":
-            return AfXdpBackend(a.ifname, queue=a.queue, bpf_object=a.bpf_obj)
-        return AfXdpBackend(a.ifname, queue=a.queue, bpf_object=None)
+        # Each end loads bpf/mux_xdp.o and attaches it (native mode where the
+        # driver allows: veth does), as the agent and the host do.
+        return AfXdpBackend.open(a.ifname, a.queue)
     if name == "afpacket":
         from xport._afpacket import AfPacketBackend
 
-        return AfPacketBackend(a.ifname)
+        return AfPacketBackend.open(a.ifname, frame_size=2048, frame_count=2048)
     raise SystemExit(f"unknown backend {name!r}")
 
 
@@ -184,7 +184,6 @@ def worker_main(argv: Sequence[str]) -> int:
     p.add_argument("--ifname", default="", help="interface (veth end); unused for shm")
     p.add_argument("--queue", type=int, default=0, help="queue id (default 0)")
     p.add_argument("--shm-name", default="", help="shared-memory link name (shm backend)")
-    p.add_argument("--bpf-obj", default=BPF_OBJ, help="XDP object the afxdp receiver attaches")
     p.add_argument("--frame-size", type=int, default=64, help="frame length in bytes (frames)")
     p.add_argument("--msg-size", type=int, default=16, help="message payload bytes (messages)")
     p.add_argument("--batch", type=int, default=64, help="frames per send_batch/recv_batch call")
