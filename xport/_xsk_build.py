@@ -65,6 +65,11 @@ CDEF = r"""
 #define XDP_FLAGS_DRV_MODE ...
 #define XDP_FLAGS_HW_MODE ...
 #define XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD ...
+#define XDP_ABORTED ...
+#define XDP_DROP ...
+#define XDP_PASS ...
+#define XDP_TX ...
+#define XDP_REDIRECT ...
 
 struct xdp_statistics {
     uint64_t rx_dropped;
@@ -158,6 +163,7 @@ uint32_t mux_xsk_rx_ready(struct mux_xsk *c);
 int mux_xsk_wakeup_rx(struct mux_xsk *c);
 
 int mux_bpf_read_counters(int map_fd, uint64_t *out, uint32_t n);
+int mux_bpf_test_run(int prog_fd, const void *data, uint32_t len, uint32_t *retval);
 void mux_libbpf_capture(void);
 const char *mux_libbpf_last_log(void);
 """
@@ -743,6 +749,22 @@ int mux_bpf_read_counters(int map_fd, uint64_t *out, uint32_t n)
             out[key] += vals[cpu];
     }
     free(vals);
+    return 0;
+}
+
+/* Run the program once on a frame (BPF_PROG_TEST_RUN): its verdict in *retval. */
+int mux_bpf_test_run(int prog_fd, const void *data, uint32_t len, uint32_t *retval)
+{
+    LIBBPF_OPTS(bpf_test_run_opts, opts,
+        .data_in = data,
+        .data_size_in = len,
+        .repeat = 1,
+    );
+    int err = bpf_prog_test_run_opts(prog_fd, &opts);
+
+    if (err)
+        return err < 0 ? -errno : -err;
+    *retval = opts.retval;
     return 0;
 }
 
