@@ -123,7 +123,9 @@ def _open_afxdp_pair(st: contextlib.ExitStack, pair: Any, *, ring: int,
     backend = afxdp.AfXdpBackend
     ends = []
     for end in (pair.agent, pair.host):
-        ends.append(st.enter_context(backend.open(end.ifname, queue_id=0)))
+        ends.append(st.enter_context(backend.open(
+            end.ifname, queue_id=0, frame_count=2 * ring, frame_size=frame_size,
+            rx_size=ring, tx_size=ring)))
     return ends[0], ends[1]
 
 

@@ -202,8 +202,13 @@ def test_close_is_idempotent(pair: Pair) -> None:
     b.close()
     a.close()
     a.close()
-    with pytest.raises(BufferReleasedError):
-        held[0].data
+    # A view outstanding at close is either invalidated (afpacket, shm) or keeps
+    # the mapping alive (afxdp): never a crash, never different bytes.
+    try:
+        assert bytes(held[0].data) == data_frame(0)
+    except BufferReleasedError:
+        pass
+    held[0].release()
 
 
 def test_peer_within_posted_buffers_sees_no_drops(pair: Pair) -> None:
