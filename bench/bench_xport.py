@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -144,16 +145,24 @@ def _run_frames_recv(be: Any, a: argparse.Namespace) -> dict[str, Any]:
     t_start = now()
     batch = a.batch
     _ready()
+    spin = a.rx_wait == "spin"
+    t_empty = 0.0
+    was_empty = False
     while not _stop:
         got = recv(batch)
         if not got:
             t = now()
+            if not was_empty:
+                was_empty, t_empty = True, t
             if frames and (t - t_last > idle or t - t_first > a.seconds + 1.0):
                 break
             if not frames and t - t_start > a.seconds + 30.0:
                 break
-            be.wait_readable(0.01)
+            # spin: sleep only after 1 ms without frames (as bench/c/xsk_floor does)
+            if not spin or t - t_empty > 1e-3:
+                be.wait_readable(0.01)
             continue
+        was_empty = False
         for f in got:
             nbytes += len(f)
         t_last = now()
@@ -190,6 +199,9 @@ def worker_main(argv: Sequence[str]) -> int:
     p.add_argument("--seconds", type=float, default=2.0, help="how long the sender sends")
     p.add_argument("--idle-ms", type=int, default=500,
                    help="receiver stops this long after the last frame")
+    p.add_argument("--rx-wait", choices=("spin", "poll"), default="poll",
+                   help="receiver with an empty ring: spin, sleeping only after 1 ms without "
+                        "frames, or sleep in wait_readable() at once")
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_stop)
     signal.signal(signal.SIGINT, _on_stop)
@@ -199,6 +211,8 @@ def worker_main(argv: Sequence[str]) -> int:
             res = (_run_frames_send if a.role == "send" else _run_frames_recv)(be, a)
         else:
             res = (_run_msgs_send if a.role == "send" else _run_msgs_recv)(be, a)
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        res["cpu_user"], res["cpu_sys"] = ru.ru_utime, ru.ru_stime
         stats = be.statistics()
         res["backend_stats"] = stats.as_dict()
         res["mode"] = be.mode
@@ -233,6 +247,9 @@ class Cell:
             "frames_per_s": self.median("frames_per_s"),
             "mb_per_s": self.median("mb_per_s"),
             "loss": self.median("loss"),
+            "cpu_us_per_frame": {
+                f"{side}_{kind_}": round(self.median(f"{side}_{kind_}_us_per_frame"), 3)
+                for side in ("send", "recv") for kind_ in ("user", "sys")},
             "frames_per_s_runs": [round(float(r.get("frames_per_s", 0.0)), 1)
                                   for r in self.runs],
         }
@@ -282,9 +299,10 @@ class Bench:
         agent = self.pair.agent if self.pair else None
         netns = host.netns if host else None
         common = ["--seconds", str(a.seconds), "--batch", str(a.batch)]
+        rx_wait = ["--rx-wait", a.rx_wait]
         if cell.backend == "c":
             recv_argv = [C_FLOOR, "recv", "--ifname", host.ifname, "--bpf-obj", BPF_OBJ,
-                         "--idle-ms", str(a.idle_ms), *common]
+                         "--idle-ms", str(a.idle_ms), *rx_wait, *common]
             send_argv = [C_FLOOR, "send", "--ifname", agent.ifname, "--frame-size",
                          str(fsize), *common]
         else:
@@ -293,11 +311,11 @@ class Bench:
                     "--idle-ms", str(a.idle_ms), *common]
             if cell.backend == "shm":
                 shm = f"bench{os.getpid()}x{rep}"
-                recv_argv = [*base, "--role", "recv", "--shm-name", shm]
+                recv_argv = [*base, "--role", "recv", "--shm-name", shm, *rx_wait]
                 send_argv = [*base, "--role", "send", "--shm-name", shm]
                 netns = None
             else:
-                recv_argv = [*base, "--role", "recv", "--ifname", host.ifname]
+                recv_argv = [*base, "--role", "recv", "--ifname", host.ifname, *rx_wait]
                 send_argv = [*base, "--role", "send", "--ifname", agent.ifname]
         timeout = a.seconds + 30.0
         with Peer(recv_argv, name=f"{cell.backend}/{cell.workload} recv", netns=netns) as rx:
@@ -311,6 +329,11 @@ class Bench:
         run["sent_frames"] = sent
         run["loss"] = (sent - got) / sent if sent and kind == "frames" else 0.0
         run["sender"] = sres
+        # Where time goes, per frame moved (whole process lifetimes, start-up included).
+        for side, res in (("send", sres), ("recv", rres)):
+            n = max(1, int(res.get("frames", 0)))
+            run[f"{side}_user_us_per_frame"] = float(res.get("cpu_user", 0.0)) * 1e6 / n
+            run[f"{side}_sys_us_per_frame"] = float(res.get("cpu_sys", 0.0)) * 1e6 / n
         return run
 
     # -- the whole matrix ---------------------------------------------------------
@@ -392,7 +415,8 @@ def ratios(cells: list[Cell]) -> dict[str, float | None]:
 
 def table(cells: list[Cell], rat: dict[str, float | None]) -> str:
     lines = [f"{'backend':9s} {'workload':15s} {'frames/s':>12s} {'msgs/s':>12s} "
-             f"{'MB/s':>9s} {'recv/sent':>9s} {'runs (k frames/s)':s}"]
+             f"{'MB/s':>9s} {'recv/sent':>9s} {'CPU us/frame snd u+s, rcv u+s':>30s}  "
+             f"{'runs (k frames/s)':s}"]
     for c in cells:
         if not c.runs:
             lines.append(f"{c.backend:9s} {LABELS[c.workload]:15s} "
@@ -402,8 +426,11 @@ def table(cells: list[Cell], rat: dict[str, float | None]) -> str:
         msgs = f"{s['messages_per_s']:12,.0f}" if "messages_per_s" in s else f"{'':>12s}"
         rs = " ".join(f"{v / 1e3:.0f}" for v in s["frames_per_s_runs"])
         recv_sent = (f"{1 - s['loss']:9.4f}" if s["kind"] == "frames" else f"{'lossless':>9s}")
+        cpu = s["cpu_us_per_frame"]
+        cpus = (f"{cpu['send_user']:.2f}+{cpu['send_sys']:.2f}, "
+                f"{cpu['recv_user']:.2f}+{cpu['recv_sys']:.2f}")
         lines.append(f"{c.backend:9s} {LABELS[c.workload]:15s} {s['frames_per_s']:12,.0f} "
-                     f"{msgs} {s['mb_per_s']:9.1f} {recv_sent} {rs}")
+                     f"{msgs} {s['mb_per_s']:9.1f} {recv_sent} {cpus:>30s}  {rs}")
     lines.append("")
     r64 = rat.get("python_afxdp_over_c_64")
     lines.append(f"Python AF_XDP / C floor, 64 B frames/s : "
@@ -500,6 +527,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="payload bytes per message in the msg workload (default 16)")
     p.add_argument("--idle-ms", type=int, default=300,
                    help="a receiver stops this long after its last frame (default 300)")
+    p.add_argument("--rx-wait", choices=("poll", "spin"), default="poll",
+                   help="what every receiver (C and Python) does when its ring is empty: sleep "
+                        "in poll() at once (default), or spin and sleep only after 1 ms without "
+                        "frames (no wake-up cost for the sender, but on 2 cores the spinning "
+                        "receiver takes CPU from the kernel's veth/XDP work: slower here)")
     p.add_argument("--netns", action="store_true",
                    help="put the host (receiver) end of the veth pair in its own netns")
     p.add_argument("--json", action="store_true",

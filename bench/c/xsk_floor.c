@@ -54,6 +54,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -96,6 +97,15 @@ static double now_s(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* CPU seconds this process spent in user space and in the kernel so far. */
+static void cpu_times(double *user, double *sys)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	*user = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6;
+	*sys = ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
 }
 
 static void die(const char *what, int err)
@@ -371,6 +381,8 @@ static int run_recv(const struct opts *o)
 		if (o->count && frames >= o->count) break;
 	}
 	struct xdp_statistics st;
+	double cu, cs;
+	cpu_times(&cu, &cs);
 	xdp_stats(&x, &st);
 	xsk_close(&x);
 	prog_teardown(&p);
@@ -378,10 +390,11 @@ static int run_recv(const struct opts *o)
 	double fps = secs > 0 ? frames / secs : 0;
 	printf("{\"role\":\"recv\",\"frames\":%llu,\"bytes\":%llu,\"seconds\":%.6f,"
 	       "\"frames_per_s\":%.1f,\"mb_per_s\":%.3f,\"rx_dropped\":%llu,"
-	       "\"rx_ring_full\":%llu,\"rx_fill_ring_empty_descs\":%llu}\n",
+	       "\"rx_ring_full\":%llu,\"rx_fill_ring_empty_descs\":%llu,"
+	       "\"cpu_user\":%.3f,\"cpu_sys\":%.3f}\n",
 	       frames, bytes, secs, fps, secs > 0 ? bytes / secs / 1e6 : 0.0,
 	       (unsigned long long)st.rx_dropped, (unsigned long long)st.rx_ring_full,
-	       (unsigned long long)st.rx_fill_ring_empty_descs);
+	       (unsigned long long)st.rx_fill_ring_empty_descs, cu, cs);
 	fflush(stdout);
 	return 0;
 }
@@ -467,13 +480,16 @@ static int run_send(const struct opts *o)
 				die("sendto", errno);
 		}
 	}
-	double secs = t_end - t0;
+	double secs = t_end - t0, cu, cs;
+	cpu_times(&cu, &cs);
 	unsigned long long bytes = completed * o->frame_size;
 	xsk_close(&x);
 	printf("{\"role\":\"send\",\"frames\":%llu,\"bytes\":%llu,\"seconds\":%.6f,"
-	       "\"frames_per_s\":%.1f,\"mb_per_s\":%.3f,\"submitted\":%llu,\"kicks\":%llu,\"tx_budget\":%u}\n",
+	       "\"frames_per_s\":%.1f,\"mb_per_s\":%.3f,\"submitted\":%llu,\"kicks\":%llu,\"tx_budget\":%u,"
+	       "\"cpu_user\":%.3f,\"cpu_sys\":%.3f}\n",
 	       completed, bytes, secs, secs > 0 ? completed / secs : 0.0,
-	       secs > 0 ? bytes / secs / 1e6 : 0.0, sent, kicks, budget_set ? o->tx_budget : 32);
+	       secs > 0 ? bytes / secs / 1e6 : 0.0, sent, kicks, budget_set ? o->tx_budget : 32,
+	       cu, cs);
 	fflush(stdout);
 	return 0;
 }
