@@ -171,3 +171,24 @@ KIND_IDS = [k.id for k in KINDS]
 
 __all__ = ["FramingError", "KINDS", "KIND_IDS", "Kind", "feed_all", "framing",
            "one_byte_at_a_time", "split_at", "JsonMessage", "NdjsonFramer"]
+
+
+class CrLfFramer(Framer[Frame]):
+    """Minimal custom framer relying on the default ``Framer.from_spec``."""
+
+    name = "crlf"
+
+    def __init__(self, *, max_message_size: int = 1024, keep: bool = False) -> None:
+        super().__init__(max_message_size=max_message_size)
+        self.keep = keep
+
+    def _parse(self, data: bytes) -> int:
+        pos = 0
+        while (i := data.find(b"\r\n", pos)) >= 0:
+            self._out.append(Frame(data[pos:i + 2] if self.keep else data[pos:i]))
+            pos = i + 2
+        self._need = len(data) - pos + 1
+        return pos
+
+    def encode(self, message: Frame) -> bytes:
+        return message.payload + b"\r\n"
