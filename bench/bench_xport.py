@@ -353,6 +353,8 @@ class Bench:
                     continue  # the C floor moves frames only
                 c = Cell(b, w)
                 c.error = skipped.get(b)
+                if c.error is None and WORKLOADS[w][0] == "messages":
+                    c.error = link_unavailable()
                 cells.append(c)
         needs_veth = any(c.error is None and c.backend != "shm" for c in cells)
         from xport._topology import VethPair, install_cleanup_handlers
@@ -386,6 +388,14 @@ class Bench:
             if self.pair:
                 self.pair.close()
         return cells
+
+
+def link_unavailable() -> str | None:
+    try:
+        from xport._link import Link  # noqa: F401
+    except ImportError as exc:
+        return f"xport._link.Link not importable ({exc})"
+    return None
 
 
 # -- reporting ---------------------------------------------------------------------
@@ -445,36 +455,42 @@ def table(cells: list[Cell], rat: dict[str, float | None]) -> str:
 
 
 def plot(cells: list[Cell], path: str) -> None:
+    """Bars of AF_XDP vs AF_PACKET (and the C floor): frames/s, and messages/s if run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     by = {(c.backend, c.workload): c for c in cells if c.runs}
-    ws = [w for w in WORKLOADS if ("afxdp", w) in by or ("afpacket", w) in by]
-    if not ws:
+    groups = [("frames", [w for w in WORKLOADS if WORKLOADS[w][0] == "frames"]),
+              ("messages", [w for w in WORKLOADS if WORKLOADS[w][0] == "messages"])]
+    groups = [(k, [w for w in ws if ("afxdp", w) in by or ("afpacket", w) in by])
+              for k, ws in groups]
+    groups = [(k, ws) for k, ws in groups if ws]
+    if not groups:
         log("plot: no AF_XDP/AF_PACKET results, nothing to plot")
         return
-    fig, ax = plt.subplots(figsize=(7, 4))
+    ratios_ = [len(ws) + 0.6 for _, ws in groups]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 + 2.2 * sum(ratios_), 4.2),
+                             gridspec_kw={"width_ratios": ratios_}, squeeze=False)
+    series = [("afxdp", "AF_XDP (Python)", "tab:blue"),
+              ("afpacket", "AF_PACKET (Python)", "tab:orange"),
+              ("c", "AF_XDP C floor", "tab:green")]
     width = 0.27
-    series = [("afxdp", "AF_XDP (Python)"), ("afpacket", "AF_PACKET (Python)"),
-              ("c", "AF_XDP C floor")]
-    for i, (b, label) in enumerate(series):
-        vals = []
-        for w in ws:
-            c = by.get((b, w))
-            key = "messages_per_s" if WORKLOADS[w][0] == "messages" else "frames_per_s"
-            vals.append(c.median(key) / 1e6 if c else 0.0)
-        if not any(vals):
-            continue
-        xs = [j + (i - 1) * width for j in range(len(ws))]
-        bars = ax.bar(xs, vals, width, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks(range(len(ws)))
-    ax.set_xticklabels([LABELS[w] + (" (msgs)" if w == "msg" else " (frames)") for w in ws])
-    ax.set_ylabel("millions per second (median, at receiver)")
-    ax.set_title("mux-rpc transport: AF_XDP vs AF_PACKET, two processes over veth")
-    ax.legend(fontsize=8)
+    for ax, (kind, ws) in zip(axes[0], groups):
+        key = "messages_per_s" if kind == "messages" else "frames_per_s"
+        present = [(b, lab, col) for b, lab, col in series if any((b, w) in by for w in ws)]
+        for i, (b, label, col) in enumerate(present):
+            vals = [by[(b, w)].median(key) / 1e6 if (b, w) in by else 0.0 for w in ws]
+            off = (i - (len(present) - 1) / 2) * width
+            bars = ax.bar([j + off for j in range(len(ws))], vals, width, label=label,
+                          color=col)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.set_xticks(range(len(ws)))
+        ax.set_xticklabels([LABELS[w] for w in ws])
+        ax.set_ylabel(f"million {kind}/s (median, at receiver)")
+        ax.legend(fontsize=8)
+    fig.suptitle("mux-rpc transport, two processes over veth: AF_XDP vs AF_PACKET")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
