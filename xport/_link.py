@@ -1,0 +1,618 @@
+"""The link: transport messages over a FrameBackend, batched, lossless, in order.
+
+Theory of operation
+-------------------
+``send(message)`` only queues. ``flush()`` packs queued messages many to a
+frame (batching is how small messages get past the per-frame cost), splits
+messages larger than a frame into fragments (docs/protocol.md §2.2), and hands
+as many frames to ``backend.send_batch`` as link credit allows
+(:mod:`xport._linkcredit`) — one call per flush. Every frame header carries
+this end's credit; when no data frame carries it and the peer needs it, a
+credit-only frame is sent (§4.4).
+
+``poll()`` takes one ``recv_batch``, validates every frame (§1) and message
+(§2), updates credit, reassembles fragments and returns whole messages in
+arrival order, which is per-connection send order. Bad frames and messages
+are counted in ``statistics().dropped[reason]`` and dropped; nothing the peer
+sends raises out of ``poll``.
+
+Keepalive (§3.1, §3.2): ``Link`` queues a HELLO when built. ``tick(now)``
+queues a KEEPALIVE when nothing was sent for ``keepalive_interval`` and
+declares the peer lost (``peer_lost``) when nothing was received for
+``peer_timeout``. Time is passed in (``now=``); nothing here sleeps or reads a
+clock. HELLO and KEEPALIVE are consumed by the link, not returned.
+
+Backpressure: ``writable`` is False while more than ``max_queued_bytes`` wait
+in the queue (link credit exhausted or not flushed yet). :class:`AsyncLink`
+turns that into ``await drain()``.
+
+Hot path: received frames are copied once (``recv_batch(copy=True)``) and
+message payloads are ``bytes`` slices of that copy; outgoing frames are
+built with ``struct.pack_into`` into preallocated ``bytearray`` buffers that
+``send_batch`` copies (every backend copies into its TX ring on the call).
+
+Public API
+----------
+``LinkConfig`` (dataclass, docstring per field), ``LinkStats``,
+``Link(backend, config=LinkConfig(), *, now=0.0)`` with ``send(msg)``,
+``flush(now=None) -> int``, ``poll(max_frames=64, now=None) -> list[Message]``,
+``tick(now)``, ``writable``, ``queued_bytes``, ``peer_lost``, ``peer_hello``,
+``fileno()``, ``statistics()``, ``close()``; and ``AsyncLink`` (asyncio).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from ._backend import BackendStats, FrameBackend
+from ._linkcredit import LinkCredit
+from ._protocol import (
+    COMMON_HEADER,
+    HEADER_SIZE,
+    PROTOCOL_VERSION,
+    Data,
+    Hello,
+    Keepalive,
+    Message,
+    MessageType,
+    ProtocolError,
+    Role,
+    decode_body,
+    encode_body,
+)
+from ._reassembly import Reassembler
+from ._wire import (
+    ETHERTYPE,
+    FRAME_HEADER,
+    FRAME_HEADER_SIZE,
+    LINK_VERSION,
+    FrameFlags,
+    mac_bytes,
+)
+
+__all__ = ["LinkConfig", "LinkStats", "Link", "AsyncLink", "LinkLostError"]
+
+_DATA = int(MessageType.DATA)
+_HELLO = int(MessageType.HELLO)
+_KEEPALIVE = int(MessageType.KEEPALIVE)
+_WHOLE = 0x03
+_FIRST = 0x01
+_LAST = 0x02
+_CREDIT_ONLY = int(FrameFlags.CREDIT_ONLY)
+_MASK = 0xFFFFFFFF
+
+
+class LinkLostError(ConnectionError):
+    """The peer sent nothing for ``peer_timeout`` seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    """Configuration of one link end. Both ends must agree on ``credit_reserve``."""
+
+    #: who this end is (sent in HELLO)
+    role: Role = Role.HOST
+    #: this end's MAC address (Ethernet source)
+    local_mac: bytes = b"\x02\x00\x00\x00\x00\x01"
+    #: the peer's MAC address (Ethernet destination)
+    peer_mac: bytes = b"\x02\x00\x00\x00\x00\x02"
+    #: largest message body accepted or sent, bytes (bounds reassembly memory per message)
+    max_message_size: int = 1 << 20
+    #: most bytes held in partially reassembled messages over all connections
+    max_reassembly_bytes: int = 16 << 20
+    #: receive buffers kept for credit-only frames (K in docs/protocol.md §4); same at both ends
+    credit_reserve: int = 2
+    #: receive buffers the peer is assumed to have posted before its first header arrives
+    initial_peer_credit: int = 4
+    #: un-advertised buffers worth a credit-only frame even when the peer is not blocked
+    credit_update_threshold: int = 16
+    #: most frames handed to the backend per flush (one send_batch call)
+    max_frames_per_flush: int = 64
+    #: a message larger than one frame's room is fragmented; smaller ones never are
+    min_fragment: int = 256
+    #: seconds without sending after which a KEEPALIVE is queued
+    keepalive_interval: float = 1.0
+    #: seconds without receiving after which the peer is declared lost
+    peer_timeout: float = 5.0
+    #: queued bytes above which ``writable`` is False (backpressure)
+    max_queued_bytes: int = 4 << 20
+
+    def __post_init__(self) -> None:
+        if self.max_message_size < 1 or self.max_reassembly_bytes < self.max_message_size:
+            raise ValueError("need 1 <= max_message_size <= max_reassembly_bytes")
+        if self.max_frames_per_flush < 1:
+            raise ValueError("max_frames_per_flush must be >= 1")
+        if self.keepalive_interval <= 0 or self.peer_timeout <= self.keepalive_interval:
+            raise ValueError("need 0 < keepalive_interval < peer_timeout")
+        object.__setattr__(self, "local_mac", mac_bytes(self.local_mac))
+        object.__setattr__(self, "peer_mac", mac_bytes(self.peer_mac))
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """Counters of one link end, cumulative."""
+
+    frames_out: int = 0
+    frames_in: int = 0
+    messages_out: int = 0
+    messages_in: int = 0
+    fragments_out: int = 0
+    fragments_in: int = 0
+    credit_only_out: int = 0
+    credit_only_in: int = 0
+    keepalives_out: int = 0
+    #: flushes that left data queued for lack of link credit
+    credit_stalls: int = 0
+    #: send_batch calls that took fewer frames than offered (TX ring full)
+    tx_short: int = 0
+    #: frames or messages dropped, by reason (§1, §2 reasons and seq_gap/credit_regress)
+    dropped: dict[str, int] = field(default_factory=dict)
+    backend: BackendStats | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class Link:
+    """Transport messages over one FrameBackend (see module doc). One owner task."""
+
+    def __init__(self, backend: FrameBackend, config: LinkConfig | None = None, *, now: float = 0.0):
+        cfg = config or LinkConfig()
+        if backend.frame_size < FRAME_HEADER_SIZE + HEADER_SIZE + 64:
+            raise ValueError("backend frame_size too small")
+        self.backend = backend
+        self.config = cfg
+        self.credit = LinkCredit(
+            reserve=cfg.credit_reserve,
+            initial_peer_credit=cfg.initial_peer_credit,
+            update_threshold=cfg.credit_update_threshold,
+        )
+        self._reasm = Reassembler(cfg.max_message_size, cfg.max_reassembly_bytes)
+        self._frame_size = backend.frame_size
+        self._queue: deque[tuple[int, int, int, bytes | bytearray | memoryview]] = deque()
+        self._head_sent = 0  # bytes of the queue head already sent as fragments
+        self._queued_bytes = 0
+        self._backlog: deque[bytes] = deque()  # built frames a full TX ring refused
+        self._bufs = [bytearray(self._frame_size) for _ in range(cfg.max_frames_per_flush)]
+        # Ethernet part of the header never changes: pack it once per buffer
+        for b in self._bufs:
+            b[0:6] = cfg.peer_mac
+            b[6:12] = cfg.local_mac
+            b[12:14] = ETHERTYPE.to_bytes(2, "big")
+        self.stats = LinkStats()
+        self._dropped = self.stats.dropped
+        self.peer_hello: Hello | None = None
+        self.peer_lost = False
+        self._last_rx = now
+        self._last_tx = now
+        self.closed = False
+        self.send(
+            Hello(
+                cfg.role,
+                int(cfg.keepalive_interval * 1000),
+                cfg.max_message_size,
+            )
+        )
+
+    # -- sending -----------------------------------------------------------
+    @property
+    def queued_bytes(self) -> int:
+        """Message bytes queued and not yet handed to the backend."""
+        return self._queued_bytes
+
+    @property
+    def queued_messages(self) -> int:
+        return len(self._queue)
+
+    @property
+    def writable(self) -> bool:
+        """False while the queue holds more than ``max_queued_bytes`` (backpressure)."""
+        return self._queued_bytes <= self.config.max_queued_bytes
+
+    def send(self, msg: Message) -> None:
+        """Queue one transport message; ``flush()`` sends it."""
+        if msg.__class__ is Data:
+            payload = msg.payload  # type: ignore[union-attr]
+            aux = msg.header_length  # type: ignore[union-attr]
+            if aux > len(payload):
+                raise ValueError("header_length exceeds payload")
+            entry = (_DATA, msg.conn_id, aux, payload)
+        else:
+            mtype, aux, payload = encode_body(msg)
+            entry = (int(mtype), msg.conn_id, aux, payload)
+        n = len(payload)
+        if n > self.config.max_message_size:
+            raise ValueError(f"message of {n} bytes > max_message_size")
+        if not 0 <= msg.conn_id <= _MASK:
+            raise ValueError("conn_id does not fit in u32")
+        self._queue.append(entry)
+        self._queued_bytes += n
+
+    def send_data(self, conn_id: int, payload: bytes | bytearray | memoryview, header_length: int = 0) -> None:
+        """``send(Data(conn_id, payload, header_length))`` without building the dataclass."""
+        n = len(payload)
+        if header_length > n or n > self.config.max_message_size:
+            raise ValueError("bad DATA size")
+        self._queue.append((_DATA, conn_id, header_length, payload))
+        self._queued_bytes += n
+
+    def flush(self, now: float | None = None) -> int:
+        """Send what credit allows in one ``send_batch``; return frames handed over."""
+        if self.closed:
+            return 0
+        lc = self.credit
+        backend = self.backend
+        sent = 0
+        if self._backlog:
+            sent = self._send_backlog()
+            if self._backlog:
+                return sent
+        queue = self._queue
+        if queue:
+            nframes = min(lc.data_credit(), self.config.max_frames_per_flush)
+            if nframes > 0:
+                sent += self._send_data_frames(nframes)
+            if queue:
+                self.stats.credit_stalls += 1
+        if not self._backlog and lc.want_credit_only(backend.rx_buffers_posted()):
+            sent += self._send_credit_only()
+        if sent and now is not None:
+            self._last_tx = now
+        return sent
+
+    def _send_data_frames(self, nframes: int) -> int:
+        lc = self.credit
+        queue = self._queue
+        frame_size = self._frame_size
+        min_frag = self.config.min_fragment
+        pack_msg = COMMON_HEADER.pack_into
+        credit, ack = lc.advertise(self.backend.rx_buffers_posted())
+        seq = lc.sent
+        frames: list[memoryview] = []
+        bufs = self._bufs
+        msgs_out = frags_out = bytes_out = 0
+        head_sent = self._head_sent
+        while queue and len(frames) < nframes:
+            buf = bufs[len(frames)]
+            off = FRAME_HEADER_SIZE
+            count = 0
+            while queue:
+                mtype, conn_id, aux, payload = queue[0]
+                total = len(payload)
+                remaining = total - head_sent
+                room = frame_size - off - HEADER_SIZE
+                if remaining <= room:
+                    # §2: whole message, or the last fragment of one
+                    flags = _WHOLE if head_sent == 0 else _LAST
+                    pack_msg(buf, off, PROTOCOL_VERSION, mtype, flags, 0, conn_id, remaining, aux, total)
+                    off += HEADER_SIZE
+                    if head_sent:
+                        buf[off : off + remaining] = memoryview(payload)[head_sent:]
+                        frags_out += 1
+                    else:
+                        buf[off : off + remaining] = payload
+                    off += remaining
+                    queue.popleft()
+                    bytes_out += total
+                    head_sent = 0
+                    msgs_out += 1
+                    count += 1
+                elif total > frame_size - FRAME_HEADER_SIZE - HEADER_SIZE and room >= min_frag:
+                    # §2.2: fragment only messages that fit in no frame
+                    flags = _FIRST if head_sent == 0 else 0
+                    pack_msg(buf, off, PROTOCOL_VERSION, mtype, flags, 0, conn_id, room, aux, total)
+                    off += HEADER_SIZE
+                    buf[off : off + room] = memoryview(payload)[head_sent : head_sent + room]
+                    off += room
+                    head_sent += room
+                    frags_out += 1
+                    count += 1
+                    break
+                else:
+                    break
+                if count == 0xFFFF:
+                    break
+            if count == 0:
+                break  # nothing fits (cannot happen with frame_size checked at init)
+            FRAME_HEADER.pack_into(
+                buf, 0, self.config.peer_mac, self.config.local_mac, ETHERTYPE, LINK_VERSION,
+                0, count, seq & _MASK, credit, ack, off - FRAME_HEADER_SIZE, 0,
+            )  # fmt: skip
+            seq += 1
+            frames.append(memoryview(buf)[:off])
+        self._head_sent = head_sent
+        self._queued_bytes -= bytes_out
+        n = len(frames)
+        lc.on_data_sent(n)
+        st = self.stats
+        st.messages_out += msgs_out
+        st.fragments_out += frags_out
+        taken = self.backend.send_batch(frames)
+        st.frames_out += taken
+        if taken < n:
+            st.tx_short += 1
+            self._backlog.extend(bytes(f) for f in frames[taken:])
+        return taken
+
+    def _send_backlog(self) -> int:
+        frames = list(self._backlog)
+        taken = self.backend.send_batch(frames)
+        for _ in range(taken):
+            self._backlog.popleft()
+        self.stats.frames_out += taken
+        if taken < len(frames):
+            self.stats.tx_short += 1
+        return taken
+
+    def _send_credit_only(self) -> int:
+        lc = self.credit
+        credit, ack = lc.advertise(self.backend.rx_buffers_posted())
+        buf = bytearray(FRAME_HEADER_SIZE)
+        FRAME_HEADER.pack_into(
+            buf, 0, self.config.peer_mac, self.config.local_mac, ETHERTYPE, LINK_VERSION,
+            _CREDIT_ONLY, 0, lc.sent & _MASK, credit, ack, 0, 0,
+        )  # fmt: skip
+        lc.on_credit_only_sent()
+        self.stats.credit_only_out += 1
+        if self.backend.send_batch([buf]) == 1:
+            self.stats.frames_out += 1
+            return 1
+        self.stats.tx_short += 1
+        self._backlog.append(bytes(buf))
+        return 0
+
+    # -- receiving ---------------------------------------------------------
+    def _drop(self, reason: str, n: int = 1) -> None:
+        self._dropped[reason] = self._dropped.get(reason, 0) + n
+
+    def poll(self, max_frames: int = 64, now: float | None = None) -> list[Message]:
+        """Receive one batch; whole messages in arrival order (never raises for bad input)."""
+        if self.closed:
+            return []
+        rx = self.backend.recv_batch(max_frames, copy=True)
+        if not rx:
+            return []
+        if now is not None:
+            self._last_rx = now
+        out: list[Message] = []
+        lc = self.credit
+        unpack_frame = FRAME_HEADER.unpack_from
+        unpack_msg = COMMON_HEADER.unpack_from
+        st = self.stats
+        st.frames_in += len(rx)
+        for frame in rx:
+            data = frame.data
+            if not isinstance(data, bytes):
+                data = bytes(data)
+            frame.release()  # data is our copy: repost the buffer now
+            n = len(data)
+            # §1: bounds check before reading the header
+            if n < FRAME_HEADER_SIZE:
+                self._drop("truncated")
+                continue
+            (_d, _s, etype, version, flags, count, seq, credit, ack, plen, _r) = unpack_frame(data, 0)
+            if etype != ETHERTYPE:
+                self._drop("not_ours")
+                continue
+            # §1: unknown link versions are dropped
+            if version != LINK_VERSION:
+                self._drop("bad_version")
+                continue
+            end = FRAME_HEADER_SIZE + plen
+            if end > n:
+                self._drop("truncated")
+                continue
+            credit_only = bool(flags & _CREDIT_ONLY)
+            if credit_only != (count == 0):
+                self._drop("bad_count")
+                continue
+            anomaly = lc.on_frame(seq, credit, ack, credit_only)
+            if anomaly is not None:
+                self._drop(anomaly)
+                if anomaly == "seq_gap":
+                    self._reasm.reset()
+            if credit_only:
+                lc.on_credit_only_released()
+                st.credit_only_in += 1
+                continue
+            off = FRAME_HEADER_SIZE
+            for _ in range(count):
+                # §2: bounds check before reading each message header
+                if off + HEADER_SIZE > end:
+                    self._drop("truncated_message")
+                    break
+                mver, mtype, mflags, _rr, conn_id, length, aux, total = unpack_msg(data, off)
+                off += HEADER_SIZE
+                mend = off + length
+                if mend > end:
+                    self._drop("truncated_message")
+                    break
+                # §2: version and length sit at the same place in every version: skip it
+                if mver != PROTOCOL_VERSION:
+                    self._drop("bad_version")
+                    off = mend
+                    continue
+                if mflags & _WHOLE == _WHOLE and length == total:
+                    if mtype == _DATA:
+                        if aux > length:
+                            self._drop("bad_body")
+                        else:
+                            out.append(Data(conn_id, data[off:mend], aux))
+                        off = mend
+                        continue
+                    body = memoryview(data)[off:mend]
+                    off = mend
+                    self._decode(mtype, conn_id, aux, body, out)
+                    continue
+                body = memoryview(data)[off:mend]
+                off = mend
+                st.fragments_in += 1
+                try:
+                    whole = self._reasm.feed(conn_id, mtype, mflags, aux, total, body)
+                except ProtocolError as exc:
+                    self._drop(exc.reason)
+                    continue
+                if whole is not None:
+                    wtype, waux, wbody = whole
+                    if wtype == _DATA:
+                        if waux > len(wbody):
+                            self._drop("bad_body")
+                        else:
+                            out.append(Data(conn_id, bytes(wbody), waux))
+                    else:
+                        self._decode(wtype, conn_id, waux, memoryview(wbody), out)
+        st.messages_in += len(out)
+        return out
+
+    def _decode(self, mtype: int, conn_id: int, aux: int, body: memoryview, out: list[Message]) -> None:
+        try:
+            msg = decode_body(mtype, conn_id, aux, body)
+        except ProtocolError as exc:
+            self._drop(exc.reason)
+            return
+        if mtype == _KEEPALIVE:
+            return
+        if isinstance(msg, Hello):
+            if msg.protocol_version != PROTOCOL_VERSION:
+                self._drop("hello_version")
+            self.peer_hello = msg
+            return
+        out.append(msg)
+
+    # -- time --------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """Keepalive and liveness (§3.2): queue KEEPALIVE when idle; detect a lost peer."""
+        if now - self._last_rx > self.config.peer_timeout:
+            self.peer_lost = True
+        if now - self._last_tx >= self.config.keepalive_interval and not self._queue:
+            self.send(Keepalive())
+            self.stats.keepalives_out += 1
+            self._last_tx = now
+
+    def note_rx(self, now: float) -> None:
+        """Record activity seen outside ``poll(now=...)``."""
+        self._last_rx = now
+
+    # -- misc --------------------------------------------------------------
+    def fileno(self) -> int:
+        return self.backend.fileno()
+
+    def statistics(self) -> LinkStats:
+        self.stats.backend = self.backend.statistics()
+        return self.stats
+
+    def close(self) -> None:
+        """Stop using the backend (the caller owns and closes it)."""
+        self.closed = True
+
+
+class AsyncLink:
+    """asyncio adapter: reader callback on ``fileno``, flush scheduled with ``call_soon``.
+
+    A lone ``send`` is flushed on the next loop iteration (no timer, no added
+    latency); many sends in one iteration share frames. ``await drain()``
+    waits while the link is not ``writable`` (credit exhausted); messages go
+    to ``on_messages(list)`` if given, else to ``await recv()``.
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        *,
+        on_messages: Callable[[list[Message]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_frames: int = 64,
+    ) -> None:
+        self.link = link
+        self._loop = asyncio.get_running_loop()
+        self._on_messages = on_messages
+        self._clock = clock
+        self._max_frames = max_frames
+        self._inbox: deque[Message] = deque()
+        self._inbox_ready = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._flush_scheduled = False
+        self._closed = False
+        self._loop.add_reader(link.fileno(), self._on_readable)
+        self._timer = self._loop.call_later(link.config.keepalive_interval / 2, self._on_timer)
+        self._schedule_flush()
+
+    def send(self, msg: Message) -> None:
+        self.link.send(msg)
+        self._after_send()
+
+    def send_data(self, conn_id: int, payload: bytes | bytearray | memoryview, header_length: int = 0) -> None:
+        self.link.send_data(conn_id, payload, header_length)
+        self._after_send()
+
+    def _after_send(self) -> None:
+        if not self.link.writable:
+            self._writable.clear()
+        if not self._flush_scheduled:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        self._flush_scheduled = True
+        self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closed:
+            return
+        self.link.flush(self._clock())
+        if self.link.writable:
+            self._writable.set()
+
+    async def drain(self) -> None:
+        """Wait until the link accepts more (backpressure); raise if the peer is lost."""
+        while not self._writable.is_set():
+            if self.link.peer_lost:
+                raise LinkLostError("peer lost")
+            await self._writable.wait()
+
+    async def recv(self) -> Message:
+        """The next received message (when no ``on_messages`` callback is set)."""
+        while not self._inbox:
+            if self.link.peer_lost:
+                raise LinkLostError("peer lost")
+            self._inbox_ready.clear()
+            await self._inbox_ready.wait()
+        return self._inbox.popleft()
+
+    def _on_readable(self) -> None:
+        now = self._clock()
+        msgs = self.link.poll(self._max_frames, now)
+        # new credit may have arrived, or our posted buffers grew: flush now
+        self.link.flush(now)
+        if self.link.writable:
+            self._writable.set()
+        if msgs:
+            if self._on_messages is not None:
+                self._on_messages(msgs)
+            else:
+                self._inbox.extend(msgs)
+                self._inbox_ready.set()
+
+    def _on_timer(self) -> None:
+        if self._closed:
+            return
+        now = self._clock()
+        self.link.tick(now)
+        if self.link.peer_lost:
+            self._inbox_ready.set()
+            self._writable.set()
+        self._schedule_flush()
+        self._timer = self._loop.call_later(self.link.config.keepalive_interval / 2, self._on_timer)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._timer.cancel()
+        self._loop.remove_reader(self.link.fileno())
+        self.link.close()
