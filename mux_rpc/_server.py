@@ -3,8 +3,10 @@
 Theory of operation
 -------------------
 One task per connection reads whole messages. Before each ``recv()`` it takes
-an in-flight slot (per connection and overall, :mod:`mux_rpc._limits`), so the
-runtime never holds a message it cannot start. The pure
+one of its connection's slots (``max_inflight_per_connection``); after it, a
+slot of the server-wide budget (:mod:`mux_rpc._limits`, FIFO over
+connections), so an idle connection holds no shared slot and at most one
+received message per connection waits for one. The pure
 :class:`~mux_rpc._dispatch.Dispatcher` turns the message into an immediate
 reply (plain-function handlers, errors) or a pending coroutine, which runs as
 its own task under the call deadline. When a call is finished - reply sent or
@@ -16,7 +18,8 @@ in-flight handlers are cancelled and awaited.
 
 The peer's close is noticed at the next ``recv()``: a connection whose every
 slot is held by a stuck handler notices it when a slot frees or the deadline
-(``ServerConfig.call_timeout``) fires.
+(``ServerConfig.call_timeout``) fires. Messages count against the agent's
+credit from delivery until ``on_consumed``, running ones included.
 """
 
 from __future__ import annotations
@@ -151,26 +154,33 @@ class Server:
         calls: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
         limits, dispatcher, stats = self.limits, self.dispatcher, self.stats
+        own = asyncio.Semaphore(self.config.max_inflight_per_connection)
         try:
             while True:
-                await limits.acquire(key)
+                # a slot of this connection before reading; the overall slot after,
+                # so an idle connection holds nothing but a connection over its
+                # own limit reads nothing (at most one message waits for a slot)
+                await own.acquire()
                 try:
                     msg = await conn.recv()
+                    if msg is not None:
+                        await limits.acquire(key)
                 except ConnectionClosedError as exc:
-                    limits.finish(key)
+                    own.release()
                     logger.info("connection %s broke: %s", conn.conn_id, exc)
                     return
                 except BaseException:
-                    limits.finish(key)
+                    own.release()
                     raise
                 if msg is None:
-                    limits.finish(key)
+                    own.release()
                     return
                 stats.messages += 1
                 try:
                     out = dispatcher.dispatch(msg.payload)
                 except ProtocolError as exc:
                     limits.finish(key)
+                    own.release()
                     stats.protocol_errors += 1
                     logger.warning("closing connection %s from %s: malformed message: %s",
                                    conn.conn_id, conn.peer, exc.reason)
@@ -182,9 +192,10 @@ class Server:
                     finally:
                         conn.on_consumed(msg.nbytes)
                         limits.finish(key)
+                        own.release()
                 else:
                     assert isinstance(out, PendingCall)
-                    task = loop.create_task(self._run_call(conn, key, out, msg.nbytes))
+                    task = loop.create_task(self._run_call(conn, key, own, out, msg.nbytes))
                     calls.add(task)
                     task.add_done_callback(calls.discard)
         except ConnectionClosedError as exc:
@@ -193,7 +204,8 @@ class Server:
             await self._end_connection(conn, calls)
 
     async def _run_call(
-        self, conn: MessageConnection, key: int, call: PendingCall, nbytes: int
+        self, conn: MessageConnection, key: int, own: asyncio.Semaphore, call: PendingCall,
+        nbytes: int,
     ) -> None:
         try:
             timeout = call.spec.timeout if call.spec.timeout is not None else self.config.call_timeout
@@ -217,6 +229,7 @@ class Server:
         finally:
             conn.on_consumed(nbytes)
             self.limits.finish(key)
+            own.release()
 
     async def _end_connection(self, conn: MessageConnection, calls: set[asyncio.Task[None]]) -> None:
         pending = list(calls)
@@ -237,7 +250,7 @@ class Server:
     ) -> None:
         key = next(self._keys)
         calls: set[asyncio.Task[None]] = set()
-        own = asyncio.Semaphore(spec.concurrency)
+        own = asyncio.Semaphore(min(spec.concurrency, self.config.max_inflight_per_connection))
         failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         loop = asyncio.get_running_loop()
 
@@ -260,27 +273,21 @@ class Server:
         try:
             while not failed.done():
                 await own.acquire()
-                try:
-                    await self.limits.acquire(key)
-                except BaseException:
-                    own.release()
-                    raise
                 recv = loop.create_task(conn.recv())
                 try:
                     await asyncio.wait([recv, failed], return_when=asyncio.FIRST_COMPLETED)
                     if not recv.done():
                         recv.cancel()
-                        self.limits.finish(key)
                         own.release()
                         return
                     msg = recv.result()
+                    if msg is not None:
+                        await self.limits.acquire(key)
                 except BaseException:
                     recv.cancel()
-                    self.limits.finish(key)
                     own.release()
                     raise
                 if msg is None:
-                    self.limits.finish(key)
                     own.release()
                     return
                 self.stats.messages += 1

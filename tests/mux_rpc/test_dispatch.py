@@ -22,7 +22,7 @@ leaves = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
           | st.floats(allow_nan=False) | st.text(max_size=20) | st.binary(max_size=20))
 values = st.recursive(
     leaves,
-    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8) | st.integers(), c,
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8) | st.integers(-(2**63), 2**64 - 1), c,
                                                         max_size=4),
     max_leaves=12,
 )
