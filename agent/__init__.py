@@ -1,0 +1,46 @@
+"""mux-rpc offload agent: TCP termination, one framer per connection, whole
+messages multiplexed over a few transport queues to the host, per-connection
+credit in both directions, optional TLS termination.
+
+Nothing imports this package but its entry point (``python -m agent`` and
+``mux-rpc agent``, which calls :func:`main`).
+"""
+
+from __future__ import annotations
+
+from ._agent import HOST_CONN_ID_BASE, Agent, status_for
+from ._config import AgentConfig
+from ._conn import Budget, Connection
+from ._credit import CreditError, DrainTracker, RecvWindow, SendWindow
+from ._ports import AgentPort, MemoryPort, memory_port_pair
+from ._state import TRANSITIONS, Action, ConnEvent, ConnState, StateError, transition
+
+__all__ = [
+    "Action",
+    "Agent",
+    "AgentConfig",
+    "AgentPort",
+    "Budget",
+    "ConnEvent",
+    "ConnState",
+    "Connection",
+    "CreditError",
+    "DrainTracker",
+    "HOST_CONN_ID_BASE",
+    "MemoryPort",
+    "RecvWindow",
+    "SendWindow",
+    "StateError",
+    "TRANSITIONS",
+    "main",
+    "memory_port_pair",
+    "status_for",
+    "transition",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The agent's command line (``python -m agent --help``)."""
+    from ._main import main as _main
+
+    return _main(argv)

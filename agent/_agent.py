@@ -1,0 +1,612 @@
+"""The agent: listeners, connections, and the mux onto the link's queues.
+
+Theory of operation
+-------------------
+The agent owns one *port* (one xport link) per transport queue. Connection
+``c`` rides queue ``c % queues`` for everything about it (NEW_CONNECTION,
+CONNECTED, DATA, CREDIT, CLOSED), so that its messages stay in order; link-wide
+messages (HELLO, LISTEN_RESULT) ride queue 0. Messages from the host are
+demultiplexed by ``conn_id`` with a dict (aioquic's server does the same);
+whatever queue they arrive on.
+
+Sending never awaits: a connection's data path calls ``port.send`` and the
+mux marks that queue dirty; one ``loop.call_soon`` callback per event-loop
+iteration flushes every dirty port. At low load a message therefore leaves in
+the same iteration it was parsed (no added latency); under load everything
+parsed in one iteration shares frames.
+
+Link life (contract "Startup" and "link lost"): the agent sends HELLO on
+queue 0 when it starts. A HELLO from the host on queue 0:
+
+* the first one: record the host's limits; answer with our HELLO unless ours
+  went out less than ``hello_grace`` seconds ago (then the host's HELLO is
+  itself the answer to ours -- answering again would make each side see the
+  other "restart" forever);
+* a later one: the host restarted. Every connection is reset with
+  ``peer_restarted``, every listener is closed (the new host re-issues
+  LISTEN), and we answer with our HELLO.
+
+Nothing from the host for ``keepalive_timeout`` (once it has been heard), or a
+port whose ``recv`` fails: the link is lost. Connections are reset with
+``link_lost`` and listeners closed: no client waits on a host that is gone.
+Idle queues get a KEEPALIVE every ``keepalive_interval``.
+
+Housekeeping runs on a timer with time passed in (:meth:`Agent.tick`), so it
+is tested without sleeping: keepalives, link-lost detection, connections
+whose client does not drain its replies, and the buffer-stall rule of
+:mod:`agent._conn`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import ssl
+import time
+from dataclasses import fields
+from typing import Any, Callable, Sequence
+
+from framing import FramingError
+from xport import _protocol as P
+
+from ._codec import make_framer
+from ._config import AgentConfig
+from ._conn import Budget, Connection
+from ._ports import AgentPort
+from ._state import ConnEvent, ConnState
+from ._stats import AgentStats
+from ._tls import client_context, is_loopback, server_context
+
+__all__ = ["Agent", "status_for", "HOST_CONN_ID_BASE"]
+
+log = logging.getLogger("agent")
+
+#: connection ids at or above this are the host's (CONNECT); the agent's are below
+HOST_CONN_ID_BASE = 0x8000_0000
+
+_STATUS_FOR_REASON: dict[str, int] = {
+    "peer_closed": P.Status.PEER_CLOSED,
+    "closed_by_host": P.Status.LOCAL_CLOSE,
+    "peer_reset": P.Status.RESET,
+    "frame_too_long": P.Status.TOO_LARGE,
+    "credit_exceeded": P.Status.CREDIT_VIOLATION,
+    "link_lost": P.Status.LINK_LOST,
+    "peer_restarted": P.Status.LINK_LOST,
+    "connect_failed": P.Status.OS_ERROR,
+    "tls_error": P.Status.TLS_ERROR,
+    "unknown_connection": P.Status.UNKNOWN,
+}
+
+_HELLO_FIELDS = {f.name for f in fields(P.Hello)}
+
+
+def status_for(reason: str) -> int:
+    """The CLOSED/CONNECTED status code carrying ``reason`` (the reason string
+    itself travels first in the text)."""
+    st = _STATUS_FOR_REASON.get(reason)
+    if st is not None:
+        return int(st)
+    if reason.startswith(("bad_", "malformed", "truncated", "unknown_pdu", "framing",
+                          "encode_error")):
+        return int(P.Status.FRAMING_ERROR)
+    return int(P.Status.INTERNAL)
+
+
+class _Listener:
+    __slots__ = ("listener_id", "bind", "port", "spec", "tls", "server")
+
+    def __init__(self, listener_id: int, bind: str, spec: str, tls: bool) -> None:
+        self.listener_id = listener_id
+        self.bind = bind
+        self.port = 0
+        self.spec = spec
+        self.tls = tls
+        self.server: asyncio.AbstractServer | None = None
+
+
+class _Refused(asyncio.Protocol):
+    """Accepted beyond ``max_connections``: closed at once, never announced."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()
+
+
+class Agent:
+    """The offload agent. ``await agent.start()``, then it serves until
+    ``await agent.close()``; ``statistics()`` at any time.
+
+    ``ports`` are the link's queues (index = queue number), ready to use;
+    the agent closes them in :meth:`close`.
+    """
+
+    def __init__(self, ports: Sequence[AgentPort], config: AgentConfig | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 tick_interval: float | None = 0.05) -> None:
+        self.config = config or AgentConfig(queues=len(ports))
+        if len(ports) != self.config.queues:
+            raise ValueError(f"{len(ports)} ports for {self.config.queues} queues")
+        self.stats = AgentStats()
+        self.budget = Budget(self.config.max_buffered_total)
+        self._ports = list(ports)
+        self._nq = len(ports)
+        self._clock = clock
+        self._tick_interval = tick_interval
+        self.conns: dict[int, Connection] = {}
+        self.listeners: dict[int, _Listener] = {}
+        self._ids = itertools.count(1)
+        self._dirty = [False] * self._nq
+        self._flush_handle: asyncio.Handle | None = None
+        self._drain_watch: set[Connection] = set()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        now = clock()
+        self._last_rx = now
+        self._last_tx = [now] * self._nq
+        self._host_hello: P.Hello | None = None
+        self._host_heard = False
+        self._hello_sent_at = -1e9
+        self._link_up = True
+        self._stall_since: float | None = None
+        self.host_window = (self.config.initial_window_messages, self.config.initial_window_bytes)
+        self.host_max_message = self.config.max_message_size
+        # hot counters as attributes (Counter lookups cost on the data path)
+        self.messages_to_host = 0
+        self.bytes_to_host = 0
+        self.messages_from_host = 0
+        self.bytes_from_host = 0
+        self.hello_grace = min(1.0, self.config.keepalive_interval)
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def start(self) -> "Agent":
+        self._loop = loop = asyncio.get_running_loop()
+        for q, port in enumerate(self._ports):
+            self._tasks.append(loop.create_task(self._reader(q, port), name=f"agent-rx-{q}"))
+        if self._tick_interval:
+            self._tasks.append(loop.create_task(self._timer(), name="agent-timer"))
+        self._send_hello()
+        log.info("agent started: %d queue(s)", self._nq)
+        return self
+
+    async def close(self, reason: str = "agent_shutdown") -> None:
+        """Close every connection (CLOSED with ``reason`` told to the host when
+        the link is up), every listener, the ports. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for lst in list(self.listeners.values()):
+            self._close_listener(lst)
+        for conn in list(self.conns.values()):
+            conn.event(ConnEvent.SHUTDOWN, reason)
+        self._flush()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        for port in self._ports:
+            try:
+                port.close()
+            except Exception as exc:  # keep closing the others
+                log.warning("closing port: %s", exc)
+        log.info("agent closed")
+
+    async def __aenter__(self) -> "Agent":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def statistics(self) -> dict[str, object]:
+        """Every counter, as one JSON-able dict."""
+        return {
+            "role": "agent",
+            "queues": self._nq,
+            "connections_open": len(self.conns),
+            "listeners": {lid: f"{l.bind}:{l.port} {l.spec}{' tls' if l.tls else ''}"
+                          for lid, l in self.listeners.items()},
+            "buffered_bytes": self.budget.used,
+            "link_up": self._link_up,
+            "messages_to_host": self.messages_to_host,
+            "bytes_to_host": self.bytes_to_host,
+            "messages_from_host": self.messages_from_host,
+            "bytes_from_host": self.bytes_from_host,
+            **self.stats.as_dict(),
+        }
+
+    # -- ConnOwner (called by connections) --------------------------------------------
+    def now(self) -> float:
+        return self._clock()
+
+    def _send(self, q: int, msg: P.Message) -> None:
+        try:
+            self._ports[q].send(msg)
+        except (EOFError, OSError) as exc:
+            self.stats.incr("send_failed")
+            log.debug("send on queue %d failed: %s", q, exc)
+            return
+        if not self._dirty[q]:
+            self._dirty[q] = True
+            if self._flush_handle is None and self._loop is not None:
+                self._flush_handle = self._loop.call_soon(self._flush)
+
+    def to_host_data(self, conn_id: int, wire: bytes, header_length: int) -> None:
+        self.messages_to_host += 1
+        self.bytes_to_host += len(wire)
+        self._send(conn_id % self._nq, P.Data(conn_id, wire, header_length))
+
+    def to_host_credit(self, conn_id: int, messages: int, nbytes: int) -> None:
+        self.stats.incr("credits_sent")
+        self._send(conn_id % self._nq, P.Credit(conn_id, messages, nbytes))
+
+    def to_host_connected(self, conn: Connection, ok: bool, reason: str, text: str) -> None:
+        if ok:
+            self.stats.incr("connections_connected")
+            self._send(conn.conn_id % self._nq, P.Connected(conn.conn_id, P.Status.OK, ""))
+        else:
+            self.stats.incr("connect_failed")
+            self._send(conn.conn_id % self._nq, P.Connected(
+                conn.conn_id, status_for(reason), _text(reason, text)))
+
+    def to_host_new_connection(self, conn: Connection) -> None:
+        self.stats.incr("connections_accepted")
+        self._send(conn.conn_id % self._nq, P.NewConnection(
+            conn.conn_id, conn.listener_id, conn.peer[0], conn.peer[1]))
+
+    def watch_drain(self, conn: Connection) -> None:
+        self._drain_watch.add(conn)
+
+    def finished(self, conn: Connection, reason: str, text: str, report: bool) -> None:
+        if self.conns.get(conn.conn_id) is conn:
+            del self.conns[conn.conn_id]
+        self._drain_watch.discard(conn)
+        self.budget.paused.discard(conn)
+        self.stats.closed[reason] += 1
+        level = logging.DEBUG if reason in ("peer_closed", "closed_by_host", "agent_shutdown",
+                                            "link_lost", "peer_restarted") else logging.INFO
+        log.log(level, "connection %d (%s:%d) closed: %s%s", conn.conn_id, conn.peer[0],
+                conn.peer[1], reason, f" ({text})" if text else "")
+        if report and self._link_up:
+            self._send(conn.conn_id % self._nq,
+                       P.Closed(conn.conn_id, status_for(reason), _text(reason, text)))
+
+    # -- flushing and housekeeping -----------------------------------------------------
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if self._drain_watch:
+            self._check_drains()
+        dirty = self._dirty
+        for q in range(self._nq):
+            if dirty[q]:
+                dirty[q] = False
+                try:
+                    self._ports[q].flush()
+                except (EOFError, OSError) as exc:
+                    self.stats.incr("send_failed")
+                    log.debug("flush on queue %d failed: %s", q, exc)
+                self._last_tx[q] = self._clock()
+
+    def _check_drains(self) -> None:
+        watch, self._drain_watch = self._drain_watch, set()
+        for conn in watch:
+            if conn.state is not ConnState.CLOSED:
+                conn.check_drain()  # re-adds itself while something is buffered
+
+    def tick(self, now: float | None = None) -> None:
+        """Housekeeping at time ``now`` (see the module docstring)."""
+        if now is None:
+            now = self._clock()
+        if self._drain_watch:
+            self._check_drains()
+        for conn in [c for c in self.conns.values() if c.state is ConnState.CLOSING]:
+            conn.check_timeouts(now)
+        self._check_budget_stall(now)
+        if self._link_up and self._host_heard \
+                and now - self._last_rx > self.config.keepalive_timeout:
+            self._lose_link("link_lost", f"nothing from the host for {now - self._last_rx:.1f} s")
+        for q in range(self._nq):
+            if now - self._last_tx[q] >= self.config.keepalive_interval:
+                self._send(q, P.Keepalive())
+                self._last_tx[q] = now
+
+    def _check_budget_stall(self, now: float) -> None:
+        b = self.budget
+        if not b.paused or b.used <= b.limit // 2:
+            self._stall_since = None
+            return
+        if self._stall_since is None:
+            self._stall_since = now
+            return
+        if now - self._stall_since < self.config.buffer_stall_timeout:
+            return
+        holders = [c for c in b.paused if not c.pending and c.state is ConnState.OPEN]
+        if holders:
+            victim = max(holders, key=lambda c: c.accounted)
+            b.paused.discard(victim)
+            self.stats.incr("buffer_stall_closes")
+            victim.event(ConnEvent.LIMIT_EXCEEDED, "buffer_limit",
+                         f"agent buffers {b.used} bytes (limit {b.limit}); "
+                         f"this connection holds a {victim.accounted}-byte partial message")
+        self._stall_since = now
+
+    async def _timer(self) -> None:
+        assert self._tick_interval
+        while True:
+            await asyncio.sleep(self._tick_interval)
+            try:
+                self.tick()
+            except Exception:  # housekeeping must not die
+                log.exception("agent tick")
+
+    # -- link life -----------------------------------------------------------------------
+    def _hello(self) -> P.Hello:
+        cfg = self.config
+        kw: dict[str, Any] = {}
+        if "window_messages" in _HELLO_FIELDS:
+            kw["window_messages"] = cfg.initial_window_messages
+        if "window_bytes" in _HELLO_FIELDS:
+            kw["window_bytes"] = cfg.initial_window_bytes
+        return P.Hello(P.Role.AGENT, keepalive_interval_ms=int(cfg.keepalive_interval * 1000),
+                       max_message_size=cfg.max_message_size, **kw)
+
+    def _send_hello(self) -> None:
+        self._hello_sent_at = self._clock()
+        self.stats.incr("hellos_sent")
+        self._send(0, self._hello())
+
+    def _on_hello(self, q: int, m: P.Hello) -> None:
+        if m.role != P.Role.HOST or m.protocol_version != P.PROTOCOL_VERSION:
+            self.stats.host_errors["bad_hello"] += 1
+            return
+        self._apply_host_limits(m)
+        if q != 0:
+            return  # the host says HELLO on every queue; queue 0 decides
+        now = self._clock()
+        first = self._host_hello is None
+        self._host_hello = m
+        if first:
+            self._link_up = True
+            if now - self._hello_sent_at >= self.hello_grace:
+                self._send_hello()
+            return
+        self.stats.incr("host_restarts")
+        log.warning("host restarted (new HELLO): resetting %d connection(s), closing %d "
+                    "listener(s)", len(self.conns), len(self.listeners))
+        self._reset_all(ConnEvent.PEER_RESTARTED, "peer_restarted")
+        self._link_up = True
+        if now - self._hello_sent_at >= self.hello_grace:
+            self._send_hello()
+
+    def _apply_host_limits(self, m: P.Hello) -> None:
+        wm = getattr(m, "window_messages", None)
+        wb = getattr(m, "window_bytes", None)
+        cfg = self.config
+        self.host_window = (int(wm) if wm else cfg.initial_window_messages,
+                            int(wb) if wb else cfg.initial_window_bytes)
+        if m.max_message_size:
+            self.host_max_message = min(cfg.max_message_size, m.max_message_size)
+
+    def _lose_link(self, reason: str, text: str) -> None:
+        if not self._link_up:
+            return
+        self.stats.incr("links_lost")
+        log.warning("link to the host lost: %s", text)
+        self._link_up = False
+        self._host_heard = False
+        self._reset_all(ConnEvent.LINK_LOST, reason)
+
+    def _reset_all(self, ev: ConnEvent, reason: str) -> None:
+        for lst in list(self.listeners.values()):
+            self._close_listener(lst)
+        for conn in list(self.conns.values()):
+            conn.event(ev, reason)
+
+    # -- receiving -------------------------------------------------------------------------
+    async def _reader(self, q: int, port: AgentPort) -> None:
+        while True:
+            try:
+                msgs = await port.recv()
+            except (EOFError, OSError) as exc:
+                if not self._closed:
+                    self._lose_link("link_lost", f"queue {q}: {exc or type(exc).__name__}")
+                return
+            self._last_rx = self._clock()
+            for m in msgs:
+                try:
+                    self.on_message(q, m)
+                except Exception:  # one bad message must not stop the queue
+                    self.stats.incr("internal_errors")
+                    log.exception("handling %r from the host", m)
+
+    def on_message(self, q: int, m: P.Message) -> None:
+        """Handle one transport message from the host (any queue)."""
+        self._host_heard = True
+        if not self._link_up:
+            # the host is back (a stall, or a restart whose HELLO follows)
+            self._link_up = True
+            self.stats.incr("links_recovered")
+        tp = type(m)
+        if tp is P.Data:
+            conn = self.conns.get(m.conn_id)
+            self.messages_from_host += 1
+            self.bytes_from_host += len(m.payload)
+            if conn is None:
+                self.stats.host_errors["data_unknown_conn"] += 1
+                return
+            conn.host_data(m.payload, m.header_length)
+        elif tp is P.Credit:
+            conn = self.conns.get(m.conn_id)
+            if conn is None:
+                self.stats.host_errors["credit_unknown_conn"] += 1
+                return
+            conn.on_credit(m.messages, m.bytes)
+        elif tp is P.Close:
+            conn = self.conns.get(m.conn_id)
+            if conn is None:
+                # crossed our CLOSED, or never existed: confirm so the host stops waiting
+                self.stats.host_errors["close_unknown_conn"] += 1
+                self._send(m.conn_id % self._nq, P.Closed(
+                    m.conn_id, P.Status.LOCAL_CLOSE, "unknown_connection"))
+                return
+            conn.host_close(m.abort)
+        elif tp is P.Keepalive:
+            pass
+        elif tp is P.Hello:
+            self._on_hello(q, m)
+        elif tp is P.Listen:
+            self._on_listen(m)
+        elif tp is P.Connect:
+            self._on_connect(m)
+        elif tp is P.Error:
+            self.stats.host_errors["error_from_host"] += 1
+            log.warning("host reports error (conn %d): code %d %s", m.conn_id, m.code, m.text)
+        else:
+            self.stats.host_errors[f"unexpected_{tp.__name__.lower()}"] += 1
+
+    # -- listeners ---------------------------------------------------------------------------
+    def _on_listen(self, m: P.Listen) -> None:
+        self.stats.incr("listen_requests")
+        old = self.listeners.pop(m.listener_id, None)
+        if old is not None:
+            self._close_listener(old)
+        loop = self._loop
+        assert loop is not None
+        loop.create_task(self._listen(m))
+
+    async def _listen(self, m: P.Listen) -> None:
+        cfg = self.config
+        bind = m.bind_address or "127.0.0.1"
+
+        def fail(status: int, text: str) -> None:
+            self.stats.incr("listen_failed")
+            log.warning("LISTEN %d %s:%d %r refused: %s", m.listener_id, bind, m.port,
+                        m.framer, text)
+            self._send(0, P.ListenResult(m.listener_id, status, 0, text))
+
+        if not cfg.allow_non_loopback and not is_loopback(bind):
+            fail(P.Status.OS_ERROR, f"address {bind} is not loopback (allow_non_loopback off)")
+            return
+        try:
+            make_framer(m.framer, cfg.max_message_size)
+        except (FramingError, ValueError, TypeError) as exc:
+            fail(P.Status.UNKNOWN, f"bad framer spec {m.framer!r}: {exc}")
+            return
+        ctx: ssl.SSLContext | None = None
+        if m.tls:
+            cert = m.cert_path or cfg.tls_certfile
+            key = m.key_path or cfg.tls_keyfile
+            if not cert or not key:
+                fail(P.Status.TLS_ERROR, "TLS asked for but no certificate/key given")
+                return
+            try:
+                ctx = server_context(cert, key)
+            except (ssl.SSLError, OSError) as exc:
+                fail(P.Status.TLS_ERROR, f"cannot load certificate/key: {exc}")
+                return
+        lst = _Listener(m.listener_id, bind, m.framer, ctx is not None)
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(
+                lambda: self._accept(lst), bind, m.port, ssl=ctx, reuse_address=True,
+                backlog=1024,
+                ssl_handshake_timeout=cfg.tls_handshake_timeout if ctx is not None else None)
+        except OSError as exc:
+            fail(P.Status.OS_ERROR, f"bind {bind}:{m.port}: {exc.strerror or exc}")
+            return
+        if self._closed or self.listeners.get(m.listener_id) is not None:
+            server.close()
+            return
+        lst.server = server
+        lst.port = server.sockets[0].getsockname()[1]
+        self.listeners[m.listener_id] = lst
+        log.info("listening on %s:%d (listener %d, framer %r%s)", bind, lst.port,
+                 m.listener_id, m.framer, ", TLS" if ctx else "")
+        self._send(0, P.ListenResult(m.listener_id, P.Status.OK, lst.port, ""))
+
+    def _close_listener(self, lst: _Listener) -> None:
+        if self.listeners.get(lst.listener_id) is lst:
+            del self.listeners[lst.listener_id]
+        if lst.server is not None:
+            lst.server.close()
+            lst.server = None
+
+    def _new_id(self) -> int:
+        while True:
+            cid = next(self._ids)
+            if cid >= HOST_CONN_ID_BASE:
+                self._ids = itertools.count(1)
+                continue
+            if cid not in self.conns:
+                return cid
+
+    def _accept(self, lst: _Listener) -> asyncio.Protocol:
+        if (len(self.conns) >= self.config.max_connections or self._closed
+                or not self._link_up):
+            self.stats.incr("too_many_connections" if self._link_up else "refused_link_down")
+            return _Refused()
+        cid = self._new_id()
+        framer = make_framer(lst.spec, self.host_max_message)
+        conn = Connection(self, cid, framer, host_window=self.host_window,
+                          listener_id=lst.listener_id, now=self._clock())
+        self.conns[cid] = conn
+        return conn
+
+    # -- outbound connections ------------------------------------------------------------------
+    def _on_connect(self, m: P.Connect) -> None:
+        cfg = self.config
+        cid = m.conn_id
+
+        def fail(status: int, text: str) -> None:
+            self.stats.incr("connect_failed")
+            self._send(cid % self._nq, P.Connected(cid, status, text))
+
+        if cid in self.conns:
+            fail(P.Status.UNKNOWN, f"connection id {cid:#x} is in use")
+            return
+        if len(self.conns) >= cfg.max_connections:
+            fail(P.Status.INTERNAL, "too_many_connections")
+            return
+        if not cfg.allow_non_loopback and not is_loopback(m.host):
+            fail(P.Status.OS_ERROR, f"address {m.host} is not loopback (allow_non_loopback off)")
+            return
+        try:
+            framer = make_framer(m.framer, self.host_max_message)
+        except (FramingError, ValueError, TypeError) as exc:
+            fail(P.Status.UNKNOWN, f"bad framer spec {m.framer!r}: {exc}")
+            return
+        conn = Connection(self, cid, framer, host_window=self.host_window, outbound=True,
+                          now=self._clock())
+        self.conns[cid] = conn
+        loop = self._loop
+        assert loop is not None
+        conn.connect_task = loop.create_task(self._connect(conn, m))
+
+    async def _connect(self, conn: Connection, m: P.Connect) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        ctx = client_context(cfg.tls_client_cafile) if m.tls else None
+        try:
+            await asyncio.wait_for(loop.create_connection(
+                lambda: conn, m.host, m.port, ssl=ctx,
+                server_hostname=m.host if ctx is not None else None,
+                family=socket.AF_UNSPEC), cfg.connect_timeout)
+        except asyncio.CancelledError:
+            return
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            if conn.state is ConnState.CONNECTING:
+                reason = "tls_error" if isinstance(exc, ssl.SSLError) else "connect_failed"
+                conn.event(ConnEvent.CONNECT_FAILED, reason,
+                           f"{m.host}:{m.port}: {exc or type(exc).__name__}")
+        finally:
+            conn.connect_task = None
+
+
+def _text(reason: str, text: str) -> str:
+    return f"{reason}: {text}" if text else reason

@@ -1,0 +1,426 @@
+"""One terminated TCP connection: framer, credits, bounded buffers, lifecycle.
+
+Theory of operation
+-------------------
+A :class:`Connection` is the asyncio protocol of one client socket and a thin
+shell: its lifecycle is the table in :mod:`agent._state`, its credit
+arithmetic the pure objects in :mod:`agent._credit`. It talks to the rest of
+the agent only through its :class:`ConnOwner` (the mux), which turns calls into
+transport messages on the connection's queue.
+
+Client -> host::
+
+    data_received -> framer.feed -> whole messages -> fits SendWindow?
+        yes: owner.to_host_data (the link packs it into a frame)
+        no : held in ``pending`` (FIFO), and reading is paused: TCP
+             backpressure reaches this client only. CREDIT from the host
+             (:meth:`on_credit`) delivers what fits and resumes reading.
+
+Memory bound: a connection holds at most what one read returned plus one
+partial message (the framer bounds that by ``max_message_size``) before it
+stops reading; ``max_buffered_per_connection`` pauses it earlier. Across
+connections a :class:`Budget` caps the total: a connection that receives
+while the total is over the cap is paused if it holds whole messages (they
+drain with credit) or holds a partial message; resumed when the total is back
+under half the cap. If the total stays stuck above it (partial messages only,
+which never drain by themselves) the mux closes the largest holder with
+``buffer_limit``.
+
+Host -> client: :meth:`host_data` checks the host's DATA against the
+RecvWindow (a violation closes with ``credit_exceeded``), encodes it and
+writes it. The write-buffer high-water mark is 0, so asyncio calls
+``pause_writing`` whenever anything stays buffered and ``resume_writing``
+when the buffer is empty again; :class:`DrainTracker` maps the buffer size
+back to whole host messages, and their credit goes back to the host in
+batches (RecvWindow's rule) as they drain -- never before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, Callable, Protocol
+
+from framing import FramingError
+
+from ._codec import reply_encoder, wire_of
+from ._config import AgentConfig
+from ._credit import CreditError, DrainTracker, RecvWindow, SendWindow
+from ._state import REASON_FOR_EVENT, Action, ConnEvent, ConnState, transition
+from ._stats import AgentStats
+
+__all__ = ["Connection", "ConnOwner", "Budget"]
+
+log = logging.getLogger("agent")
+
+S, E, A = ConnState, ConnEvent, Action
+
+
+class Budget:
+    """Bytes buffered from clients, summed over every connection."""
+
+    __slots__ = ("limit", "used", "paused")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.paused: set[Connection] = set()
+
+    @property
+    def over(self) -> bool:
+        return self.used > self.limit
+
+    def adjust(self, delta: int) -> None:
+        self.used += delta
+        if delta < 0 and self.paused and self.used <= self.limit // 2:
+            waiting, self.paused = self.paused, set()
+            for conn in waiting:
+                conn._update_reading()
+
+
+class ConnOwner(Protocol):
+    """What a connection needs from the agent (implemented by the mux)."""
+
+    config: AgentConfig
+    stats: AgentStats
+    budget: Budget
+
+    def to_host_data(self, conn_id: int, wire: bytes, header_length: int) -> None: ...
+    def to_host_credit(self, conn_id: int, messages: int, nbytes: int) -> None: ...
+    def to_host_connected(self, conn: "Connection", ok: bool, reason: str, text: str) -> None: ...
+    def to_host_new_connection(self, conn: "Connection") -> None: ...
+    def watch_drain(self, conn: "Connection") -> None: ...
+    def now(self) -> float: ...
+    def finished(self, conn: "Connection", reason: str, text: str, report: bool) -> None: ...
+
+
+class Connection(asyncio.Protocol):
+    """See the module docstring. Created by the agent, one per TCP connection."""
+
+    def __init__(self, owner: ConnOwner, conn_id: int, framer: Any, *,
+                 host_window: tuple[int, int], outbound: bool = False,
+                 listener_id: int = 0, now: float = 0.0) -> None:
+        cfg = owner.config
+        self.owner = owner
+        self.conn_id = conn_id
+        self.listener_id = listener_id
+        self.state = S.CONNECTING if outbound else S.OPEN
+        self.framer = framer
+        self._encode: Callable[[bytes, int], bytes] = reply_encoder(framer)
+        self.send_window = SendWindow(*host_window)
+        self.recv_window = RecvWindow(cfg.initial_window_messages, cfg.initial_window_bytes,
+                                      max_message=cfg.max_message_size)
+        self.tracker = DrainTracker()
+        self.pending: deque[tuple[bytes, int]] = deque()
+        self.pending_bytes = 0
+        self.accounted = 0  # bytes counted in owner.budget
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.reading_paused = False
+        self.writing_paused = False
+        self.created = now
+        self.closing_since: float | None = None
+        self.close_reason = ""
+        self.connect_task: asyncio.Future[Any] | None = None
+        self._max_write = cfg.max_write_buffer
+        self._max_buffered = cfg.max_buffered_per_connection
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.conn_id} {self.state.name} peer={self.peer}>"
+
+    # -- asyncio protocol ----------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = (str(peer[0]), int(peer[1]))
+        if self.state is S.CLOSED:  # connect finished after the host gave up on it
+            transport.abort()
+            return
+        transport.set_write_buffer_limits(high=0, low=0)
+        if self.state is S.CONNECTING:
+            self.event(E.CONNECT_OK)
+        else:
+            self.owner.to_host_new_connection(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is not S.OPEN:
+            return  # CLOSING: no longer parsing; CLOSED: late data
+        framer = self.framer
+        try:
+            framer.feed(data)
+            msgs = framer.drain()
+        except FramingError as exc:
+            self._framing_error(exc)
+            return
+        if msgs:
+            self._queue(msgs)
+        if framer.failed is not None:
+            # messages before the error went out; now the error closes us
+            self._framing_error(framer.failed)
+            return
+        self._account()
+        self._update_reading()
+
+    def eof_received(self) -> bool:
+        self.event(E.CLIENT_EOF)
+        return True  # keep the write side open for the replies (TCP half-close)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        transport, self.transport = self.transport, None
+        if transport is None and self.state is S.CLOSED:
+            return
+        if exc is None and self.state is S.OPEN:
+            # TLS close_notify / transports that do not call eof_received
+            self.event(E.CLIENT_EOF)
+            if self.state is not S.DRAINING:
+                return
+        if exc is None and self.state is S.DRAINING:
+            return  # pending messages still go to the host; closing is then a no-op
+        if exc is None and self.state is S.CLOSING:
+            self.event(E.WRITES_DRAINED)
+            return
+        self.event(E.CLIENT_RESET, text=str(exc) if exc else "connection lost")
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self.owner.watch_drain(self)
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.check_drain()
+
+    # -- from the host -------------------------------------------------------
+    def on_credit(self, messages: int, nbytes: int) -> None:
+        """A CREDIT from the host for this connection."""
+        try:
+            self.send_window.grant(messages, nbytes)
+        except CreditError as exc:
+            self.event(E.LIMIT_EXCEEDED, "credit_exceeded", str(exc))
+            return
+        if self.pending:
+            self._deliver()
+            self._account()
+        self._update_reading()
+
+    def host_data(self, payload: bytes | bytearray | memoryview, header_length: int = 0) -> None:
+        """A DATA from the host: one reply message for the client."""
+        if self.state is not S.OPEN and self.state is not S.DRAINING:
+            self.event(E.HOST_DATA)
+            return
+        size = len(payload)
+        try:
+            self.recv_window.on_data(size)
+        except CreditError as exc:
+            self.event(E.LIMIT_EXCEEDED, "credit_exceeded", str(exc))
+            return
+        try:
+            wire = self._encode(bytes(payload), header_length)
+        except FramingError as exc:
+            self.owner.stats.host_errors["encode_error"] += 1
+            self.event(E.LIMIT_EXCEEDED, exc.code, f"host reply cannot be encoded: {exc}")
+            return
+        transport = self.transport
+        if transport is None:  # client already gone, CLOSED on its way
+            return
+        transport.write(wire)
+        self.tracker.wrote(len(wire), size)
+        self.check_drain()
+
+    def host_close(self, abort: bool = False) -> None:
+        """A CLOSE from the host (``abort``: reset instead of flushing)."""
+        self.event(E.HOST_CLOSE)
+        if abort and self.state is S.CLOSING:
+            self.event(E.LIMIT_EXCEEDED, "closed_by_host", "abort requested by the host")
+
+    # -- periodic ------------------------------------------------------------
+    def check_drain(self) -> bool:
+        """Return credit for written messages that left the buffer; True while
+        something is still buffered."""
+        transport = self.transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        if self.tracker:
+            m, b = self.tracker.drained(buffered)
+            if m:
+                self.recv_window.on_drained(m, b)
+        upd = self.recv_window.take_update(force=not buffered)
+        if upd is not None and self.state in (S.OPEN, S.DRAINING):
+            self.owner.to_host_credit(self.conn_id, upd[0], upd[1])
+        if buffered > self._max_write:
+            self.event(E.LIMIT_EXCEEDED, "write_buffer_overflow",
+                       f"{buffered} bytes buffered toward the client")
+            return False
+        if not buffered and self.state is S.CLOSING:
+            self.event(E.WRITES_DRAINED)
+            return False
+        if buffered:
+            self.owner.watch_drain(self)
+        return bool(buffered)
+
+    def check_timeouts(self, now: float) -> None:
+        """Close a CLOSING connection whose client never drains its replies."""
+        if (self.state is S.CLOSING and self.closing_since is not None
+                and now - self.closing_since > self.owner.config.close_linger):
+            self.event(E.LIMIT_EXCEEDED, "close_timeout", "client did not drain before close")
+
+    # -- lifecycle -----------------------------------------------------------
+    def event(self, ev: ConnEvent, reason: str = "", text: str = "") -> None:
+        """Feed one lifecycle event through the table and perform its action."""
+        action, nxt = transition(self.state, ev)
+        prev, self.state = self.state, nxt
+        reason = reason or REASON_FOR_EVENT.get(ev, ev.value)
+        owner = self.owner
+        transport = self.transport
+        if action is A.IGNORE:
+            return
+        if action is A.WRITE:  # only reached through event() by tests; host_data is the path
+            return
+        if action is A.DROP_HOST_DATA:
+            owner.stats.host_errors[f"data_in_{prev.value}"] += 1
+            return
+        if action is A.REPORT_CONNECTED:
+            owner.to_host_connected(self, True, "", "")
+            return
+        if action is A.START_DRAIN:
+            self._start_drain()
+            return
+        if action is A.BEGIN_CLOSE:
+            self.closing_since = owner.now()
+            if transport is not None:
+                self._pause(True)
+            self._drop_pending()
+            self.check_drain()
+            return
+        # terminal actions: everything below ends the connection
+        self.close_reason = reason
+        self._drop_pending()
+        report = True
+        if action is A.REPORT_CONNECT_FAILED:
+            owner.to_host_connected(self, False, reason, text)
+            report = False
+        elif action is A.CLOSE_AND_REPORT:
+            if transport is not None:
+                transport.close()
+        elif action is A.ABORT_AND_REPORT:
+            if transport is not None:
+                transport.abort()
+        elif action is A.REPORT_CLOSED:
+            if transport is not None:
+                transport.abort()
+            if self.connect_task is not None:
+                self.connect_task.cancel()
+        elif action is A.FINISH_CLOSE:
+            # the host asked for the close: the answer is always closed_by_host
+            if reason != "closed_by_host":
+                text = f"{reason}: {text}" if text else reason
+            self.close_reason = reason = "closed_by_host"
+            if transport is not None:
+                if transport.get_write_buffer_size():
+                    transport.abort()
+                else:
+                    transport.close()
+        elif action is A.ABORT_SILENT:
+            report = False
+            if transport is not None:
+                transport.abort()
+            if self.connect_task is not None:
+                self.connect_task.cancel()
+        self.transport = None
+        owner.finished(self, reason, text, report)
+
+    # -- internals -------------------------------------------------------------
+    def _queue(self, msgs: list[Any]) -> None:
+        framer = self.framer
+        window = self.send_window
+        pending = self.pending
+        to_host = self.owner.to_host_data
+        cid = self.conn_id
+        for msg in msgs:
+            wire, hlen = wire_of(framer, msg)
+            n = len(wire)
+            m = window.messages
+            if not pending and m > 0 and (window.bytes >= n or m >= window.initial_messages):
+                window.messages = m - 1
+                window.bytes -= n
+                to_host(cid, wire, hlen)
+            else:
+                pending.append((wire, hlen))
+                self.pending_bytes += n
+
+    def _deliver(self) -> None:
+        pending = self.pending
+        window = self.send_window
+        to_host = self.owner.to_host_data
+        cid = self.conn_id
+        while pending:
+            wire, hlen = pending[0]
+            n = len(wire)
+            if not window.fits(n):
+                break
+            pending.popleft()
+            self.pending_bytes -= n
+            window.messages -= 1
+            window.bytes -= n
+            to_host(cid, wire, hlen)
+        if not pending and self.state is S.DRAINING:
+            self.event(E.PENDING_DELIVERED)
+
+    def _start_drain(self) -> None:
+        try:
+            self.framer.feed_eof()
+            msgs = self.framer.drain()
+        except FramingError as exc:
+            self._framing_error(exc)
+            return
+        if msgs:
+            self._queue(msgs)
+            if self.state is not S.DRAINING:
+                return
+        if self.framer.failed is not None:
+            self._framing_error(self.framer.failed)
+            return
+        self._deliver()
+        if self.state is S.DRAINING:
+            self._account()
+
+    def _framing_error(self, exc: FramingError) -> None:
+        self.owner.stats.incr("framing_errors")
+        self.event(E.FRAMING_ERROR, exc.code, str(exc))
+
+    def _account(self) -> None:
+        now = self.pending_bytes + self.framer.buffered
+        delta = now - self.accounted
+        if delta:
+            self.accounted = now
+            self.owner.budget.adjust(delta)
+
+    def _drop_pending(self) -> None:
+        self.pending.clear()
+        self.pending_bytes = 0
+        if self.accounted:
+            delta, self.accounted = -self.accounted, 0
+            self.owner.budget.adjust(delta)
+
+    def _update_reading(self) -> None:
+        if self.state is not S.OPEN:
+            return
+        budget = self.owner.budget
+        pause = bool(self.pending) or self.accounted > self._max_buffered
+        if not pause and budget.over and self.accounted:
+            # holds a partial message while the agent is over its total: stop
+            # it growing (the mux closes the largest such holder if that stalls)
+            budget.paused.add(self)
+            pause = True
+        self._pause(pause)
+
+    def _pause(self, pause: bool) -> None:
+        if pause == self.reading_paused or self.transport is None:
+            return
+        self.reading_paused = pause
+        if pause:
+            self.owner.stats.incr("read_pauses")
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
