@@ -77,6 +77,7 @@ TP_STATUS_WRONG_FORMAT = 4
 TP_STATUS_LOSING = 4  # RX: the kernel dropped frames (packet(7))
 SIOCGIFMTU = 0x8921
 _TPACKET_ALIGNMENT = 16
+_ETH_HLEN = 14
 
 _TPACKET_REQ = struct.Struct("IIII")  # block_size, block_nr, frame_size, frame_nr
 _TPACKET_STATS = struct.Struct("II")  # tp_packets, tp_drops
@@ -155,7 +156,7 @@ class AfPacketBackend(FrameBackend):
         self._released_total = 0
         self._stats = BackendStats()
         self._stats.extra.update(kernel_rx_packets=0, kernel_rx_drops=0, kicks=0,
-                                 kick_errors=0, rx_truncated=0)
+                                 kick_errors=0, rx_truncated=0, tx_wrong_format=0)
 
     # -- construction ------------------------------------------------------------
     @classmethod
@@ -218,11 +219,15 @@ class AfPacketBackend(FrameBackend):
         free = 0
         want = min(want, n)
         while free < want:
-            st = words[(base + ((head + free) % n) * fs) >> 2]
+            w = (base + ((head + free) % n) * fs) >> 2
+            st = words[w]
             if st != TP_STATUS_AVAILABLE:
-                if st == TP_STATUS_WRONG_FORMAT:
-                    raise OSError(errno.EINVAL, "kernel rejected a TX frame (wrong format)")
-                break
+                if st != TP_STATUS_WRONG_FORMAT:
+                    break
+                # the kernel refused this frame (the kick reported the error): the
+                # slot is ours again, count it rather than wedge the ring
+                words[w] = TP_STATUS_AVAILABLE
+                self._stats.extra["tx_wrong_format"] += 1
             free += 1
         return free
 
@@ -234,6 +239,8 @@ class AfPacketBackend(FrameBackend):
         for i, ln in enumerate(lengths):
             if ln > fmax:
                 raise ValueError(f"frame {i} is {ln} bytes, larger than frame_size {fmax}")
+            if ln < _ETH_HLEN:
+                raise ValueError(f"frame {i} is {ln} bytes, shorter than an Ethernet header")
         want = len(frames)
         if want == 0:
             return 0
@@ -255,10 +262,10 @@ class AfPacketBackend(FrameBackend):
             words[off >> 2] = TP_STATUS_SEND_REQUEST  # last: hands the slot over
             nbytes += ln
         self._tx_head = (head + n) % count
-        self.flush()
         st = self._stats
         st.tx_frames += n
         st.tx_bytes += nbytes
+        self.flush()
         return n
 
     def flush(self) -> None:
@@ -301,8 +308,8 @@ class AfPacketBackend(FrameBackend):
         for i, s in enumerate(slots):
             if s.token != (self._tx_head + i) % count:
                 raise ValueError("submit_tx slots must be the reserved slots, in order")
-            if not 0 <= s.length <= self.frame_size:
-                raise ValueError(f"slot length {s.length} outside 0..{self.frame_size}")
+            if not _ETH_HLEN <= s.length <= self.frame_size:
+                raise ValueError(f"slot length {s.length} outside {_ETH_HLEN}..{self.frame_size}")
         nbytes = 0
         for s in slots:
             off = base + s.token * fs

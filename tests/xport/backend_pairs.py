@@ -13,6 +13,7 @@ sender never exceeds it), order and integrity checked, frames/s reported::
 
     .venv/bin/python tests/xport/backend_pairs.py bench --kind shm --count 200000
     .venv/bin/python tests/xport/backend_pairs.py bench --kind afpacket --count 200000
+    .venv/bin/python tests/xport/backend_pairs.py bench --kind afxdp --count 200000
 """
 
 from __future__ import annotations
@@ -176,6 +177,12 @@ def _open_end(kind: str, spec: dict[str, Any]) -> FrameBackend:
 
         return AfPacketBackend.open(spec["ifname"], frame_count=spec["ring"],
                                     netns=spec.get("netns"))
+    if kind == "afxdp":
+        from xport._afxdp import AfXdpBackend
+
+        ring = spec["ring"]
+        return AfXdpBackend.open(spec["ifname"], 0, frame_count=2 * ring, rx_size=ring,
+                                 tx_size=ring)
     raise ValueError(f"two-process harness does not support {kind!r}")
 
 
@@ -265,6 +272,15 @@ def two_process(kind: str, *, count: int = 20000, size: int = 64, batch: int = 6
             rx = st.enter_context(AfPacketBackend.open(pair.host.ifname, frame_count=ring,
                                                        netns=pair.host.netns))
             child_spec = {"ifname": pair.agent.ifname, "ring": ring}
+        elif kind == "afxdp":
+            from xport._topology import VethPair
+
+            # both ends in the root namespace (AfXdpBackend.open has no netns= argument)
+            pair = st.enter_context(VethPair(queues=1))
+            assert pair.agent is not None and pair.host is not None
+            rx = st.enter_context(_open_end("afxdp", {"ifname": pair.host.ifname,
+                                                      "ring": ring}))
+            child_spec = {"ifname": pair.agent.ifname, "ring": ring}
         else:
             raise ValueError(f"two-process harness does not support {kind!r}")
         cmd = [sys.executable, os.path.abspath(__file__), "send", "--kind", kind,
@@ -287,7 +303,7 @@ def two_process(kind: str, *, count: int = 20000, size: int = 64, batch: int = 6
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("role", choices=["send", "bench"])
-    ap.add_argument("--kind", default="shm", choices=["shm", "afpacket"])
+    ap.add_argument("--kind", default="shm", choices=["shm", "afpacket", "afxdp"])
     ap.add_argument("--spec", default="{}")
     ap.add_argument("--count", type=int, default=200000)
     ap.add_argument("--size", type=int, default=64)

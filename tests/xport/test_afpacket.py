@@ -163,3 +163,16 @@ def test_open_missing_interface() -> None:
     afxdp_required()
     with pytest.raises(OSError):
         AfPacketBackend.open("mxnope0000", frame_count=16)
+
+
+def test_short_frame_rejected_and_wrong_format_slot_recovered(pair: Pair) -> None:
+    from xport._afpacket import TP_STATUS_WRONG_FORMAT
+
+    a, b = pair
+    with pytest.raises(ValueError):
+        a.send_batch([bytes(13)])  # would make the kernel mark the slot WRONG_FORMAT
+    # a slot the kernel refused is taken back, counted, and the ring goes on
+    a._words[(a._tx_base + a._tx_head * a.ring_frame_size) >> 2] = TP_STATUS_WRONG_FORMAT
+    send_all(a, [data_frame(5)])
+    assert frame_seq(recv_n(b, 1)[0]) == 5
+    assert a.statistics().extra["tx_wrong_format"] == 1
