@@ -163,7 +163,24 @@ class HostStats:
 
 
 class LinkPort(Protocol):
-    """What the host needs of one queue's link (an AsyncLink adapter, or a test double)."""
+    """What the host needs of one queue's link (an AsyncLink adapter, or a test double).
+
+    ``link_managed`` ports (the xport link) send HELLO when built, run
+    keepalive themselves and swallow the peer's HELLO/KEEPALIVE: the host then
+    reads the peer's HELLO from :meth:`peer_hello` and liveness from
+    :meth:`tick`. Other ports carry HELLO and KEEPALIVE like any message and
+    the host does both itself.
+    """
+
+    link_managed: bool
+
+    def peer_hello(self) -> P.Hello | None:
+        """The latest HELLO the link consumed (a new object when the peer restarts)."""
+        ...
+
+    def tick(self, now: float) -> bool:
+        """Keepalive duty of a managed link at ``now``; True when the peer is lost."""
+        ...
 
     async def send(self, msgs: Sequence[P.Message]) -> None:
         """Send messages in order; may wait for link-level credit."""
@@ -531,6 +548,8 @@ class Host:
         self._host_conn_ids = itertools.count(HOST_CONN_ID_BASE)
         self._tasks: list[asyncio.Task[None]] = []
         self._agent_hello: P.Hello | None = None
+        self._managed = all(getattr(p, "link_managed", False) for p in self._ports)
+        self._seen_hello: list[P.Hello | None] = [None] * len(self._ports)
         self._hello_event: asyncio.Event | None = None
         self._agent_window = (self.config.window_messages, self.config.window_bytes)
         self.max_send_size = self.config.max_message_size
@@ -562,14 +581,36 @@ class Host:
             self._tasks.append(loop.create_task(self._writer(q, port), name=f"host-tx-{q}"))
         if self._run_timer:
             self._tasks.append(loop.create_task(self._timer(), name="host-timer"))
-        self._send_hello()
+        if not self._managed:
+            self._send_hello()  # a managed link sent its HELLO when it was built
         try:
-            await asyncio.wait_for(self._hello_event.wait(), self.config.hello_timeout)
+            await asyncio.wait_for(self._wait_hello(), self.config.hello_timeout)
         except asyncio.TimeoutError:
             await self.close()
             raise LinkLostError(f"no HELLO from the agent within {self.config.hello_timeout} s",
                                 "link_lost") from None
         return self
+
+    async def _wait_hello(self) -> None:
+        assert self._hello_event is not None
+        if not self._managed:
+            await self._hello_event.wait()
+            return
+        # a managed link consumes HELLO without waking a reader: look for it
+        while not self._hello_event.is_set():
+            self._check_hellos()
+            if not self._hello_event.is_set():
+                await asyncio.sleep(0.005)
+
+    def _check_hellos(self) -> None:
+        """Managed links: hand a HELLO the link consumed (new or changed) to _on_hello."""
+        for q, port in enumerate(self._ports):
+            h = port.peer_hello()
+            if h is None or h is self._seen_hello[q]:
+                continue
+            self._seen_hello[q] = h
+            if q == 0:  # queue 0 speaks for the agent: first = startup, later = restart
+                self._on_hello(h)
 
     async def close(self) -> None:
         """Close every connection (best effort: CLOSE sent), stop the tasks, close ports."""
@@ -681,6 +722,15 @@ class Host:
         the link lost when the agent has been silent for ``keepalive_timeout``."""
         if now is None:
             now = self._clock()
+        if self._managed:
+            lost = False
+            for port in self._ports:
+                lost = port.tick(now) or lost
+            self._check_hellos()
+            if lost and self._lost is None and self._agent_hello is not None:
+                self._link_lost("link_lost", "keepalive expired: nothing from the agent for "
+                                             f"{self.config.keepalive_timeout:.1f} s")
+            return
         if self._lost is None and self._agent_hello is not None \
                 and now - self._last_rx > self.config.keepalive_timeout:
             self._link_lost("link_lost", f"nothing from the agent for "
@@ -736,6 +786,8 @@ class Host:
                 self._link_lost("link_lost", f"link closed: {exc}")
                 return
             self._last_rx = self._clock()
+            if self._managed:
+                self._check_hellos()
             for m in msgs:
                 try:
                     self._on_message(q, m)

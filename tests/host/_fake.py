@@ -11,6 +11,14 @@ from xport import _protocol as P
 class MemoryPort:
     """One end of an in-memory, in-order, lossless message pipe (a LinkPort)."""
 
+    link_managed = False
+
+    def peer_hello(self) -> P.Hello | None:
+        return None
+
+    def tick(self, now: float) -> bool:
+        return False
+
     def __init__(self) -> None:
         self.inbox: asyncio.Queue[list[P.Message] | None] = asyncio.Queue()
         self.peer: MemoryPort | None = None
