@@ -175,6 +175,110 @@ def _run_frames_recv(be: Any, a: argparse.Namespace) -> dict[str, Any]:
             "mb_per_s": nbytes / secs / 1e6 if secs > 0 else 0.0}
 
 
+def _link(be: Any, role: str) -> Any:
+    from xport._link import Link, LinkConfig
+    from xport._protocol import Role
+
+    agent, host = b"\x02\x00\x00\x00\x00\x01", b"\x02\x00\x00\x00\x00\x02"
+    if role == "send":  # the agent end sends, the host end receives (DESIGN.md picture)
+        cfg = LinkConfig(role=Role.AGENT, local_mac=agent, peer_mac=host)
+    else:
+        cfg = LinkConfig(role=Role.HOST, local_mac=host, peer_mac=agent)
+    return Link(be, cfg, now=time.monotonic())
+
+
+def _run_msgs_send(be: Any, a: argparse.Namespace) -> dict[str, Any]:
+    """Queue small DATA messages, flush (packs them ~46 to a frame), poll for credit."""
+    link = _link(be, "send")
+    payload = bytes(a.msg_size)
+    # keep about two flushes' worth of messages queued: the link packs, credit paces
+    per_frame = max(1, (be.frame_size - 34) // (16 + a.msg_size))
+    low = 2 * a.batch * per_frame
+    send = link.send_data
+    flush, poll = link.flush, link.poll
+    queued = 0
+    now = time.monotonic
+    t0 = now()
+    deadline = t0 + a.seconds
+    rounds = 0
+    while not _stop:
+        q = link.queued_messages
+        if q < low:
+            for _ in range(low - q):
+                send(1, payload)
+            queued += low - q
+        if not flush():
+            poll(a.batch)  # out of link credit: take the peer's credit frames
+            if not flush():
+                be.wait_readable(0.001)
+        poll(a.batch)
+        rounds += 1
+        if not rounds & 7 and now() >= deadline:
+            break
+    t_end = now()
+    # drain what is queued (the receiver is still counting), bounded in time
+    until = t_end + 3.0
+    while (link.queued_messages or be.tx_pending()) and now() < until and not _stop:
+        if not flush():
+            be.wait_readable(0.001)
+        poll(a.batch)
+    st = link.statistics()
+    secs = t_end - t0
+    msgs = st.messages_out - 1  # minus the HELLO
+    return {"role": "send", "frames": st.frames_out, "messages": msgs,
+            "messages_queued": queued, "unsent_messages": link.queued_messages,
+            "seconds": secs, "messages_per_s": msgs / secs if secs else 0.0,
+            "credit_stalls": st.credit_stalls, "credit_only_in": st.credit_only_in}
+
+
+def _run_msgs_recv(be: Any, a: argparse.Namespace) -> dict[str, Any]:
+    """Poll whole messages, count them and their payload bytes, flush credit back."""
+    link = _link(be, "recv")
+    poll, flush = link.poll, link.flush
+    msgs = nbytes = 0
+    t_first = t_last = 0.0
+    now = time.monotonic
+    idle = a.idle_ms / 1000.0
+    spin = a.rx_wait == "spin"
+    t_start = now()
+    t_empty = 0.0
+    was_empty = False
+    _ready()
+    while not _stop:
+        got = poll(a.batch)
+        # Credit (and our HELLO) go back only once the sender is up: a frame sent
+        # before the peer's socket exists is lost, and the credit it carried with it.
+        if msgs or got:
+            flush()
+        if not got:
+            t = now()
+            if not was_empty:
+                was_empty, t_empty = True, t
+            if msgs and (t - t_last > idle or t - t_first > a.seconds + 3.0):
+                break
+            if not msgs and t - t_start > a.seconds + 30.0:
+                break
+            if not spin or t - t_empty > 1e-3:
+                be.wait_readable(0.01)
+            continue
+        was_empty = False
+        for m in got:
+            nbytes += len(m.payload)
+        t_last = now()
+        if not msgs:
+            t_first = t_last
+        msgs += len(got)
+    st = link.statistics()
+    secs = t_last - t_first
+    frames = st.frames_in - st.credit_only_in
+    return {"role": "recv", "frames": frames, "messages": msgs, "bytes": nbytes,
+            "seconds": secs, "messages_per_s": msgs / secs if secs > 0 else 0.0,
+            "frames_per_s": frames / secs if secs > 0 else 0.0,
+            "mb_per_s": nbytes / secs / 1e6 if secs > 0 else 0.0,
+            "messages_per_frame": msgs / frames if frames else 0.0,
+            "credit_only_out": st.credit_only_out, "dropped": dict(st.dropped)}
+
+
 def _ready() -> None:
     print(json.dumps({"event": "ready"}), flush=True)
 
