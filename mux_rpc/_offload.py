@@ -128,6 +128,9 @@ class HostConfig:
     (possible when they ride another queue); beyond it the oldest is dropped."""
     tick_interval: float = 0.25
     """Seconds between keepalive checks of the host's timer task."""
+    hello_grace: float = 1.0
+    """An agent HELLO within this many seconds of the host's own HELLO is the
+    agent's answer to it, not a restart (the agent answers a HELLO with one)."""
 
     def __post_init__(self) -> None:
         if self.window_messages < 1 or self.window_bytes < 1:
@@ -550,6 +553,7 @@ class Host:
         self._agent_hello: P.Hello | None = None
         self._managed = all(getattr(p, "link_managed", False) for p in self._ports)
         self._seen_hello: list[P.Hello | None] = [None] * len(self._ports)
+        self._hello_sent_at = clock()  # a managed link sent HELLO when it was built
         self._hello_event: asyncio.Event | None = None
         self._agent_window = (self.config.window_messages, self.config.window_bytes)
         self.max_send_size = self.config.max_message_size
@@ -759,6 +763,7 @@ class Host:
 
     def _send_hello(self) -> None:
         cfg = self.config
+        self._hello_sent_at = self._clock()
         for q in range(len(self._ports)):
             self._send_ctl(q, _make_hello(cfg))
 
@@ -893,6 +898,8 @@ class Host:
             if self._hello_event is not None:
                 self._hello_event.set()
             return
+        if self._lost is None and self._clock() - self._hello_sent_at < self.config.hello_grace:
+            return  # the agent answering our HELLO, not a new agent
         # the agent restarted (or came back after a lost link)
         self.stats.peer_restarts += 1
         was_lost = self._lost is not None

@@ -363,9 +363,14 @@ async def test_traffic_keeps_the_link_alive() -> None:
 
 @run
 async def test_agent_restart_breaks_connections_and_relistens() -> None:
-    host, agent, _ = await make()
+    host, agent, clock = await make()
     lst, conn = await accepted(host, agent)
     n_listen = len(agent.of_type(P.Listen))
+    # a HELLO right after ours is the agent's answer, not a restart
+    await agent.send(0, P.Hello(P.Role.AGENT))
+    await settle()
+    assert conn.state is ConnState.OPEN and host.stats.peer_restarts == 0
+    clock.now += 2.0
     await agent.send(0, P.Hello(P.Role.AGENT))
     with pytest.raises(LinkLostError) as ei:
         await conn.recv()
