@@ -1,0 +1,232 @@
+"""The connection shell driven directly: fake transport, fake owner, no sleeping."""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent import AgentConfig, ConnState, Connection
+from agent._codec import make_framer
+
+from agent_fakes import FakeOwner, FakeTransport
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack("!I", len(body)) + body
+
+
+def make(owner: FakeOwner | None = None, *, window: tuple[int, int] = (4, 1000),
+         hold: bool = False, spec: str = "length", outbound: bool = False,
+         ) -> tuple[Connection, FakeOwner, FakeTransport]:
+    owner = owner or FakeOwner(AgentConfig(initial_window_messages=4, initial_window_bytes=1000,
+                                           max_message_size=4096,
+                                           max_buffered_per_connection=8192))
+    framer = make_framer(spec, owner.config.max_message_size)
+    conn = Connection(owner, 7, framer, host_window=window, outbound=outbound)
+    tr = FakeTransport(hold=hold)
+    conn.connection_made(tr)
+    return conn, owner, tr
+
+
+def test_accepted_connection_is_announced_and_forwards_whole_messages() -> None:
+    conn, owner, tr = make()
+    assert owner.new == [7] and conn.state is ConnState.OPEN
+    data = frame(b"hello") + frame(b"world")
+    conn.data_received(data[:3])
+    assert owner.data == []
+    conn.data_received(data[3:])
+    assert owner.data == [(7, frame(b"hello"), 4), (7, frame(b"world"), 4)]
+    assert tr.reading
+
+
+def test_out_of_credit_pauses_reading_and_credit_resumes_in_order() -> None:
+    conn, owner, tr = make(window=(2, 1000))
+    conn.data_received(b"".join(frame(bytes([i]) * 3) for i in range(5)))
+    assert [d[1] for d in owner.data] == [frame(b"\0" * 3), frame(b"\1" * 3)]
+    assert not tr.reading and len(conn.pending) == 3
+    assert owner.budget.used == 3 * 7
+    conn.on_credit(1, 7)
+    assert len(owner.data) == 3 and not tr.reading
+    conn.on_credit(5, 100)
+    assert [d[1][4] for d in owner.data] == [0, 1, 2, 3, 4]
+    assert tr.reading and owner.budget.used == 0
+
+
+def test_byte_credit_limits_too() -> None:
+    conn, owner, tr = make(window=(10, 20))
+    conn.data_received(frame(b"x" * 10) + frame(b"y" * 10))
+    assert len(owner.data) == 1 and not tr.reading  # 14 + 14 > 20
+    conn.on_credit(1, 14)
+    assert len(owner.data) == 2 and tr.reading
+
+
+def test_message_larger_than_the_window_goes_alone() -> None:
+    conn, owner, tr = make(window=(4, 100))
+    conn.data_received(frame(b"a" * 10) + frame(b"b" * 300))
+    assert len(owner.data) == 1 and not tr.reading  # waits until the pipe is empty
+    conn.on_credit(1, 14)
+    assert len(owner.data) == 2 and tr.reading
+    assert conn.send_window.bytes == 100 - 304
+
+
+def test_framing_error_closes_only_after_earlier_messages() -> None:
+    conn, owner, tr = make()
+    conn.data_received(frame(b"ok") + struct.pack("!I", 10_000_000) + b"zz")
+    assert owner.data == [(7, frame(b"ok"), 4)]
+    assert tr.aborted and conn.state is ConnState.CLOSED
+    assert owner.closed[0][:2] == (7, "frame_too_long") and owner.closed[0][3]
+    conn.data_received(frame(b"late"))  # ignored
+    assert len(owner.data) == 1
+    assert owner.stats.counters["framing_errors"] == 1
+
+
+def test_eof_mid_message_is_truncated() -> None:
+    conn, owner, tr = make()
+    conn.data_received(frame(b"abc")[:5])
+    conn.eof_received()
+    assert owner.closed[0][1] == "truncated_message" and tr.aborted
+
+
+def test_eof_drains_pending_then_closes_gracefully() -> None:
+    conn, owner, tr = make(window=(1, 1000))
+    conn.data_received(frame(b"1") + frame(b"2"))
+    assert conn.eof_received() is True
+    assert conn.state is ConnState.DRAINING and not tr.closed
+    conn.host_data(b"reply")  # the client may still get replies
+    assert tr.written == frame(b"reply")
+    conn.on_credit(1, 5)
+    assert conn.state is ConnState.CLOSED and tr.closed and not tr.aborted
+    assert owner.closed == [(7, "peer_closed", "", True)]
+    assert [d[1] for d in owner.data] == [frame(b"1"), frame(b"2")]
+
+
+def test_reset_reports_peer_reset() -> None:
+    conn, owner, tr = make()
+    conn.connection_lost(ConnectionResetError("boom"))
+    assert owner.closed[0][:2] == (7, "peer_reset")
+
+
+def test_host_data_is_encoded_and_credit_returns_as_it_drains() -> None:
+    conn, owner, tr = make(hold=True)
+    # the agent granted 4 messages / 1000 bytes (config)
+    conn.host_data(b"a" * 10)
+    conn.host_data(b"b" * 10)
+    assert tr.written == frame(b"a" * 10) + frame(b"b" * 10)
+    assert owner.credits == [] and conn in owner.watched
+    tr.drain(14)  # the first message left the buffer
+    assert conn.check_drain() is True
+    assert owner.credits == [(7, 1, 10)]  # a quarter of 4 messages: due at once
+    tr.drain()
+    assert conn.check_drain() is False
+    assert owner.credits == [(7, 1, 10), (7, 1, 10)]
+
+
+def test_host_reply_with_header_keeps_length_consistent() -> None:
+    conn, owner, tr = make()
+    conn.host_data(frame(b"xyz"), 4)  # header sent along
+    conn.host_data(b"body", 0)  # body only: the agent writes the length field
+    assert tr.written == frame(b"xyz") + frame(b"body")
+
+
+def test_host_beyond_credit_closes_with_credit_exceeded() -> None:
+    conn, owner, tr = make(hold=True)
+    for _ in range(4):
+        conn.host_data(b"x")
+    conn.host_data(b"x")
+    assert conn.state is ConnState.CLOSED and tr.aborted
+    assert owner.closed[0][1] == "credit_exceeded"
+
+
+def test_host_close_flushes_then_confirms() -> None:
+    conn, owner, tr = make(hold=True)
+    conn.data_received(frame(b"q"))
+    conn.host_data(b"answer")
+    conn.host_close()
+    assert conn.state is ConnState.CLOSING and not tr.reading and not tr.closed
+    conn.data_received(frame(b"ignored"))
+    assert len(owner.data) == 1
+    tr.drain()
+    conn.check_drain()
+    assert conn.state is ConnState.CLOSED and tr.closed and not tr.aborted
+    assert owner.closed == [(7, "closed_by_host", "", True)]
+
+
+def test_host_close_times_out_on_a_client_that_never_reads() -> None:
+    conn, owner, tr = make(hold=True)
+    conn.host_data(b"answer")
+    owner.clock = 100.0
+    conn.host_close()
+    conn.check_timeouts(100.0 + owner.config.close_linger / 2)
+    assert conn.state is ConnState.CLOSING
+    conn.check_timeouts(100.0 + owner.config.close_linger + 1)
+    assert conn.state is ConnState.CLOSED and tr.aborted
+    assert owner.closed[0][1] == "closed_by_host" and "close_timeout" in owner.closed[0][2]
+
+
+def test_host_abort() -> None:
+    conn, owner, tr = make(hold=True)
+    conn.host_data(b"answer")
+    conn.host_close(abort=True)
+    assert tr.aborted and owner.closed[0][1] == "closed_by_host"
+
+
+def test_data_after_close_is_counted_not_written() -> None:
+    conn, owner, tr = make()
+    conn.connection_lost(None)  # clean close from the client (no pending)
+    assert conn.state is ConnState.CLOSED and owner.closed[0][1] == "peer_closed"
+    conn.host_data(b"late")
+    assert owner.stats.host_errors["data_in_closed"] == 1
+
+
+def test_outbound_connect_reports_connected() -> None:
+    conn, owner, tr = make(outbound=True)
+    assert owner.connected == [(7, True, "")] and owner.new == []
+    assert conn.state is ConnState.OPEN
+
+
+def test_global_budget_pauses_partial_holders() -> None:
+    cfg = AgentConfig(max_message_size=4096, max_buffered_per_connection=8192,
+                      max_buffered_total=100)
+    owner = FakeOwner(cfg)
+    a, _, ta = make(owner, window=(1, 10_000))
+    b, _, tb = make(owner, window=(1, 10_000))
+    a.data_received(frame(b"x") + frame(b"y" * 200))  # second one waits for credit
+    assert not ta.reading and owner.budget.used == 204
+    b.data_received(frame(b"z" * 50)[:20])  # a partial message while over the total
+    assert not tb.reading and b in owner.budget.paused
+    a.on_credit(1, 1000)  # a's pending drains: total back under half, b resumes
+    assert tb.reading and ta.reading and owner.budget.used == 20
+
+
+@settings(max_examples=150, deadline=None)
+@given(bodies=st.lists(st.binary(max_size=40), max_size=40),
+       cuts=st.lists(st.integers(1, 60), max_size=80),
+       grants=st.lists(st.integers(0, 3), max_size=80))
+def test_every_message_exactly_once_in_order(bodies: list[bytes], cuts: list[int],
+                                             grants: list[int]) -> None:
+    conn, owner, tr = make(window=(3, 120))
+    stream = b"".join(frame(b) for b in bodies)
+    pos = 0
+    gi = 0
+    while pos < len(stream):
+        if tr.reading:
+            n = cuts[gi % len(cuts)] if cuts else len(stream)
+            conn.data_received(stream[pos:pos + n])
+            pos += n
+        # host consumes and grants back (possibly nothing this round)
+        k = grants[gi % len(grants)] if grants else 1
+        gi += 1
+        delivered = len(owner.data)
+        given_back = sum(c[1] for c in owner.credits)
+        if k or not tr.reading:
+            k = max(k, 1)
+            sent = owner.data[-k:] if k <= delivered else owner.data
+            conn.on_credit(len(sent), sum(len(d[1]) for d in sent))
+        # memory bound: one read chunk plus one partial message
+        assert conn.accounted <= 60 + 44
+        del given_back
+    while conn.pending:
+        conn.on_credit(3, 1000)
+    assert [d[1] for d in owner.data] == [frame(b) for b in bodies]
