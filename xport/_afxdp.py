@@ -250,6 +250,8 @@ class AfXdpBackend(FrameBackend):
             self._grow(max_frames)
         if self._pending_release:
             self._flush_releases()
+        if self._sock.ctx.tx_stalled:
+            self._sock.kick()  # keep TX moving even when the owner only receives
         lens = self._rx_lens
         if copy:
             n = self._sock.rx_burst(self._rx_out, lens, max_frames)
@@ -300,12 +302,31 @@ class AfXdpBackend(FrameBackend):
 
     def wait_readable(self, timeout: float | None) -> bool:
         self._check_open()
-        if self._sock.rx_ready():
+        sock = self._sock
+        if sock.rx_ready():
             return True
-        if not self.busy_poll:
-            r, _, _ = select.select([self._sock.fileno()], [], [], timeout)
+        if self.busy_poll:
+            return self.busy_poll_wait(timeout)
+        fd = sock.fileno()
+        if not sock.ctx.tx_stalled:
+            r, _, _ = select.select([fd], [], [], timeout)
             return bool(r)
-        return self.busy_poll_wait(timeout)
+        # TX descriptors wait for a kick the device refused: retry while we wait.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        step = 0.0005
+        while True:
+            sock.kick()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if sock.ctx.tx_stalled:
+                wait: float | None = step if left is None else min(step, left)
+            else:
+                wait = left  # TX drained: plain wait for RX from here on
+            r, _, _ = select.select([fd], [], [], wait)
+            if r:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            step = min(step * 2, 0.005)
 
     def busy_poll_wait(self, timeout: float | None) -> bool:
         """Spin (driving NAPI with recvfrom) until a frame is ready or ``timeout`` passes."""

@@ -119,6 +119,7 @@ struct mux_xsk {
     uint32_t n_tx;
     uint32_t tx_free;       /* frames on the TX free stack */
     uint32_t rx_held;       /* RX frames out as zero-copy views */
+    uint32_t tx_stalled;    /* last kick left descriptors in the TX ring */
     int fd;
     ...;
 };
@@ -206,6 +207,7 @@ struct mux_xsk {
     uint32_t n_tx;
     uint32_t tx_free;
     uint32_t rx_held;
+    uint32_t tx_stalled;
     int fd;
     /* private */
     int use_wakeup;
@@ -518,23 +520,26 @@ int mux_xsk_kick(struct mux_xsk *c)
     /* Copy mode sends at most 32 descriptors per kick: repeat while the
      * kernel has not consumed the whole ring. */
     max_kicks = c->tx.size / 32 + 2;
+    c->tx_stalled = 0;
     for (i = 0; i < max_kicks; i++) {
         if (mux_xsk_tx_ring_pending(c) == 0)
             return 0;
         if (c->use_wakeup && !xsk_ring_prod__needs_wakeup(&c->tx))
-            return 0;
+            return 0; /* the kernel is processing the ring by itself */
         c->kicks++;
         if (sendto(c->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) < 0) {
             int e = errno;
             if (e == EINTR)
                 continue;
-            if (e == EAGAIN || e == EBUSY || e == ENOBUFS) {
+            if (e == EAGAIN || e == EBUSY || e == ENOBUFS)
                 c->kick_busy++;
-                return -e;
-            }
+            /* The device pushed back: descriptors stay queued and must be
+             * kicked again later (a missing kick stalls TX silently). */
+            c->tx_stalled = mux_xsk_tx_ring_pending(c) != 0;
             return -e;
         }
     }
+    c->tx_stalled = mux_xsk_tx_ring_pending(c) != 0;
     return 0;
 }
 

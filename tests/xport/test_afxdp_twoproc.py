@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"afxdp two-process: {r['received']} frames of {args.size} B in {r['seconds']:.3f} s"
           f" = {r['received'] / max(r['seconds'], 1e-9):,.0f} frames/s; bad {r['bad']}, "
           f"rx_dropped {r['stats']['rx_dropped']}, fill_empty {r['stats']['rx_fill_empty']}, "
-          f"sender kicks {res['sender']['stats']['extra']['kicks']}")
+          f"sender kicks {res['sender']['stats']['extra']['kicks']} busy {res['sender']['stats']['extra']['kick_busy']}")
     return 0
 
 
