@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -38,7 +38,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.late_responses = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -136,7 +136,7 @@ class Client:
         async with asyncio.timeout(timeout):
             transport, proto = await loop.create_connection(
                 lambda: _ClientProtocol(max_message_size), host, port)
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
         return cls(transport, proto)
 
     @property

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgpack
 
@@ -49,10 +50,12 @@ class _DirectProtocol(asyncio.Protocol):
         self.blocked = False  # waiting for an in-flight slot
         self.calls: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.backlog: deque[bytes] = deque()  # received, not yet fed (bounded feeding)
+        self.fed = 0
 
     # -- transport callbacks ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
         self.transport = transport
         self.server._protocols.add(self)
         self.server.stats.connections_accepted += 1
@@ -66,12 +69,32 @@ class _DirectProtocol(asyncio.Protocol):
             t.cancel()
 
     def data_received(self, data: bytes) -> None:
-        try:
+        if self.backlog or len(data) > self.server.config.max_message_size - self._partial():
+            self.backlog.append(bytes(data))
+        else:
             self.unpacker.feed(data)
-        except msgpack.BufferFull:
-            self._protocol_error(f"message larger than {self.server.config.max_message_size} bytes")
-            return
+            self.fed += len(data)
         self._process()
+
+    def _partial(self) -> int:
+        """Bytes of an incomplete message held in the Unpacker."""
+        return self.fed - self.unpacker.tell()
+
+    def _feed_backlog(self) -> bool:
+        """Feed as much backlog as fits under max_message_size; False when nothing fits."""
+        room = self.server.config.max_message_size - self._partial()
+        if room <= 0:
+            self._protocol_error(f"message larger than {self.server.config.max_message_size} bytes")
+            return False
+        chunk = self.backlog[0]
+        if len(chunk) > room:
+            self.backlog[0] = chunk[room:]
+            chunk = chunk[:room]
+        else:
+            self.backlog.popleft()
+        self.unpacker.feed(chunk)
+        self.fed += len(chunk)
+        return True
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -99,6 +122,8 @@ class _DirectProtocol(asyncio.Protocol):
                 try:
                     msg = next(unpacker)
                 except StopIteration:
+                    if self.backlog and self._feed_backlog():
+                        continue
                     break
                 n += 1
                 r = dispatch(msg)
