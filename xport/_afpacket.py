@@ -150,6 +150,9 @@ class AfPacketBackend(FrameBackend):
         self._tx_base = rx_bytes
         self._rx_head = 0  # next RX slot we read
         self._tx_head = 0  # next TX slot we fill
+        self._tx_submitted = 0  # TX slots handed to the kernel, cumulative
+        self._tx_completed = 0  # ... and seen back as available, cumulative
+        self._tx_views: list[memoryview] = []  # outstanding reserve_tx views
         self._rx_seq = 0  # u32 count of RX slots read (for in-order release accounting)
         self._tracker = ReleaseTracker(0)
         self._outstanding: dict[int, RxFrame] = {}
@@ -231,6 +234,12 @@ class AfPacketBackend(FrameBackend):
             free += 1
         return free
 
+    def _drop_reservation(self) -> None:
+        """Invalidate unsubmitted reserve_tx views (their slots may be reused now)."""
+        for v in self._tx_views:
+            v.release()
+        self._tx_views.clear()
+
     def send_batch(self, frames: Sequence[Buffer]) -> int:
         self._check_open()
         lengths = [len(f) if isinstance(f, (bytes, bytearray)) else memoryview(f).nbytes
@@ -244,6 +253,8 @@ class AfPacketBackend(FrameBackend):
         want = len(frames)
         if want == 0:
             return 0
+        if self._tx_views:
+            self._drop_reservation()
         n = self._tx_free_slots(want)
         if n < want:
             self._stats.tx_ring_full += 1
@@ -262,6 +273,7 @@ class AfPacketBackend(FrameBackend):
             words[off >> 2] = TP_STATUS_SEND_REQUEST  # last: hands the slot over
             nbytes += ln
         self._tx_head = (head + n) % count
+        self._tx_submitted += n
         st = self._stats
         st.tx_frames += n
         st.tx_bytes += nbytes
@@ -283,15 +295,27 @@ class AfPacketBackend(FrameBackend):
             self._stats.extra["kick_errors"] += 1
 
     def tx_pending(self) -> int:
-        """TX slots handed to the kernel and not completed yet."""
+        """TX slots handed to the kernel and not completed yet (walked in ring order)."""
         if self._closed:
             return 0
-        words, base, fs = self._words, self._tx_base, self.ring_frame_size
-        return sum(1 for i in range(self.tx_frames) if words[(base + i * fs) >> 2] != 0)
+        words, base, fs, n = self._words, self._tx_base, self.ring_frame_size, self.tx_frames
+        done, sub = self._tx_completed, self._tx_submitted
+        while done < sub:
+            st = words[(base + (done % n) * fs) >> 2]
+            if st != TP_STATUS_AVAILABLE and st != TP_STATUS_WRONG_FORMAT:
+                break
+            done += 1
+        self._tx_completed = done
+        return sub - done
 
     def reserve_tx(self, n: int) -> list[TxSlot]:
-        """Writable views straight into free TX ring slots (zero copy)."""
+        """Writable views straight into free TX ring slots (zero copy).
+
+        Submit a prefix of them, in order, with :meth:`submit_tx`; the next
+        ``reserve_tx`` or ``send_batch`` invalidates views left unsubmitted.
+        """
         self._check_open()
+        self._drop_reservation()
         k = self._tx_free_slots(n)
         fs, count, base = self.ring_frame_size, self.tx_frames, self._tx_base
         out = []
@@ -299,15 +323,17 @@ class AfPacketBackend(FrameBackend):
             slot = (self._tx_head + i) % count
             d = base + slot * fs + TX_DATA_OFFSET
             out.append(TxSlot(self._view[d:d + self.frame_size], 0, slot))
+        self._tx_views = [s.buf for s in out]
         return out
 
     def submit_tx(self, slots: Sequence[TxSlot]) -> int:
         """Send reserved slots; they must be a prefix of the last ``reserve_tx``, in order."""
         self._check_open()
         fs, count, base, words = self.ring_frame_size, self.tx_frames, self._tx_base, self._words
+        views = self._tx_views
         for i, s in enumerate(slots):
-            if s.token != (self._tx_head + i) % count:
-                raise ValueError("submit_tx slots must be the reserved slots, in order")
+            if i >= len(views) or s.buf is not views[i]:
+                raise ValueError("submit_tx slots must be the last reserved slots, in order")
             if not _ETH_HLEN <= s.length <= self.frame_size:
                 raise ValueError(f"slot length {s.length} outside {_ETH_HLEN}..{self.frame_size}")
         nbytes = 0
@@ -318,6 +344,8 @@ class AfPacketBackend(FrameBackend):
             nbytes += s.length
             s.buf.release()
         self._tx_head = (self._tx_head + len(slots)) % count
+        self._tx_submitted += len(slots)
+        del views[:len(slots)]
         if slots:
             self.flush()
         self._stats.tx_frames += len(slots)
@@ -419,6 +447,7 @@ class AfPacketBackend(FrameBackend):
         for fr in list(self._outstanding.values()):
             fr.release()
         self._outstanding.clear()
+        self._drop_reservation()
         try:
             self._poll_kernel_stats()
         except OSError:

@@ -75,7 +75,7 @@ import stat
 import struct
 from typing import Sequence
 
-from ._backend import BackendStats, Buffer, FrameBackend, RxFrame
+from ._backend import BackendStats, Buffer, FrameBackend, RxFrame, TxSlot
 from ._ring import ConsumerRing, ProducerRing, ReleaseTracker, U32_MASK, check_ring_size
 
 log = logging.getLogger("xport.shm")
@@ -169,6 +169,7 @@ class ShmBackend(FrameBackend):
         self._rx = ConsumerRing(slots, idx[rp], idx[rc], lambda: idx[rp], store_rc)
         self._tracker = ReleaseTracker(idx[rc])
         self._outstanding: dict[int, RxFrame] = {}
+        self._tx_views: list[memoryview] = []  # outstanding reserve_tx views
         self._released_total = 0
         self._stats = BackendStats()
         self._stats.extra.update(wakeups_sent=0, wakeup_drains=0, self_wakeups=0)
@@ -297,6 +298,8 @@ class ShmBackend(FrameBackend):
         want = len(frames)
         if want == 0:
             return 0
+        if self._tx_views:
+            self._drop_reservation()
         free = self._tx.free(want)
         n = min(want, free)
         if n < want:
@@ -315,6 +318,61 @@ class ShmBackend(FrameBackend):
             data[off:off + ln] = frames[i]
             lens[lbase + slot] = ln
             nbytes += ln
+        self._tx.submit()
+        self._wake(self._tx_fifo)
+        st = self._stats
+        st.tx_frames += n
+        st.tx_bytes += nbytes
+        st.extra["wakeups_sent"] += 1
+        return n
+
+    def _drop_reservation(self) -> None:
+        for v in self._tx_views:
+            v.release()
+        self._tx_views.clear()
+
+    def reserve_tx(self, n: int) -> list[TxSlot]:
+        """Writable views straight into free slots of the TX ring (zero copy).
+
+        Submit a prefix of them, in order, with :meth:`submit_tx`; the next
+        ``reserve_tx`` or ``send_batch`` invalidates views left unsubmitted.
+        """
+        self._check_open()
+        self._drop_reservation()
+        if n <= 0:
+            return []
+        k = min(n, self._tx.free(n))
+        fs, mask, first = self.frame_size, self._tx.mask, self._tx.cached_prod
+        out = []
+        for i in range(k):
+            seq = (first + i) & U32_MASK
+            off = self._tx_data_base + (seq & mask) * fs
+            out.append(TxSlot(self._data[off:off + fs], 0, seq))
+        self._tx_views = [s.buf for s in out]
+        return out
+
+    def submit_tx(self, slots: Sequence[TxSlot]) -> int:
+        """Publish reserved slots (a prefix of the last :meth:`reserve_tx`, in order)."""
+        self._check_open()
+        views = self._tx_views
+        for i, s in enumerate(slots):
+            if i >= len(views) or s.buf is not views[i]:
+                raise ValueError("submit_tx slots must be the last reserved slots, in order")
+            if not 0 <= s.length <= self.frame_size:
+                raise ValueError(f"slot length {s.length} outside 0..{self.frame_size}")
+        n = len(slots)
+        if n == 0:
+            return 0
+        got, idx = self._tx.reserve(n)
+        if got != n or idx != slots[0].token:  # we checked free() at reserve time
+            raise RuntimeError("shm TX ring state changed under a reservation")
+        lens, lbase, mask = self._lens, self._tx_len_base, self._tx.mask
+        nbytes = 0
+        for s in slots:
+            lens[lbase + (s.token & mask)] = s.length
+            nbytes += s.length
+            s.buf.release()
+        del views[:n]
         self._tx.submit()
         self._wake(self._tx_fifo)
         st = self._stats
@@ -428,6 +486,7 @@ class ShmBackend(FrameBackend):
         for fr in list(self._outstanding.values()):
             fr.release()
         self._outstanding.clear()
+        self._drop_reservation()
         self._closed = True
         for v in (self._idx, self._lens, self._rdata, self._data):
             v.release()

@@ -249,3 +249,18 @@ def test_two_processes(kind: str) -> None:
     assert r["received"] == 20000
     assert r["out_of_order"] == 0
     assert r["stats"]["rx_dropped"] == 0
+
+
+def test_reserve_and_submit_tx_in_place(pair: Pair) -> None:
+    a, b = pair
+    slots = a.reserve_tx(4)
+    assert 1 <= len(slots) <= 4
+    frames = [data_frame(50 + i, 90) for i in range(len(slots))]
+    for s, f in zip(slots, frames):
+        assert len(s.buf) >= len(f)
+        s.buf[: len(f)] = f
+        s.length = len(f)
+    assert a.submit_tx(slots) == len(slots)
+    assert recv_n(b, len(slots)) == frames
+    assert a.statistics().tx_frames == len(slots)
+    assert len(a.reserve_tx(10 * RING)) <= RING

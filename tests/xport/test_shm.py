@@ -223,3 +223,23 @@ def test_writes_after_close_raise(name: str) -> None:
         a.send_batch([b"x"])
     with pytest.raises(ValueError):
         a.recv_batch()
+
+
+def test_zero_copy_tx_prefix_and_invalidation(name: str) -> None:
+    with ShmBackend.create(name, slots=8, initial_index=U32_MASK - 1) as a, \
+            ShmBackend.attach(name) as b:
+        slots = a.reserve_tx(5)
+        for i, s in enumerate(slots):
+            s.buf[:3] = b"ab" + bytes([i])
+            s.length = 3
+        with pytest.raises(ValueError):
+            a.submit_tx(slots[1:2])  # not a prefix
+        assert a.submit_tx(slots[:2]) == 2
+        assert a.submit_tx(slots[2:3]) == 1  # the rest of the reservation, in order
+        assert [bytes(f.data) for f in b.recv_batch()] == [b"ab\x00", b"ab\x01", b"ab\x02"]
+        a.send_batch([b"copy"])  # invalidates the two unsubmitted views
+        with pytest.raises(ValueError):
+            slots[3].buf[0] = 1
+        with pytest.raises(ValueError):
+            a.submit_tx(slots[3:])
+        assert [bytes(f.data) for f in b.recv_batch()] == [b"copy"]
