@@ -53,7 +53,8 @@ async def make(queues: int = 1, config: HostConfig | None = None,
 
 
 async def settle() -> None:
-    for _ in range(20):
+    """Let every task run until nothing moves (bounded: in-memory hops only)."""
+    for _ in range(200):
         await asyncio.sleep(0)
 
 
