@@ -1,0 +1,202 @@
+"""The pure-Python floor of the mux_rpc runtime, and a loopback reference.
+
+Floor (default): decode, dispatch and encode N msgpack-rpc requests for the
+example service (examples/kv_service.py) through the pure
+:class:`mux_rpc.Dispatcher`, with no I/O, no event loop, no framing: the
+per-request Python cost every transport (offloaded or direct) pays on top.
+
+    python bench/bench_floor.py                   # all mixes, table
+    python bench/bench_floor.py -n 200000 --json
+
+Loopback reference (``--tcp``): the same app served by ``serve_direct`` in a
+child process (uvloop when installed), driven from this process by C
+connections each keeping ``--depth`` pre-encoded requests in flight (a raw
+pipelined client, so the client is cheaper than the server). Short runs.
+
+    python bench/bench_floor.py --tcp --conns 1,64 --seconds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import mux_rpc  # noqa: E402
+from mux_rpc import Dispatcher, PendingCall  # noqa: E402
+
+
+def load_example() -> Any:
+    spec = importlib.util.spec_from_file_location("kv_service", ROOT / "examples" / "kv_service.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def requests(mix: str, n: int) -> list[bytes]:
+    out = []
+    for i in range(n):
+        msgid = i & 0xFFFFFFFF
+        if mix == "echo":
+            req = [0, msgid, "echo", ["hello", i]]
+        elif mix == "kv":
+            key = f"key{i % 1024}"
+            req = ([0, msgid, "put", [key, i]] if i % 4 == 0 else [0, msgid, "get", [key]])
+        elif mix == "async-echo":
+            req = [0, msgid, "slow_echo", ["hello"]]
+        elif mix == "notify":
+            req = [2, "log", ["debug", "x"]]
+        else:
+            raise ValueError(mix)
+        out.append(msgpack.packb(req, use_bin_type=True))
+    return out
+
+
+def run_floor(mix: str, n: int, repeat: int) -> dict[str, Any]:
+    mod = load_example()
+    dispatch = Dispatcher(mod.app).dispatch
+    dispatcher = Dispatcher(mod.app)
+    payloads = requests(mix, n)
+    best_wall = best_cpu = float("inf")
+    out_bytes = 0
+    for _ in range(repeat):
+        out_bytes = 0
+        c0, w0 = time.process_time(), time.perf_counter()
+        for p in payloads:
+            r = dispatch(p)
+            if type(r) is bytes:
+                out_bytes += len(r)
+            elif r is not None:
+                # an async handler with no real waits: drive it inline, no loop
+                assert isinstance(r, PendingCall)
+                try:
+                    while True:
+                        r.coro.send(None)
+                except StopIteration as stop:
+                    reply = dispatcher.complete(r, stop.value)
+                    out_bytes += len(reply or b"")
+        w1, c1 = time.perf_counter(), time.process_time()
+        best_wall, best_cpu = min(best_wall, w1 - w0), min(best_cpu, c1 - c0)
+    return {
+        "mix": mix, "requests": n,
+        "requests_per_s": n / best_wall,
+        "cpu_us_per_request": best_cpu / n * 1e6,
+        "request_bytes": sum(map(len, payloads)) / n,
+        "reply_bytes": out_bytes / n,
+    }
+
+
+# -- loopback reference -------------------------------------------------------------
+
+
+def _server_child(port_q: Any, loop: str) -> None:
+    mod = load_example()
+
+    def ready(server: mux_rpc.DirectServer) -> None:
+        port_q.put(server.port)
+
+    try:
+        mux_rpc.run_direct(mod.app, "127.0.0.1", 0, loop=loop, ready=ready)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        pass
+
+
+async def _drive(port: int, conns: int, depth: int, seconds: float) -> tuple[int, float]:
+    batch = b"".join(requests("echo", depth))
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def one() -> None:
+        nonlocal done
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        unpacker = msgpack.Unpacker(raw=False)
+        while time.perf_counter() < stop_at:
+            w.write(batch)
+            got = 0
+            while got < depth:
+                data = await r.read(1 << 16)
+                if not data:
+                    raise ConnectionError("server closed")
+                unpacker.feed(data)
+                for _ in unpacker:
+                    got += 1
+            done += depth
+        w.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(conns)))
+    return done, time.perf_counter() - t0
+
+
+def run_tcp(conns: int, depth: int, seconds: float, loop: str) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    child = ctx.Process(target=_server_child, args=(q, loop), daemon=True)
+    child.start()
+    try:
+        port = q.get(timeout=20)
+        c0 = time.process_time()
+        try:
+            import uvloop
+            runner_factory: Any = uvloop.new_event_loop
+        except ImportError:
+            runner_factory = None
+        with asyncio.Runner(loop_factory=runner_factory) as runner:
+            done, wall = runner.run(_drive(port, conns, depth, seconds))
+        client_cpu = time.process_time() - c0
+    finally:
+        if child.pid is not None and child.is_alive():
+            os.kill(child.pid, 2)  # SIGINT: run_direct stops cleanly
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    return {"mode": "direct-tcp", "server_loop": loop, "connections": conns, "depth": depth,
+            "requests": done, "seconds": wall, "requests_per_s": done / wall,
+            "client_cpu_us_per_request": client_cpu / max(done, 1) * 1e6}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=100_000, help="requests per floor run")
+    ap.add_argument("--repeat", type=int, default=3, help="floor: best of R runs")
+    ap.add_argument("--mix", default="echo,kv,async-echo,notify")
+    ap.add_argument("--json", action="store_true", help="print JSON lines")
+    ap.add_argument("--tcp", action="store_true", help="loopback reference instead of the floor")
+    ap.add_argument("--conns", default="1,64", help="--tcp: connection counts")
+    ap.add_argument("--depth", type=int, default=32, help="--tcp: requests in flight per connection")
+    ap.add_argument("--seconds", type=float, default=3.0, help="--tcp: duration per point")
+    ap.add_argument("--loop", default="auto", choices=["auto", "uvloop", "asyncio"])
+    args = ap.parse_args()
+    if args.tcp:
+        rows = [run_tcp(int(c), args.depth, args.seconds, args.loop) for c in args.conns.split(",")]
+    else:
+        rows = [run_floor(m, args.n, args.repeat) for m in args.mix.split(",")]
+    for row in rows:
+        if args.json:
+            print(json.dumps(row))
+        elif args.tcp:
+            print(f"direct tcp  conns={row['connections']:<3} depth={row['depth']:<3} "
+                  f"{row['requests_per_s']:>10,.0f} req/s  ({row['requests']} in "
+                  f"{row['seconds']:.1f} s, loop={row['server_loop']})")
+        else:
+            print(f"floor {row['mix']:<11} {row['requests_per_s']:>10,.0f} req/s  "
+                  f"{row['cpu_us_per_request']:6.2f} CPU us/req  "
+                  f"({row['request_bytes']:.0f} B in, {row['reply_bytes']:.0f} B out)")
+
+
+if __name__ == "__main__":
+    main()
