@@ -1,0 +1,432 @@
+"""Bring the offload path up on one machine: link, agent process, host side.
+
+Theory of operation
+-------------------
+:class:`OffloadRuntime` is an async context manager that, on enter:
+
+1. picks the backend: AF_XDP when it is usable (root, the ``xport._xsk_cffi``
+   extension, ``bpf/mux_xdp.o``), else the shared-memory ring backend, and
+   logs why (``runtime.why_not_afxdp``);
+2. AF_XDP: creates a :class:`~xport._topology.VethPair` with ``queues``
+   queues (random names; the host end optionally in its own network
+   namespace), attaches the XDP program to the host end in native mode (per
+   queue steering on veth needs it) and opens one AF_XDP socket per queue.
+   Shared memory: creates one ring file per queue for the agent to attach to;
+3. starts the agent as a child process (``python -m agent --ifname <agent
+   end> --queues N --backend ...``), its output going to ours;
+4. wraps each backend in a link (:mod:`xport._link`) and a :class:`LinkPort`,
+   starts the :class:`~mux_rpc._offload.Host` and waits for the agent's HELLO
+   (failing early, with the agent's exit code, if the agent dies first).
+
+On exit, failure or Ctrl-C (SIGINT raises KeyboardInterrupt; SIGTERM is turned
+into SystemExit by :func:`xport._topology.install_cleanup_handlers`) it tears
+down in reverse: host (CLOSE to every connection), agent (SIGTERM, then
+SIGKILL after ``agent_stop_timeout``), sockets, XDP program, veth pair and
+namespace. Every step runs even if an earlier one failed.
+
+:func:`run_offloaded` wraps all that around an application for tests, the
+demo and ``mux-rpc serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+from ._linkport import link_port
+from ._offload import Host, HostConfig
+from ._stats import StatsServer
+from ._streams import use_host
+
+__all__ = [
+    "OffloadOptions",
+    "OffloadRuntime",
+    "afxdp_unavailable_reason",
+    "run_offloaded",
+    "serve_main",
+]
+
+log = logging.getLogger("mux_rpc.orchestrate")
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def afxdp_unavailable_reason() -> str | None:
+    """Why AF_XDP cannot be used here, or None when it can."""
+    if os.geteuid() != 0:
+        return "not running as root"
+    try:
+        importlib.import_module("xport._xsk_cffi")
+    except ImportError as exc:
+        return f"cffi extension xport._xsk_cffi not built ({exc}); run scripts/setup.sh"
+    from xport._bpfload import DEFAULT_OBJECT
+
+    if not Path(DEFAULT_OBJECT).exists():
+        return f"BPF object {DEFAULT_OBJECT} not built; run scripts/setup.sh"
+    return None
+
+
+@dataclass
+class OffloadOptions:
+    """How :class:`OffloadRuntime` brings the offload path up."""
+
+    queues: int = 2
+    """Transport queues (veth queues; one AF_XDP socket per queue per side)."""
+    backend: str = "auto"
+    """``"afxdp"``, ``"shm"`` or ``"auto"`` (AF_XDP when usable, else shm)."""
+    host_netns: bool = False
+    """Move the host end of the veth pair into a network namespace of its own."""
+    host_config: HostConfig = field(default_factory=HostConfig)
+    """Windows, keepalive and limits of the host side."""
+    agent_args: Sequence[str] = ()
+    """Extra arguments for the agent process."""
+    agent_command: Sequence[str] | None = None
+    """The agent command (default ``[sys.executable, "-m", "agent"]``)."""
+    startup_timeout: float = 20.0
+    """Seconds to wait for the agent's HELLO."""
+    agent_stop_timeout: float = 5.0
+    """Seconds the agent gets after SIGTERM before SIGKILL."""
+    frame_size: int = 2048
+    """UMEM / ring slot size."""
+    stats_socket: bool = True
+    """Serve the host's counters for ``mux-rpc stats``."""
+
+
+class OffloadRuntime:
+    """Link + agent process + :class:`Host`, as an async context manager.
+
+    >>> async with OffloadRuntime(OffloadOptions(queues=2)) as rt:
+    ...     listener = await rt.host.listen(0, "length:4")
+    """
+
+    def __init__(self, options: OffloadOptions | None = None, **kw: Any) -> None:
+        self.options = options or OffloadOptions(**kw)
+        self.backend_name = ""
+        self.why_not_afxdp: str | None = None
+        self.veth: Any = None
+        self.agent_proc: subprocess.Popen[bytes] | None = None
+        self.host: Host | None = None
+        self._program: Any = None
+        self._backends: list[Any] = []
+        self._shm_base = ""
+        self._stats: StatsServer | None = None
+
+    # -- enter ------------------------------------------------------------------
+    async def __aenter__(self) -> OffloadRuntime:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stop()
+
+    def _choose_backend(self) -> str:
+        want = self.options.backend
+        if want not in ("auto", "afxdp", "shm"):
+            raise ValueError(f"backend must be auto, afxdp or shm, got {want!r}")
+        if want == "shm":
+            return "shm"
+        reason = afxdp_unavailable_reason()
+        if reason is None:
+            return "afxdp"
+        if want == "afxdp":
+            raise RuntimeError(f"AF_XDP requested but unavailable: {reason}")
+        self.why_not_afxdp = reason
+        log.warning("AF_XDP unavailable (%s): using the shared-memory backend", reason)
+        return "shm"
+
+    async def _start(self) -> None:
+        from xport._topology import install_cleanup_handlers, random_suffix
+
+        install_cleanup_handlers()
+        opts = self.options
+        self.backend_name = self._choose_backend()
+        if self.backend_name == "afxdp":
+            await asyncio.to_thread(self._open_afxdp)
+            agent_argv = ["--ifname", self.veth.agent.ifname, "--queues", str(opts.queues),
+                          "--backend", "afxdp"]
+        else:
+            self._shm_base = f"mux{os.getpid()}{random_suffix()}"
+            self._open_shm()
+            agent_argv = ["--queues", str(opts.queues), "--backend", "shm",
+                          "--shm-name", self._shm_base]
+        self._spawn_agent(agent_argv)
+        hc = opts.host_config
+        ports = [link_port(b, max_message_size=hc.max_message_size,
+                           keepalive_interval=hc.keepalive_interval,
+                           peer_timeout=hc.keepalive_timeout) for b in self._backends]
+        self.host = Host(ports, hc)
+        start = asyncio.ensure_future(self.host.start())
+        watch = asyncio.ensure_future(self._watch_agent())
+        try:
+            done, _ = await asyncio.wait({start, watch}, timeout=opts.startup_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if start not in done:
+            start.cancel()
+            rc = self.agent_proc.poll() if self.agent_proc else None
+            raise RuntimeError(
+                f"the agent did not come up (exit code {rc})" if rc is not None else
+                f"no HELLO from the agent within {opts.startup_timeout} s")
+        start.result()
+        if opts.stats_socket:
+            host = self.host
+            self._stats = StatsServer("host", lambda: {**host.snapshot(),
+                                                       "backend": self.backend_name})
+            try:
+                await self._stats.start()
+            except OSError as exc:
+                log.warning("stats socket unavailable: %s", exc)
+                self._stats = None
+        log.info("offload path up: %s, %d queue(s), agent pid %s", self.backend_name,
+                 opts.queues, self.agent_proc.pid if self.agent_proc else None)
+
+    async def _watch_agent(self) -> None:
+        while self.agent_proc is not None and self.agent_proc.poll() is None:
+            await asyncio.sleep(0.05)
+
+    def _open_afxdp(self) -> None:
+        from xport._afxdp import AfXdpBackend
+        from xport._bpfload import XdpProgram
+        from xport._topology import VethPair
+
+        opts = self.options
+        self.veth = VethPair(queues=opts.queues, host_netns=opts.host_netns).create()
+        host_if = self.veth.host.ifname
+
+        def open_all() -> None:
+            # in the namespace of the host end (when it has one): a throwaway
+            # thread enters it so that the rest of the process stays where it is
+            if self.veth.netns:
+                from pyroute2 import netns
+
+                netns.setns(self.veth.netns)
+            self._program = XdpProgram()
+            self._program.attach(host_if, "native")
+            for q in range(opts.queues):
+                self._backends.append(_open_with_retry(
+                    lambda q=q: AfXdpBackend.open(host_if, q, bpf=self._program,
+                                                  frame_size=opts.frame_size)))
+
+        err: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                open_all()
+            except BaseException as exc:
+                err.append(exc)
+
+        t = threading.Thread(target=run, name="afxdp-open")
+        t.start()
+        t.join()
+        if err:
+            raise err[0]
+
+    def _open_shm(self) -> None:
+        from xport._shm import ShmBackend
+
+        for q in range(self.options.queues):
+            self._backends.append(ShmBackend.create(f"{self._shm_base}-q{q}",
+                                                    frame_size=self.options.frame_size))
+
+    def _spawn_agent(self, argv: list[str]) -> None:
+        cmd = list(self.options.agent_command or [sys.executable, "-m", "agent"])
+        cmd += argv + list(self.options.agent_args)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        log.info("starting agent: %s", " ".join(cmd))
+        self.agent_proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+
+    # -- exit ---------------------------------------------------------------------
+    async def _stop(self) -> None:
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("stats", self._stop_stats),
+            ("host", self._stop_host),
+            ("agent", self._stop_agent),
+            ("backends", self._close_backends),
+            ("xdp", self._close_program),
+            ("veth", self._close_veth),
+        ]
+        for name, step in steps:
+            try:
+                if inspect.iscoroutinefunction(step):
+                    await step()
+                else:
+                    # netlink (pyroute2) and process waits block: keep them off the loop
+                    await asyncio.to_thread(step)
+            except BaseException as exc:  # every step runs; report, then go on
+                log.warning("teardown of %s: %r", name, exc)
+
+    async def _stop_stats(self) -> None:
+        if self._stats is not None:
+            await self._stats.close()
+            self._stats = None
+
+    async def _stop_host(self) -> None:
+        if self.host is not None:
+            await asyncio.wait_for(self.host.close(), 5.0)
+
+    def _stop_agent(self) -> None:
+        p = self.agent_proc
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(self.options.agent_stop_timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("agent pid %d ignored SIGTERM: killing it", p.pid)
+            p.kill()
+            p.wait(5)
+
+    def _close_backends(self) -> None:
+        for b in self._backends:
+            try:
+                b.close()
+            except Exception as exc:
+                log.warning("closing backend: %s", exc)
+        self._backends.clear()
+
+    def _close_program(self) -> None:
+        if self._program is not None:
+            self._program.close()
+            self._program = None
+
+    def _close_veth(self) -> None:
+        if self.veth is not None:
+            self.veth.close()
+            self.veth = None
+
+    # -- convenience ------------------------------------------------------------------
+    def restart_agent(self) -> None:
+        """Kill the agent process and start a fresh one on the same link (tests)."""
+        raise NotImplementedError
+
+
+def _open_with_retry(fn: Callable[[], T], attempts: int = 20) -> T:
+    # Field notes: binding a (device, queue) right after a previous socket closed
+    # fails with EBUSY for ~15-25 ms.
+    for i in range(attempts):
+        try:
+            return fn()
+        except OSError as exc:
+            if exc.errno != 16 or i == attempts - 1:  # EBUSY
+                raise
+            time.sleep(0.01 * (i + 1))
+    raise AssertionError("unreachable")
+
+
+# -- run_offloaded -----------------------------------------------------------------------
+
+
+def run_offloaded(main: Any, *, port: int = 0, framer: str | None = None,
+                  options: OffloadOptions | None = None, **option_kw: Any) -> Any:
+    """Run ``main`` with the offload path up, then tear everything down.
+
+    ``main`` may be:
+      - an async function taking the :class:`Host` (its result is returned);
+      - a coroutine (awaited with the Host current for ``offload.start_server``);
+      - a mux_rpc ``App``: served with a ``Server`` on ``port`` (msgpack-rpc
+        framer by default) until Ctrl-C.
+    """
+    opts = options or OffloadOptions(**option_kw)
+
+    async def runner() -> Any:
+        async with OffloadRuntime(opts) as rt:
+            assert rt.host is not None
+            with use_host(rt.host):
+                return await _run_app(main, rt.host, port, framer)
+
+    return asyncio.run(runner())
+
+
+async def _run_app(main: Any, host: Host, port: int, framer: str | None) -> Any:
+    if inspect.iscoroutine(main):
+        return await main
+    from ._service import App
+
+    if isinstance(main, App):
+        from ._server import Server
+
+        listener = await host.listen(port, framer or "msgpack-rpc")
+        print(f"serving on 127.0.0.1:{listener.port} ({listener.framer})", flush=True)
+        async with Server(main) as server:
+            await server.serve(listener)
+        return None
+    if hasattr(main, "serve") and inspect.iscoroutinefunction(main.serve):
+        listener = await host.listen(port, framer or "length:4")
+        print(f"serving on 127.0.0.1:{listener.port} ({listener.framer})", flush=True)
+        return await main.serve(listener)
+    if callable(main):
+        params = inspect.signature(main).parameters
+        if len(params) == 1:
+            return await main(host)
+        if len(params) == 0:
+            return await _run_app(main(), host, port, framer)
+    raise TypeError(f"cannot run {main!r} offloaded")
+
+
+def _load_app(spec: str) -> Any:
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise SystemExit(f"APP must be module:attribute, got {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    obj: Any = importlib.import_module(mod_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+async def _serve_conn_app(app: Any, host: Host, port: int, framer: str) -> None:
+    """APP is an async callable per connection: accept and spawn."""
+    listener = await host.listen(port, framer)
+    print(f"serving on 127.0.0.1:{listener.port} ({framer})", flush=True)
+    tasks: set[asyncio.Task[Any]] = set()
+    while True:
+        conn = await listener.accept()
+        t = asyncio.get_running_loop().create_task(app(conn))
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+
+
+def serve_main(args: Any) -> int:
+    """``mux-rpc serve``."""
+    app = _load_app(args.app)
+    if args.workers != 1:
+        print("mux-rpc serve: --workers other than 1 is not supported yet: one host process "
+              "serves every queue", file=sys.stderr)
+        return 2
+    if args.ifname:
+        print("mux-rpc serve: --ifname (attach to an existing link) is not supported yet",
+              file=sys.stderr)
+        return 2
+    opts = OffloadOptions(queues=args.queues, backend=args.backend, host_netns=args.netns)
+
+    async def main(host: Host) -> None:
+        from ._service import App
+
+        if isinstance(app, App) or hasattr(app, "serve"):
+            await _run_app(app, host, args.port, args.framer)
+        else:
+            a = app() if callable(app) and not inspect.iscoroutinefunction(app) else app
+            await _serve_conn_app(a, host, args.port, args.framer)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_offloaded(main, options=opts)
+    return 0
