@@ -63,6 +63,7 @@ from ._protocol import (
     Role,
     decode_body,
     encode_body,
+    make_data,
 )
 from ._reassembly import Reassembler
 from ._wire import (
@@ -276,32 +277,39 @@ class Link:
         bufs = self._bufs
         msgs_out = frags_out = bytes_out = 0
         head_sent = self._head_sent
+        popleft = queue.popleft
+        limit = frame_size - HEADER_SIZE  # room test: remaining <= limit - off
+        frag_room = frame_size - FRAME_HEADER_SIZE - HEADER_SIZE
         while queue and len(frames) < nframes:
             buf = bufs[len(frames)]
             off = FRAME_HEADER_SIZE
             count = 0
             while queue:
-                mtype, conn_id, aux, payload = queue[0]
+                mtype, conn_id, aux, payload = entry = popleft()
                 total = len(payload)
                 remaining = total - head_sent
-                room = frame_size - off - HEADER_SIZE
+                room = limit - off
                 if remaining <= room:
                     # §2: whole message, or the last fragment of one
-                    flags = _WHOLE if head_sent == 0 else _LAST
-                    pack_msg(buf, off, PROTOCOL_VERSION, mtype, flags, 0, conn_id, remaining, aux, total)
-                    off += HEADER_SIZE
                     if head_sent:
+                        pack_msg(buf, off, PROTOCOL_VERSION, mtype, _LAST, 0, conn_id, remaining, aux, total)
+                        off += HEADER_SIZE
                         buf[off : off + remaining] = memoryview(payload)[head_sent:]
                         frags_out += 1
+                        head_sent = 0
                     else:
-                        buf[off : off + remaining] = payload
+                        pack_msg(buf, off, PROTOCOL_VERSION, mtype, _WHOLE, 0, conn_id, total, aux, total)
+                        off += HEADER_SIZE
+                        buf[off : off + total] = payload
                     off += remaining
-                    queue.popleft()
                     bytes_out += total
-                    head_sent = 0
                     msgs_out += 1
                     count += 1
-                elif total > frame_size - FRAME_HEADER_SIZE - HEADER_SIZE and room >= min_frag:
+                    if count == 0xFFFF:
+                        break
+                    continue
+                queue.appendleft(entry)
+                if total > frag_room and room >= min_frag:
                     # §2.2: fragment only messages that fit in no frame
                     flags = _FIRST if head_sent == 0 else 0
                     pack_msg(buf, off, PROTOCOL_VERSION, mtype, flags, 0, conn_id, room, aux, total)
@@ -311,11 +319,7 @@ class Link:
                     head_sent += room
                     frags_out += 1
                     count += 1
-                    break
-                else:
-                    break
-                if count == 0xFFFF:
-                    break
+                break
             if count == 0:
                 break  # nothing fits (cannot happen with frame_size checked at init)
             FRAME_HEADER.pack_into(
@@ -329,8 +333,8 @@ class Link:
         n = len(frames)
         lc.on_data_sent(n)
         st = self.stats
-        st.messages_out += msgs_out
         st.fragments_out += frags_out
+        st.messages_out += msgs_out
         taken = self.backend.send_batch(frames)
         st.frames_out += taken
         if taken < n:
@@ -382,6 +386,11 @@ class Link:
         lc = self.credit
         unpack_frame = FRAME_HEADER.unpack_from
         unpack_msg = COMMON_HEADER.unpack_from
+        append = out.append
+        new = object.__new__
+        set_conn = Data.conn_id.__set__  # type: ignore[attr-defined]
+        set_payload = Data.payload.__set__  # type: ignore[attr-defined]
+        set_hlen = Data.header_length.__set__  # type: ignore[attr-defined]
         st = self.stats
         st.frames_in += len(rx)
         for frame in rx:
@@ -441,7 +450,11 @@ class Link:
                         if aux > length:
                             self._drop("bad_body")
                         else:
-                            out.append(Data(conn_id, data[off:mend], aux))
+                            d = new(Data)
+                            set_conn(d, conn_id)
+                            set_payload(d, data[off:mend])
+                            set_hlen(d, aux)
+                            append(d)
                         off = mend
                         continue
                     body = memoryview(data)[off:mend]
@@ -462,7 +475,7 @@ class Link:
                         if waux > len(wbody):
                             self._drop("bad_body")
                         else:
-                            out.append(Data(conn_id, bytes(wbody), waux))
+                            out.append(make_data(conn_id, bytes(wbody), waux))
                     else:
                         self._decode(wtype, conn_id, waux, memoryview(wbody), out)
         st.messages_in += len(out)

@@ -28,6 +28,7 @@ Public API (stable; the agent and the host runtime code against it)
   Connected, NewConnection, Data, Close, Closed, Credit, Error``; the union
   ``Message``. Every one has ``conn_id`` (0 for link-wide messages).
 - ``COMMON_HEADER`` (``struct.Struct``), ``HEADER_SIZE``
+- ``make_data(conn_id, payload, header_length=0) -> Data``: a fast constructor
 - ``encode_body(msg) -> (type, aux, body)``: body is bytes or a memoryview
 - ``decode_body(type, conn_id, aux, body) -> Message``; raises ``ProtocolError``
 - ``encode(msg) -> bytes``: one unfragmented message, header included
@@ -69,6 +70,7 @@ __all__ = [
     "Credit",
     "Error",
     "Message",
+    "make_data",
     "encode_body",
     "decode_body",
     "encode",
@@ -319,6 +321,26 @@ class Error:
     text: str = ""
 
 
+_new = object.__new__
+_set_conn_id = Data.conn_id.__set__  # type: ignore[attr-defined]
+_set_payload = Data.payload.__set__  # type: ignore[attr-defined]
+_set_header_length = Data.header_length.__set__  # type: ignore[attr-defined]
+
+
+def make_data(conn_id: int, payload: bytes | bytearray | memoryview, header_length: int = 0) -> Data:
+    """``Data(conn_id, payload, header_length)`` for the receive hot path.
+
+    A frozen dataclass's ``__init__`` costs about three times more than setting
+    its three slots directly; the result is an ordinary, equal ``Data``. No
+    validation: the caller has checked ``header_length <= len(payload)``.
+    """
+    d = _new(Data)
+    _set_conn_id(d, conn_id)
+    _set_payload(d, payload)
+    _set_header_length(d, header_length)
+    return d
+
+
 Message = Union[
     Hello,
     Keepalive,
@@ -461,7 +483,7 @@ def decode_body(mtype: int, conn_id: int, aux: int, body: memoryview) -> Message
         # §3.8: the ULP header length cannot exceed the message
         if aux > len(body):
             raise ProtocolError("bad_body", "DATA header_length exceeds payload")
-        return Data(conn_id, body, aux)
+        return make_data(conn_id, body, aux)
     if mtype == MessageType.CREDIT:
         m, b = _fixed(_CREDIT, body, exact=True)
         return Credit(conn_id, m, b)
