@@ -49,7 +49,7 @@ import mmap
 import socket
 import struct
 import threading
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from ._backend import BackendStats, Buffer, FrameBackend, RxFrame, TxSlot
 from ._ring import ReleaseTracker, U32_MASK
@@ -101,19 +101,22 @@ def _ring_geometry(frame_size: int, frame_count: int) -> tuple[int, int]:
     return block, frame_count // per
 
 
-def _in_netns(ns: str | None, fn: "object") -> "object":
+_T = TypeVar("_T")
+
+
+def _in_netns(ns: str | None, fn: Callable[[], _T]) -> _T:
     """Run ``fn()`` in network namespace ``ns`` (None: here) and return its result."""
     if ns is None:
-        return fn()  # type: ignore[operator]
+        return fn()
     from pyroute2 import netns as _netns
 
-    out: list[object] = []
+    out: list[_T] = []
     err: list[BaseException] = []
 
     def run() -> None:
         try:
             _netns.setns(ns)
-            out.append(fn())  # type: ignore[operator]
+            out.append(fn())
         except BaseException as exc:  # re-raised in the caller
             err.append(exc)
 
@@ -202,7 +205,7 @@ class AfPacketBackend(FrameBackend):
                 raise
             return s, mtu
 
-        sock, mtu = _in_netns(netns, make)  # type: ignore[misc]
+        sock, mtu = _in_netns(netns, make)
         try:
             return cls(sock, ifname=ifname, mtu=mtu, frame_size=frame_size,
                        rx_frames=frame_count, tx_frames=txn)
@@ -366,8 +369,8 @@ class AfPacketBackend(FrameBackend):
         while taken < max_frames:
             off = ((head + taken) % n) * fs
             w = off >> 2
-            st = words[w]
-            if not st & TP_STATUS_USER:
+            status = words[w]
+            if not status & TP_STATUS_USER:
                 break
             tp_len, snap = words[w + 1], words[w + 2]
             mac = words[w + 3] & 0xFFFF
@@ -395,14 +398,14 @@ class AfPacketBackend(FrameBackend):
                 self._tracker.head = (self._rx_seq + taken) & U32_MASK
         self._rx_head = (head + taken) % n
         self._rx_seq = (self._rx_seq + taken) & U32_MASK
-        st = self._stats
-        st.rx_frames += taken
-        st.rx_bytes += nbytes
+        stats = self._stats
+        stats.rx_frames += taken
+        stats.rx_bytes += nbytes
         if truncated:
-            st.extra["rx_truncated"] += truncated
+            stats.extra["rx_truncated"] += truncated
         return out
 
-    def _releaser(self, seq: int, off: int) -> "object":
+    def _releaser(self, seq: int, off: int) -> Callable[[], None]:
         def release() -> None:
             if self._closed:
                 return

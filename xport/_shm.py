@@ -73,7 +73,7 @@ import platform
 import re
 import stat
 import struct
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ._backend import BackendStats, Buffer, FrameBackend, RxFrame, TxSlot
 from ._ring import ConsumerRing, ProducerRing, ReleaseTracker, U32_MASK, check_ring_size
@@ -445,7 +445,7 @@ class ShmBackend(FrameBackend):
     def _data_offset(self) -> int:
         return _layout(self.slots, self.frame_size)[1]
 
-    def _releaser(self, seq: int) -> "object":
+    def _releaser(self, seq: int) -> Callable[[], None]:
         def release() -> None:
             if self._closed:
                 return
