@@ -34,8 +34,8 @@ import msgpack
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import mux_rpc  # noqa: E402
-from mux_rpc import Dispatcher, PendingCall  # noqa: E402
+import mux_rpc
+from mux_rpc import Dispatcher, PendingCall
 
 
 def load_example() -> Any:

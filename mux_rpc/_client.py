@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, cast
+from typing import Any, Self, cast
 
 import msgpack
 
@@ -136,7 +136,6 @@ class Client:
         async with asyncio.timeout(timeout):
             transport, proto = await loop.create_connection(
                 lambda: _ClientProtocol(max_message_size), host, port)
-        transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
         return cls(transport, proto)
 
     @property
@@ -199,7 +198,7 @@ class Client:
         except TimeoutError:
             self._transport.abort()
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import deque
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, cast
+from typing import Any, Literal, Self, cast
 
 import msgpack
 
@@ -78,7 +78,8 @@ class _DirectProtocol(asyncio.Protocol):
 
     def _partial(self) -> int:
         """Bytes of an incomplete message held in the Unpacker."""
-        return self.fed - self.unpacker.tell()
+        told: int = self.unpacker.tell()
+        return self.fed - told
 
     def _feed_backlog(self) -> bool:
         """Feed as much backlog as fits under max_message_size; False when nothing fits."""
@@ -174,7 +175,7 @@ class _DirectProtocol(asyncio.Protocol):
                 else:
                     async with asyncio.timeout(timeout):
                         result = await call.coro
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - becomes the error response
                 server.stats.handler_failures += 1
                 reply = server.dispatcher.fail(call, exc)
             else:
@@ -185,7 +186,7 @@ class _DirectProtocol(asyncio.Protocol):
                     self.flush_scheduled = True
                     asyncio.get_running_loop().call_soon(self._flush)
         finally:
-            self.calls.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self.calls.discard(asyncio.current_task())
             server.limits.finish(self.key)
             server._slot_freed()
 
@@ -258,7 +259,7 @@ class DirectServer:
         if self._server is None:
             return
         self._server.close()
-        tasks = []
+        tasks: list[asyncio.Task[None]] = []
         for proto in list(self._protocols):
             tasks.extend(proto.calls)
             if proto.transport is not None:
@@ -273,7 +274,7 @@ class DirectServer:
         except TimeoutError:
             logger.error("direct server did not close within %.1f s", self.config.shutdown_timeout)
 
-    async def __aenter__(self) -> DirectServer:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -329,4 +330,4 @@ def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
         if loop == "uvloop":
             raise
         return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop

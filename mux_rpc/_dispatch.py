@@ -139,7 +139,8 @@ _packer = msgpack.Packer(use_bin_type=True, autoreset=True)
 def encode_response(msgid: int, result: Any) -> bytes:
     """``[1, msgid, nil, result]``; a result msgpack cannot encode becomes BAD_RESULT."""
     try:
-        return _packer.pack([RESPONSE, msgid, None, result])
+        data: bytes = _packer.pack([RESPONSE, msgid, None, result])
+        return data
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
         return encode_error(
@@ -149,7 +150,8 @@ def encode_response(msgid: int, result: Any) -> bytes:
 
 def encode_error(msgid: int, code: str, message: str) -> bytes:
     """``[1, msgid, {"code": code, "message": message}, nil]``."""
-    return _packer.pack([RESPONSE, msgid, {"code": code, "message": message}, None])
+    data: bytes = _packer.pack([RESPONSE, msgid, {"code": code, "message": message}, None])
+    return data
 
 
 class Dispatcher:
@@ -206,11 +208,11 @@ class Dispatcher:
         elif spec.arity_error(params) is not None:
             return self._bad_args(spec, msgid, params)
         try:
-            if type(params) is list:
+            if isinstance(params, list):
                 result = spec.func(*params)
             else:
                 result = spec.func(**params)
-        except Exception as exc:  # reported to the caller, and logged
+        except Exception as exc:  # noqa: BLE001 - becomes the error response, and is logged
             return self.fail_call(spec, msgid, exc)
         if spec.is_async:
             return PendingCall(msgid, spec, result)

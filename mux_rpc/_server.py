@@ -28,6 +28,7 @@ import asyncio
 import itertools
 import logging
 from dataclasses import dataclass
+from typing import Any, Self
 
 from ._conn import ConnectionClosedError, ListenerClosedError, MessageConnection, MessageListener
 from ._dispatch import Dispatcher, PendingCall, ProtocolError
@@ -96,7 +97,7 @@ class Server:
         self._keys = itertools.count(1)
         self._closing = False
 
-    async def __aenter__(self) -> Server:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -143,7 +144,7 @@ class Server:
         for t in tasks:
             t.cancel()
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_timeout)
+            _, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_timeout)
             if pending:
                 logger.error("%d connection(s) did not stop within %.1f s",
                              len(pending), self.config.shutdown_timeout)
@@ -215,7 +216,7 @@ class Server:
                 else:
                     async with asyncio.timeout(timeout):
                         result = await call.coro
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - becomes the error response
                 self.stats.handler_failures += 1
                 reply = self.dispatcher.fail(call, exc)
             else:
@@ -252,6 +253,7 @@ class Server:
         calls: set[asyncio.Task[None]] = set()
         own = asyncio.Semaphore(min(spec.concurrency, self.config.max_inflight_per_connection))
         failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waitables: list[asyncio.Future[Any]] = [failed]
         loop = asyncio.get_running_loop()
 
         async def run(msg_nbytes: int, coro_msg: object) -> None:
@@ -275,7 +277,7 @@ class Server:
                 await own.acquire()
                 recv = loop.create_task(conn.recv())
                 try:
-                    await asyncio.wait([recv, failed], return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait([recv, *waitables], return_when=asyncio.FIRST_COMPLETED)
                     if not recv.done():
                         recv.cancel()
                         own.release()

@@ -147,15 +147,15 @@ class App:
     def method(
         self, *, name: str | None = None, prefix: str | None = None, timeout: float | None = None
     ) -> Callable[[F], F]: ...
-    def method(
+    def method(  # type: ignore[misc]  # mypy vs positional-only default
         self,
-        func: F | None = None,
+        func: Callable[..., Any] | None = None,
         /,
         *,
         name: str | None = None,
         prefix: str | None = None,
         timeout: float | None = None,
-    ) -> F | Callable[[F], F]:
+    ) -> Any:
         """Register a request handler: ``[0, msgid, name, params]`` gets a reply.
 
         ``name`` defaults to the function's name; ``prefix`` gives "prefix.name";
@@ -168,22 +168,27 @@ class App:
     def notification(
         self, *, name: str | None = None, prefix: str | None = None
     ) -> Callable[[F], F]: ...
-    def notification(
-        self, func: F | None = None, /, *, name: str | None = None, prefix: str | None = None
-    ) -> F | Callable[[F], F]:
+    def notification(  # type: ignore[misc]
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        prefix: str | None = None,
+    ) -> Any:
         """Register a notification handler: ``[2, name, params]``, never replied to."""
         return self._decorator(func, name, prefix, None, notification=True)
 
     def _decorator(
         self,
-        func: F | None,
+        func: Callable[..., Any] | None,
         name: str | None,
         prefix: str | None,
         timeout: float | None,
         *,
         notification: bool,
-    ) -> F | Callable[[F], F]:
-        def register(f: F) -> F:
+    ) -> Any:
+        def register(f: Callable[..., Any]) -> Callable[..., Any]:
             full = _join(prefix, name or f.__name__)
             self._register(_make_spec(f, full, notification=notification, timeout=timeout))
             return f

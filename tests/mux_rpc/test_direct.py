@@ -10,9 +10,9 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from muxrpc_apps import Probe, make_app
 
 import mux_rpc
-from muxrpc_apps import Probe, make_app
 
 
 def run(coro_fn: Callable[[], Awaitable[None]], timeout: float = 15.0) -> None:
@@ -218,9 +218,9 @@ values = st.recursive(
 def test_echo_round_trip_over_tcp(batches: list[list[Any]]) -> None:
     async def main() -> None:
         app, _ = make_app()
-        async with await mux_rpc.serve_direct(app) as server:
-            async with await mux_rpc.Client.connect("127.0.0.1", server.port) as c:
-                got = await asyncio.gather(*(c.call("echo", *args) for args in batches))
-                assert got == batches
+        server = await mux_rpc.serve_direct(app)
+        async with server, await mux_rpc.Client.connect("127.0.0.1", server.port) as c:
+            got = await asyncio.gather(*(c.call("echo", *args) for args in batches))
+            assert got == batches
 
     run(main)

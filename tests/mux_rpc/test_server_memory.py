@@ -11,10 +11,10 @@ from typing import Any
 
 import msgpack
 import pytest
+from muxrpc_apps import Probe, make_app
 
 import mux_rpc
 from mux_rpc.testing import MemoryConnection, MemoryListener
-from muxrpc_apps import Probe, make_app
 
 
 def run(coro_fn: Callable[[], Awaitable[None]], timeout: float = 10.0) -> None:

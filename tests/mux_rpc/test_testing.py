@@ -42,7 +42,7 @@ def test_protocol_conformance_and_message_flow() -> None:
         with pytest.raises(mux_rpc.ConnectionClosedError):
             await client.recv()
         with pytest.raises(RuntimeError):
-            client_end, server_end = memory_connection_pair()
+            _client_end, server_end = memory_connection_pair()
             server_end.on_consumed(1)
 
     run(main())
