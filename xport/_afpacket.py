@@ -49,14 +49,15 @@ import mmap
 import socket
 import struct
 import threading
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from ._backend import BackendStats, Buffer, FrameBackend, RxFrame, TxSlot
-from ._ring import ReleaseTracker, U32_MASK
+from ._ring import U32_MASK, ReleaseTracker
 
 log = logging.getLogger("xport.afpacket")
 
-__all__ = ["AfPacketBackend", "ETH_P_MUX"]
+__all__ = ["ETH_P_MUX", "AfPacketBackend"]
 
 ETH_P_MUX = 0x88B5
 
@@ -117,7 +118,7 @@ def _in_netns(ns: str | None, fn: Callable[[], _T]) -> _T:
         try:
             _netns.setns(ns)
             out.append(fn())
-        except BaseException as exc:  # re-raised in the caller
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             err.append(exc)
 
     t = threading.Thread(target=run, name=f"afpacket-setns-{ns}")
@@ -168,7 +169,7 @@ class AfPacketBackend(FrameBackend):
     @classmethod
     def open(cls, ifname: str, *, frame_size: int = 2048, frame_count: int = 1024,
              tx_frame_count: int | None = None, netns: str | None = None,
-             qdisc_bypass: bool = True) -> "AfPacketBackend":
+             qdisc_bypass: bool = True) -> AfPacketBackend:
         """Open ``ifname`` (in ``netns`` if given).
 
         ``frame_size``: bytes per ring slot (a multiple of 16, >= 128; the

@@ -32,17 +32,17 @@ in-order consumer advances a ring requires.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = [
     "U32_MASK",
-    "ring_used",
-    "ring_free",
-    "u32_add",
-    "ProducerRing",
     "ConsumerRing",
+    "ProducerRing",
     "ReleaseTracker",
     "check_ring_size",
+    "ring_free",
+    "ring_used",
+    "u32_add",
 ]
 
 U32_MASK = 0xFFFF_FFFF
@@ -78,7 +78,7 @@ class ProducerRing:
     ``[idx, idx + n)`` (masked) between :meth:`reserve` and :meth:`submit`.
     """
 
-    __slots__ = ("size", "mask", "cached_prod", "cached_cons", "_load_cons", "_store_prod")
+    __slots__ = ("_load_cons", "_store_prod", "cached_cons", "cached_prod", "mask", "size")
 
     def __init__(self, size: int, producer: int, consumer: int,
                  load_consumer: Callable[[], int], store_producer: Callable[[int], None]) -> None:
@@ -119,8 +119,15 @@ class ProducerRing:
 class ConsumerRing:
     """The consumer's side: cached indices, peek up to ``n``, release in order."""
 
-    __slots__ = ("size", "mask", "cached_prod", "cached_cons", "released",
-                 "_load_prod", "_store_cons")
+    __slots__ = (
+        "_load_prod",
+        "_store_cons",
+        "cached_cons",
+        "cached_prod",
+        "mask",
+        "released",
+        "size",
+    )
 
     def __init__(self, size: int, producer: int, consumer: int,
                  load_producer: Callable[[], int], store_consumer: Callable[[int], None]) -> None:
@@ -178,7 +185,7 @@ class ReleaseTracker:
     view held by the application keeps later ones from being reused.
     """
 
-    __slots__ = ("head", "_done")
+    __slots__ = ("_done", "head")
 
     def __init__(self, head: int = 0) -> None:
         self.head = head & U32_MASK

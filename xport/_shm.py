@@ -73,10 +73,10 @@ import platform
 import re
 import stat
 import struct
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from ._backend import BackendStats, Buffer, FrameBackend, RxFrame, TxSlot
-from ._ring import ConsumerRing, ProducerRing, ReleaseTracker, U32_MASK, check_ring_size
+from ._ring import U32_MASK, ConsumerRing, ProducerRing, ReleaseTracker, check_ring_size
 
 log = logging.getLogger("xport.shm")
 
@@ -177,7 +177,7 @@ class ShmBackend(FrameBackend):
     # -- construction ----------------------------------------------------------
     @classmethod
     def create(cls, name: str, *, slots: int = 1024, frame_size: int = 2048,
-               directory: str = "/dev/shm", initial_index: int = 0) -> "ShmBackend":
+               directory: str = "/dev/shm", initial_index: int = 0) -> ShmBackend:
         """Create the shared file for ``name`` and return the creator's end.
 
         ``slots`` per direction (a power of two), ``frame_size`` bytes per slot
@@ -239,7 +239,7 @@ class ShmBackend(FrameBackend):
             raise
 
     @classmethod
-    def attach(cls, name: str, *, directory: str = "/dev/shm") -> "ShmBackend":
+    def attach(cls, name: str, *, directory: str = "/dev/shm") -> ShmBackend:
         """Attach to the link ``name`` created by a live peer.
 
         Raises ``FileNotFoundError`` when there is none, ``ConnectionRefusedError``

@@ -26,15 +26,15 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 _ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from xport._backend import FrameBackend  # noqa: E402
-from xport._topology import random_suffix  # noqa: E402
+from xport._backend import FrameBackend
+from xport._topology import random_suffix
 
 BACKENDS = ("afxdp", "afpacket", "shm")
 ETH_P_MUX = 0x88B5

@@ -15,11 +15,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from backend_pairs import ETH_HDR, backend_pair, data_frame, frame_seq, recv_n, send_all
+from conftest import afxdp_required
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backend_pairs import ETH_HDR, backend_pair, data_frame, frame_seq, recv_n, send_all
-from conftest import afxdp_required
 from xport._afpacket import (
     PACKET_QDISC_BYPASS,
     SOL_PACKET,

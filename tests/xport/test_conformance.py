@@ -13,9 +13,16 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from backend_pairs import (
+    BACKENDS,
+    backend_pair,
+    data_frame,
+    frame_seq,
+    recv_n,
+    send_all,
+    two_process,
+)
 
-from backend_pairs import BACKENDS, backend_pair, data_frame, frame_seq, recv_n, send_all, \
-    two_process
 from xport._backend import BufferReleasedError, FrameBackend
 
 RING = 64
@@ -154,12 +161,12 @@ def test_zero_copy_views_and_release(pair: Pair) -> None:
     assert len(views[0]) == 200
     views[0].release()
     with pytest.raises(BufferReleasedError):
-        views[0].data
+        _ = views[0].data
     views[0].release()  # idempotent
     with views[1] as v:
         assert bytes(v.data) == frames[1]
     with pytest.raises(BufferReleasedError):
-        views[1].data
+        _ = views[1].data
     for v in views[2:]:
         v.release()
 

@@ -14,10 +14,10 @@ import textwrap
 from collections.abc import Iterator
 
 import pytest
+from backend_pairs import data_frame, frame_seq, recv_n
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend_pairs import data_frame, frame_seq, recv_n
 from xport._ring import U32_MASK
 from xport._shm import HEADER_SIZE, ShmBackend, shm_path
 from xport._topology import random_suffix
@@ -202,7 +202,7 @@ def test_works_without_root() -> None:
                 ok = recv_n(b, 1) == [b"unprivileged"]
             os.write(w, f"{os.geteuid()} {ok}".encode())
             code = 0
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
             os.write(w, repr(exc).encode()[:500])
         finally:
             os._exit(code)
