@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Literal
 
 from ._base import Framer, parse_spec_value
 from ._errors import BadFramerSpec, BadLength, EncodeError, FramerConfigError, FrameTooLong
-from ._messages import Frame
+from ._messages import Frame, _new, _set_frame_payload
 
 __all__ = ["LengthFieldConfig", "LengthFieldFramer"]
 
@@ -184,6 +184,9 @@ class LengthFieldFramer(Framer[Frame]):
         lo = self._lo
         strip = self._strip
         out = self._out.append
+        new = _new
+        set_payload = _set_frame_payload
+        cls = Frame
         while n - pos >= end_off:
             flen = unpack(data, pos + loff)[0] + add
             if flen > maxlen or flen < lo:
@@ -192,7 +195,9 @@ class LengthFieldFramer(Framer[Frame]):
             if e > n:
                 self._need = flen
                 return pos
-            out(Frame(data[pos + strip:e]))
+            msg = new(cls)
+            set_payload(msg, data[pos + strip:e])
+            out(msg)
             pos = e
         self._need = end_off
         return pos

@@ -69,19 +69,35 @@ RpcMessage = RpcRequest | RpcResponse | RpcNotification
 class NvmePdu:
     """One NVMe/TCP PDU, split into header and data.
 
-    ``header`` is the PDU header (common header + PDU specific header, ``hlen``
+    ``header`` is the PDU header (common header + PDU specific header, HLEN
     bytes, without the header digest); ``data`` is the PDU data (starting at
-    ``pdo``, without padding and without the data digest). Build one to send
-    with :func:`framing.make_nvme_pdu`.
+    PDO, without padding and without the data digest). The common-header fields
+    are read from ``header``. Build one to send with :func:`framing.make_nvme_pdu`.
     """
 
     header: bytes
     data: bytes
     pdu_type: int
-    flags: int
-    hlen: int
-    pdo: int
-    plen: int
+
+    @property
+    def flags(self) -> int:
+        """CH FLAGS (byte 1)."""
+        return self.header[1]
+
+    @property
+    def hlen(self) -> int:
+        """CH HLEN (byte 2): the header length, ``len(header)`` for a decoded PDU."""
+        return self.header[2]
+
+    @property
+    def pdo(self) -> int:
+        """CH PDO (byte 3): offset of the data in the PDU on the wire (0: no data)."""
+        return self.header[3]
+
+    @property
+    def plen(self) -> int:
+        """CH PLEN (bytes 4-7, little endian): length of the whole PDU on the wire."""
+        return int.from_bytes(self.header[4:8], "little")
 
     @property
     def hdgst(self) -> bool:
@@ -99,3 +115,23 @@ class OncRecord:
     """One ONC RPC record: the concatenated payload of its fragments."""
 
     payload: bytes
+
+
+# Hot-path construction. A frozen dataclass's __init__ goes through
+# object.__setattr__ once per field, which costs more than splitting the message
+# off the stream. Framers that have already validated every field build
+# messages with ``_new(cls)`` and the slots' own descriptors instead; the
+# result is the same frozen, slotted instance (equality, hashing, repr and
+# immutability unchanged). Only framers use these.
+_new = object.__new__
+_set_frame_payload = Frame.payload.__set__  # type: ignore[attr-defined]
+_set_onc_payload = OncRecord.payload.__set__  # type: ignore[attr-defined]
+_set_pdu = (NvmePdu.header.__set__, NvmePdu.data.__set__,  # type: ignore[attr-defined]
+            NvmePdu.pdu_type.__set__)  # type: ignore[attr-defined]
+_set_request = (RpcRequest.msgid.__set__, RpcRequest.method.__set__,  # type: ignore[attr-defined]
+                RpcRequest.params.__set__, RpcRequest.raw.__set__)  # type: ignore[attr-defined]
+_set_response = (RpcResponse.msgid.__set__, RpcResponse.error.__set__,  # type: ignore[attr-defined]
+                 RpcResponse.result.__set__, RpcResponse.raw.__set__)  # type: ignore[attr-defined]
+_set_notification = (RpcNotification.method.__set__,  # type: ignore[attr-defined]
+                     RpcNotification.params.__set__,  # type: ignore[attr-defined]
+                     RpcNotification.raw.__set__)  # type: ignore[attr-defined]

@@ -20,11 +20,14 @@ Bytes are fed to a ``msgpack.Unpacker`` whose ``max_buffer_size`` is
 inside a value). Input is fed in slices no larger than the room left, so a
 large chunk of many small values is fine, while a single value that cannot
 complete within ``max_message_size`` bytes fails with
-:class:`~framing.FrameTooLong`. A mirror ``bytearray`` holds the same
-unconsumed bytes; ``Unpacker.tell()`` after each value gives its end offset, so
-every message carries the exact bytes it arrived as (``raw``), to be forwarded
-without re-encoding. The mirror is snapshotted only when at least one value
-completed, so feeding one byte at a time stays linear.
+:class:`~framing.FrameTooLong`.
+
+Raw bytes: ``Unpacker.tell()`` after each value gives its end offset in the
+stream, so every message carries the exact bytes it arrived as (``raw``), to be
+forwarded without re-encoding. The framer keeps only the bytes of the value in
+progress (a ``bytearray``, appended to, so one byte at a time stays linear);
+only the first value completed by a chunk can straddle those and the chunk, all
+others are sliced straight out of the chunk (one copy each).
 """
 
 from __future__ import annotations
@@ -45,7 +48,16 @@ from ._errors import (
     FrameTooLong,
     FramingError,
 )
-from ._messages import RpcMessage, RpcNotification, RpcRequest, RpcResponse
+from ._messages import (
+    RpcMessage,
+    RpcNotification,
+    RpcRequest,
+    RpcResponse,
+    _new,
+    _set_notification,
+    _set_request,
+    _set_response,
+)
 
 __all__ = ["MsgpackRpcFramer"]
 
@@ -84,7 +96,8 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
         n = len(data)
         if not n:
             return
-        mv = memoryview(data)
+        if type(data) is not bytes:
+            data = bytes(data)
         pos = 0
         limit = self.max_message_size
         try:
@@ -93,39 +106,74 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
                 if room <= 0:
                     raise FrameTooLong(
                         f"msgpack value longer than {limit} bytes (still incomplete)")
-                chunk = mv[pos:pos + room] if (pos or room < n) else mv
+                chunk = data if (pos == 0 and room >= n) else data[pos:pos + room]
                 try:
                     self._unpacker.feed(chunk)
                 except msgpack.BufferFull as exc:  # pragma: no cover - room is computed
                     raise FrameTooLong(f"msgpack value longer than {limit} bytes") from exc
-                self._buf += chunk
                 pos += len(chunk)
-                self._drain_unpacker()
+                self._drain_unpacker(chunk)
         except FramingError as exc:
             self._fail(exc)
 
-    def _drain_unpacker(self) -> None:
+    def _drain_unpacker(self, chunk: bytes) -> None:
+        """Take every value the Unpacker can complete. ``self._buf`` holds the
+        bytes fed before ``chunk`` that did not complete a value (stream offset
+        ``self._base``); only the first value can straddle them and ``chunk``,
+        later ones are sliced straight out of ``chunk``."""
         unp = self._unpacker
-        buf = self._buf
+        pend = self._buf
+        plen = len(pend)
         base = self._base
         out = self._out.append
-        start = 0
-        view: bytes | None = None
+        start = 0  # relative to pend[0]
+        tell = unp.tell
+        new = _new
+        rq_id, rq_method, rq_params, rq_raw = _set_request
+        rs_id, rs_error, rs_result, rs_raw = _set_response
         try:
             for obj in unp:
-                end = unp.tell() - base
-                if view is None:
-                    view = bytes(buf)
-                out(_to_message(obj, view[start:end]))
+                end = tell() - base
+                if start >= plen:
+                    raw = chunk[start - plen:end - plen]
+                else:
+                    raw = bytes(pend[start:]) + chunk[:end - plen]
                 start = end
+                # Fast path for well-formed requests and responses (the checks
+                # of _to_message, inlined); everything else goes through it.
+                if type(obj) is list and len(obj) == 4 and type(obj[1]) is int \
+                        and 0 <= obj[1] <= _MSGID_MAX:
+                    kind = obj[0]
+                    if kind == REQUEST and type(kind) is int and type(obj[2]) is str \
+                            and type(obj[3]) is list:
+                        msg = new(RpcRequest)
+                        rq_id(msg, obj[1])
+                        rq_method(msg, obj[2])
+                        rq_params(msg, obj[3])
+                        rq_raw(msg, raw)
+                        out(msg)
+                        continue
+                    if kind == RESPONSE and type(kind) is int:
+                        msg = new(RpcResponse)
+                        rs_id(msg, obj[1])
+                        rs_error(msg, obj[2])
+                        rs_result(msg, obj[3])
+                        rs_raw(msg, raw)
+                        out(msg)
+                        continue
+                out(_to_message(obj, raw))
         except FramingError:
             raise
         except Exception as exc:  # any decode failure of untrusted bytes
             raise BadMsgpack(f"invalid msgpack: {type(exc).__name__}: {exc}") from exc
         finally:
             if start:
-                del buf[:start]
+                pend.clear()
+                if start < plen + len(chunk):
+                    pend += memoryview(chunk)[start - plen:]
                 self._base = base + start
+            else:
+                pend += chunk
 
     def _parse(self, data: bytes) -> int:  # pragma: no cover - feed is overridden
         raise NotImplementedError
@@ -221,7 +269,12 @@ def _to_message(obj: Any, raw: bytes) -> RpcMessage:
             elif kind == NOTIFICATION and n == 3:
                 method, params = obj[1], obj[2]
                 if type(method) is str and type(params) is list:
-                    return RpcNotification(method, params, raw)
+                    msg = _new(RpcNotification)
+                    set_method, set_params, set_raw = _set_notification
+                    set_method(msg, method)
+                    set_params(msg, params)
+                    set_raw(msg, raw)
+                    return msg
                 raise BadRpcMessage("notification needs a str method and array params")
             raise BadRpcMessage(f"array of {n} with type {kind} is not a msgpack-rpc message")
         raise BadRpcMessage("message type must be an integer 0, 1 or 2")

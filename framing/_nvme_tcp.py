@@ -49,7 +49,7 @@ from ._errors import (
     FrameTooLong,
     UnknownPduType,
 )
-from ._messages import NvmePdu
+from ._messages import NvmePdu, _new, _set_pdu
 
 __all__ = ["NvmeTcpFramer", "PduType", "make_nvme_pdu"]
 
@@ -124,7 +124,7 @@ class NvmeTcpFramer(Framer[NvmePdu]):
         self._ddgst = bool(ddgst)
         self.learn_digests = bool(learn_digests)
         """Update the digest settings from ICReq/ICResp PDUs seen."""
-        self._cache: dict[int, tuple[int, int, int, int, int, int, int, int, int]] = {}
+        self._cache: dict[int, tuple[int, int, int, int, int, int, int, int]] = {}
         self._need = 8
         self._crc = _load_crc32c()
 
@@ -146,9 +146,9 @@ class NvmeTcpFramer(Framer[NvmePdu]):
 
     # -- decoding -------------------------------------------------------------
 
-    def _classify(self, key: int) -> tuple[int, int, int, int, int, int, int, int, int]:
+    def _classify(self, key: int) -> tuple[int, int, int, int, int, int, int, int]:
         """Validate the first 4 CH bytes; return (min_plen, max_plen,
-        data_start, hd, dd, hlen, type, flags, pdo)."""
+        data_start, hd, dd, hlen, type, pdo)."""
         ptype, flags, hlen, pdo = key & 0xFF, (key >> 8) & 0xFF, (key >> 16) & 0xFF, key >> 24
         fixed = HLEN.get(ptype)
         if fixed is None:  # section 3.6.1: PDU-Type values not defined are reserved
@@ -172,16 +172,16 @@ class NvmeTcpFramer(Framer[NvmePdu]):
         if ptype in (PduType.ICREQ, PduType.ICRESP):
             if pdo != 0:
                 raise BadPduOffset("ICReq/ICResp PDO shall be 0")
-            return (_IC_PLEN, _IC_PLEN, hlen, 0, 0, hlen, ptype, flags, pdo)
+            return (_IC_PLEN, _IC_PLEN, hlen, 0, 0, hlen, ptype, pdo)
         if ptype in _TERM_TYPES:
             # Sections 3.6.2.3/3.6.2.4: error data follows the header directly.
             if pdo not in (0, hlen):
                 raise BadPduOffset(f"TermReq PDO {pdo} must be 0 or {hlen}")
-            return (hlen, min(_TERM_MAX_PLEN, top), hlen, 0, 0, hlen, ptype, flags, pdo)
+            return (hlen, min(_TERM_MAX_PLEN, top), hlen, 0, 0, hlen, ptype, pdo)
         if pdo == 0:
             if dd:
                 raise BadDigestFlags("DDGSTF set on a PDU without data (PDO 0)")
-            return (hend, hend, hend, hd, 0, hlen, ptype, flags, pdo)
+            return (hend, hend, hend, hd, 0, hlen, ptype, pdo)
         if ptype not in _DATA_TYPES:
             raise BadPduOffset(f"PDU type 0x{ptype:02x} carries no data but PDO is {pdo}")
         if pdo < hend:  # PDO inside the header or its digest
@@ -189,7 +189,7 @@ class NvmeTcpFramer(Framer[NvmePdu]):
         if self._ddgst and not dd:
             raise BadDigestFlags("data digest negotiated but DDGSTF clear on a PDU with data")
         # Data must be non-empty when PDO is set.
-        return (pdo + dd + 1, top, pdo, hd, dd, hlen, ptype, flags, pdo)
+        return (pdo + dd + 1, top, pdo, hd, dd, hlen, ptype, pdo)
 
     def _parse(self, data: bytes) -> int:
         n = len(data)
@@ -198,13 +198,15 @@ class NvmeTcpFramer(Framer[NvmePdu]):
         cache = self._cache
         out = self._out.append
         crc32c = self._crc
+        new = _new
+        set_header, set_data, set_type = _set_pdu
         while n - pos >= 8:
             key, plen = unpack(data, pos)
             ent = cache.get(key)
             if ent is None:
                 ent = self._classify(key)
                 cache[key] = ent
-            minp, maxp, ds, hd, dd, hlen, ptype, flags, pdo = ent
+            minp, maxp, ds, hd, dd, hlen, ptype, _ = ent
             if plen < minp or plen > maxp:
                 self._bad_plen(plen, ent)
             e = pos + plen
@@ -218,7 +220,11 @@ class NvmeTcpFramer(Framer[NvmePdu]):
             body = data[pos + ds:e - dd]
             if dd and crc32c(body) != _U32.unpack_from(data, e - 4)[0]:
                 raise BadDigest(f"data digest mismatch (PDU type 0x{ptype:02x})")
-            out(NvmePdu(header, body, ptype, flags, hlen, pdo, plen))
+            msg = new(NvmePdu)
+            set_header(msg, header)
+            set_data(msg, body)
+            set_type(msg, ptype)
+            out(msg)
             pos = e
             if ptype <= PduType.ICRESP and self.learn_digests:
                 self._learn(header)
@@ -227,7 +233,7 @@ class NvmeTcpFramer(Framer[NvmePdu]):
         return pos
 
     def _bad_plen(self, plen: int, ent: tuple[int, ...]) -> None:
-        minp, maxp, _, hd, dd, hlen, ptype, _, pdo = ent
+        minp, maxp, _, hd, dd, hlen, ptype, pdo = ent
         if plen > self.max_message_size:
             raise FrameTooLong(f"PLEN {plen} exceeds {self.max_message_size}")
         if plen < hlen + hd:
@@ -247,11 +253,11 @@ class NvmeTcpFramer(Framer[NvmePdu]):
         (digests computed here when the PDU's flags say so)."""
         m = message
         h = m.header
-        if len(h) != m.hlen or m.hlen < 8:
-            raise EncodeError(f"header is {len(h)} bytes, HLEN says {m.hlen}")
+        if len(h) < 8 or len(h) != h[2]:
+            raise EncodeError(f"header is {len(h)} bytes, HLEN says {h[2] if len(h) > 2 else '?'}")
         ptype, flags, hlen, pdo, plen = _CH.unpack_from(h, 0)
-        if (ptype, flags, hlen, pdo, plen) != (m.pdu_type, m.flags, m.hlen, m.pdo, m.plen):
-            raise EncodeError("common header bytes disagree with the PDU fields")
+        if ptype != m.pdu_type:
+            raise EncodeError("pdu_type disagrees with the header's PDU-Type byte")
         crc32c = self._crc
         parts = [h]
         size = len(h)
@@ -338,4 +344,4 @@ def make_nvme_pdu(pdu_type: int, psh: bytes = b"", data: bytes = b"", *,
     if pdo > 255:
         raise EncodeError(f"PDO {pdo} does not fit one byte")
     header = _CH.pack(pdu_type, flags, fixed, pdo, plen) + psh
-    return NvmePdu(header, bytes(data), pdu_type, flags, fixed, pdo, plen)
+    return NvmePdu(header, bytes(data), pdu_type)

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from ._base import Framer, parse_spec_value
 from ._errors import BadFramerSpec, EncodeError, FramerConfigError, FrameTooLong
-from ._messages import OncRecord
+from ._messages import OncRecord, _new, _set_onc_payload
 
 __all__ = ["OncRpcFramer"]
 
@@ -73,7 +73,9 @@ class OncRpcFramer(Framer[OncRecord]):
                     out(OncRecord(bytes(record)))
                     record.clear()
                 else:  # single-fragment record: one copy
-                    out(OncRecord(data[pos + 4:e]))
+                    msg = _new(OncRecord)
+                    _set_onc_payload(msg, data[pos + 4:e])
+                    out(msg)
             elif flen:
                 record += memoryview(data)[pos + 4:e]
             pos = e
