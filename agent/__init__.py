@@ -12,14 +12,12 @@ from ._agent import HOST_CONN_ID_BASE, Agent, status_for
 from ._config import AgentConfig
 from ._conn import Budget, Connection
 from ._credit import CreditError, DrainTracker, RecvWindow, SendWindow
-from ._ports import AgentPort, MemoryPort, memory_port_pair
 from ._state import TRANSITIONS, Action, ConnEvent, ConnState, StateError, transition
 
 __all__ = [
     "Action",
     "Agent",
     "AgentConfig",
-    "AgentPort",
     "Budget",
     "ConnEvent",
     "ConnState",
@@ -27,13 +25,11 @@ __all__ = [
     "CreditError",
     "DrainTracker",
     "HOST_CONN_ID_BASE",
-    "MemoryPort",
     "RecvWindow",
     "SendWindow",
     "StateError",
     "TRANSITIONS",
     "main",
-    "memory_port_pair",
     "status_for",
     "transition",
 ]

@@ -50,11 +50,12 @@ from typing import Any, Callable, Sequence
 
 from framing import FramingError
 from xport import _protocol as P
+from xport._backend import FrameBackend
 
 from ._codec import make_framer
 from ._config import AgentConfig
 from ._conn import Budget, Connection
-from ._ports import AgentPort
+from ._ports import LinkPort
 from ._state import ConnEvent, ConnState
 from ._stats import AgentStats
 from ._tls import client_context, is_loopback, server_context
@@ -113,24 +114,32 @@ class _Refused(asyncio.Protocol):
         transport.abort()
 
 
+BackendSource = Sequence[FrameBackend] | Callable[[int], FrameBackend]
+
+
 class Agent:
     """The offload agent. ``await agent.start()``, then it serves until
     ``await agent.close()``; ``statistics()`` at any time.
 
-    ``ports`` are the link's queues (index = queue number), ready to use;
-    the agent closes them in :meth:`close`.
+    ``backends`` gives one frame backend per queue: a sequence, or a factory
+    ``backend(queue) -> FrameBackend`` called in :meth:`start` (AF_XDP in
+    production, ``xport.testing.memory_backend_pair`` or shared memory in
+    tests). The agent builds an xport link over each and closes the backends
+    in :meth:`close`.
     """
 
-    def __init__(self, ports: Sequence[AgentPort], config: AgentConfig | None = None, *,
+    def __init__(self, backends: BackendSource, config: AgentConfig | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
                  tick_interval: float | None = 0.05) -> None:
-        self.config = config or AgentConfig(queues=len(ports))
-        if len(ports) != self.config.queues:
-            raise ValueError(f"{len(ports)} ports for {self.config.queues} queues")
+        if config is None:
+            n = len(backends) if not callable(backends) else 1
+            config = AgentConfig(queues=n)
+        self.config = config
+        self._backends = backends
         self.stats = AgentStats()
         self.budget = Budget(self.config.max_buffered_total)
-        self._ports = list(ports)
-        self._nq = len(ports)
+        self._nq = self.config.queues
+        self._ports: list[LinkPort] = []
         self._clock = clock
         self._tick_interval = tick_interval
         self.conns: dict[int, Connection] = {}
@@ -142,12 +151,7 @@ class Agent:
         self._tasks: list[asyncio.Task[Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        now = clock()
-        self._last_rx = now
-        self._last_tx = [now] * self._nq
         self._host_hello: P.Hello | None = None
-        self._host_heard = False
-        self._hello_sent_at = -1e9
         self._link_up = True
         self._stall_since: float | None = None
         self.host_window = (self.config.initial_window_messages, self.config.initial_window_bytes)
@@ -162,17 +166,30 @@ class Agent:
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> "Agent":
         self._loop = loop = asyncio.get_running_loop()
-        for q, port in enumerate(self._ports):
-            self._tasks.append(loop.create_task(self._reader(q, port), name=f"agent-rx-{q}"))
+        cfg = self.config
+        src = self._backends
+        try:
+            for q in range(self._nq):
+                backend = src(q) if callable(src) else src[q]
+                self._ports.append(LinkPort(
+                    q, backend, max_message_size=cfg.max_message_size,
+                    keepalive_interval=cfg.keepalive_interval,
+                    peer_timeout=cfg.keepalive_timeout, on_messages=self._on_batch,
+                    on_hello=self._on_hello, clock=self._clock))
+        except BaseException:
+            for port in self._ports:
+                port.close()
+            raise
+        for port in self._ports:
+            port.flush()  # the links' HELLOs go out now
         if self._tick_interval:
             self._tasks.append(loop.create_task(self._timer(), name="agent-timer"))
-        self._send_hello()
         log.info("agent started: %d queue(s)", self._nq)
         return self
 
     async def close(self, reason: str = "agent_shutdown") -> None:
         """Close every connection (CLOSED with ``reason`` told to the host when
-        the link is up), every listener, the ports. Idempotent."""
+        the link is up), every listener, the links and backends. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -191,11 +208,12 @@ class Agent:
         self._tasks.clear()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
+            self._flush_handle = None
         for port in self._ports:
             try:
                 port.close()
             except Exception as exc:  # keep closing the others
-                log.warning("closing port: %s", exc)
+                log.warning("closing queue %d: %s", port.queue, exc)
         log.info("agent closed")
 
     async def __aenter__(self) -> "Agent":
@@ -210,7 +228,7 @@ class Agent:
             "role": "agent",
             "queues": self._nq,
             "connections_open": len(self.conns),
-            "listeners": {lid: f"{l.bind}:{l.port} {l.spec}{' tls' if l.tls else ''}"
+            "listeners": {str(lid): f"{l.bind}:{l.port} {l.spec}{' tls' if l.tls else ''}"
                           for lid, l in self.listeners.items()},
             "buffered_bytes": self.budget.used,
             "link_up": self._link_up,
@@ -219,6 +237,7 @@ class Agent:
             "messages_from_host": self.messages_from_host,
             "bytes_from_host": self.bytes_from_host,
             **self.stats.as_dict(),
+            "links": [_link_summary(p) for p in self._ports],
         }
 
     # -- ConnOwner (called by connections) --------------------------------------------
@@ -226,12 +245,9 @@ class Agent:
         return self._clock()
 
     def _send(self, q: int, msg: P.Message) -> None:
-        try:
-            self._ports[q].send(msg)
-        except (EOFError, OSError) as exc:
-            self.stats.incr("send_failed")
-            log.debug("send on queue %d failed: %s", q, exc)
+        if not self._ports:
             return
+        self._ports[q].send(msg)
         if not self._dirty[q]:
             self._dirty[q] = True
             if self._flush_handle is None and self._loop is not None:
@@ -240,7 +256,12 @@ class Agent:
     def to_host_data(self, conn_id: int, wire: bytes, header_length: int) -> None:
         self.messages_to_host += 1
         self.bytes_to_host += len(wire)
-        self._send(conn_id % self._nq, P.Data(conn_id, wire, header_length))
+        q = conn_id % self._nq
+        self._ports[q].send_data(conn_id, wire, header_length)
+        if not self._dirty[q]:
+            self._dirty[q] = True
+            if self._flush_handle is None and self._loop is not None:
+                self._flush_handle = self._loop.call_soon(self._flush)
 
     def to_host_credit(self, conn_id: int, messages: int, nbytes: int) -> None:
         self.stats.incr("credits_sent")
@@ -288,10 +309,9 @@ class Agent:
                 dirty[q] = False
                 try:
                     self._ports[q].flush()
-                except (EOFError, OSError) as exc:
+                except OSError as exc:
                     self.stats.incr("send_failed")
-                    log.debug("flush on queue %d failed: %s", q, exc)
-                self._last_tx[q] = self._clock()
+                    log.warning("flush on queue %d failed: %s", q, exc)
 
     def _check_drains(self) -> None:
         watch, self._drain_watch = self._drain_watch, set()
@@ -308,13 +328,12 @@ class Agent:
         for conn in [c for c in self.conns.values() if c.state is ConnState.CLOSING]:
             conn.check_timeouts(now)
         self._check_budget_stall(now)
-        if self._link_up and self._host_heard \
-                and now - self._last_rx > self.config.keepalive_timeout:
-            self._lose_link("link_lost", f"nothing from the host for {now - self._last_rx:.1f} s")
-        for q in range(self._nq):
-            if now - self._last_tx[q] >= self.config.keepalive_interval:
-                self._send(q, P.Keepalive())
-                self._last_tx[q] = now
+        lost = False
+        for port in self._ports:
+            lost = port.tick(now) or lost
+        if lost and self._link_up:
+            self._lose_link("link_lost", f"nothing from the host for "
+                                         f"{self.config.keepalive_timeout:.1f} s")
 
     def _check_budget_stall(self, now: float) -> None:
         b = self.budget
@@ -346,43 +365,26 @@ class Agent:
                 log.exception("agent tick")
 
     # -- link life -----------------------------------------------------------------------
-    def _hello(self) -> P.Hello:
-        cfg = self.config
-        kw: dict[str, Any] = {}
-        if "window_messages" in _HELLO_FIELDS:
-            kw["window_messages"] = cfg.initial_window_messages
-        if "window_bytes" in _HELLO_FIELDS:
-            kw["window_bytes"] = cfg.initial_window_bytes
-        return P.Hello(P.Role.AGENT, keepalive_interval_ms=int(cfg.keepalive_interval * 1000),
-                       max_message_size=cfg.max_message_size, **kw)
-
-    def _send_hello(self) -> None:
-        self._hello_sent_at = self._clock()
-        self.stats.incr("hellos_sent")
-        self._send(0, self._hello())
-
     def _on_hello(self, q: int, m: P.Hello) -> None:
+        """A HELLO the link on queue ``q`` consumed (a new object each time)."""
         if m.role != P.Role.HOST or m.protocol_version != P.PROTOCOL_VERSION:
             self.stats.host_errors["bad_hello"] += 1
             return
         self._apply_host_limits(m)
         if q != 0:
-            return  # the host says HELLO on every queue; queue 0 decides
+            return  # the host says HELLO on every queue; queue 0 speaks for it
         now = self._clock()
-        first = self._host_hello is None
-        self._host_hello = m
-        if first:
-            self._link_up = True
-            if now - self._hello_sent_at >= self.hello_grace:
-                self._send_hello()
-            return
-        self.stats.incr("host_restarts")
-        log.warning("host restarted (new HELLO): resetting %d connection(s), closing %d "
-                    "listener(s)", len(self.conns), len(self.listeners))
-        self._reset_all(ConnEvent.PEER_RESTARTED, "peer_restarted")
+        prev, self._host_hello = self._host_hello, m
         self._link_up = True
-        if now - self._hello_sent_at >= self.hello_grace:
-            self._send_hello()
+        if now - self._ports[0].hello_sent_at < self.hello_grace:
+            return  # the host's answer to our HELLO (or the two crossed)
+        if prev is not None or self.conns or self.listeners:
+            self.stats.incr("host_restarts")
+            log.warning("host restarted (new HELLO): resetting %d connection(s), closing %d "
+                        "listener(s)", len(self.conns), len(self.listeners))
+            self._reset_all(ConnEvent.PEER_RESTARTED, "peer_restarted")
+        # answer: fresh links on every queue, each starting with our HELLO
+        self._reset_links()
 
     def _apply_host_limits(self, m: P.Hello) -> None:
         wm = getattr(m, "window_messages", None)
@@ -393,14 +395,21 @@ class Agent:
         if m.max_message_size:
             self.host_max_message = min(cfg.max_message_size, m.max_message_size)
 
+    def _reset_links(self) -> None:
+        self.stats.incr("link_resets")
+        for port in self._ports:
+            port.reset()
+        self._dirty = [False] * self._nq
+
     def _lose_link(self, reason: str, text: str) -> None:
         if not self._link_up:
             return
         self.stats.incr("links_lost")
         log.warning("link to the host lost: %s", text)
         self._link_up = False
-        self._host_heard = False
         self._reset_all(ConnEvent.LINK_LOST, reason)
+        # start over: a host that comes back sees our HELLO and starts over too
+        self._reset_links()
 
     def _reset_all(self, ev: ConnEvent, reason: str) -> None:
         for lst in list(self.listeners.values()):
@@ -409,25 +418,16 @@ class Agent:
             conn.event(ev, reason)
 
     # -- receiving -------------------------------------------------------------------------
-    async def _reader(self, q: int, port: AgentPort) -> None:
-        while True:
+    def _on_batch(self, q: int, msgs: list[P.Message]) -> None:
+        for m in msgs:
             try:
-                msgs = await port.recv()
-            except (EOFError, OSError) as exc:
-                if not self._closed:
-                    self._lose_link("link_lost", f"queue {q}: {exc or type(exc).__name__}")
-                return
-            self._last_rx = self._clock()
-            for m in msgs:
-                try:
-                    self.on_message(q, m)
-                except Exception:  # one bad message must not stop the queue
-                    self.stats.incr("internal_errors")
-                    log.exception("handling %r from the host", m)
+                self.on_message(q, m)
+            except Exception:  # one bad message must not stop the queue
+                self.stats.incr("internal_errors")
+                log.exception("handling %r from the host", m)
 
     def on_message(self, q: int, m: P.Message) -> None:
         """Handle one transport message from the host (any queue)."""
-        self._host_heard = True
         if not self._link_up:
             # the host is back (a stall, or a restart whose HELLO follows)
             self._link_up = True
@@ -456,10 +456,6 @@ class Agent:
                     m.conn_id, P.Status.LOCAL_CLOSE, "unknown_connection"))
                 return
             conn.host_close(m.abort)
-        elif tp is P.Keepalive:
-            pass
-        elif tp is P.Hello:
-            self._on_hello(q, m)
         elif tp is P.Listen:
             self._on_listen(m)
         elif tp is P.Connect:
@@ -606,6 +602,14 @@ class Agent:
                            f"{m.host}:{m.port}: {exc or type(exc).__name__}")
         finally:
             conn.connect_task = None
+
+
+def _link_summary(port: LinkPort) -> dict[str, object]:
+    st = port.link.stats
+    return {"queue": port.queue, "frames_out": st.frames_out, "frames_in": st.frames_in,
+            "messages_out": st.messages_out, "messages_in": st.messages_in,
+            "credit_stalls": st.credit_stalls, "dropped": dict(st.dropped),
+            "resets": port.resets, "peer_lost": port.link.peer_lost}
 
 
 def _text(reason: str, text: str) -> str:

@@ -1,113 +1,132 @@
-"""What the agent needs of one queue's link, and an in-memory pair for tests.
+"""One transport queue as the agent sees it: an xport Link over a FrameBackend.
 
-A *port* is one transport queue as whole transport messages: the agent sends
-without ever awaiting (``send`` queues, ``flush`` pushes what is queued onto
-the link; the mux flushes once per event-loop iteration), and one reader task
-per port awaits ``recv``. :func:`link_port` adapts an xport link; the
-:class:`MemoryPort` pair is a direct in-process stand-in used by unit tests.
+The agent sends without ever awaiting: ``send`` queues on the link and the
+mux calls ``flush`` once per event-loop iteration. Receiving is a reader
+callback on the backend's fd (``loop.add_reader``) that polls the link and
+hands each batch to ``on_messages``.
+
+The link manages HELLO and KEEPALIVE itself: it queues a HELLO when built,
+consumes the peer's (``peer_hello``, a new object each time one arrives) and
+declares the peer lost after ``peer_timeout`` of silence (``peer_lost``,
+sticky). :meth:`LinkPort.reset` builds a fresh link over the same backend:
+fresh link-credit and sequence state and a new HELLO -- what the agent does
+when the host restarted or was lost, so that both ends start over together.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from typing import Any, Protocol, Sequence
+import logging
+import time
+from typing import Callable
 
 from xport import _protocol as P
+from xport._backend import FrameBackend
+from xport._link import Link, LinkConfig
 
-__all__ = ["AgentPort", "MemoryPort", "memory_port_pair"]
+__all__ = ["LinkPort", "AGENT_MAC", "HOST_MAC"]
 
+log = logging.getLogger("agent")
 
-class AgentPort(Protocol):
-    """One queue of the link, seen from the agent."""
+#: the agent end's MAC on the link, and the host end's (both locally administered)
+AGENT_MAC = b"\x02\x00\x00\x00\x00\x01"
+HOST_MAC = b"\x02\x00\x00\x00\x00\x02"
 
-    def send(self, msg: P.Message) -> None:
-        """Queue ``msg`` for the peer, in order. Never blocks."""
-        ...
-
-    def flush(self) -> None:
-        """Push everything queued onto the link (frames go out now)."""
-        ...
-
-    async def recv(self) -> Sequence[P.Message]:
-        """The next received messages (at least one). Raises ``EOFError`` or
-        ``OSError`` when the link is gone for good."""
-        ...
-
-    def close(self) -> None:
-        """Release the port. Idempotent."""
-        ...
+OnMessages = Callable[[int, list[P.Message]], None]
+OnHello = Callable[[int, P.Hello], None]
 
 
-class MemoryPort:
-    """One end of an in-memory port pair (messages pass by reference).
+class LinkPort:
+    """Queue ``queue`` of the agent's link. Build inside the running loop."""
 
-    Messages are encoded and decoded on the way (``P.encode``/``P.decode``)
-    unless ``codec=False``, so that a test also exercises the wire format.
-    """
-
-    def __init__(self, codec: bool = True) -> None:
-        self.peer: MemoryPort | None = None
-        self._out: list[Any] = []
-        self._in: deque[P.Message] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+    def __init__(self, queue: int, backend: FrameBackend, *, max_message_size: int,
+                 keepalive_interval: float, peer_timeout: float,
+                 on_messages: OnMessages, on_hello: OnHello,
+                 clock: Callable[[], float] = time.monotonic, max_frames: int = 64) -> None:
+        self.queue = queue
+        self.backend = backend
+        self.config = LinkConfig(role=P.Role.AGENT, local_mac=AGENT_MAC, peer_mac=HOST_MAC,
+                                 max_message_size=max_message_size,
+                                 max_reassembly_bytes=max(16 << 20, 2 * max_message_size),
+                                 keepalive_interval=keepalive_interval,
+                                 peer_timeout=peer_timeout)
+        self._clock = clock
+        self._on_messages = on_messages
+        self._on_hello = on_hello
+        self._seen_hello: P.Hello | None = None
+        self._max_frames = max_frames
+        self._loop = asyncio.get_running_loop()
+        self.link = Link(backend, self.config, now=clock())
+        self.hello_sent_at = clock()
+        self.resets = 0
         self._closed = False
-        self._codec = codec
-        self.sent = 0
-        self.flushes = 0
+        self._loop.add_reader(backend.fileno(), self._on_readable)
 
+    # -- sending -----------------------------------------------------------------
     def send(self, msg: P.Message) -> None:
-        if self._closed:
-            raise EOFError("port closed")
-        self._out.append(P.encode(msg) if self._codec else msg)
-        self.sent += 1
+        self.link.send(msg)
+
+    def send_data(self, conn_id: int, payload: bytes, header_length: int) -> None:
+        self.link.send_data(conn_id, payload, header_length)
 
     def flush(self) -> None:
-        if not self._out or self.peer is None:
-            return
-        out, self._out = self._out, []
-        self.flushes += 1
-        self.peer._deliver(out)
+        if not self._closed:
+            self.link.flush(self._clock())
 
-    def _deliver(self, items: list[Any]) -> None:
+    @property
+    def writable(self) -> bool:
+        return self.link.writable
+
+    # -- receiving -------------------------------------------------------------------
+    def _on_readable(self) -> None:
         if self._closed:
             return
-        for it in items:
-            self._in.append(P.decode(it)[0] if self._codec else it)
-        self._wake()
+        link = self.link
+        now = self._clock()
+        msgs = link.poll(self._max_frames, now)
+        link.flush(now)  # new link credit may have come, or our buffers were reposted
+        h = link.peer_hello
+        if h is not self._seen_hello and h is not None:
+            self._seen_hello = h
+            self._on_hello(self.queue, h)
+        if msgs:
+            self._on_messages(self.queue, msgs)
 
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+    # -- link life ---------------------------------------------------------------------
+    def peer_hello(self) -> P.Hello | None:
+        return self.link.peer_hello
 
-    async def recv(self) -> Sequence[P.Message]:
-        while not self._in:
-            if self._closed or (self.peer is not None and self.peer._closed):
-                raise EOFError("port closed")
-            fut = asyncio.get_running_loop().create_future()
-            self._waiter = fut
-            try:
-                await fut
-            finally:
-                self._waiter = None
-        out = list(self._in)
-        self._in.clear()
-        return out
+    def tick(self, now: float) -> bool:
+        """Keepalive duty; True when the peer is lost."""
+        if self._closed:
+            return False
+        self.link.tick(now)
+        self.link.flush(now)
+        return self.link.peer_lost
 
-    def recv_nowait(self) -> list[P.Message]:
-        out = list(self._in)
-        self._in.clear()
-        return out
+    def reset(self) -> None:
+        """Start the link over (fresh credit state, a new HELLO)."""
+        if self._closed:
+            return
+        self.link.close()
+        now = self._clock()
+        self.link = Link(self.backend, self.config, now=now)
+        self._seen_hello = None
+        self.hello_sent_at = now
+        self.resets += 1
+        self.link.flush(now)
+
+    def statistics(self) -> dict[str, object]:
+        return self.link.statistics().as_dict()
 
     def close(self) -> None:
+        """Stop reading, close the link and the backend. Idempotent."""
+        if self._closed:
+            return
         self._closed = True
-        self._wake()
-        if self.peer is not None:
-            self.peer._wake()
-
-
-def memory_port_pair(codec: bool = True) -> tuple[MemoryPort, MemoryPort]:
-    a, b = MemoryPort(codec), MemoryPort(codec)
-    a.peer, b.peer = b, a
-    return a, b
+        try:
+            self._loop.remove_reader(self.backend.fileno())
+        except (ValueError, OSError):
+            pass
+        self.link.close()
+        self.backend.close()

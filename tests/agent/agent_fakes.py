@@ -91,3 +91,115 @@ class FakeOwner:
 
     def finished(self, conn: Connection, reason: str, text: str, report: bool) -> None:
         self.closed.append((conn.conn_id, reason, text, report))
+
+
+# -- a minimal host speaking the transport protocol over real xport links -------------
+
+import time  # noqa: E402
+from collections import deque  # noqa: E402
+from typing import Callable, Sequence  # noqa: E402
+
+from xport import _protocol as P  # noqa: E402
+from xport._backend import FrameBackend  # noqa: E402
+from xport._link import Link, LinkConfig  # noqa: E402
+
+from agent._ports import AGENT_MAC, HOST_MAC  # noqa: E402
+
+
+class FakeHost:
+    """The host end of the link, message by message, for tests.
+
+    Received messages (any queue) wait in ``inbox``; ``await expect(...)``
+    takes the first one matching. Link credits and keepalive run for real.
+    """
+
+    def __init__(self, backends: Sequence[FrameBackend], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.backends = list(backends)
+        self.clock = clock
+        self.cfg = LinkConfig(role=P.Role.HOST, local_mac=HOST_MAC, peer_mac=AGENT_MAC,
+                              keepalive_interval=1.0, peer_timeout=30.0)
+        self.links = [Link(b, self.cfg, now=clock()) for b in self.backends]
+        self.inbox: deque[tuple[int, P.Message]] = deque()
+        self._event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        for q, b in enumerate(self.backends):
+            self._loop.add_reader(b.fileno(), self._readable, q)
+        self._timer = self._loop.create_task(self._tick())
+        self.flush()
+
+    def restart(self) -> None:
+        """A new host instance on the same backends (fresh links, new HELLO)."""
+        self.links = [Link(b, self.cfg, now=self.clock()) for b in self.backends]
+        self.inbox.clear()
+        self.flush()
+
+    def _readable(self, q: int) -> None:
+        link = self.links[q]
+        msgs = link.poll(64, self.clock())
+        link.flush(self.clock())
+        for m in msgs:
+            self.inbox.append((q, m))
+        if msgs:
+            self._event.set()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            for link in self.links:
+                link.tick(self.clock())
+                link.flush(self.clock())
+
+    def send(self, msg: P.Message, q: int | None = None) -> None:
+        if q is None:
+            q = msg.conn_id % len(self.links)
+        self.links[q].send(msg)
+        self.links[q].flush(self.clock())
+
+    def flush(self) -> None:
+        for link in self.links:
+            link.flush(self.clock())
+
+    def take(self, kind: type | None = None, conn_id: int | None = None) -> list[P.Message]:
+        """Remove and return every queued message matching."""
+        out, keep = [], deque()
+        for q, m in self.inbox:
+            if (kind is None or isinstance(m, kind)) and (conn_id is None or m.conn_id == conn_id):
+                out.append(m)
+            else:
+                keep.append((q, m))
+        self.inbox = keep
+        return out
+
+    async def expect(self, kind: type, conn_id: int | None = None,
+                     timeout: float = 5.0) -> Any:
+        deadline = self._loop.time() + timeout
+        while True:
+            for i, (q, m) in enumerate(self.inbox):
+                if isinstance(m, kind) and (conn_id is None or m.conn_id == conn_id):
+                    del self.inbox[i]
+                    return m
+            left = deadline - self._loop.time()
+            if left <= 0:
+                raise TimeoutError(f"no {kind.__name__} (conn {conn_id}) within {timeout} s; "
+                                   f"inbox: {list(self.inbox)[:8]}")
+            self._event.clear()
+            try:
+                await asyncio.wait_for(self._event.wait(), min(left, 0.05))
+            except asyncio.TimeoutError:
+                pass
+
+    async def collect(self, kind: type, conn_id: int, n: int, timeout: float = 10.0) -> list[Any]:
+        out = []
+        for _ in range(n):
+            out.append(await self.expect(kind, conn_id, timeout))
+        return out
+
+    def close(self) -> None:
+        self._timer.cancel()
+        for b in self.backends:
+            try:
+                self._loop.remove_reader(b.fileno())
+            except (ValueError, OSError):
+                pass
+            b.close()

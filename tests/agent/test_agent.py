@@ -1,0 +1,409 @@
+"""The agent end to end on one machine: real TCP clients on loopback, the real
+xport link over the in-memory backend pair, and a fake host speaking the
+transport protocol message by message."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from agent import Agent, AgentConfig
+from xport import _protocol as P
+from xport.testing import memory_backend_pair
+
+from agent_fakes import FakeHost
+
+ST = P.Status
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack("!I", len(body)) + body
+
+
+def run(coro: Awaitable[Any], timeout: float = 30.0) -> Any:
+    async def main() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(main())
+
+
+@contextlib.asynccontextmanager
+async def rig(queues: int = 1, **cfg: Any) -> AsyncIterator[tuple[Agent, FakeHost]]:
+    pairs = [memory_backend_pair(rx_buffers=64) for _ in range(queues)]
+    config = AgentConfig(queues=queues, **cfg)
+    agent = Agent([a for a, _ in pairs], config)
+    await agent.start()
+    host = FakeHost([h for _, h in pairs])
+    try:
+        yield agent, host
+    finally:
+        await agent.close()
+        host.close()
+
+
+async def listen(host: FakeHost, spec: str = "length", lid: int = 1, **kw: Any) -> int:
+    host.send(P.Listen(lid, kw.pop("bind", "127.0.0.1"), 0, spec, **kw), q=0)
+    res = await host.expect(P.ListenResult)
+    assert res.status == ST.OK, res
+    return int(res.port)
+
+
+async def client(port: int, **kw: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, **kw)
+
+
+async def read_frames(reader: asyncio.StreamReader, n: int) -> list[bytes]:
+    out = []
+    for _ in range(n):
+        (ln,) = struct.unpack("!I", await reader.readexactly(4))
+        out.append(await reader.readexactly(ln))
+    return out
+
+
+def test_accept_forward_reply_close() -> None:
+    async def main() -> None:
+        async with rig() as (agent, host):
+            port = await listen(host)
+            r, w = await client(port)
+            nc = await host.expect(P.NewConnection)
+            assert nc.listener_id == 1 and nc.peer_host == "127.0.0.1"
+            cid = nc.conn_id
+            assert 0 < cid < 0x8000_0000
+            w.write(frame(b"one") + frame(b"two") + frame(b"three")[:5])
+            w.write(frame(b"three")[5:])
+            msgs = await host.collect(P.Data, cid, 3)
+            assert [bytes(m.payload) for m in msgs] == [frame(b"one"), frame(b"two"),
+                                                          frame(b"three")]
+            assert all(m.header_length == 4 for m in msgs)
+            host.send(P.Data(cid, b"reply-1"))
+            host.send(P.Data(cid, frame(b"reply-2"), 4))
+            assert await read_frames(r, 2) == [b"reply-1", b"reply-2"]
+            w.close()
+            closed = await host.expect(P.Closed, cid)
+            assert closed.reason == ST.PEER_CLOSED and closed.text == "peer_closed"
+            st = agent.statistics()
+            assert st["messages_to_host"] == 3 and st["closed"] == {"peer_closed": 1}
+            assert st["connections_open"] == 0
+    run(main())
+
+
+def test_listen_refusals() -> None:
+    async def main() -> None:
+        async with rig() as (agent, host):
+            host.send(P.Listen(1, "0.0.0.0", 0, "length"), q=0)
+            r = await host.expect(P.ListenResult)
+            assert r.status == ST.OS_ERROR and "loopback" in r.text
+            host.send(P.Listen(2, "127.0.0.1", 0, "no-such-framer"), q=0)
+            r = await host.expect(P.ListenResult)
+            assert r.status == ST.UNKNOWN and r.listener_id == 2
+            host.send(P.Listen(3, "127.0.0.1", 0, "length", tls=True), q=0)
+            r = await host.expect(P.ListenResult)
+            assert r.status == ST.TLS_ERROR
+            host.send(P.Listen(4, "127.0.0.1", 0, "length", tls=True,
+                               cert_path="/nonexistent.pem", key_path="/nonexistent.key"), q=0)
+            r = await host.expect(P.ListenResult)
+            assert r.status == ST.TLS_ERROR
+            assert agent.statistics()["listen_failed"] == 4
+    run(main())
+
+
+def test_out_of_credit_connection_stops_reading_others_continue() -> None:
+    async def main() -> None:
+        async with rig(initial_window_messages=8, initial_window_bytes=1 << 20) as (agent, host):
+            port = await listen(host)
+            ra, wa = await client(port)
+            a = (await host.expect(P.NewConnection)).conn_id
+            rb, wb = await client(port)
+            b = (await host.expect(P.NewConnection)).conn_id
+            body = b"x" * 1000
+            big = b"".join(frame(body + i.to_bytes(4, "big")) for i in range(2000))
+            wa.write(big)  # 2 MB: far beyond the window, and beyond socket buffers
+            got_a = await host.collect(P.Data, a, 8)
+            # B flows while A is stuck
+            for i in range(20):
+                wb.write(frame(b"b%d" % i))
+                m = await host.expect(P.Data, b)
+                assert bytes(m.payload) == frame(b"b%d" % i)
+                host.send(P.Credit(b, 1, len(m.payload)))
+            await asyncio.sleep(0.05)
+            assert host.take(P.Data, a) == []
+            conn_a = agent.conns[a]
+            assert conn_a.reading_paused
+            # bounded: the agent holds at most one read's worth for A
+            assert conn_a.accounted <= 256 * 1024 + 2 * 1004
+            # credit resumes A, in order, exactly once
+            for k in range(8, 2000, 8):
+                host.send(P.Credit(a, 8, 8 * 1008))
+                got_a += await host.collect(P.Data, a, 8)
+            host.send(P.Credit(a, 8, 8 * 1008))
+            assert [bytes(m.payload)[-4:] for m in got_a] == [i.to_bytes(4, "big")
+                                                             for i in range(2000)]
+            assert agent.statistics()["read_pauses"] >= 1
+            await asyncio.sleep(0.05)
+            assert host.take(P.Data, a) == []
+            for w in (wa, wb):
+                w.close()
+    run(main())
+
+
+def test_malformed_client_closes_only_its_connection() -> None:
+    async def main() -> None:
+        async with rig() as (agent, host):
+            port = await listen(host)
+            good = []
+            for _ in range(3):
+                good.append(await client(port))
+                good[-1] = (*good[-1], (await host.expect(P.NewConnection)).conn_id)
+            rbad, wbad = await client(port)
+            bad = (await host.expect(P.NewConnection)).conn_id
+            wbad.write(frame(b"fine") + struct.pack("!I", 0x7FFF_FFFF) + b"junk")
+            m = await host.expect(P.Data, bad)
+            assert bytes(m.payload) == frame(b"fine")
+            closed = await host.expect(P.Closed, bad)
+            assert closed.reason == ST.TOO_LARGE and closed.text.startswith("frame_too_long")
+            with contextlib.suppress(ConnectionError):
+                assert await rbad.read() == b""  # the agent reset it
+            for r, w, cid in good:
+                w.write(frame(b"still here"))
+                assert bytes((await host.expect(P.Data, cid)).payload) == frame(b"still here")
+                host.send(P.Data(cid, b"ok"))
+                assert await read_frames(r, 1) == [b"ok"]
+            st = agent.statistics()
+            assert st["closed"] == {"frame_too_long": 1} and st["connections_open"] == 3
+            assert st["framing_errors"] == 1
+    run(main())
+
+
+def test_connection_limit() -> None:
+    async def main() -> None:
+        async with rig(max_connections=2) as (agent, host):
+            port = await listen(host)
+            c1 = await client(port)
+            c2 = await client(port)
+            await host.collect(P.NewConnection, None, 2)  # type: ignore[arg-type]
+            r3, w3 = await client(port)
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(r3.read(), 5) == b""
+            assert agent.statistics()["too_many_connections"] == 1
+            assert len(agent.conns) == 2
+            await asyncio.sleep(0.02)
+            assert host.take(P.NewConnection) == []
+            for _, w in (c1, c2):
+                w.close()
+    run(main())
+
+
+def test_host_close_flushes_replies_then_confirms() -> None:
+    async def main() -> None:
+        async with rig() as (agent, host):
+            port = await listen(host)
+            r, w = await client(port)
+            cid = (await host.expect(P.NewConnection)).conn_id
+            host.send(P.Data(cid, b"last words"))
+            host.send(P.Close(cid))
+            closed = await host.expect(P.Closed, cid)
+            assert closed.reason == ST.LOCAL_CLOSE and closed.text == "closed_by_host"
+            assert await read_frames(r, 1) == [b"last words"]
+            assert await r.read() == b""
+            # CLOSE for an id that is gone is confirmed, not ignored
+            host.send(P.Close(cid))
+            again = await host.expect(P.Closed, cid)
+            assert again.text == "unknown_connection"
+    run(main())
+
+
+def test_credit_to_host_only_as_the_client_reads() -> None:
+    async def main() -> None:
+        async with rig(initial_window_messages=16, initial_window_bytes=8 << 20,
+                       max_write_buffer=16 << 20) as (agent, host):
+            port = await listen(host)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            r, w = await asyncio.open_connection(sock=sock)
+            cid = (await host.expect(P.NewConnection)).conn_id
+            conn = agent.conns[cid]
+            # the client does not read: the kernel buffers fill, then the agent's
+            payload = b"y" * 400_000
+            for _ in range(16):
+                host.send(P.Data(cid, payload))
+            await asyncio.sleep(0.3)
+            early = host.take(P.Credit, cid)
+            granted = sum(c.messages for c in early)
+            assert granted < 16  # not everything drained: some credit withheld
+            assert conn.transport is not None and conn.transport.get_write_buffer_size() > 0
+            # a 17th+ message beyond the window is a violation
+            # (not sent here: the host would be at fault); now the client reads
+            got = await read_frames(r, 16)
+            assert all(g == payload for g in got)
+            total = granted
+            while total < 16:
+                c = await host.expect(P.Credit, cid)
+                total += c.messages
+            assert total == 16
+    run(main())
+
+
+def test_host_beyond_window_is_a_credit_violation() -> None:
+    async def main() -> None:
+        async with rig(initial_window_messages=2, initial_window_bytes=1 << 20) as (agent, host):
+            port = await listen(host)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            r, w = await asyncio.open_connection(sock=sock)
+            cid = (await host.expect(P.NewConnection)).conn_id
+            tsock = agent.conns[cid].transport.get_extra_info("socket")
+            tsock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            for _ in range(3):  # nothing drains: the third is beyond the window
+                host.send(P.Data(cid, b"z" * 400_000))
+            closed = await host.expect(P.Closed, cid)
+            assert closed.reason == ST.CREDIT_VIOLATION
+            assert closed.text.startswith("credit_exceeded")
+            assert host.take(P.Credit, cid) == []
+            assert agent.statistics()["closed"] == {"credit_exceeded": 1}
+
+
+
+def _self_signed(tmp: Path) -> tuple[str, str]:
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    return _self_signed(tmp_path_factory.mktemp("tls"))
+
+
+def test_tls_termination(tls_files: tuple[str, str]) -> None:
+    cert, key = tls_files
+
+    async def main() -> None:
+        async with rig() as (agent, host):
+            port = await listen(host, tls=True, cert_path=cert, key_path=key)
+            ctx = ssl.create_default_context(cafile=cert)
+            r, w = await client(port, ssl=ctx, server_hostname="127.0.0.1")
+            cid = (await host.expect(P.NewConnection)).conn_id
+            w.write(frame(b"secret request"))
+            m = await host.expect(P.Data, cid)
+            assert bytes(m.payload) == frame(b"secret request")  # plaintext at the host
+            host.send(P.Data(cid, b"secret reply"))
+            assert await read_frames(r, 1) == [b"secret reply"]
+            # a plaintext client on the TLS port never reaches the host
+            r2, w2 = await client(port)
+            w2.write(frame(b"not tls"))
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                await asyncio.wait_for(r2.read(), 5)
+            w.close()
+            closed = await host.expect(P.Closed, cid)
+            assert closed.reason == ST.PEER_CLOSED
+            await asyncio.sleep(0.05)
+            assert host.take(P.NewConnection) == [] and host.take(P.Data) == []
+            assert "tls" in str(agent.statistics()["listeners"])
+    run(main())
+
+
+def test_outbound_connect() -> None:
+    async def main() -> None:
+        async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await r.read(65536):
+                    w.write(data)
+            w.close()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        sport = server.sockets[0].getsockname()[1]
+        try:
+            async with rig(queues=2) as (agent, host):
+                cid = 0x8000_0001
+                host.send(P.Connect(cid, "127.0.0.1", sport, "length"))
+                ok = await host.expect(P.Connected, cid)
+                assert ok.status == ST.OK
+                host.send(P.Data(cid, b"ping"))
+                m = await host.expect(P.Data, cid)
+                assert bytes(m.payload) == frame(b"ping")
+                host.send(P.Connect(0x8000_0002, "127.0.0.1", 1, "length"))
+                bad = await host.expect(P.Connected, 0x8000_0002)
+                assert bad.status == ST.OS_ERROR and bad.text.startswith("connect_failed")
+                host.send(P.Connect(0x8000_0003, "192.0.2.1", 80, "length"))
+                bad = await host.expect(P.Connected, 0x8000_0003)
+                assert bad.status == ST.OS_ERROR and "loopback" in bad.text
+                host.send(P.Close(cid))
+                assert (await host.expect(P.Closed, cid)).reason == ST.LOCAL_CLOSE
+        finally:
+            server.close()
+    run(main())
+
+
+def test_host_restart_resets_connections_and_listeners() -> None:
+    async def main() -> None:
+        async with rig(queues=2) as (agent, host):
+            agent.hello_grace = 0.05
+            await asyncio.sleep(0.1)
+            port = await listen(host)
+            conns = [await client(port) for _ in range(4)]
+            await host.collect(P.NewConnection, None, 4)  # type: ignore[arg-type]
+            host.restart()
+            for r, w in conns:
+                with contextlib.suppress(ConnectionError):
+                    assert await asyncio.wait_for(r.read(), 5) == b""
+            st = agent.statistics()
+            assert st["host_restarts"] == 1 and st["closed"] == {"peer_restarted": 4}
+            assert st["listeners"] == {} and st["connections_open"] == 0
+            # the agent answered: the new host's links saw a fresh agent HELLO
+            for _ in range(50):
+                if all(l.peer_hello is not None for l in host.links):
+                    break
+                await asyncio.sleep(0.02)
+            assert all(l.peer_hello is not None for l in host.links)
+            # and the new host can listen again on the same port
+            host.send(P.Listen(1, "127.0.0.1", port, "length"), q=0)
+            res = await host.expect(P.ListenResult)
+            assert res.status == ST.OK and res.port == port
+            r, w = await client(port)
+            cid = (await host.expect(P.NewConnection)).conn_id
+            w.write(frame(b"again"))
+            assert bytes((await host.expect(P.Data, cid)).payload) == frame(b"again")
+    run(main())
+
+
+def test_link_lost_resets_everything() -> None:
+    async def main() -> None:
+        now = [0.0]
+        pairs = [memory_backend_pair()]
+        agent = Agent([pairs[0][0]], AgentConfig(keepalive_interval=1.0, keepalive_timeout=3.0),
+                      clock=lambda: now[0], tick_interval=None)
+        await agent.start()
+        host = FakeHost([pairs[0][1]], clock=lambda: now[0])
+        try:
+            port = await listen(host)
+            r, w = await client(port)
+            await host.expect(P.NewConnection)
+            host._timer.cancel()  # the host goes silent
+            now[0] += 2.0
+            agent.tick()
+            assert agent.statistics()["link_up"] is True
+            now[0] += 2.0
+            agent.tick()
+            st = agent.statistics()
+            assert st["link_up"] is False and st["closed"] == {"link_lost": 1}
+            assert st["listeners"] == {} and st["links_lost"] == 1
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(r.read(), 5) == b""
+            with pytest.raises(OSError):
+                await client(port)
+        finally:
+            await agent.close()
+            host.close()
+    run(main())
