@@ -76,7 +76,9 @@ class AfXdpBackend(FrameBackend):
         self.busy_poll = busy_poll
         self._closed = False
         self._batch = 64
-        self._rx_out = ffi.new("char[]", self._batch * frame_size)
+        # room for a whole UMEM frame per slot: what the C copy may write at most
+        self._rx_slot = umem.layout.frame_size
+        self._rx_out = ffi.new("char[]", self._batch * self._rx_slot)
         self._rx_out_buf = ffi.buffer(self._rx_out)
         self._rx_lens = ffi.new("uint32_t[]", self._batch)
         self._rx_addrs = ffi.new("uint64_t[]", self._batch)
@@ -170,7 +172,7 @@ class AfXdpBackend(FrameBackend):
 
     def _grow(self, n: int) -> None:
         self._batch = n
-        self._rx_out = ffi.new("char[]", n * self.frame_size)
+        self._rx_out = ffi.new("char[]", n * self._rx_slot)
         self._rx_out_buf = ffi.buffer(self._rx_out)
         self._rx_lens = ffi.new("uint32_t[]", n)
         self._rx_addrs = ffi.new("uint64_t[]", n)

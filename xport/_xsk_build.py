@@ -673,7 +673,7 @@ uint32_t mux_xsk_rx_burst(struct mux_xsk *c, char *out, uint32_t *lens, uint32_t
     uint32_t idx = 0, n, i, total = 0, chunk;
     uint64_t off = 0;
 
-    /* out holds max * frame_size bytes; the frames are packed back to back. */
+    /* out holds max * frame_size (UMEM frame) bytes; frames are packed back to back. */
     while (total < max) {
         chunk = max - total;
         if (chunk > 64)
@@ -684,8 +684,9 @@ uint32_t mux_xsk_rx_burst(struct mux_xsk *c, char *out, uint32_t *lens, uint32_t
         for (i = 0; i < n; i++) {
             const struct xdp_desc *d = xsk_ring_cons__rx_desc(&c->rx, idx + i);
             uint32_t len = d->len;
-            if (len > c->frame_size)
-                len = c->frame_size;
+            uint32_t room = c->frame_size - (uint32_t)(d->addr & (c->frame_size - 1));
+            if (len > room) /* never read past the frame (the kernel never sends this) */
+                len = room;
             memcpy(out + off, xsk_umem__get_data(c->area, d->addr), len);
             lens[total + i] = len;
             addrs[i] = d->addr;

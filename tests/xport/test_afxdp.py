@@ -325,3 +325,20 @@ def test_multi_queue_native_queue_i_to_queue_i() -> None:
         for i in range(q):
             assert got[i] == [frame(i * 1000 + k) for k in range(50)], f"queue {i}"
         assert ph.counters()["redirected"] == 50 * q
+
+
+def test_large_frames_with_4k_umem_frames() -> None:
+    afxdp_required()
+    from xport._afxdp import AfXdpBackend
+    from xport._topology import VethPair
+
+    with VethPair(mtu=3500) as pair, contextlib.ExitStack() as st:
+        assert pair.agent is not None and pair.host is not None
+        kw = dict(frame_count=256, frame_size=4096, rx_size=128, tx_size=128)
+        a = st.enter_context(AfXdpBackend.open(pair.agent.ifname, **kw))
+        h = st.enter_context(AfXdpBackend.open(pair.host.ifname, **kw))
+        assert a.frame_size == 3514  # MTU + Ethernet header (below 4096 - 256)
+        frames = [frame(i, 3514 - i) for i in range(100)]
+        assert pump(a, h, frames) == frames
+        views = h.recv_batch(8, copy=False)
+        assert views == []
