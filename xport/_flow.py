@@ -49,7 +49,7 @@ Public API
 
 from __future__ import annotations
 
-__all__ = ["FlowControlError", "SendWindow", "ReceiveWindow"]
+__all__ = ["FlowControlError", "ReceiveWindow", "SendWindow"]
 
 _U32_MAX = 0xFFFFFFFF
 
@@ -70,7 +70,7 @@ class FlowControlError(Exception):
 class SendWindow:
     """The sender's credit for one connection in one direction."""
 
-    __slots__ = ("messages", "bytes", "max_message_size", "max_window")
+    __slots__ = ("bytes", "max_message_size", "max_window", "messages")
 
     def __init__(
         self,
@@ -127,17 +127,17 @@ class ReceiveWindow:
     """The receiver's side for one connection in one direction: grants credit back."""
 
     __slots__ = (
-        "window_messages",
-        "window_bytes",
-        "max_message_size",
-        "_threshold_m",
         "_threshold_b",
-        "outstanding_messages",
-        "outstanding_bytes",
-        "buffered_messages",
+        "_threshold_m",
         "buffered_bytes",
-        "pending_messages",
+        "buffered_messages",
+        "max_message_size",
+        "outstanding_bytes",
+        "outstanding_messages",
         "pending_bytes",
+        "pending_messages",
+        "window_bytes",
+        "window_messages",
     )
 
     def __init__(

@@ -75,7 +75,7 @@ from ._wire import (
     mac_bytes,
 )
 
-__all__ = ["LinkConfig", "LinkStats", "Link", "AsyncLink", "LinkLostError"]
+__all__ = ["AsyncLink", "Link", "LinkConfig", "LinkLostError", "LinkStats"]
 
 _DATA = int(MessageType.DATA)
 _HELLO = int(MessageType.HELLO)
@@ -161,7 +161,9 @@ class LinkStats:
 class Link:
     """Transport messages over one FrameBackend (see module doc). One owner task."""
 
-    def __init__(self, backend: FrameBackend, config: LinkConfig | None = None, *, now: float = 0.0):
+    def __init__(
+        self, backend: FrameBackend, config: LinkConfig | None = None, *, now: float = 0.0
+    ):
         cfg = config or LinkConfig()
         if backend.frame_size < FRAME_HEADER_SIZE + HEADER_SIZE + 64:
             raise ValueError("backend frame_size too small")
@@ -216,9 +218,9 @@ class Link:
 
     def send(self, msg: Message) -> None:
         """Queue one transport message; ``flush()`` sends it."""
-        if msg.__class__ is Data:
-            payload = msg.payload  # type: ignore[union-attr]
-            aux = msg.header_length  # type: ignore[union-attr]
+        if isinstance(msg, Data):
+            payload = msg.payload
+            aux = msg.header_length
             if aux > len(payload):
                 raise ValueError("header_length exceeds payload")
             entry = (_DATA, msg.conn_id, aux, payload)
@@ -233,7 +235,9 @@ class Link:
         self._queue.append(entry)
         self._queued_bytes += n
 
-    def send_data(self, conn_id: int, payload: bytes | bytearray | memoryview, header_length: int = 0) -> None:
+    def send_data(
+        self, conn_id: int, payload: bytes | bytearray | memoryview, header_length: int = 0
+    ) -> None:
         """``send(Data(conn_id, payload, header_length))`` without building the dataclass."""
         n = len(payload)
         if header_length > n or n > self.config.max_message_size:
@@ -292,13 +296,26 @@ class Link:
                 if remaining <= room:
                     # §2: whole message, or the last fragment of one
                     if head_sent:
-                        pack_msg(buf, off, PROTOCOL_VERSION, mtype, _LAST, 0, conn_id, remaining, aux, total)
+                        pack_msg(
+                            buf,
+                            off,
+                            PROTOCOL_VERSION,
+                            mtype,
+                            _LAST,
+                            0,
+                            conn_id,
+                            remaining,
+                            aux,
+                            total,
+                        )
                         off += HEADER_SIZE
                         buf[off : off + remaining] = memoryview(payload)[head_sent:]
                         frags_out += 1
                         head_sent = 0
                     else:
-                        pack_msg(buf, off, PROTOCOL_VERSION, mtype, _WHOLE, 0, conn_id, total, aux, total)
+                        pack_msg(
+                            buf, off, PROTOCOL_VERSION, mtype, _WHOLE, 0, conn_id, total, aux, total
+                        )
                         off += HEADER_SIZE
                         buf[off : off + total] = payload
                     off += remaining
@@ -388,9 +405,9 @@ class Link:
         unpack_msg = COMMON_HEADER.unpack_from
         append = out.append
         new = object.__new__
-        set_conn = Data.conn_id.__set__  # type: ignore[attr-defined]
-        set_payload = Data.payload.__set__  # type: ignore[attr-defined]
-        set_hlen = Data.header_length.__set__  # type: ignore[attr-defined]
+        set_conn = vars(Data)["conn_id"].__set__
+        set_payload = vars(Data)["payload"].__set__
+        set_hlen = vars(Data)["header_length"].__set__
         st = self.stats
         st.frames_in += len(rx)
         for frame in rx:
@@ -403,7 +420,9 @@ class Link:
             if n < FRAME_HEADER_SIZE:
                 self._drop("truncated")
                 continue
-            (_d, _s, etype, version, flags, count, seq, credit, ack, plen, _r) = unpack_frame(data, 0)
+            (_d, _s, etype, version, flags, count, seq, credit, ack, plen, _r) = unpack_frame(
+                data, 0
+            )
             if etype != ETHERTYPE:
                 self._drop("not_ours")
                 continue
@@ -481,7 +500,9 @@ class Link:
         st.messages_in += len(out)
         return out
 
-    def _decode(self, mtype: int, conn_id: int, aux: int, body: memoryview, out: list[Message]) -> None:
+    def _decode(
+        self, mtype: int, conn_id: int, aux: int, body: memoryview, out: list[Message]
+    ) -> None:
         try:
             msg = decode_body(mtype, conn_id, aux, body)
         except ProtocolError as exc:
@@ -559,7 +580,9 @@ class AsyncLink:
         self.link.send(msg)
         self._after_send()
 
-    def send_data(self, conn_id: int, payload: bytes | bytearray | memoryview, header_length: int = 0) -> None:
+    def send_data(
+        self, conn_id: int, payload: bytes | bytearray | memoryview, header_length: int = 0
+    ) -> None:
         self.link.send_data(conn_id, payload, header_length)
         self._after_send()
 

@@ -102,17 +102,17 @@ class LinkCredit:
     """
 
     __slots__ = (
-        "reserve",
-        "update_threshold",
-        "sent",
-        "co_sent",
-        "peer_posted",
-        "peer_ack",
-        "frames_rx",
+        "adv_ack",
+        "adv_posted",
         "co_recv",
         "co_rx",
-        "adv_posted",
-        "adv_ack",
+        "co_sent",
+        "frames_rx",
+        "peer_ack",
+        "peer_posted",
+        "reserve",
+        "sent",
+        "update_threshold",
     )
 
     def __init__(
@@ -183,10 +183,9 @@ class LinkCredit:
 
     def _local(self, posted: int) -> tuple[int, int]:
         p = unwrap_u32(self.adv_posted, posted & _MASK)
-        if p < self.adv_posted:
-            # a backend never un-posts; below the assumed initial credit is a
-            # configuration error (initial_peer_credit too large): never advertise less
-            p = self.adv_posted
+        # a backend never un-posts; below the assumed initial credit is a
+        # configuration error (initial_peer_credit too large): never advertise less
+        p = max(p, self.adv_posted)
         # §4.1: clamp A so that P − A never decreases
         a = min(self.co_rx, p - (self.adv_posted - self.adv_ack))
         return p, a

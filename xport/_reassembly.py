@@ -31,7 +31,7 @@ _LAST = int(MsgFlags.LAST)
 
 
 class _Partial:
-    __slots__ = ("mtype", "aux", "total", "buf", "filled")
+    __slots__ = ("aux", "buf", "filled", "mtype", "total")
 
     def __init__(self, mtype: int, aux: int, total: int) -> None:
         self.mtype = mtype
@@ -44,7 +44,7 @@ class _Partial:
 class Reassembler:
     """Per-connection fragment reassembly with a memory bound."""
 
-    __slots__ = ("max_message_size", "max_buffered_bytes", "buffered_bytes", "_partial")
+    __slots__ = ("_partial", "buffered_bytes", "max_buffered_bytes", "max_message_size")
 
     def __init__(self, max_message_size: int, max_buffered_bytes: int) -> None:
         if max_buffered_bytes < max_message_size:

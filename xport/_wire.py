@@ -39,15 +39,15 @@ from dataclasses import dataclass
 
 __all__ = [
     "ETHERTYPE",
-    "LINK_VERSION",
     "FRAME_HEADER",
     "FRAME_HEADER_SIZE",
+    "LINK_VERSION",
     "FrameFlags",
     "FrameHeader",
     "WireError",
+    "mac_bytes",
     "pack_frame_header",
     "parse_frame",
-    "mac_bytes",
 ]
 
 #: IEEE 802 local experimental EtherType (DESIGN.md "Wire contract")

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ._backend import BackendStats, Buffer, FrameBackend, RxFrame
 
 if TYPE_CHECKING:
     from ._link import Link, LinkConfig
 
-__all__ = ["MemoryBackend", "memory_backend_pair", "memory_link_pair", "FakeClock"]
+__all__ = ["FakeClock", "MemoryBackend", "memory_backend_pair", "memory_link_pair"]
 
 
 class FakeClock:
@@ -78,7 +79,7 @@ class MemoryBackend(FrameBackend):
         self._closed = False
 
     # -- wiring ----------------------------------------------------------------
-    def _connect(self, peer: "MemoryBackend") -> None:
+    def _connect(self, peer: MemoryBackend) -> None:
         self._peer = peer
 
     def _arrive(self, frame: bytes) -> None:
@@ -169,13 +170,13 @@ def memory_backend_pair(
 
 
 def memory_link_pair(
-    config_a: "LinkConfig | None" = None,
-    config_b: "LinkConfig | None" = None,
+    config_a: LinkConfig | None = None,
+    config_b: LinkConfig | None = None,
     *,
     rx_buffers: int = 64,
     frame_size: int = 1514,
     now: float = 0.0,
-) -> tuple["Link", "Link"]:
+) -> tuple[Link, Link]:
     """Two started :class:`~xport._link.Link` ends over a memory backend pair."""
     from ._link import Link, LinkConfig
     from ._protocol import Role

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from xport._link import AsyncLink, Link, LinkConfig, LinkLostError
 from xport._protocol import (
-    COMMON_HEADER,
     Close,
     Credit,
     Data,
@@ -71,7 +70,9 @@ def test_small_messages_share_frames() -> None:
 messages = st.one_of(
     st.builds(Data, st.integers(0, 5), st.binary(max_size=5000)),
     st.builds(Credit, st.integers(0, 5), st.integers(0, 100), st.integers(0, 10_000)),
-    st.builds(Listen, st.integers(0, 9), st.just("0.0.0.0"), st.integers(0, 65535), st.text(max_size=20)),
+    st.builds(
+        Listen, st.integers(0, 9), st.just("0.0.0.0"), st.integers(0, 65535), st.text(max_size=20)
+    ),
     st.builds(Close, st.integers(0, 5), st.booleans()),
 )
 
@@ -85,9 +86,11 @@ messages = st.one_of(
     st.integers(1, 4),
 )
 def test_lossless_in_order_both_ways_with_few_buffers(ma, mb, rx_buffers, ops, pollmax) -> None:  # type: ignore[no-untyped-def]
-    cfg = dict(credit_reserve=2, initial_peer_credit=3, credit_update_threshold=2)
+    cfg = {"credit_reserve": 2, "initial_peer_credit": 3, "credit_update_threshold": 2}
     a, b = memory_link_pair(
-        LinkConfig(role=Role.AGENT, **cfg), LinkConfig(role=Role.HOST, **cfg), rx_buffers=rx_buffers
+        LinkConfig(role=Role.AGENT, **cfg),  # type: ignore[arg-type]
+        LinkConfig(role=Role.HOST, **cfg),  # type: ignore[arg-type]
+        rx_buffers=rx_buffers,
     )
     got_a: list[Message] = []
     got_b: list[Message] = []
@@ -199,12 +202,19 @@ def test_bad_messages_in_a_frame_are_skipped_and_counted() -> None:
     payload = bytes(unknown) + bytes(future) + bytes(bad_body) + encode(Data(1, b"ok"))
     raw_be.send_batch([_raw_frame(payload, 4, 0), b"\x00" * 10, _raw_frame(b"", 1, 1)[:20]])
     assert link.poll() == [Data(1, b"ok")]
-    assert link.stats.dropped == {"unknown_type": 1, "bad_version": 1, "bad_body": 1, "truncated": 2}
+    assert link.stats.dropped == {
+        "unknown_type": 1,
+        "bad_version": 1,
+        "bad_body": 1,
+        "truncated": 2,
+    }
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300), st.integers(0, 70), st.integers(0, 3), st.booleans())
-def test_poll_never_raises_on_garbage(payload: bytes, count: int, seq: int, credit_only: bool) -> None:
+def test_poll_never_raises_on_garbage(
+    payload: bytes, count: int, seq: int, credit_only: bool
+) -> None:
     raw_be, link_be = memory_backend_pair()
     link = Link(link_be)
     frame = bytearray(_raw_frame(payload, count, seq))

@@ -61,7 +61,8 @@ def test_seq_gap_and_credit_regress_are_reported() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(reserve=0), dict(reserve=2, initial_peer_credit=2), dict(update_threshold=0)]
+    "kwargs",
+    [{"reserve": 0}, {"reserve": 2, "initial_peer_credit": 2}, {"update_threshold": 0}],
 )
 def test_bad_configuration_rejected(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):

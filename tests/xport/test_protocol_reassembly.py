@@ -25,7 +25,11 @@ def fragments(body: bytes, cuts: list[int]) -> list[tuple[int, bytes]]:
 
 @given(
     st.lists(
-        st.tuples(st.integers(1, 4), st.binary(min_size=1, max_size=300), st.lists(st.integers(0, 300), max_size=5)),
+        st.tuples(
+            st.integers(1, 4),
+            st.binary(min_size=1, max_size=300),
+            st.lists(st.integers(0, 300), max_size=5),
+        ),
         max_size=12,
     ),
     st.randoms(use_true_random=False),

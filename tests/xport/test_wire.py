@@ -20,7 +20,9 @@ u32 = st.integers(0, (1 << 40))
 macs = st.binary(min_size=6, max_size=6)
 
 
-@given(macs, macs, st.integers(1, 0xFFFF), u32, u32, u32, st.binary(max_size=200), st.integers(0, 30))
+@given(
+    macs, macs, st.integers(1, 0xFFFF), u32, u32, u32, st.binary(max_size=200), st.integers(0, 30)
+)
 def test_round_trip(dst, src, count, seq, credit, ack, payload, pad):  # type: ignore[no-untyped-def]
     buf = bytearray(FRAME_HEADER_SIZE + len(payload) + pad)
     pack_frame_header(buf, dst, src, 0, count, seq, credit, ack, len(payload))
@@ -46,7 +48,7 @@ def test_random_bytes_parse_or_wire_error(raw: bytes) -> None:
 
 def _frame(**kw: int) -> bytearray:
     buf = bytearray(FRAME_HEADER_SIZE)
-    args = dict(flags=0, msg_count=1, seq=0, credit=0, credit_ack=0, payload_length=0)
+    args = {"flags": 0, "msg_count": 1, "seq": 0, "credit": 0, "credit_ack": 0, "payload_length": 0}
     args.update(kw)
     pack_frame_header(buf, bytes(6), bytes(6), **args)
     return buf
