@@ -58,8 +58,10 @@ Lifetime: the creator holds an exclusive ``flock`` on the file for as long as
 it is open (the kernel drops it when the process dies), so a file whose lock
 can be taken is stale from a crashed run: ``create`` removes and recreates it,
 ``attach`` refuses it. The attacher holds an exclusive ``flock`` on its FIFO
-so a second attacher is refused. The creator unlinks the file and FIFOs on
-close; an attached peer keeps its mapping until it closes.
+so a second attacher is refused. Those two locks also make
+:meth:`ShmBackend.peer_alive` (a dead peer is not seen through the FIFOs). The
+creator unlinks the file and FIFOs on close; an attached peer keeps its
+mapping until it closes.
 """
 
 from __future__ import annotations
@@ -461,6 +463,27 @@ class ShmBackend(FrameBackend):
 
     def rx_buffers_posted(self) -> int:
         return self.slots + self._released_total
+
+    def peer_alive(self) -> bool:
+        """Whether the other end is open: its ``flock`` is held (the kernel drops it on exit).
+
+        The creator probes the attacher's lock on the ``.c2a`` FIFO, the attacher
+        the creator's lock on the file (reopened through ``/proc/self/fd``, so an
+        unlinked file or a new link of the same name is not mistaken for it).
+        """
+        self._check_open()
+        target = self.path + ".c2a" if self.creator else f"/proc/self/fd/{self._fd}"
+        try:
+            fd = os.open(target, os.O_RDWR | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return False
+        try:
+            if _try_lock(fd):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return False
+            return True
+        finally:
+            os.close(fd)
 
     def fileno(self) -> int:
         self._check_open()

@@ -243,3 +243,35 @@ def test_zero_copy_tx_prefix_and_invalidation(name: str) -> None:
         with pytest.raises(ValueError):
             a.submit_tx(slots[3:])
         assert [bytes(f.data) for f in b.recv_batch()] == [b"copy"]
+
+
+def test_peer_alive(name: str) -> None:
+    a = ShmBackend.create(name, slots=8)
+    assert not a.peer_alive()  # nobody attached yet
+    code = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {ROOT!r})
+        from xport._shm import ShmBackend
+        b = ShmBackend.attach({name!r})
+        print("attached", b.peer_alive(), flush=True)
+        sys.stdin.readline()
+        os._exit(0)  # dies without closing
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "attached True"
+        assert a.peer_alive()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not a.peer_alive()  # the kernel dropped the dead attacher's lock
+    with ShmBackend.attach(name) as b:  # and a new attacher is welcome
+        assert a.peer_alive() and b.peer_alive()
+        a.close()
+        assert not b.peer_alive()
