@@ -5,7 +5,7 @@ Declare handlers on an :class:`App`, serve it with :class:`Server` over any
 directly over TCP with :func:`serve_direct`; call it with :class:`Client`.
 """
 
-from ._client import Client
+from ._client import Client, MessageClient
 from ._conn import (
     ConnectionClosedError,
     ListenerClosedError,
@@ -30,6 +30,7 @@ __all__ = [
     "InflightLimits",
     "ListenerClosedError",
     "Message",
+    "MessageClient",
     "MessageConnection",
     "MessageListener",
     "MethodSpec",

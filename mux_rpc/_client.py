@@ -15,12 +15,49 @@ from typing import Any, Self, cast
 
 import msgpack
 
-from ._conn import ConnectionClosedError
+from ._conn import ConnectionClosedError, MessageConnection
 from ._dispatch import MAX_MSGID, NOTIFICATION, REQUEST, RESPONSE, ProtocolError, RemoteError
 
-__all__ = ["Client"]
+__all__ = ["Client", "MessageClient"]
 
 logger = logging.getLogger("mux_rpc.client")
+
+
+def _complete(pending: dict[int, asyncio.Future[Any]], msg: Any) -> bool:
+    """Complete the call ``msg`` answers; False for a response to no pending call
+    (its call timed out or was cancelled). :class:`ProtocolError` if ``msg`` is
+    not a response."""
+    if type(msg) is not list or len(msg) != 4 or msg[0] != RESPONSE:
+        raise ProtocolError(f"server sent a non-response message: {msg!r:.80}")
+    _, msgid, error, result = msg
+    fut = pending.pop(msgid, None) if type(msgid) is int else None
+    if fut is None:
+        return False
+    if not fut.done():
+        if error is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(RemoteError.from_wire(error))
+    return True
+
+
+def _next_msgid(after: int, pending: dict[int, asyncio.Future[Any]]) -> int:
+    msgid = after
+    while msgid in pending:
+        msgid = (msgid + 1) & MAX_MSGID
+    return msgid
+
+
+async def _wait_reply(fut: asyncio.Future[Any], timeout: float | None,
+                      pending: dict[int, asyncio.Future[Any]], msgid: int) -> Any:
+    try:
+        if timeout is None:
+            return await fut
+        async with asyncio.timeout(timeout):
+            return await fut
+    finally:
+        if pending.get(msgid) is fut:
+            del pending[msgid]
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -52,19 +89,8 @@ class _ClientProtocol(asyncio.Protocol):
             self._abort(ProtocolError(f"bad msgpack from server: {type(exc).__name__}: {exc}"))
 
     def _response(self, msg: Any) -> None:
-        if type(msg) is not list or len(msg) != 4 or msg[0] != RESPONSE:
-            raise ProtocolError(f"server sent a non-response message: {msg!r:.80}")
-        _, msgid, error, result = msg
-        fut = self.pending.pop(msgid, None) if type(msgid) is int else None
-        if fut is None:
-            self.late_responses += 1  # its call timed out or was cancelled
-            return
-        if fut.done():
-            return
-        if error is None:
-            fut.set_result(result)
-        else:
-            fut.set_exception(RemoteError.from_wire(error))
+        if not _complete(self.pending, msg):
+            self.late_responses += 1
 
     def _abort(self, exc: ProtocolError) -> None:
         logger.warning("closing client connection: %s", exc)
@@ -167,21 +193,12 @@ class Client:
             proto.drain_waiters.append(w)
             await w
             self._check_open()
-        msgid = self._next_id
-        while msgid in proto.pending:
-            msgid = (msgid + 1) & MAX_MSGID
+        msgid = _next_msgid(self._next_id, proto.pending)
         self._next_id = (msgid + 1) & MAX_MSGID
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         proto.pending[msgid] = fut
         proto.write(self._packer.pack([REQUEST, msgid, method, list(args)]))
-        try:
-            if timeout is None:
-                return await fut
-            async with asyncio.timeout(timeout):
-                return await fut
-        finally:
-            if proto.pending.get(msgid) is fut:
-                del proto.pending[msgid]
+        return await _wait_reply(fut, timeout, proto.pending, msgid)
 
     def notify(self, method: str, *args: Any) -> None:
         """Send the notification ``[2, method, args]`` (no response)."""
@@ -197,6 +214,102 @@ class Client:
                 await self._proto.closed
         except TimeoutError:
             self._transport.abort()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class MessageClient:
+    """A msgpack-rpc client over any :class:`MessageConnection` (one msgpack
+    value per message): an offloaded outbound connection, or the in-memory
+    pair of :mod:`mux_rpc.testing`. Same matching rules as :class:`Client`;
+    sending waits for the connection's flow control, so ``notify`` is async."""
+
+    def __init__(self, conn: MessageConnection) -> None:
+        self.conn = conn
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._next_id = 0
+        self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+        self._closed_exc: BaseException | None = None
+        self.late_responses = 0
+        """Responses that arrived after their call timed out or was cancelled."""
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @property
+    def outstanding(self) -> int:
+        """Calls sent and not yet answered."""
+        return len(self._pending)
+
+    async def _read(self) -> None:
+        reason: BaseException = ConnectionClosedError("connection closed by the peer")
+        try:
+            while True:
+                msg = await self.conn.recv()
+                if msg is None:
+                    break
+                try:
+                    obj = msgpack.unpackb(msg.payload, raw=False, strict_map_key=False)
+                    if not _complete(self._pending, obj):
+                        self.late_responses += 1
+                except (ValueError, TypeError, msgpack.UnpackException, ProtocolError) as exc:
+                    logger.warning("closing client connection %s: bad response: %s",
+                                   self.conn.conn_id, exc)
+                    reason = ProtocolError(f"bad response: {exc}")
+                    await self.conn.close()
+                    break
+                finally:
+                    self.conn.on_consumed(msg.nbytes)
+        except ConnectionClosedError as exc:
+            reason = exc
+        except Exception as exc:  # logged; the cause of every failed call
+            logger.error("client connection %s failed", self.conn.conn_id, exc_info=exc)
+            reason = exc
+        finally:
+            self._closed_exc = reason
+            for fut in self._pending.values():
+                if not fut.done():
+                    err = ConnectionClosedError(f"connection closed before the response: {reason}")
+                    err.__cause__ = reason
+                    fut.set_exception(err)
+            self._pending.clear()
+
+    def _check_open(self) -> None:
+        if self._closed_exc is not None:
+            raise ConnectionClosedError(f"client connection is closed: {self._closed_exc}")
+
+    async def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """Call ``method(*args)``; see :meth:`Client.call`. The timeout covers
+        waiting for send credit too."""
+        self._check_open()
+        msgid = _next_msgid(self._next_id, self._pending)
+        self._next_id = (msgid + 1) & MAX_MSGID
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[msgid] = fut
+
+        async def send_then_wait() -> Any:
+            await self.conn.send(self._packer.pack([REQUEST, msgid, method, list(args)]))
+            return await fut
+
+        try:
+            async with asyncio.timeout(timeout):
+                return await send_then_wait()
+        finally:
+            if self._pending.get(msgid) is fut:
+                del self._pending[msgid]
+
+    async def notify(self, method: str, *args: Any) -> None:
+        """Send the notification ``[2, method, args]`` (no response)."""
+        self._check_open()
+        await self.conn.send(self._packer.pack([NOTIFICATION, method, list(args)]))
+
+    async def close(self) -> None:
+        """Close the connection and fail calls still waiting."""
+        await self.conn.close()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
 
     async def __aenter__(self) -> Self:
         return self

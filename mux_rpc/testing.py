@@ -180,12 +180,17 @@ class MemoryListener:
         self.server_ends: list[MemoryConnection] = []
         """Every server end handed out, for tests to inspect credit."""
 
-    async def connect(self) -> MemoryConnection:
-        """Open a connection; returns the client end (the server end goes to accept())."""
+    async def connect(self, *, auto_consume: bool = True) -> MemoryConnection:
+        """Open a connection; returns the client end (the server end goes to accept()).
+
+        With ``auto_consume`` (for raw tests) the client end reports each message
+        consumed on ``recv()``; pass False when the client end goes to a consumer
+        that calls ``on_consumed`` itself (:class:`mux_rpc.MessageClient`)."""
         if self._closed:
             raise ConnectionRefusedError("memory listener is closed")
         client, server = memory_connection_pair(window_messages=self.window_messages,
                                                 window_bytes=self.window_bytes)
+        client.auto_consume = auto_consume
         self.server_ends.append(server)
         await self._pending.put(server)
         return client

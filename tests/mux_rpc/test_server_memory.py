@@ -281,3 +281,34 @@ def test_serve_returns_when_listener_closes() -> None:
             await server.serve(lst)
 
     run(main)
+
+
+def test_message_client_pipelining_over_memory() -> None:
+    async def main() -> None:
+        probe = Probe()
+        app, notes = make_app(probe)
+        async with serving(app, window_messages=16) as (_, lst):
+            c = mux_rpc.MessageClient(await lst.connect(auto_consume=False))
+            futs = [asyncio.ensure_future(c.call("sleep_echo", i, (i % 5) * 0.002))
+                    for i in range(300)]
+            await asyncio.sleep(0.01)
+            assert c.outstanding > 16  # more outstanding than the credit window
+            assert await asyncio.gather(*futs) == list(range(300))
+            with pytest.raises(mux_rpc.RemoteError) as ei:
+                await c.call("add", 1, 2, 3)
+            assert ei.value.code == "BAD_ARGS"
+            with pytest.raises(TimeoutError):
+                await c.call("sleep_echo", 1, 5, timeout=0.05)
+            await c.notify("note", "n")
+            assert await c.call("echo", "after") == ["after"]
+            assert notes == [["n"]]
+            blocked = asyncio.ensure_future(c.call("block", 1))
+            await probe.until(lambda: probe.inside == 1)
+            await c.close()
+            with pytest.raises(mux_rpc.ConnectionClosedError):
+                await blocked
+            with pytest.raises(mux_rpc.ConnectionClosedError):
+                await c.call("echo")
+            await probe.until(lambda: probe.cancelled == 1)
+
+    run(main)
