@@ -189,7 +189,7 @@ class LengthFieldFramer(Framer[Frame]):
         cls = Frame
         while n - pos >= end_off:
             flen = unpack(data, pos + loff)[0] + add
-            if flen > maxlen or flen < lo:
+            if not lo <= flen <= maxlen:
                 return self._bad_length(data, pos, flen)
             e = pos + flen
             if e > n:

@@ -55,29 +55,36 @@ class OncRpcFramer(Framer[OncRecord]):
         pos = 0
         unpack = _HDR.unpack_from
         out = self._out.append
+        new = _new
+        set_payload = _set_onc_payload
+        cls = OncRecord
         record = self._record
+        rlen = len(record)
         maxlen = self.max_message_size
+        mask = _LEN_MASK
         while n - pos >= 4:
             (word,) = unpack(data, pos)
-            flen = word & _LEN_MASK
-            if len(record) + flen > maxlen:
-                raise FrameTooLong(
-                    f"record of at least {len(record) + flen} bytes exceeds {maxlen}")
+            flen = word & mask
+            if rlen + flen > maxlen:  # checked before the fragment is buffered
+                raise FrameTooLong(f"record of at least {rlen + flen} bytes exceeds {maxlen}")
             e = pos + 4 + flen
             if e > n:
                 self._need = 4 + flen
                 return pos
-            if word & _LAST:
-                if record:
+            if word > mask:  # last-fragment bit set (section 11)
+                if rlen:
                     record += memoryview(data)[pos + 4:e]
-                    out(OncRecord(bytes(record)))
+                    payload = bytes(record)
                     record.clear()
+                    rlen = 0
                 else:  # single-fragment record: one copy
-                    msg = _new(OncRecord)
-                    _set_onc_payload(msg, data[pos + 4:e])
-                    out(msg)
+                    payload = data[pos + 4:e]
+                msg = new(cls)
+                set_payload(msg, payload)
+                out(msg)
             elif flen:
                 record += memoryview(data)[pos + 4:e]
+                rlen += flen
             pos = e
         self._need = 4
         return pos
