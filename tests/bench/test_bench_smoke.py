@@ -30,15 +30,21 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def quick_summary() -> dict[str, object]:
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, object], str]:
     afxdp_required()
+    png = str(tmp_path_factory.mktemp("bench") / "xport.png")
     proc = subprocess.run(
-        [sys.executable, BENCH, "--quick", "--json", "--no-plot"],
+        [sys.executable, BENCH, "--quick", "--json", "--plot", png],
         capture_output=True, text=True, timeout=240, cwd=ROOT,
     )
     assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     summary: dict[str, object] = json.loads(proc.stdout)
-    return summary
+    return summary, png
+
+
+@pytest.fixture(scope="module")
+def quick_summary(quick_run: tuple[dict[str, object], str]) -> dict[str, object]:
+    return quick_run[0]
 
 
 @pytest.mark.afxdp
@@ -75,3 +81,9 @@ def test_machine_notes_recorded(quick_summary: dict[str, object]) -> None:
     machine = quick_summary["machine"]
     assert isinstance(machine, dict)
     assert machine["kernel"] and machine["date"] and machine["cpus"]
+
+
+@pytest.mark.afxdp
+def test_plot_written(quick_run: tuple[dict[str, object], str]) -> None:
+    with open(quick_run[1], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
