@@ -24,6 +24,7 @@ import importlib.util
 import json
 import multiprocessing as mp
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -142,6 +143,7 @@ async def _drive(port: int, conns: int, depth: int, seconds: float) -> tuple[int
 
 
 def run_tcp(conns: int, depth: int, seconds: float, loop: str) -> dict[str, Any]:
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     child = ctx.Process(target=_server_child, args=(q, loop), daemon=True)
@@ -164,9 +166,14 @@ def run_tcp(conns: int, depth: int, seconds: float, loop: str) -> dict[str, Any]
         if child.is_alive():
             child.kill()
             child.join()
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # the whole server process (startup included: a small overestimate)
+    server_cpu = (children1.ru_utime + children1.ru_stime
+                  - children0.ru_utime - children0.ru_stime)
     return {"mode": "direct-tcp", "server_loop": loop, "connections": conns, "depth": depth,
             "requests": done, "seconds": wall, "requests_per_s": done / wall,
-            "client_cpu_us_per_request": client_cpu / max(done, 1) * 1e6}
+            "client_cpu_us_per_request": client_cpu / max(done, 1) * 1e6,
+            "server_cpu_us_per_request": server_cpu / max(done, 1) * 1e6}
 
 
 def main() -> None:
@@ -190,7 +197,9 @@ def main() -> None:
             print(json.dumps(row))
         elif args.tcp:
             print(f"direct tcp  conns={row['connections']:<3} depth={row['depth']:<3} "
-                  f"{row['requests_per_s']:>10,.0f} req/s  ({row['requests']} in "
+                  f"{row['requests_per_s']:>10,.0f} req/s  server "
+                  f"{row['server_cpu_us_per_request']:.2f} / client "
+                  f"{row['client_cpu_us_per_request']:.2f} CPU us/req  ({row['requests']} in "
                   f"{row['seconds']:.1f} s, loop={row['server_loop']})")
         else:
             print(f"floor {row['mix']:<11} {row['requests_per_s']:>10,.0f} req/s  "

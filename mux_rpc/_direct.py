@@ -289,6 +289,10 @@ async def serve_direct(
 
     ``port=0`` picks a free port (read ``.port``). Extra keyword arguments go
     to ``loop.create_server`` (``reuse_port=``, ``backlog=``...)."""
+    if app.stream_handlers:
+        logger.warning("serve_direct serves msgpack-rpc only; %d stream handler(s) of app %r "
+                       "are not served (they need a framed listener)",
+                       len(app.stream_handlers), app.name)
     server = DirectServer(app, config or ServerConfig())
     await server._start(host, port, **server_kwargs)
     return server
