@@ -133,24 +133,30 @@ def decode_message(payload: bytes) -> Any:
         raise ProtocolError(f"not a msgpack value: {type(exc).__name__}: {exc}") from exc
 
 
-_packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+def _new_packer() -> msgpack.Packer:
+    return msgpack.Packer(use_bin_type=True, autoreset=True)
 
 
-def encode_response(msgid: int, result: Any) -> bytes:
-    """``[1, msgid, nil, result]``; a result msgpack cannot encode becomes BAD_RESULT."""
+def encode_response(msgid: int, result: Any, packer: msgpack.Packer | None = None) -> bytes:
+    """``[1, msgid, nil, result]``; a result msgpack cannot encode becomes BAD_RESULT.
+
+    ``packer`` (reused by a Dispatcher; a Packer is not thread-safe) defaults to a new one."""
+    p = packer if packer is not None else _new_packer()
     try:
-        data: bytes = _packer.pack([RESPONSE, msgid, None, result])
+        data: bytes = p.pack([RESPONSE, msgid, None, result])
         return data
     except (TypeError, ValueError, OverflowError) as exc:
-        _packer.reset()
+        p.reset()
         return encode_error(
-            msgid, ErrorCode.BAD_RESULT, f"cannot encode result: {type(exc).__name__}: {exc}"
+            msgid, ErrorCode.BAD_RESULT, f"cannot encode result: {type(exc).__name__}: {exc}", p
         )
 
 
-def encode_error(msgid: int, code: str, message: str) -> bytes:
+def encode_error(msgid: int, code: str, message: str,
+                 packer: msgpack.Packer | None = None) -> bytes:
     """``[1, msgid, {"code": code, "message": message}, nil]``."""
-    data: bytes = _packer.pack([RESPONSE, msgid, {"code": code, "message": message}, None])
+    p = packer if packer is not None else _new_packer()
+    data: bytes = p.pack([RESPONSE, msgid, {"code": code, "message": message}, None])
     return data
 
 
@@ -161,6 +167,7 @@ class Dispatcher:
         self.app = app
         self._methods = app.methods
         self._notifications = app.notifications
+        self._packer = _new_packer()  # one per dispatcher: a Packer is not thread-safe
 
     def dispatch(self, payload: bytes) -> bytes | PendingCall | None:
         """Decode and dispatch one whole message (see the module doc)."""
@@ -183,7 +190,7 @@ class Dispatcher:
                 why = f"no method {method!r}"
                 if method in self._notifications:
                     why += " (it is registered as a notification)"
-                return encode_error(msgid, ErrorCode.NO_METHOD, why)
+                return encode_error(msgid, ErrorCode.NO_METHOD, why, self._packer)
             return self._call(spec, msgid, params)
         if kind == NOTIFICATION and n == 3 and type(kind) is int:
             _, method, params = msg
@@ -218,7 +225,7 @@ class Dispatcher:
             return PendingCall(msgid, spec, result)
         if msgid is None:
             return None
-        return encode_response(msgid, result)
+        return encode_response(msgid, result, self._packer)
 
     def _bad_args(
         self, spec: MethodSpec, msgid: int | None, params: list[Any] | dict[str, Any]
@@ -227,13 +234,13 @@ class Dispatcher:
         if msgid is None:
             logger.warning("notification %s dropped: %s", spec.name, why)
             return None
-        return encode_error(msgid, ErrorCode.BAD_ARGS, why)
+        return encode_error(msgid, ErrorCode.BAD_ARGS, why, self._packer)
 
     def complete(self, call: PendingCall, result: Any) -> bytes | None:
         """The reply for an async call that returned ``result`` (None for notifications)."""
         if call.msgid is None:
             return None
-        return encode_response(call.msgid, result)
+        return encode_response(call.msgid, result, self._packer)
 
     def fail(self, call: PendingCall, exc: BaseException) -> bytes | None:
         """The reply for an async call that raised ``exc`` (TimeoutError → TIMEOUT)."""
@@ -254,7 +261,7 @@ class Dispatcher:
             if isinstance(exc, (RemoteError, TimeoutError)):
                 logger.warning("notification %s failed: %s: %s", spec.name, code, message)
             return None
-        return encode_error(msgid, code, message)
+        return encode_error(msgid, code, message, self._packer)
 
 
 def _method_name(method: Any) -> str:
