@@ -30,7 +30,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Self
 
-from ._conn import ConnectionClosedError, ListenerClosedError, MessageConnection, MessageListener
+from ._conn import (
+    ConnectionClosedError,
+    ListenerClosedError,
+    Message,
+    MessageConnection,
+    MessageListener,
+)
 from ._dispatch import Dispatcher, PendingCall, ProtocolError
 from ._limits import InflightLimits
 from ._service import App, StreamHandlerSpec
@@ -256,11 +262,10 @@ class Server:
         waitables: list[asyncio.Future[Any]] = [failed]
         loop = asyncio.get_running_loop()
 
-        async def run(msg_nbytes: int, coro_msg: object) -> None:
+        async def run(msg: Message) -> None:
             try:
-                timeout = self.config.call_timeout
-                async with asyncio.timeout(timeout):
-                    await spec.func(conn, coro_msg)  # type: ignore[arg-type]
+                async with asyncio.timeout(self.config.call_timeout):
+                    await spec.func(conn, msg)
             except Exception as exc:
                 self.stats.handler_failures += 1
                 logger.warning("stream handler %s on connection %s failed; closing it",
@@ -268,7 +273,7 @@ class Server:
                 if not failed.done():
                     failed.set_result(None)
             finally:
-                conn.on_consumed(msg_nbytes)
+                conn.on_consumed(msg.nbytes)
                 self.limits.finish(key)
                 own.release()
 
@@ -293,7 +298,7 @@ class Server:
                     own.release()
                     return
                 self.stats.messages += 1
-                task = loop.create_task(run(msg.nbytes, msg))
+                task = loop.create_task(run(msg))
                 calls.add(task)
                 task.add_done_callback(calls.discard)
         except ConnectionClosedError as exc:

@@ -312,3 +312,34 @@ def test_message_client_pipelining_over_memory() -> None:
             await probe.until(lambda: probe.cancelled == 1)
 
     run(main)
+
+
+def test_stream_handler_failure_closes_only_its_connection_and_deadline() -> None:
+    async def main() -> None:
+        app = mux_rpc.App()
+
+        @app.stream_handler(port=9000, framer="length:size=4", concurrency=8)
+        async def h(conn: mux_rpc.MessageConnection, msg: mux_rpc.Message) -> None:
+            if msg.payload == b"fail":
+                raise ValueError("bad request")
+            if msg.payload == b"hang":
+                await asyncio.sleep(10)
+            await conn.send(b"ok:" + msg.payload)
+
+        lst = MemoryListener()
+        server = mux_rpc.Server(app, mux_rpc.ServerConfig(call_timeout=0.1))
+        task = asyncio.create_task(server.serve(lst, handler=app.stream_handlers[0]))
+        a, b, c = await lst.connect(), await lst.connect(), await lst.connect()
+        await a.send(b"fail")
+        assert await asyncio.wait_for(a.recv(), 5) is None  # closed by the server
+        await b.send(b"hello")
+        assert (await b.recv()) == mux_rpc.Message(b"ok:hello")
+        await c.send(b"hang")  # passes the deadline: counts as a failure, closes c
+        assert await asyncio.wait_for(c.recv(), 5) is None
+        assert server.stats.handler_failures == 2
+        await b.send(b"again")
+        assert (await b.recv()) == mux_rpc.Message(b"ok:again")
+        await server.close()
+        await task
+
+    run(main)
