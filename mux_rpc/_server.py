@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -133,6 +134,17 @@ class Server:
                 task.add_done_callback(self._conn_done)
         finally:
             self._listeners.discard(listener)
+
+    async def serve_stream_handlers(
+        self, listen: Callable[[int, str], Awaitable[MessageListener]]
+    ) -> None:
+        """Serve every ``@app.stream_handler``: open its listener with
+        ``await listen(port, framer)`` (e.g. the offload host's ``listen``) and
+        serve them all until they are closed (or the server is)."""
+        served = []
+        for spec in self.app.stream_handlers:
+            served.append(self.serve(await listen(spec.port, spec.framer), handler=spec))
+        await asyncio.gather(*served)
 
     def _conn_done(self, task: asyncio.Task[None]) -> None:
         self._conn_tasks.discard(task)

@@ -343,3 +343,37 @@ def test_stream_handler_failure_closes_only_its_connection_and_deadline() -> Non
         await task
 
     run(main)
+
+
+def test_serve_stream_handlers_opens_one_listener_each() -> None:
+    async def main() -> None:
+        app = mux_rpc.App()
+
+        @app.stream_handler(port=7001, framer="length:size=4")
+        async def upper(conn: mux_rpc.MessageConnection, msg: mux_rpc.Message) -> None:
+            await conn.send(msg.payload.upper())
+
+        @app.stream_handler(port=7002, framer="onc-rpc")
+        async def rev(conn: mux_rpc.MessageConnection, msg: mux_rpc.Message) -> None:
+            await conn.send(msg.payload[::-1])
+
+        opened: dict[int, tuple[str, MemoryListener]] = {}
+
+        async def listen(port: int, framer: str) -> mux_rpc.MessageListener:
+            opened[port] = (framer, MemoryListener())
+            return opened[port][1]
+
+        server = mux_rpc.Server(app)
+        task = asyncio.create_task(server.serve_stream_handlers(listen))
+        while len(opened) < 2:
+            await asyncio.sleep(0.001)
+        assert {p: f for p, (f, _) in opened.items()} == {7001: "length:size=4", 7002: "onc-rpc"}
+        a, b = await opened[7001][1].connect(), await opened[7002][1].connect()
+        await a.send(b"abc")
+        await b.send(b"abc")
+        assert (await a.recv()) == mux_rpc.Message(b"ABC")
+        assert (await b.recv()) == mux_rpc.Message(b"cba")
+        await server.close()
+        await asyncio.wait_for(task, 5)
+
+    run(main)
