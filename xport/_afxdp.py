@@ -32,11 +32,12 @@ import socket
 import struct
 import time
 from array import array
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
-from xport._backend import Buffer, BackendStats, FrameBackend, RxFrame, TxSlot
+from xport._backend import BackendStats, Buffer, FrameBackend, RxFrame, TxSlot
 from xport._bpfload import AttachMode, XdpProgram
-from xport._umem import XDP_PACKET_HEADROOM, Umem, UmemLayout, XskSocket
+from xport._umem import Umem, UmemLayout, XskSocket
 from xport._xsk import ffi
 
 __all__ = ["AfXdpBackend"]
@@ -101,7 +102,7 @@ class AfXdpBackend(FrameBackend):
         busy_poll: bool = False,
         xskmap_fd: int | None = None,
         bpf: XdpProgram | None = None,
-    ) -> "AfXdpBackend":
+    ) -> AfXdpBackend:
         """Open an AF_XDP socket on ``ifname`` queue ``queue_id``.
 
         ``frame_count`` UMEM frames of ``frame_size`` bytes are split in half

@@ -22,21 +22,27 @@ from a ``weakref.finalize`` backstop (which also runs at interpreter exit).
 
 Namespaces: ifindex lookup and netlink both act in the namespace of the
 calling thread, so a process that has entered a netns (``pyroute2.netns.setns``)
-attaches to the interfaces it sees there.
+attaches to the interfaces it sees there. Each attachment keeps an fd of the
+attaching thread's namespace; a detach from a thread in another namespace
+(a program attached from a throwaway thread that entered the host's netns,
+closed later from the main thread) runs in a thread that re-enters it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import socket
+import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Self
 
 from xport._xsk import check, check_ptr, ffi, lib, libbpf_log, oserror
 
-__all__ = ["XdpProgram", "XdpAttachment", "DEFAULT_OBJECT", "attached_prog_id", "AttachMode"]
+__all__ = ["DEFAULT_OBJECT", "AttachMode", "XdpAttachment", "XdpProgram", "attached_prog_id"]
 
 log = logging.getLogger("xport.bpf")
 
@@ -60,6 +66,39 @@ class XdpAttachment:
     ifindex: int
     ifname: str
     mode: AttachMode
+    #: the network namespace the attaching thread was in (an open fd, and its inode)
+    netns_fd: int = -1
+    netns_ino: int = 0
+
+
+_THREAD_NETNS = "/proc/thread-self/ns/net"
+
+
+def _current_netns_ino() -> int:
+    return os.stat(_THREAD_NETNS).st_ino
+
+
+def _in_netns(fd: int, fn: Callable[[], None]) -> None:
+    """Run ``fn`` in a throwaway thread that entered the namespace ``fd``.
+
+    setns(2) moves only the calling thread, so the rest of the process stays put.
+    """
+    from pyroute2 import netns
+
+    err: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            netns.setns(fd)
+            fn()
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller below)
+            err.append(exc)
+
+    t = threading.Thread(target=run, name="xdp-detach-netns")
+    t.start()
+    t.join()
+    if err:
+        raise err[0]
 
 
 def _ifindex(ifname_or_index: str | int) -> tuple[int, str]:
@@ -97,13 +136,26 @@ def _cleanup(obj: object, attachments: list[XdpAttachment], prog_id: int) -> Non
         att = attachments.pop()
         try:
             _detach(att, prog_id)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001  (teardown goes on with the other links)
             log.warning("detaching XDP from %s (ifindex %d): %s", att.ifname, att.ifindex, exc)
     if obj is not None and obj != ffi.NULL:
         lib.bpf_object__close(obj)
 
 
 def _detach(att: XdpAttachment, prog_id: int) -> None:
+    """Detach in the namespace the program was attached in, then close its fd."""
+    try:
+        if att.netns_fd >= 0 and _current_netns_ino() != att.netns_ino:
+            # an ifindex means nothing in another namespace: go back to the original one
+            _in_netns(att.netns_fd, lambda: _detach_here(att, prog_id))
+        else:
+            _detach_here(att, prog_id)
+    finally:
+        if att.netns_fd >= 0:
+            os.close(att.netns_fd)
+
+
+def _detach_here(att: XdpAttachment, prog_id: int) -> None:
     try:
         current = attached_prog_id(att.ifindex, att.mode)
     except OSError as exc:
@@ -177,7 +229,9 @@ class XdpProgram:
             flags = _MODE_FLAGS[m] | lib.XDP_FLAGS_UPDATE_IF_NOEXIST
             rc = lib.bpf_xdp_attach(ifindex, self.prog_fd, flags, ffi.NULL)
             if rc == 0:
-                self._attachments.append(XdpAttachment(ifindex, name, m))
+                nsfd = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+                self._attachments.append(
+                    XdpAttachment(ifindex, name, m, nsfd, os.fstat(nsfd).st_ino))
                 log.info("XDP program attached to %s (ifindex %d, %s)", name, ifindex, m)
                 return m
             errors.append(f"{m}: {oserror(-rc, 'attach')}")
@@ -240,7 +294,7 @@ class XdpProgram:
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> "XdpProgram":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

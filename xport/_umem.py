@@ -30,11 +30,11 @@ import mmap
 import time
 from array import array
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from xport._xsk import check, ffi, lib, oserror
 
-__all__ = ["Umem", "UmemLayout", "XskSocket", "XdpStatistics", "XDP_PACKET_HEADROOM"]
+__all__ = ["XDP_PACKET_HEADROOM", "Umem", "UmemLayout", "XdpStatistics", "XskSocket"]
 
 log = logging.getLogger("xport.afxdp")
 
@@ -132,7 +132,7 @@ class Umem:
         """Drop this object's hold on the area (live views keep it mapped)."""
         self._map = None
 
-    def __enter__(self) -> "Umem":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -181,7 +181,7 @@ class XskSocket:
     @classmethod
     def open(cls, umem: Umem, ifname: str, queue_id: int = 0, *, rx_size: int = 2048,
              tx_size: int = 2048, zerocopy: bool | None = None,
-             busy_retry_s: float = 0.25) -> "XskSocket":
+             busy_retry_s: float = 0.25) -> XskSocket:
         """Create, bind and fill. ``zerocopy``: True forces, False refuses, None lets the
         kernel pick (zero copy where the driver offers it, else copy)."""
         for name, v in (("rx_size", rx_size), ("tx_size", tx_size)):
@@ -214,7 +214,7 @@ class XskSocket:
         return sock
 
     @classmethod
-    def on_fake_rings(cls, umem: Umem, rings: Any) -> "XskSocket":
+    def on_fake_rings(cls, umem: Umem, rings: Any) -> XskSocket:
         """A socket whose rings live in ``rings`` (``struct mux_fake_rings *``), no kernel.
 
         For tests: the caller plays the kernel side of the four rings.
@@ -247,7 +247,8 @@ class XskSocket:
 
     def set_tx_budget(self, budget: int) -> bool:
         """Raise the copy-mode per-kick TX budget (XDP_MAX_TX_SKB_BUDGET). False if refused."""
-        return lib.mux_xsk_setsockopt_int(self.ctx, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, budget) == 0
+        rc = int(lib.mux_xsk_setsockopt_int(self.ctx, SOL_XDP, XDP_MAX_TX_SKB_BUDGET, budget))
+        return rc == 0
 
     def set_busy_poll(self, usecs: int = 20, budget: int = 64) -> None:
         """SO_PREFER_BUSY_POLL, SO_BUSY_POLL and SO_BUSY_POLL_BUDGET on the socket."""
@@ -256,7 +257,7 @@ class XskSocket:
         self.setsockopt_int(SOL_SOCKET, SO_BUSY_POLL_BUDGET, budget)
 
     # -- TX ------------------------------------------------------------------
-    def tx_burst(self, buf: bytes | bytearray | memoryview, lens: array) -> int:
+    def tx_burst(self, buf: bytes | bytearray | memoryview, lens: array[int]) -> int:
         """Copy ``len(lens)`` frames packed back to back in ``buf`` into TX frames, submit,
         kick. Returns how many (a prefix) were taken."""
         n = len(lens)
@@ -336,7 +337,7 @@ class XskSocket:
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> "XskSocket":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

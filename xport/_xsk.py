@@ -14,9 +14,9 @@ import errno as _errno
 import os
 from typing import Any
 
-from xport._xsk_cffi import ffi, lib  # noqa: F401  (re-exported)
+from xport._xsk_cffi import ffi, lib
 
-__all__ = ["ffi", "lib", "check", "check_ptr", "libbpf_log", "oserror"]
+__all__ = ["check", "check_ptr", "ffi", "lib", "libbpf_log", "oserror"]
 
 # libbpf prints to stderr by default; keep its messages for error reports.
 lib.mux_libbpf_capture()
@@ -24,7 +24,8 @@ lib.mux_libbpf_capture()
 
 def libbpf_log() -> str:
     """The libbpf messages printed since the last call (warnings and errors)."""
-    return ffi.string(lib.mux_libbpf_last_log()).decode("utf-8", "replace").strip()
+    raw: bytes = ffi.string(lib.mux_libbpf_last_log())
+    return raw.decode("utf-8", "replace").strip()
 
 
 def oserror(err: int, what: str, detail: str = "") -> OSError:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from conftest import afxdp_required
 
 pytestmark = pytest.mark.afxdp
@@ -96,7 +95,7 @@ def test_send_batch_validates_and_takes_prefix() -> None:
         n = a.send_batch([frame(i) for i in range(40)])
         assert 0 < n <= 32
         assert a.statistics().tx_ring_full >= 1 or n == 40
-        got = []
+        got: list[bytes] = []
         deadline = time.monotonic() + 5
         while len(got) < n and time.monotonic() < deadline:
             a.flush()
@@ -120,7 +119,7 @@ def test_other_ethertypes_reach_the_stack_not_the_socket() -> None:
             deadline = time.monotonic() + 3
             while len(xsk) < 40 and time.monotonic() < deadline:
                 xsk += [bytes(f.data) for f in h.recv_batch(64)]
-            seen = []
+            seen: list[bytes] = []
             with contextlib.suppress(TimeoutError):
                 while len(seen) < 40:
                     seen.append(tap.recv(4096))
@@ -138,7 +137,7 @@ def test_zero_copy_views_and_release() -> None:
     with afxdp_pair(frame_count=64, rx_size=32, tx_size=32) as (a, h, _):
         frames = [frame(i, 200) for i in range(20)]
         assert a.send_batch(frames) == 20
-        views = []
+        views: list[Any] = []
         deadline = time.monotonic() + 3
         while len(views) < 20 and time.monotonic() < deadline:
             views += h.recv_batch(64, copy=False)
@@ -149,7 +148,7 @@ def test_zero_copy_views_and_release() -> None:
         for v in views[:5]:
             v.release()
         with pytest.raises(BufferReleasedError):
-            views[0].data
+            _ = views[0].data
         with pytest.raises(BufferReleasedError):
             len(views[0])
         assert h.rx_buffers_posted() == posted + 5  # released buffers went to the fill ring
@@ -310,7 +309,7 @@ def test_multi_queue_native_queue_i_to_queue_i() -> None:
         ph = st.enter_context(XdpProgram())
         assert pa.attach(pair.agent.ifname, "native") == "native"
         assert ph.attach(pair.host.ifname, "native") == "native"
-        kw = dict(frame_count=512, rx_size=256, tx_size=256)
+        kw: dict[str, Any] = {"frame_count": 512, "rx_size": 256, "tx_size": 256}
         tx = [st.enter_context(AfXdpBackend.open(pair.agent.ifname, i, bpf=pa, **kw))
               for i in range(q)]
         rx = [st.enter_context(AfXdpBackend.open(pair.host.ifname, i, bpf=ph, **kw))
@@ -334,7 +333,8 @@ def test_large_frames_with_4k_umem_frames() -> None:
 
     with VethPair(mtu=3500) as pair, contextlib.ExitStack() as st:
         assert pair.agent is not None and pair.host is not None
-        kw = dict(frame_count=256, frame_size=4096, rx_size=128, tx_size=128)
+        kw: dict[str, Any] = {"frame_count": 256, "frame_size": 4096, "rx_size": 128,
+                              "tx_size": 128}
         a = st.enter_context(AfXdpBackend.open(pair.agent.ifname, **kw))
         h = st.enter_context(AfXdpBackend.open(pair.host.ifname, **kw))
         assert a.frame_size == 3514  # MTU + Ethernet header (below 4096 - 256)

@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import afxdp_required
 
 pytestmark = pytest.mark.afxdp
@@ -197,10 +196,41 @@ def test_attach_inside_netns_from_process_that_entered_it() -> None:
         assert pair.host is not None and pair.host.netns
         res = subprocess.run([sys.executable, "-c", _NETNS_CHILD, pair.host.netns,
                               pair.host.ifname, str(ROOT)],
-                             capture_output=True, text=True, timeout=60,
+                             capture_output=True, text=True, timeout=60, check=False,
                              env={**os.environ, "LIBXDP_SKIP_DISPATCHER": "1"})
         assert res.returncode == 0, res.stderr
         out = json.loads(res.stdout.strip().splitlines()[-1])
         assert out["mode"] == "native" and out["during"] == out["ours"] != 0
         assert out["after"] == 0
         assert _xdp_attr(pair.host.ifindex, pair.host.netns)["attached"] == "none"
+
+
+def test_detach_from_another_namespace_goes_back_to_the_attach_one() -> None:
+    """Attached from a thread inside the host netns, closed from the main thread."""
+    afxdp_required()
+    import threading
+
+    from pyroute2 import netns
+
+    from xport._bpfload import XdpProgram
+    from xport._topology import VethPair
+
+    with VethPair(host_netns=True) as pair:
+        host = pair.host
+        assert host is not None and host.netns
+        holder: list[XdpProgram] = []
+
+        def attach_inside() -> None:
+            netns.setns(host.netns)  # this thread only
+            p = XdpProgram()
+            p.attach(host.ifname, "generic")
+            holder.append(p)
+
+        t = threading.Thread(target=attach_inside)
+        t.start()
+        t.join()
+        (prog,) = holder
+        assert _xdp_attr(host.ifindex, host.netns) == {
+            "attached": XDP_ATTACHED_SKB, "prog_id": prog.prog_id}
+        prog.close()  # main thread, root namespace
+        assert _xdp_attr(host.ifindex, host.netns)["attached"] == "none"

@@ -6,7 +6,6 @@ import os
 import threading
 
 import pytest
-
 from conftest import afxdp_required
 
 pytestmark = pytest.mark.afxdp
@@ -39,7 +38,7 @@ def _ipv6_disabled(ifname: str, ns: str | None) -> bool:
         with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6") as f:
             return f.read().strip()
 
-    return _in_ns(ns, read) == "1"
+    return bool(_in_ns(ns, read) == "1")
 
 
 def _addresses(ifindex: int, ns: str | None) -> list[object]:
@@ -104,10 +103,9 @@ def test_cleanup_on_exception() -> None:
 
     from xport._topology import VethPair, link_exists
 
-    with pytest.raises(RuntimeError, match="boom"):
-        with VethPair(host_netns=True, queues=2) as pair:
-            name, ns = pair._agent_name, pair.netns
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), VethPair(host_netns=True, queues=2) as pair:
+        name, ns = pair._agent_name, pair.netns
+        raise RuntimeError("boom")
     assert not link_exists(name)
     assert ns not in netns.listnetns()
 
@@ -115,13 +113,14 @@ def test_cleanup_on_exception() -> None:
 def test_cleanup_when_creation_fails() -> None:
     _need_root()
     from pyroute2 import netns
+    from pyroute2.netlink.exceptions import NetlinkError
 
     from xport._topology import VethPair, link_exists
 
     with VethPair() as first:
         assert first.agent is not None
         clash = VethPair(agent_name=first.agent.ifname, host_netns=True)  # name taken
-        with pytest.raises(Exception):
+        with pytest.raises(NetlinkError):  # EEXIST
             clash.create()
         assert clash.netns not in netns.listnetns()
         assert link_exists(first.agent.ifname)  # the failed pair removed nothing of others

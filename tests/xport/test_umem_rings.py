@@ -15,11 +15,10 @@ from collections import deque
 from typing import Any
 
 import pytest
+from conftest import afxdp_required
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
-from conftest import afxdp_required
 
 try:
     from xport._afxdp import AfXdpBackend
@@ -60,7 +59,7 @@ class FakeKernel:
         setattr(self.f, attr, v)
 
     def used(self, ring: str) -> int:
-        return (getattr(self.f, f"{ring}_prod") - getattr(self.f, f"{ring}_cons")) & U32
+        return int(getattr(self.f, f"{ring}_prod") - getattr(self.f, f"{ring}_cons")) & U32
 
     def transmit(self, k: int) -> list[bytes]:
         """Consume up to k TX descriptors, complete them; return the frames sent."""
@@ -147,6 +146,11 @@ class BurstMachine(RuleBasedStateMachine):
         self.drops = 0
         self.counter = 0
 
+    @property
+    def b(self) -> AfXdpBackend:
+        assert self.be is not None
+        return self.be
+
     def _frame(self, body: bytes) -> bytes:
         self.counter += 1
         return self.counter.to_bytes(4, "big") + body
@@ -156,7 +160,7 @@ class BurstMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.be is not None)
     def send(self, bodies: list[bytes]) -> None:
         frames = [self._frame(b) for b in bodies]
-        k = self.be.send_batch(frames)
+        k = self.b.send_batch(frames)
         assert 0 <= k <= len(frames)
         self.to_send.extend(frames[:k])
         self.counter -= len(frames) - k  # untaken frames are not on their way
@@ -164,7 +168,7 @@ class BurstMachine(RuleBasedStateMachine):
     @rule(n=st.integers(0, 6), body=payloads, submit_all=st.booleans())
     @precondition(lambda self: self.be is not None)
     def in_place(self, n: int, body: bytes, submit_all: bool) -> None:
-        slots = self.be.reserve_tx(n)
+        slots = self.b.reserve_tx(n)
         assert len(slots) <= n
         for s in slots:
             fr = self._frame(body)
@@ -172,7 +176,7 @@ class BurstMachine(RuleBasedStateMachine):
             s.length = len(fr)
             self.slots.append((s, fr))
         if submit_all and self.slots:
-            k = self.be.submit_tx([s for s, _ in self.slots])
+            k = self.b.submit_tx([s for s, _ in self.slots])
             self.to_send.extend(fr for _, fr in self.slots[:k])
             for s, _ in self.slots[:k]:
                 with pytest.raises((ValueError, TypeError)):
@@ -184,7 +188,7 @@ class BurstMachine(RuleBasedStateMachine):
     def cancel_slots(self) -> None:
         # cancelled frames never go out; renumber what follows is not needed:
         # frame ids only need to be unique and ordered among the frames sent
-        self.be.cancel_tx([s for s, _ in self.slots])
+        self.b.cancel_tx([s for s, _ in self.slots])
         self.slots = []
 
     @rule(k=st.integers(0, 12))
@@ -207,7 +211,7 @@ class BurstMachine(RuleBasedStateMachine):
     @rule(m=st.integers(0, 10))
     @precondition(lambda self: self.be is not None)
     def recv_copy(self, m: int) -> None:
-        got = self.be.recv_batch(m) if m else []
+        got = self.b.recv_batch(m) if m else []
         assert len(got) <= m
         for fr in got:
             assert bytes(fr.data) == self.delivered.popleft()
@@ -218,7 +222,7 @@ class BurstMachine(RuleBasedStateMachine):
     @rule(m=st.integers(1, 10))
     @precondition(lambda self: self.be is not None)
     def recv_zero_copy(self, m: int) -> None:
-        got = self.be.recv_batch(m, copy=False)
+        got = self.b.recv_batch(m, copy=False)
         for fr in got:
             assert bytes(fr.data) == self.delivered.popleft()
             self.received.append(bytes(fr.data))
@@ -233,7 +237,7 @@ class BurstMachine(RuleBasedStateMachine):
             fr.release()
             fr.release()  # idempotent
             with pytest.raises(ValueError):
-                fr.data
+                _ = fr.data
             self.released += 1
 
     # -- invariants ----------------------------------------------------------
