@@ -188,7 +188,10 @@ class Link:
             b[12:14] = ETHERTYPE.to_bytes(2, "big")
         self.stats = LinkStats()
         self._dropped = self.stats.dropped
+        #: the peer's HELLO, once received
         self.peer_hello: Hello | None = None
+        # the largest message sendable: ours, then min(ours, the peer's HELLO)
+        self._max_send = cfg.max_message_size
         self.peer_lost = False
         self._last_rx = now
         self._last_tx = now
@@ -228,8 +231,8 @@ class Link:
             mtype, aux, payload = encode_body(msg)
             entry = (int(mtype), msg.conn_id, aux, payload)
         n = len(payload)
-        if n > self.config.max_message_size:
-            raise ValueError(f"message of {n} bytes > max_message_size")
+        if n > self._max_send:
+            raise ValueError(f"message of {n} bytes > max message size {self._max_send}")
         if not 0 <= msg.conn_id <= _MASK:
             raise ValueError("conn_id does not fit in u32")
         self._queue.append(entry)
@@ -240,8 +243,8 @@ class Link:
     ) -> None:
         """``send(Data(conn_id, payload, header_length))`` without building the dataclass."""
         n = len(payload)
-        if header_length > n or n > self.config.max_message_size:
-            raise ValueError("bad DATA size")
+        if header_length > n or n > self._max_send:
+            raise ValueError(f"DATA of {n} bytes (header {header_length}) > max {self._max_send}")
         self._queue.append((_DATA, conn_id, header_length, payload))
         self._queued_bytes += n
 
@@ -514,6 +517,8 @@ class Link:
             if msg.protocol_version != PROTOCOL_VERSION:
                 self._drop("hello_version")
             self.peer_hello = msg
+            # §3.1: never send the peer more than it accepts
+            self._max_send = min(self.config.max_message_size, msg.max_message_size)
             return
         out.append(msg)
 

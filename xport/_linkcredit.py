@@ -44,16 +44,23 @@ by ≥ 1 since the last advertisement, which only released *data* frames (or
 freshly posted buffers) do. Hence credit-only frames sent ≤ data frames
 received + buffers posted beyond the initial ring.
 
-Liveness. If the peer has data and is blocked, it has stopped sending, so
-eventually ``data_rx`` equals its ``data_sent`` and (all our headers being
-delivered) clause 2 holds at our end; once our application releases a buffer
-``D`` grows and we send a credit-only frame, which gives the peer ≥ 1 data
-credit. Our budget for that frame is not exhausted: the peer acknowledges
-credit-only frames in the header of the next frame it sends, and while the
-peer sends nothing our earlier credit-only frames gave it credit
-(``D_adv − K − data_rx ≥ 1`` after each), so clause 2 could not have fired
-again. The hypothesis model test in tests/xport/test_linkcredit.py
-checks both properties under random scheduling.
+Liveness (no deadlock while data waits). Assume a ring of ``N ≥ K + 1``
+buffers, both ends using the same ``K``, and received frames eventually
+released. Suppose B has data and stays blocked, and consider the state once
+every frame in flight has been delivered.
+(a) A's credit-only budget is full: every credit-only frame strictly raises
+``D_adv`` above any value B had used (B's data frames are bounded by what B
+knew, minus ``K``), so B had ≥ 1 data credit right after receiving each one;
+being blocked now, B sent a data frame after the last one arrived, and that
+frame's ``credit_ack`` acknowledges them all.
+(b) Clause 2 holds at A: B is blocked, so ``D_adv − K − data_sent_B < 1``,
+and ``data_rx`` has caught up with ``data_sent_B``.
+(c) ``D`` at A exceeds ``D_adv``: with every frame released,
+``D = N + data_rx ≥ D_adv − K + N ≥ D_adv + 1``.
+So A sends a credit-only frame, contradicting "stays blocked". The
+hypothesis model test in tests/xport/test_linkcredit.py checks safety,
+order, liveness and quiescence under random scheduling, including wrapping
+counters and receivers that hold buffers.
 
 Bootstrap. Before the first header from the peer arrives a sender assumes
 ``initial_peer_credit`` posted buffers (must be ``≥ K + 1`` so the first data

@@ -299,3 +299,14 @@ def test_memory_backend_zero_copy_release_reposts() -> None:
     frames[0].release()
     assert b.rx_buffers_posted() == posted + 1
     assert isinstance(b, MemoryBackend) and MessageType.DATA == 8
+
+
+def test_send_respects_the_peers_max_message_size() -> None:
+    a, b = memory_link_pair(
+        LinkConfig(role=Role.AGENT),
+        LinkConfig(role=Role.HOST, max_message_size=1000, max_reassembly_bytes=1000),
+    )
+    pump(a, b)
+    a.send(Data(1, bytes(1000)))
+    with pytest.raises(ValueError):
+        a.send_data(1, bytes(1001))
