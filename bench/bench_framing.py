@@ -28,10 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import msgpack  # noqa: E402
-from crc32c import crc32c  # noqa: E402
+import msgpack
+from crc32c import crc32c
 
-from framing import (  # noqa: E402
+from framing import (
     Frame,
     Framer,
     LengthFieldFramer,
@@ -50,6 +50,7 @@ SIZES = (16, 256, 4096)
 
 # -- bare loops: the same split, nothing else ---------------------------------
 
+
 def bare_length(chunks: list[bytes]) -> int:
     unpack = struct.Struct(">I").unpack_from
     out: list[bytes] = []
@@ -63,7 +64,7 @@ def bare_length(chunks: list[bytes]) -> int:
             e = pos + 4 + unpack(data, pos)[0]
             if e > n:
                 break
-            append(data[pos + 4:e])
+            append(data[pos + 4 : e])
             pos = e
         rest = data[pos:]
     return len(out)
@@ -83,7 +84,7 @@ def bare_onc(chunks: list[bytes]) -> int:
             e = pos + 4 + (word & 0x7FFFFFFF)
             if e > n:
                 break
-            append(data[pos + 4:e])  # single-fragment records (last bit set)
+            append(data[pos + 4 : e])  # single-fragment records (last bit set)
             pos = e
         rest = data[pos:]
     return len(out)
@@ -105,14 +106,16 @@ def _bare_nvme(digests: bool) -> Callable[[list[bytes]], int]:
                 e = pos + plen
                 if e > n:
                     break
-                header = data[pos:pos + hlen]
+                header = data[pos : pos + hlen]
                 if digests:
-                    body = data[pos + pdo:e - 4]
-                    if crc32c(header) != u32(data, pos + hlen)[0] or \
-                            crc32c(body) != u32(data, e - 4)[0]:
+                    body = data[pos + pdo : e - 4]
+                    if (
+                        crc32c(header) != u32(data, pos + hlen)[0]
+                        or crc32c(body) != u32(data, e - 4)[0]
+                    ):
                         raise ValueError("digest")
                 else:
-                    body = data[pos + pdo:e]
+                    body = data[pos + pdo : e]
                 append((header, body))
                 pos = e
             rest = data[pos:]
@@ -133,6 +136,7 @@ def bare_msgpack(chunks: list[bytes]) -> int:
 
 
 # -- cases --------------------------------------------------------------------
+
 
 def _framer_run(make: Callable[[], Framer[Any]]) -> Callable[[list[bytes]], int]:
     def run(chunks: list[bytes]) -> int:
@@ -156,27 +160,65 @@ def cases(total: int) -> list[dict[str, Any]]:
     for size in SIZES:
         payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
         count = max(total // (size + 8), 64)
-        specs: list[tuple[str, Framer[Any], Any, Callable[[], Framer[Any]], Callable[..., int],
-                          str]] = [
-            ("length", LengthFieldFramer(initial_bytes_to_strip=4), Frame(payload),
-             lambda: LengthFieldFramer(initial_bytes_to_strip=4), bare_length,
-             "struct.unpack_from"),
-            ("msgpack-rpc", MsgpackRpcFramer(), RpcRequest(1, "method", [payload]),
-             MsgpackRpcFramer, bare_msgpack, "msgpack.Unpacker"),
-            ("nvme-tcp", NvmeTcpFramer(), _c2h(payload, False), NvmeTcpFramer,
-             _bare_nvme(False), "struct.unpack_from"),
-            ("nvme-tcp+digests", NvmeTcpFramer(hdgst=True, ddgst=True), _c2h(payload, True),
-             lambda: NvmeTcpFramer(hdgst=True, ddgst=True), _bare_nvme(True),
-             "struct.unpack_from+crc32c"),
-            ("onc-rpc", OncRpcFramer(), OncRecord(payload), OncRpcFramer, bare_onc,
-             "struct.unpack_from"),
+        specs: list[
+            tuple[str, Framer[Any], Any, Callable[[], Framer[Any]], Callable[..., int], str]
+        ] = [
+            (
+                "length",
+                LengthFieldFramer(initial_bytes_to_strip=4),
+                Frame(payload),
+                lambda: LengthFieldFramer(initial_bytes_to_strip=4),
+                bare_length,
+                "struct.unpack_from",
+            ),
+            (
+                "msgpack-rpc",
+                MsgpackRpcFramer(),
+                RpcRequest(1, "method", [payload]),
+                MsgpackRpcFramer,
+                bare_msgpack,
+                "msgpack.Unpacker",
+            ),
+            (
+                "nvme-tcp",
+                NvmeTcpFramer(),
+                _c2h(payload, False),
+                NvmeTcpFramer,
+                _bare_nvme(False),
+                "struct.unpack_from",
+            ),
+            (
+                "nvme-tcp+digests",
+                NvmeTcpFramer(hdgst=True, ddgst=True),
+                _c2h(payload, True),
+                lambda: NvmeTcpFramer(hdgst=True, ddgst=True),
+                _bare_nvme(True),
+                "struct.unpack_from+crc32c",
+            ),
+            (
+                "onc-rpc",
+                OncRpcFramer(),
+                OncRecord(payload),
+                OncRpcFramer,
+                bare_onc,
+                "struct.unpack_from",
+            ),
         ]
         for name, enc, msg, make, bare, bare_name in specs:
             wire = enc.encode(msg) * count
-            chunks = [wire[i:i + CHUNK] for i in range(0, len(wire), CHUNK)]
-            out.append({"framer": name, "size": size, "count": count, "bytes": len(wire),
-                        "chunks": chunks, "framer_run": _framer_run(make), "bare_run": bare,
-                        "baseline": bare_name})
+            chunks = [wire[i : i + CHUNK] for i in range(0, len(wire), CHUNK)]
+            out.append(
+                {
+                    "framer": name,
+                    "size": size,
+                    "count": count,
+                    "bytes": len(wire),
+                    "chunks": chunks,
+                    "framer_run": _framer_run(make),
+                    "bare_run": bare,
+                    "baseline": bare_name,
+                }
+            )
     return out
 
 
@@ -199,11 +241,16 @@ def measure(case: dict[str, Any], reps: int, min_time: float) -> dict[str, Any]:
     f_med, b_med = statistics.median(ft), statistics.median(bt)
     count = case["count"]
     return {
-        "framer": case["framer"], "size": case["size"], "messages": count,
+        "framer": case["framer"],
+        "size": case["size"],
+        "messages": count,
         "baseline": case["baseline"],
-        "framer_msgs_per_s": count / f_med, "framer_mb_per_s": case["bytes"] / f_med / 1e6,
-        "bare_msgs_per_s": count / b_med, "bare_mb_per_s": case["bytes"] / b_med / 1e6,
-        "framer_ns_per_msg": f_med / count * 1e9, "bare_ns_per_msg": b_med / count * 1e9,
+        "framer_msgs_per_s": count / f_med,
+        "framer_mb_per_s": case["bytes"] / f_med / 1e6,
+        "bare_msgs_per_s": count / b_med,
+        "bare_mb_per_s": case["bytes"] / b_med / 1e6,
+        "framer_ns_per_msg": f_med / count * 1e9,
+        "bare_ns_per_msg": b_med / count * 1e9,
         "ratio": f_med / b_med,
     }
 
@@ -213,25 +260,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print a JSON summary")
     ap.add_argument("--reps", type=int, default=7, help="repetitions (median reported)")
     ap.add_argument("--mb", type=float, default=2.0, help="stream size per case, MB")
-    ap.add_argument("--min-time", type=float, default=0.02,
-                    help="seconds per timed sample (the stream is re-run to reach it)")
+    ap.add_argument(
+        "--min-time",
+        type=float,
+        default=0.02,
+        help="seconds per timed sample (the stream is re-run to reach it)",
+    )
     ap.add_argument("--target", type=float, default=1.5, help="ratio target to report against")
     args = ap.parse_args(argv)
     results = [measure(c, args.reps, args.min_time) for c in cases(int(args.mb * 1e6))]
     meets = all(r["ratio"] <= args.target for r in results)
     if args.json:
-        print(json.dumps({"chunk": CHUNK, "reps": args.reps, "target_ratio": args.target,
-                          "python": sys.version.split()[0], "all_within_target": meets,
-                          "results": results}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "chunk": CHUNK,
+                    "reps": args.reps,
+                    "target_ratio": args.target,
+                    "python": sys.version.split()[0],
+                    "all_within_target": meets,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
         return 0
     print(f"64 KiB chunks, median of {args.reps}; ratio = framer ns/msg / bare ns/msg")
-    print(f"{'framer':<18}{'size':>6}{'msgs/s':>12}{'MB/s':>9}{'ns/msg':>9}"
-          f"{'bare msgs/s':>13}{'bare ns':>9}{'ratio':>7}  baseline")
+    print(
+        f"{'framer':<18}{'size':>6}{'msgs/s':>12}{'MB/s':>9}{'ns/msg':>9}"
+        f"{'bare msgs/s':>13}{'bare ns':>9}{'ratio':>7}  baseline"
+    )
     for r in results:
-        print(f"{r['framer']:<18}{r['size']:>6}{r['framer_msgs_per_s']:>12,.0f}"
-              f"{r['framer_mb_per_s']:>9.0f}{r['framer_ns_per_msg']:>9.0f}"
-              f"{r['bare_msgs_per_s']:>13,.0f}{r['bare_ns_per_msg']:>9.0f}{r['ratio']:>7.2f}"
-              f"  {r['baseline']}")
+        print(
+            f"{r['framer']:<18}{r['size']:>6}{r['framer_msgs_per_s']:>12,.0f}"
+            f"{r['framer_mb_per_s']:>9.0f}{r['framer_ns_per_msg']:>9.0f}"
+            f"{r['bare_msgs_per_s']:>13,.0f}{r['bare_ns_per_msg']:>9.0f}{r['ratio']:>7.2f}"
+            f"  {r['baseline']}"
+        )
     print(f"all within {args.target}x: {meets}")
     return 0
 

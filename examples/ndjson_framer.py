@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 if __name__ == "__main__":  # run as a script from a checkout: import this repo's framing
     sys.path.insert(0, __file__.rsplit("/examples/", 1)[0])
 
-import framing  # noqa: E402
-from framing import BadFramerSpec, EncodeError, Framer, FrameTooLong, MalformedFrame  # noqa: E402
+import framing
+from framing import BadFramerSpec, EncodeError, Framer, FrameTooLong, MalformedFrame
 
 
 class BadJson(MalformedFrame):
@@ -81,8 +81,9 @@ class NdjsonFramer(Framer[JsonMessage]):
 
     def encode(self, message: JsonMessage) -> bytes:
         try:
-            line = json.dumps(message.value, separators=(",", ":"), ensure_ascii=False,
-                              allow_nan=False).encode()
+            line = json.dumps(
+                message.value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
         except (TypeError, ValueError) as exc:
             raise EncodeError(f"not JSON-serialisable: {exc}") from exc
         if len(line) > self.max_message_size:
@@ -98,7 +99,7 @@ class NdjsonFramer(Framer[JsonMessage]):
         if unknown:
             raise BadFramerSpec(f"ndjson: unknown parameter(s) {sorted(unknown)} (known: max)")
         try:
-            return cls(max_message_size=int(params.get("max", 64 * 1024), 0))
+            return cls(max_message_size=int(params.get("max", "65536"), 0))
         except ValueError as exc:
             raise BadFramerSpec(f"ndjson: max must be an integer: {exc}") from exc
 
@@ -113,7 +114,7 @@ def main() -> None:
     framer = framing.framer_from_spec("ndjson:max=4096")
     stream = b'{"id":1,"method":"ping"}\n{"id":2,"method":"add","params":[1,2]}\r\n\n[3]\n{"par'
     for i in range(0, len(stream), 7):  # arbitrary TCP segmentation
-        framer.feed(stream[i:i + 7])
+        framer.feed(stream[i : i + 7])
         while (msg := framer.next_message()) is not None:
             print("message:", msg.value, "wire:", framer.message_bytes(msg))
     framer.feed_eof()

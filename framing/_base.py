@@ -62,14 +62,25 @@ class Framer(ABC, Generic[M]):
     """Bytes a partial message may hold beyond ``max_message_size`` (framing
     overhead that does not count toward the message size)."""
 
-    __slots__ = ("_buf", "_need", "_out", "_error", "_eof", "_discard", "_discard_error",
-                 "max_message_size", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_buf",
+        "_discard",
+        "_discard_error",
+        "_eof",
+        "_error",
+        "_need",
+        "_out",
+        "max_message_size",
+    )
 
     def __init__(self, *, max_message_size: int) -> None:
         if not isinstance(max_message_size, int) or max_message_size <= 0:
             from ._errors import FramerConfigError
 
-            raise FramerConfigError(f"max_message_size must be a positive int, got {max_message_size!r}")
+            raise FramerConfigError(
+                f"max_message_size must be a positive int, got {max_message_size!r}"
+            )
         self.max_message_size: int = max_message_size
         """Largest message (in wire bytes, see each framer) accepted or buffered."""
         self._buf = bytearray()
@@ -123,9 +134,12 @@ class Framer(ABC, Generic[M]):
         rest = len(view) - pos
         if rest:
             if rest > self.max_message_size + self._header_slack:
-                self._fail(FrameTooLong(
-                    f"partial message of {rest} bytes exceeds max_message_size "
-                    f"{self.max_message_size}"))
+                self._fail(
+                    FrameTooLong(
+                        f"partial message of {rest} bytes exceeds max_message_size "
+                        f"{self.max_message_size}"
+                    )
+                )
                 return
             buf += memoryview(view)[pos:]
 
@@ -138,12 +152,18 @@ class Framer(ABC, Generic[M]):
             return
         self._eof = True
         if self._discard:
-            self._fail(TruncatedMessage(
-                f"end of stream while discarding an over-long frame "
-                f"({self._discard} bytes left)"))
+            self._fail(
+                TruncatedMessage(
+                    f"end of stream while discarding an over-long frame "
+                    f"({self._discard} bytes left)"
+                )
+            )
         elif self._partial_bytes():
-            self._fail(TruncatedMessage(
-                f"end of stream inside a message ({self._partial_bytes()} bytes buffered)"))
+            self._fail(
+                TruncatedMessage(
+                    f"end of stream inside a message ({self._partial_bytes()} bytes buffered)"
+                )
+            )
 
     def next_message(self) -> M | None:
         """The next whole message, or ``None`` if more bytes are needed (or
@@ -204,7 +224,7 @@ class Framer(ABC, Generic[M]):
         """Build from the ``key=value`` parameters of a spec string. The default
         converts each value with :func:`parse_spec_value` and passes them as
         keyword arguments; built-in framers override this."""
-        kwargs = {k: parse_spec_value(v) for k, v in params.items()}
+        kwargs: dict[str, Any] = {k: parse_spec_value(v) for k, v in params.items()}
         try:
             return cls(**kwargs)
         except TypeError as exc:
@@ -212,8 +232,10 @@ class Framer(ABC, Generic[M]):
 
     def __repr__(self) -> str:
         state = "failed" if self._error else ("eof" if self._eof else "open")
-        return (f"<{type(self).__name__} {state} max_message_size={self.max_message_size} "
-                f"buffered={self._partial_bytes()} queued={len(self._out)}>")
+        return (
+            f"<{type(self).__name__} {state} max_message_size={self.max_message_size} "
+            f"buffered={self._partial_bytes()} queued={len(self._out)}>"
+        )
 
     # -- for subclasses -----------------------------------------------------
 

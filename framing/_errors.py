@@ -20,12 +20,11 @@ __all__ = [
     "BadLength",
     "BadMsgpack",
     "BadPduOffset",
-    "BadRecordMark",
     "BadRpcMessage",
     "EncodeError",
+    "FrameTooLong",
     "FramerClosed",
     "FramerConfigError",
-    "FrameTooLong",
     "FramingError",
     "MalformedFrame",
     "TruncatedMessage",
@@ -106,12 +105,6 @@ class BadDigestFlags(MalformedFrame):
     """NVMe/TCP: HDGSTF/DDGSTF flags disagree with the negotiated digests."""
 
     code = "bad_digest_flags"
-
-
-class BadRecordMark(MalformedFrame):
-    """ONC RPC record marking: an impossible fragment header."""
-
-    code = "bad_record_mark"
 
 
 class BadMsgpack(MalformedFrame):

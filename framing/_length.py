@@ -76,26 +76,35 @@ class LengthFieldConfig:
     def __post_init__(self) -> None:
         if self.length_field_length not in (1, 2, 3, 4, 8):
             raise FramerConfigError(
-                f"length_field_length must be 1, 2, 3, 4 or 8, got {self.length_field_length!r}")
+                f"length_field_length must be 1, 2, 3, 4 or 8, got {self.length_field_length!r}"
+            )
         if self.byte_order not in ("big", "little"):
-            raise FramerConfigError(f"byte_order must be 'big' or 'little', got {self.byte_order!r}")
+            raise FramerConfigError(
+                f"byte_order must be 'big' or 'little', got {self.byte_order!r}"
+            )
         if not isinstance(self.length_field_offset, int) or self.length_field_offset < 0:
             raise FramerConfigError(
-                f"length_field_offset must be a non-negative int, got {self.length_field_offset!r}")
+                f"length_field_offset must be a non-negative int, got {self.length_field_offset!r}"
+            )
         if not isinstance(self.initial_bytes_to_strip, int) or self.initial_bytes_to_strip < 0:
             raise FramerConfigError(
                 f"initial_bytes_to_strip must be a non-negative int, "
-                f"got {self.initial_bytes_to_strip!r}")
+                f"got {self.initial_bytes_to_strip!r}"
+            )
         if not isinstance(self.length_adjustment, int):
-            raise FramerConfigError(f"length_adjustment must be an int, got {self.length_adjustment!r}")
+            raise FramerConfigError(
+                f"length_adjustment must be an int, got {self.length_adjustment!r}"
+            )
         if not isinstance(self.max_frame_length, int) or self.max_frame_length <= 0:
             raise FramerConfigError(
-                f"max_frame_length must be a positive int, got {self.max_frame_length!r}")
+                f"max_frame_length must be a positive int, got {self.max_frame_length!r}"
+            )
         # Netty: "maxFrameLength (...) must be equal to or greater than
         # lengthFieldOffset + lengthFieldLength".
         if self.length_field_offset + self.length_field_length > self.max_frame_length:
             raise FramerConfigError(
-                "max_frame_length must be at least length_field_offset + length_field_length")
+                "max_frame_length must be at least length_field_offset + length_field_length"
+            )
 
     @property
     def length_field_end_offset(self) -> int:
@@ -170,8 +179,9 @@ class LengthFieldFramer(Framer[Frame]):
         self._strip = c.initial_bytes_to_strip
         self._lo = max(self._end_off, self._strip)
         self._need = self._end_off
-        self._field_max = (1 << 63) - 1 if c.length_field_length == 8 else (
-            1 << (8 * c.length_field_length)) - 1
+        self._field_max = (
+            (1 << 63) - 1 if c.length_field_length == 8 else (1 << (8 * c.length_field_length)) - 1
+        )
 
     def _parse(self, data: bytes) -> int:
         n = len(data)
@@ -196,7 +206,7 @@ class LengthFieldFramer(Framer[Frame]):
                 self._need = flen
                 return pos
             msg = new(cls)
-            set_payload(msg, data[pos + strip:e])
+            set_payload(msg, data[pos + strip : e])
             out(msg)
             pos = e
         self._need = end_off
@@ -209,18 +219,18 @@ class LengthFieldFramer(Framer[Frame]):
         if flen < self._end_off:
             raise BadLength(
                 f"adjusted frame length ({flen}) is less than length_field_end_offset "
-                f"({self._end_off})")
+                f"({self._end_off})"
+            )
         if flen > self.max_message_size:
-            err = FrameTooLong(
-                f"adjusted frame length exceeds {self.max_message_size}: {flen}")
+            err = FrameTooLong(f"adjusted frame length exceeds {self.max_message_size}: {flen}")
             avail = len(data) - pos
             if self.config.fail_fast or flen <= avail:
                 raise err
             self._discard_then_fail(flen - avail, err)
             return len(data)
         raise BadLength(
-            f"adjusted frame length ({flen}) is less than initial_bytes_to_strip "
-            f"({self._strip})")
+            f"adjusted frame length ({flen}) is less than initial_bytes_to_strip ({self._strip})"
+        )
 
     # -- encoding -------------------------------------------------------------
 
@@ -232,7 +242,8 @@ class LengthFieldFramer(Framer[Frame]):
     def _pack_field(self, value: int) -> bytes:
         if not 0 <= value <= self._field_max:
             raise EncodeError(
-                f"length {value} does not fit a {self.config.length_field_length}-byte length field")
+                f"length {value} does not fit a {self.config.length_field_length}-byte length field"
+            )
         return value.to_bytes(self.config.length_field_length, self.config.byte_order)
 
     def encode(self, message: Frame) -> bytes:
@@ -242,27 +253,30 @@ class LengthFieldFramer(Framer[Frame]):
         if self._strip == 0:
             if len(p) < self._end_off:
                 raise EncodeError(
-                    f"frame of {len(p)} bytes is shorter than its header ({self._end_off})")
+                    f"frame of {len(p)} bytes is shorter than its header ({self._end_off})"
+                )
             wire_len = len(p)
             field = self._pack_field(wire_len - self._add)
-            wire = p[:self._loff] + field + p[self._end_off:]
+            wire = p[: self._loff] + field + p[self._end_off :]
         elif self._loff == 0 and self._strip == self._end_off:
             wire_len = len(p) + self._end_off
             wire = self._pack_field(wire_len - self._add) + p
         else:
             raise EncodeError(
                 "encode is undefined: initial_bytes_to_strip discards header bytes "
-                f"(offset={self._loff}, strip={self._strip})")
+                f"(offset={self._loff}, strip={self._strip})"
+            )
         if wire_len > self.max_message_size:
-            raise EncodeError(f"frame of {wire_len} bytes exceeds max_frame_length "
-                              f"{self.max_message_size}")
+            raise EncodeError(
+                f"frame of {wire_len} bytes exceeds max_frame_length {self.max_message_size}"
+            )
         return bytes(wire)
 
     def split_parts(self, message: Frame) -> tuple[bytes, bytes]:
         """``(header, body)`` of the wire frame: the header runs to the end of
         the length field."""
         wire = self.encode(message)
-        return wire[:self._end_off], wire[self._end_off:]
+        return wire[: self._end_off], wire[self._end_off :]
 
     @classmethod
     def from_spec(cls, params: Mapping[str, str]) -> LengthFieldFramer:
@@ -272,7 +286,8 @@ class LengthFieldFramer(Framer[Frame]):
             if field is None:
                 raise BadFramerSpec(
                     f"length: unknown parameter {key!r} (known: offset, size, order, adjust, "
-                    f"strip, max, failfast)")
+                    f"strip, max, failfast)"
+                )
             v = parse_spec_value(value)
             if field == "byte_order":
                 if v not in ("big", "little"):

@@ -7,6 +7,7 @@ into a framer buffer: a message stays valid after the framer moves on).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,14 +125,31 @@ class OncRecord:
 # result is the same frozen, slotted instance (equality, hashing, repr and
 # immutability unchanged). Only framers use these.
 _new = object.__new__
-_set_frame_payload = Frame.payload.__set__  # type: ignore[attr-defined]
-_set_onc_payload = OncRecord.payload.__set__  # type: ignore[attr-defined]
-_set_pdu = (NvmePdu.header.__set__, NvmePdu.data.__set__,  # type: ignore[attr-defined]
-            NvmePdu.pdu_type.__set__)  # type: ignore[attr-defined]
-_set_request = (RpcRequest.msgid.__set__, RpcRequest.method.__set__,  # type: ignore[attr-defined]
-                RpcRequest.params.__set__, RpcRequest.raw.__set__)  # type: ignore[attr-defined]
-_set_response = (RpcResponse.msgid.__set__, RpcResponse.error.__set__,  # type: ignore[attr-defined]
-                 RpcResponse.result.__set__, RpcResponse.raw.__set__)  # type: ignore[attr-defined]
-_set_notification = (RpcNotification.method.__set__,  # type: ignore[attr-defined]
-                     RpcNotification.params.__set__,  # type: ignore[attr-defined]
-                     RpcNotification.raw.__set__)  # type: ignore[attr-defined]
+
+
+def _setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    """The ``__set__`` of slot ``name`` (bypasses the frozen ``__setattr__``)."""
+    descriptor: Any = cls.__dict__[name]
+    return descriptor.__set__  # type: ignore[no-any-return]
+
+
+_set_frame_payload = _setter(Frame, "payload")
+_set_onc_payload = _setter(OncRecord, "payload")
+_set_pdu = (_setter(NvmePdu, "header"), _setter(NvmePdu, "data"), _setter(NvmePdu, "pdu_type"))
+_set_request = (
+    _setter(RpcRequest, "msgid"),
+    _setter(RpcRequest, "method"),
+    _setter(RpcRequest, "params"),
+    _setter(RpcRequest, "raw"),
+)
+_set_response = (
+    _setter(RpcResponse, "msgid"),
+    _setter(RpcResponse, "error"),
+    _setter(RpcResponse, "result"),
+    _setter(RpcResponse, "raw"),
+)
+_set_notification = (
+    _setter(RpcNotification, "method"),
+    _setter(RpcNotification, "params"),
+    _setter(RpcNotification, "raw"),
+)

@@ -75,8 +75,13 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
 
     name: ClassVar[str] = "msgpack-rpc"
 
-    def __init__(self, *, max_message_size: int = 1 << 20, strict_map_key: bool = False,
-                 max_depth: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_message_size: int = 1 << 20,
+        strict_map_key: bool = False,
+        max_depth: int | None = None,
+    ) -> None:
         """``strict_map_key``: as msgpack's (only str/bytes map keys).
         ``max_depth`` is accepted for forward compatibility and must be None."""
         super().__init__(max_message_size=max_message_size)
@@ -84,7 +89,8 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
             raise FramerConfigError("max_depth is not supported by msgpack.Unpacker")
         self._strict_map_key = strict_map_key
         self._unpacker = msgpack.Unpacker(
-            raw=False, max_buffer_size=max_message_size, strict_map_key=strict_map_key)
+            raw=False, max_buffer_size=max_message_size, strict_map_key=strict_map_key
+        )
         self._base = 0  # stream offset of self._buf[0]
         self._packer = msgpack.Packer(use_bin_type=True)
 
@@ -105,8 +111,9 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
                 room = limit - len(self._buf)
                 if room <= 0:
                     raise FrameTooLong(
-                        f"msgpack value longer than {limit} bytes (still incomplete)")
-                chunk = data if (pos == 0 and room >= n) else data[pos:pos + room]
+                        f"msgpack value longer than {limit} bytes (still incomplete)"
+                    )
+                chunk = data if (pos == 0 and room >= n) else data[pos : pos + room]
                 try:
                     self._unpacker.feed(chunk)
                 except msgpack.BufferFull as exc:  # pragma: no cover - room is computed
@@ -135,31 +142,39 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
             for obj in unp:
                 end = tell() - base
                 if start >= plen:
-                    raw = chunk[start - plen:end - plen]
+                    raw = chunk[start - plen : end - plen]
                 else:
-                    raw = bytes(pend[start:]) + chunk[:end - plen]
+                    raw = bytes(pend[start:]) + chunk[: end - plen]
                 start = end
                 # Fast path for well-formed requests and responses (the checks
                 # of _to_message, inlined); everything else goes through it.
-                if type(obj) is list and len(obj) == 4 and type(obj[1]) is int \
-                        and 0 <= obj[1] <= _MSGID_MAX:
+                if (
+                    type(obj) is list
+                    and len(obj) == 4
+                    and type(obj[1]) is int
+                    and 0 <= obj[1] <= _MSGID_MAX
+                ):
                     kind = obj[0]
-                    if kind == REQUEST and type(kind) is int and type(obj[2]) is str \
-                            and type(obj[3]) is list:
-                        msg = new(RpcRequest)
-                        rq_id(msg, obj[1])
-                        rq_method(msg, obj[2])
-                        rq_params(msg, obj[3])
-                        rq_raw(msg, raw)
-                        out(msg)
+                    if (
+                        kind == REQUEST
+                        and type(kind) is int
+                        and type(obj[2]) is str
+                        and type(obj[3]) is list
+                    ):
+                        req = new(RpcRequest)
+                        rq_id(req, obj[1])
+                        rq_method(req, obj[2])
+                        rq_params(req, obj[3])
+                        rq_raw(req, raw)
+                        out(req)
                         continue
                     if kind == RESPONSE and type(kind) is int:
-                        msg = new(RpcResponse)
-                        rs_id(msg, obj[1])
-                        rs_error(msg, obj[2])
-                        rs_result(msg, obj[3])
-                        rs_raw(msg, raw)
-                        out(msg)
+                        resp = new(RpcResponse)
+                        rs_id(resp, obj[1])
+                        rs_error(resp, obj[2])
+                        rs_result(resp, obj[3])
+                        rs_raw(resp, raw)
+                        out(resp)
                         continue
                 out(_to_message(obj, raw))
         except FramingError:
@@ -170,7 +185,7 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
             if start:
                 pend.clear()
                 if start < plen + len(chunk):
-                    pend += memoryview(chunk)[start - plen:]
+                    pend += memoryview(chunk)[start - plen :]
                 self._base = base + start
             else:
                 pend += chunk
@@ -204,8 +219,9 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
         except (TypeError, ValueError, OverflowError) as exc:
             raise EncodeError(f"cannot pack message: {exc}") from exc
         if len(wire) > self.max_message_size:
-            raise EncodeError(f"encoded message of {len(wire)} bytes exceeds "
-                              f"{self.max_message_size}")
+            raise EncodeError(
+                f"encoded message of {len(wire)} bytes exceeds {self.max_message_size}"
+            )
         return wire
 
     def message_bytes(self, message: RpcMessage) -> bytes:
@@ -229,7 +245,8 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
                 kwargs["strict_map_key"] = bool(v)
             else:
                 raise BadFramerSpec(
-                    f"msgpack-rpc: unknown parameter {key!r} (known: max, strict_map_key)")
+                    f"msgpack-rpc: unknown parameter {key!r} (known: max, strict_map_key)"
+                )
         try:
             return cls(**kwargs)
         except FramerConfigError as exc:
@@ -257,8 +274,12 @@ def _to_message(obj: Any, raw: bytes) -> RpcMessage:
         if type(kind) is int:
             if kind == REQUEST and n == 4:
                 msgid, method, params = obj[1], obj[2], obj[3]
-                if (type(msgid) is int and 0 <= msgid <= _MSGID_MAX and type(method) is str
-                        and type(params) is list):
+                if (
+                    type(msgid) is int
+                    and 0 <= msgid <= _MSGID_MAX
+                    and type(method) is str
+                    and type(params) is list
+                ):
                     return RpcRequest(msgid, method, params, raw)
                 _check_request(msgid, method, params)
             elif kind == RESPONSE and n == 4:

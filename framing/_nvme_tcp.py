@@ -76,8 +76,7 @@ C2H_SUCCESS = 0x08  # section 3.6.2.8 C2HData FLAGS bit 3
 # Fixed HLEN per PDU type (section 3.6.2.x: ICReq/ICResp 128, TermReq 24,
 # CapsuleCmd 72 = 8 + 64-byte SQE, CapsuleResp 24 = 8 + 16-byte CQE,
 # H2CData/C2HData/R2T 24).
-HLEN = {0x00: 128, 0x01: 128, 0x02: 24, 0x03: 24, 0x04: 72, 0x05: 24, 0x06: 24, 0x07: 24,
-        0x09: 24}
+HLEN = {0x00: 128, 0x01: 128, 0x02: 24, 0x03: 24, 0x04: 72, 0x05: 24, 0x06: 24, 0x07: 24, 0x09: 24}
 # PDUs that carry a header digest when it is enabled (all but ICReq, ICResp,
 # H2CTermReq and C2HTermReq: sections 3.6.2.1-3.6.2.4 declare no HDGST).
 _HD_TYPES = frozenset({0x04, 0x05, 0x06, 0x07, 0x09})
@@ -87,8 +86,14 @@ _TERM_TYPES = frozenset({0x02, 0x03})
 _TERM_MAX_PLEN = 152  # sections 3.6.2.3/3.6.2.4: header + up to 128 bytes of error data
 _IC_PLEN = 128  # sections 3.6.2.1/3.6.2.2: PLEN shall be 128
 _ALLOWED_FLAGS = {  # flag bits defined per type; others are reserved
-    0x00: 0, 0x01: 0, 0x02: 0, 0x03: 0, 0x04: HDGSTF | DDGSTF, 0x05: HDGSTF,
-    0x06: HDGSTF | DDGSTF | C2H_LAST_PDU, 0x07: HDGSTF | DDGSTF | C2H_LAST_PDU | C2H_SUCCESS,
+    0x00: 0,
+    0x01: 0,
+    0x02: 0,
+    0x03: 0,
+    0x04: HDGSTF | DDGSTF,
+    0x05: HDGSTF,
+    0x06: HDGSTF | DDGSTF | C2H_LAST_PDU,
+    0x07: HDGSTF | DDGSTF | C2H_LAST_PDU | C2H_SUCCESS,
     0x09: HDGSTF,
 }
 
@@ -104,7 +109,7 @@ def _load_crc32c() -> Callable[[bytes], int]:
     ``socket``, and ``import framing`` must stay free of socket modules."""
     from crc32c import crc32c
 
-    return crc32c  # type: ignore[no-any-return]
+    return crc32c
 
 
 class NvmeTcpFramer(Framer[NvmePdu]):
@@ -115,8 +120,14 @@ class NvmeTcpFramer(Framer[NvmePdu]):
 
     name: ClassVar[str] = "nvme-tcp"
 
-    def __init__(self, *, hdgst: bool = False, ddgst: bool = False,
-                 learn_digests: bool = True, max_message_size: int = (1 << 20) + 4096) -> None:
+    def __init__(
+        self,
+        *,
+        hdgst: bool = False,
+        ddgst: bool = False,
+        learn_digests: bool = True,
+        max_message_size: int = (1 << 20) + 4096,
+    ) -> None:
         super().__init__(max_message_size=max_message_size)
         if max_message_size < _IC_PLEN:
             raise FramerConfigError("max_message_size must be at least 128 (ICReq/ICResp)")
@@ -217,7 +228,7 @@ class NvmeTcpFramer(Framer[NvmePdu]):
             header = data[pos:hend]
             if hd and crc32c(header) != _U32.unpack_from(data, hend)[0]:
                 raise BadDigest(f"header digest mismatch (PDU type 0x{ptype:02x})")
-            body = data[pos + ds:e - dd]
+            body = data[pos + ds : e - dd]
             if dd and crc32c(body) != _U32.unpack_from(data, e - 4)[0]:
                 raise BadDigest(f"data digest mismatch (PDU type 0x{ptype:02x})")
             msg = new(NvmePdu)
@@ -287,14 +298,19 @@ class NvmeTcpFramer(Framer[NvmePdu]):
 
     @classmethod
     def from_spec(cls, params: Mapping[str, str]) -> NvmeTcpFramer:
-        names = {"hdgst": "hdgst", "ddgst": "ddgst", "learn": "learn_digests",
-                 "max": "max_message_size"}
+        names = {
+            "hdgst": "hdgst",
+            "ddgst": "ddgst",
+            "learn": "learn_digests",
+            "max": "max_message_size",
+        }
         kwargs: dict[str, object] = {}
         for key, value in params.items():
             name = names.get(key.lower())
             if name is None:
                 raise BadFramerSpec(
-                    f"nvme-tcp: unknown parameter {key!r} (known: hdgst, ddgst, learn, max)")
+                    f"nvme-tcp: unknown parameter {key!r} (known: hdgst, ddgst, learn, max)"
+                )
             v = parse_spec_value(value)
             if name == "max_message_size":
                 if not isinstance(v, int) or isinstance(v, bool):
@@ -310,9 +326,16 @@ class NvmeTcpFramer(Framer[NvmePdu]):
             raise BadFramerSpec(f"nvme-tcp: {exc}") from exc
 
 
-def make_nvme_pdu(pdu_type: int, psh: bytes = b"", data: bytes = b"", *,
-                  flags: int = 0, hdgst: bool = False, ddgst: bool = False,
-                  pda: int = 0) -> NvmePdu:
+def make_nvme_pdu(
+    pdu_type: int,
+    psh: bytes = b"",
+    data: bytes = b"",
+    *,
+    flags: int = 0,
+    hdgst: bool = False,
+    ddgst: bool = False,
+    pda: int = 0,
+) -> NvmePdu:
     """Build a PDU to send: ``psh`` is the PDU specific header (padded with
     zeros to the type's fixed HLEN - 8), ``data`` the PDU data. ``hdgst`` and
     ``ddgst`` set the digest flags (digests are computed by ``encode``);

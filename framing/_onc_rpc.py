@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from ._base import Framer, parse_spec_value
-from ._errors import BadFramerSpec, EncodeError, FramerConfigError, FrameTooLong
+from ._errors import BadFramerSpec, EncodeError, FramerConfigError, FrameTooLong, FramingError
 from ._messages import OncRecord, _new, _set_onc_payload
 
 __all__ = ["OncRpcFramer"]
@@ -37,15 +37,17 @@ class OncRpcFramer(Framer[OncRecord]):
     name: ClassVar[str] = "onc-rpc"
     _header_slack: ClassVar[int] = 4
 
-    def __init__(self, *, max_message_size: int = 1 << 20,
-                 max_fragment_size: int = _LEN_MASK) -> None:
+    def __init__(
+        self, *, max_message_size: int = 1 << 20, max_fragment_size: int = _LEN_MASK
+    ) -> None:
         """``max_message_size``: largest record (sum of fragment payloads).
         ``max_fragment_size``: largest fragment ``encode`` writes (records are
         split into fragments of at most this many bytes)."""
         super().__init__(max_message_size=max_message_size)
         if not isinstance(max_fragment_size, int) or not 1 <= max_fragment_size <= _LEN_MASK:
             raise FramerConfigError(
-                f"max_fragment_size must be in 1..2**31-1, got {max_fragment_size!r}")
+                f"max_fragment_size must be in 1..2**31-1, got {max_fragment_size!r}"
+            )
         self.max_fragment_size = max_fragment_size
         self._record = bytearray()
         self._need = 4
@@ -73,17 +75,17 @@ class OncRpcFramer(Framer[OncRecord]):
                 return pos
             if word > mask:  # last-fragment bit set (section 11)
                 if rlen:
-                    record += memoryview(data)[pos + 4:e]
+                    record += memoryview(data)[pos + 4 : e]
                     payload = bytes(record)
                     record.clear()
                     rlen = 0
                 else:  # single-fragment record: one copy
-                    payload = data[pos + 4:e]
+                    payload = data[pos + 4 : e]
                 msg = new(cls)
                 set_payload(msg, payload)
                 out(msg)
             elif flen:
-                record += memoryview(data)[pos + 4:e]
+                record += memoryview(data)[pos + 4 : e]
                 rlen += flen
             pos = e
         self._need = 4
@@ -92,8 +94,8 @@ class OncRpcFramer(Framer[OncRecord]):
     def _partial_bytes(self) -> int:
         return len(self._buf) + len(self._record)
 
-    def _fail(self, exc: Exception) -> None:  # type: ignore[override]
-        super()._fail(exc)  # type: ignore[arg-type]
+    def _fail(self, exc: FramingError) -> None:
+        super()._fail(exc)
         self._record = bytearray()
 
     def encode(self, message: OncRecord) -> bytes:
@@ -107,7 +109,7 @@ class OncRpcFramer(Framer[OncRecord]):
             return _HDR.pack(_LAST | len(p)) + p
         parts = []
         for start in range(0, len(p), step):
-            chunk = p[start:start + step]
+            chunk = p[start : start + step]
             last = _LAST if start + step >= len(p) else 0
             parts.append(_HDR.pack(last | len(chunk)))
             parts.append(chunk)
@@ -121,8 +123,11 @@ class OncRpcFramer(Framer[OncRecord]):
     def from_spec(cls, params: Mapping[str, str]) -> OncRpcFramer:
         kwargs = {}
         for key, value in params.items():
-            name = {"max": "max_message_size", "fragment": "max_fragment_size",
-                    "max_fragment": "max_fragment_size"}.get(key.lower())
+            name = {
+                "max": "max_message_size",
+                "fragment": "max_fragment_size",
+                "max_fragment": "max_fragment_size",
+            }.get(key.lower())
             v = parse_spec_value(value)
             if name is None:
                 raise BadFramerSpec(f"onc-rpc: unknown parameter {key!r} (known: max, fragment)")

@@ -29,8 +29,15 @@ from typing import Any
 from ._base import Framer
 from ._errors import BadFramerSpec, FramingError, UnknownFramer
 
-__all__ = ["ENTRY_POINT_GROUP", "FramerFactory", "available_framers", "framer_from_spec",
-           "parse_spec", "register_framer", "unregister_framer"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "FramerFactory",
+    "available_framers",
+    "framer_from_spec",
+    "parse_spec",
+    "register_framer",
+    "unregister_framer",
+]
 
 ENTRY_POINT_GROUP = "mux_rpc.framers"
 
@@ -91,8 +98,10 @@ def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
     if rest and rest[0] and "=" not in rest[0] and target not in _REGISTRY:
         attr = rest.pop(0)
         if not _IMPORT.match(target) or not _IMPORT.match(attr):
-            raise BadFramerSpec(f"bad import path {target}:{attr!r} in spec {spec!r} "
-                                "(expected package.module:ClassName)")
+            raise BadFramerSpec(
+                f"bad import path {target}:{attr!r} in spec {spec!r} "
+                "(expected package.module:ClassName)"
+            )
     elif not _NAME.match(target):
         raise BadFramerSpec(f"bad framer name {target!r} in spec {spec!r}")
     if len(rest) > 1:
@@ -103,8 +112,9 @@ def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
             key, sep, value = item.partition("=")
             key, value = key.strip(), value.strip()
             if not sep or not _KEY.match(key) or not value:
-                raise BadFramerSpec(f"bad parameter {item.strip()!r} in spec {spec!r} "
-                                    "(expected key=value)")
+                raise BadFramerSpec(
+                    f"bad parameter {item.strip()!r} in spec {spec!r} (expected key=value)"
+                )
             if key in params:
                 raise BadFramerSpec(f"parameter {key!r} given twice in spec {spec!r}")
             params[key] = value
@@ -123,7 +133,8 @@ def _lookup(name: str) -> FramerFactory:
                 obj = ep.load()
             except Exception as exc:
                 raise UnknownFramer(
-                    f"entry point {name!r} ({ep.value}) failed to load: {exc}") from exc
+                    f"entry point {name!r} ({ep.value}) failed to load: {exc}"
+                ) from exc
             factory = _as_factory(obj)
             _REGISTRY.setdefault(name, factory)
             return factory
@@ -158,6 +169,7 @@ def framer_from_spec(spec: str) -> Framer[Any]:
     except (TypeError, ValueError) as exc:
         raise BadFramerSpec(f"spec {spec!r}: {exc}") from exc
     if not isinstance(framer, Framer):
-        raise BadFramerSpec(f"spec {spec!r}: factory returned {type(framer).__name__}, "
-                            "not a Framer")
+        raise BadFramerSpec(
+            f"spec {spec!r}: factory returned {type(framer).__name__}, not a Framer"
+        )
     return framer

@@ -7,14 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from framing_helpers import KIND_IDS, KINDS, Kind, feed_all, one_byte_at_a_time, split_at
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from framing import FramerClosed, FramingError, TruncatedMessage
-from framing_helpers import KIND_IDS, KINDS, Kind, feed_all, one_byte_at_a_time, split_at
 
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _encode_all(kind: Kind, msgs: list[Any]) -> bytes:
@@ -156,4 +159,4 @@ def test_messages_before_an_error_are_delivered(kind: Kind, data: st.DataObject)
                 framer.feed_eof()
                 continue
             got.append(m)
-    assert got[:len(msgs)] == msgs
+    assert got[: len(msgs)] == msgs

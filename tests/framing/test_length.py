@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from framing_helpers import feed_all, one_byte_at_a_time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +20,6 @@ from framing import (
     LengthFieldFramer,
     framer_from_spec,
 )
-from framing_helpers import feed_all, one_byte_at_a_time
 
 HW = b"HELLO, WORLD"
 
@@ -48,13 +48,19 @@ NETTY_EXAMPLES = [
 
 
 def _netty(off: int, size: int, adj: int, strip: int, **kw: object) -> LengthFieldFramer:
-    return LengthFieldFramer(length_field_offset=off, length_field_length=size,
-                             length_adjustment=adj, initial_bytes_to_strip=strip, **kw)
+    return LengthFieldFramer(
+        length_field_offset=off,
+        length_field_length=size,
+        length_adjustment=adj,
+        initial_bytes_to_strip=strip,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("off,size,adj,strip,before,after", NETTY_EXAMPLES)
-def test_netty_javadoc_examples(off: int, size: int, adj: int, strip: int, before: bytes,
-                                after: bytes) -> None:
+def test_netty_javadoc_examples(
+    off: int, size: int, adj: int, strip: int, before: bytes, after: bytes
+) -> None:
     # whole
     assert feed_all(_netty(off, size, adj, strip), [before]) == [Frame(after)]
     # one byte at a time
@@ -85,8 +91,12 @@ def test_spec_string_matches_constructor() -> None:
 @settings(max_examples=25, deadline=None)
 @given(bodies=st.lists(st.binary(max_size=200), max_size=5))
 def test_every_field_size_and_order(size: int, order: str, bodies: list[bytes]) -> None:
-    f = LengthFieldFramer(length_field_length=size, byte_order=order,
-                          initial_bytes_to_strip=size, max_frame_length=255)
+    f = LengthFieldFramer(
+        length_field_length=size,
+        byte_order=order,
+        initial_bytes_to_strip=size,
+        max_frame_length=255,
+    )
     wire = b"".join(len(b).to_bytes(size, order) + b for b in bodies)
     assert feed_all(f, [wire]) == [Frame(b) for b in bodies]
     assert b"".join(f.encode(Frame(b)) for b in bodies) == wire
@@ -157,11 +167,17 @@ def test_strip_more_than_frame() -> None:
         f.next_message()
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"length_field_length": 5}, {"byte_order": "middle"}, {"length_field_offset": -1},
-    {"initial_bytes_to_strip": -1}, {"max_frame_length": 0},
-    {"length_field_offset": 10, "max_frame_length": 8},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"length_field_length": 5},
+        {"byte_order": "middle"},
+        {"length_field_offset": -1},
+        {"initial_bytes_to_strip": -1},
+        {"max_frame_length": 0},
+        {"length_field_offset": 10, "max_frame_length": 8},
+    ],
+)
 def test_bad_config(kwargs: dict[str, object]) -> None:
     with pytest.raises(FramerConfigError):
         LengthFieldFramer(**kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from framing_helpers import feed_all, one_byte_at_a_time, rpc_messages
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,6 @@ from framing import (
     RpcRequest,
     RpcResponse,
 )
-from framing_helpers import feed_all, one_byte_at_a_time, rpc_messages
 
 # Hand-encoded: fixarray(4) [0, 1, "add", [1, 2]]
 REQ = bytes([0x94, 0x00, 0x01, 0xA3]) + b"add" + bytes([0x92, 0x01, 0x02])
@@ -31,8 +31,12 @@ REQ_MAX = bytes([0x94, 0x00, 0xCE, 0xFF, 0xFF, 0xFF, 0xFF, 0xA1]) + b"m" + bytes
 
 def test_golden_vectors_and_raw_bytes() -> None:
     stream = REQ + RESP + NOTE + REQ_MAX
-    expected = [RpcRequest(1, "add", [1, 2]), RpcResponse(1, None, 3),
-                RpcNotification("log", ["hi"]), RpcRequest(0xFFFFFFFF, "m", [])]
+    expected = [
+        RpcRequest(1, "add", [1, 2]),
+        RpcResponse(1, None, 3),
+        RpcNotification("log", ["hi"]),
+        RpcRequest(0xFFFFFFFF, "m", []),
+    ]
     for chunks in ([stream], one_byte_at_a_time(stream), [stream[:3], stream[3:20], stream[20:]]):
         got = feed_all(MsgpackRpcFramer(), chunks)
         assert got == expected
@@ -71,11 +75,27 @@ def _as_list(m: object) -> list[object]:
     return [2, m.method, m.params]
 
 
-@pytest.mark.parametrize("value", [
-    [0, 1, "m"], [0, -1, "m", []], [0, 2**32, "m", []], [0, 1, b"m", []], [0, 1, "m", {}],
-    [0, 1.0, "m", []], [1, "x", None, None], [2, "m"], [2, 1, []], [3, 1, 2, 3], [],
-    [True, 1, "m", []], {"type": 0}, 5, "str", None,
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        [0, 1, "m"],
+        [0, -1, "m", []],
+        [0, 2**32, "m", []],
+        [0, 1, b"m", []],
+        [0, 1, "m", {}],
+        [0, 1.0, "m", []],
+        [1, "x", None, None],
+        [2, "m"],
+        [2, 1, []],
+        [3, 1, 2, 3],
+        [],
+        [True, 1, "m", []],
+        {"type": 0},
+        5,
+        "str",
+        None,
+    ],
+)
 def test_values_that_are_not_rpc_messages(value: object) -> None:
     f = MsgpackRpcFramer()
     f.feed(msgpack.packb(value))

@@ -7,6 +7,7 @@ import struct
 
 import pytest
 from crc32c import crc32c
+from framing_helpers import feed_all, one_byte_at_a_time
 
 from framing import (
     BadDigest,
@@ -14,8 +15,8 @@ from framing import (
     BadHeaderLength,
     BadLength,
     BadPduOffset,
-    FramingError,
     FrameTooLong,
+    FramingError,
     NvmePdu,
     NvmeTcpFramer,
     PduType,
@@ -23,7 +24,6 @@ from framing import (
     framer_from_spec,
     make_nvme_pdu,
 )
-from framing_helpers import feed_all, one_byte_at_a_time
 
 
 def le32(v: int) -> bytes:
@@ -42,7 +42,9 @@ def test_crc32c_known_vectors() -> None:
 # DGST 0b11 (both digests), MAXR2T 0, reserved.
 ICREQ = bytes([0x00, 0x00, 0x80, 0x00]) + le32(128) + b"\x00\x00\x00\x03" + le32(0) + bytes(112)
 # ICResp: PFV 0, CPDA 0, DGST 0b11, MAXH2CDATA 0x20000.
-ICRESP = bytes([0x01, 0x00, 0x80, 0x00]) + le32(128) + b"\x00\x00\x00\x03" + le32(0x20000) + bytes(112)
+ICRESP = (
+    bytes([0x01, 0x00, 0x80, 0x00]) + le32(128) + b"\x00\x00\x00\x03" + le32(0x20000) + bytes(112)
+)
 
 # CapsuleCmd with header and data digests: HLEN 72, HDGST at 72, PDO 76, data
 # "123456789", DDGST; PLEN 76 + 9 + 4 = 89.
@@ -74,10 +76,18 @@ def test_golden_session_with_digests() -> None:
     assert b"".join(f.encode(p) for p in expected) == stream
     assert f.split_parts(expected[1]) == (CMD_HDR, b"123456789")
     cmd = expected[1]
-    assert (cmd.flags, cmd.hlen, cmd.pdo, cmd.plen, cmd.hdgst, cmd.ddgst) == (3, 72, 76, 89, True, True)
+    assert (cmd.flags, cmd.hlen, cmd.pdo, cmd.plen, cmd.hdgst, cmd.ddgst) == (
+        3,
+        72,
+        76,
+        89,
+        True,
+        True,
+    )
     # make_nvme_pdu builds the same PDU
-    assert make_nvme_pdu(PduType.CAPSULE_CMD, SQE, b"123456789", hdgst=True, ddgst=True) \
-        == expected[1]
+    assert (
+        make_nvme_pdu(PduType.CAPSULE_CMD, SQE, b"123456789", hdgst=True, ddgst=True) == expected[1]
+    )
 
 
 def test_icresp_learns_digests_and_spec_option() -> None:
@@ -91,8 +101,12 @@ def test_icresp_learns_digests_and_spec_option() -> None:
 
 
 def test_plain_pdus_without_digests() -> None:
-    c2h_hdr = bytes([0x07, 0x0C, 24, 24]) + le32(29) + struct.pack("<HHII", 0x1234, 0, 0, 5) + bytes(4)
-    r2t_hdr = bytes([0x09, 0x00, 24, 0]) + le32(24) + struct.pack("<HHII", 0x1234, 7, 0, 4096) + bytes(4)
+    c2h_hdr = (
+        bytes([0x07, 0x0C, 24, 24]) + le32(29) + struct.pack("<HHII", 0x1234, 0, 0, 5) + bytes(4)
+    )
+    r2t_hdr = (
+        bytes([0x09, 0x00, 24, 0]) + le32(24) + struct.pack("<HHII", 0x1234, 7, 0, 4096) + bytes(4)
+    )
     term_hdr = bytes([0x03, 0x00, 24, 0]) + le32(24 + 8) + struct.pack("<HI", 1, 0) + bytes(10)
     stream = c2h_hdr + b"hello" + r2t_hdr + term_hdr + b"badpdu!!"
     got = feed_all(NvmeTcpFramer(), [stream])

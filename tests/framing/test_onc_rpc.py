@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from framing_helpers import feed_all, one_byte_at_a_time
 
 from framing import FrameTooLong, OncRecord, OncRpcFramer, framer_from_spec
-from framing_helpers import feed_all, one_byte_at_a_time
 
 # A 3-fragment record (lengths 3, 0, 5; last bit on the third), then a
 # one-fragment record.
-MULTI = (b"\x00\x00\x00\x03abc" + b"\x00\x00\x00\x00" + b"\x80\x00\x00\x05defgh"
-         + b"\x80\x00\x00\x02ij")
+MULTI = (
+    b"\x00\x00\x00\x03abc" + b"\x00\x00\x00\x00" + b"\x80\x00\x00\x05defgh" + b"\x80\x00\x00\x02ij"
+)
 MULTI_RECORDS = [OncRecord(b"abcdefgh"), OncRecord(b"ij")]
 
 
@@ -31,7 +32,8 @@ def test_empty_last_fragment_and_empty_record() -> None:
 def test_encode_fragments() -> None:
     f = OncRpcFramer(max_fragment_size=3)
     assert f.encode(OncRecord(b"abcdefgh")) == (
-        b"\x00\x00\x00\x03abc\x00\x00\x00\x03def\x80\x00\x00\x02gh")
+        b"\x00\x00\x00\x03abc\x00\x00\x00\x03def\x80\x00\x00\x02gh"
+    )
     assert OncRpcFramer().encode(OncRecord(b"xid")) == b"\x80\x00\x00\x03xid"
     assert OncRpcFramer().encode(OncRecord(b"")) == b"\x80\x00\x00\x00"
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from framing_helpers import JsonMessage, NdjsonFramer, feed_all
 
 import framing
 from framing import (
@@ -24,7 +25,6 @@ from framing import (
     register_framer,
     unregister_framer,
 )
-from framing_helpers import JsonMessage, NdjsonFramer, feed_all
 
 
 def test_builtin_specs() -> None:
@@ -43,25 +43,28 @@ def test_parse_spec() -> None:
     assert parse_spec("pkg.mod:Cls:max=3") == ("pkg.mod", "Cls", {"max": "3"})
 
 
-@pytest.mark.parametrize("spec,words", [
-    ("", "empty"),
-    ("nope", "unknown framer 'nope'"),
-    ("length:size=5", "1, 2, 3, 4 or 8"),
-    ("length:colour=red", "unknown parameter 'colour'"),
-    ("length:size", "bad parameter 'size'"),
-    ("length:size=", "bad parameter"),
-    ("length:size=2,size=4", "given twice"),
-    ("length:size=two", "size must be an integer"),
-    ("length:order=middle", "big or little"),
-    ("nvme-tcp:hdgst=maybe", "hdgst must be"),
-    ("onc-rpc:max=-1", "max_message_size"),
-    ("msgpack-rpc:max=x", "max must be an integer"),
-    ("no_such_module_xyz:Framer", "cannot import module"),
-    ("framing:NoSuchClass", "has no attribute"),
-    ("framing:ENTRY_POINT_GROUP", "not a framer"),
-    ("a:b=1:c", "too many"),
-    ("9bad", "bad framer name"),
-])
+@pytest.mark.parametrize(
+    "spec,words",
+    [
+        ("", "empty"),
+        ("nope", "unknown framer 'nope'"),
+        ("length:size=5", "1, 2, 3, 4 or 8"),
+        ("length:colour=red", "unknown parameter 'colour'"),
+        ("length:size", "bad parameter 'size'"),
+        ("length:size=", "bad parameter"),
+        ("length:size=2,size=4", "given twice"),
+        ("length:size=two", "size must be an integer"),
+        ("length:order=middle", "big or little"),
+        ("nvme-tcp:hdgst=maybe", "hdgst must be"),
+        ("onc-rpc:max=-1", "max_message_size"),
+        ("msgpack-rpc:max=x", "max must be an integer"),
+        ("no_such_module_xyz:Framer", "cannot import module"),
+        ("framing:NoSuchClass", "has no attribute"),
+        ("framing:ENTRY_POINT_GROUP", "not a framer"),
+        ("a:b=1:c", "too many"),
+        ("9bad", "bad framer name"),
+    ],
+)
 def test_bad_specs_name_the_problem(spec: str, words: str) -> None:
     with pytest.raises(BadFramerSpec) as info:
         framer_from_spec(spec)
@@ -115,17 +118,18 @@ def entry_point_dist(tmp_path: Path) -> Iterator[str]:
     """A throwaway installed distribution declaring a mux_rpc.framers entry point."""
     pkg = tmp_path / "epframer_pkg"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text(textwrap.dedent("""
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent("""
         from framing import OncRpcFramer
 
         class EpFramer(OncRpcFramer):
             name = "ep-framer"
-    """))
+    """)
+    )
     dist = tmp_path / "epframer_pkg-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: epframer-pkg\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[mux_rpc.framers]\nep-framer = epframer_pkg:EpFramer\n")
+    (dist / "entry_points.txt").write_text("[mux_rpc.framers]\nep-framer = epframer_pkg:EpFramer\n")
     sys.path.insert(0, str(tmp_path))
     try:
         yield "ep-framer"
