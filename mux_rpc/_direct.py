@@ -12,7 +12,9 @@ calls take in-flight slots from the same :class:`InflightLimits` as the
 offloaded server; a connection that cannot start a call stops reading
 (``pause_reading``) with the rest of its input left unparsed in the Unpacker,
 and is resumed when a slot frees. Transport write backpressure
-(``pause_writing``) also stops reading. uvloop is used when installed, unless
+(``pause_writing``) also stops reading. A client's half-close (EOF) is
+answered in full: calls already received run to the end, their replies are
+sent, then the connection is closed. uvloop is used when installed, unless
 ``loop="asyncio"`` is asked for (:func:`run_direct`).
 """
 
@@ -50,6 +52,7 @@ class _DirectProtocol(asyncio.Protocol):
         self.blocked = False  # waiting for an in-flight slot
         self.calls: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.eof = False
         self.backlog: deque[bytes] = deque()  # received, not yet fed (bounded feeding)
         self.fed = 0
 
@@ -97,16 +100,31 @@ class _DirectProtocol(asyncio.Protocol):
         self.fed += len(chunk)
         return True
 
+    def eof_received(self) -> bool:
+        # half-close: the client sent all it will; answer what it asked, then close
+        self.eof = True
+        self._maybe_finish()
+        return True  # keep the transport open for our replies
+
+    def _maybe_finish(self) -> None:
+        if self.eof and not self.closed and not self.calls and not self.blocked:
+            self._flush()
+            self.closed = True
+            assert self.transport is not None
+            self.transport.close()
+
     def pause_writing(self) -> None:
         self.write_paused = True
-        assert self.transport is not None
-        self.transport.pause_reading()
+        if not self.eof:
+            assert self.transport is not None
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         if not self.blocked and not self.closed:
-            assert self.transport is not None
-            self.transport.resume_reading()
+            if not self.eof:
+                assert self.transport is not None
+                self.transport.resume_reading()
             self._process()
 
     # -- the loop ----------------------------------------------------------------
@@ -150,17 +168,20 @@ class _DirectProtocol(asyncio.Protocol):
         server.stats.messages += n
         if out:
             self._flush()
+        if self.eof:
+            self._maybe_finish()
 
     def _block(self) -> None:
         if not self.blocked:
             self.blocked = True
-            assert self.transport is not None
-            self.transport.pause_reading()
+            if not self.eof:
+                assert self.transport is not None
+                self.transport.pause_reading()
             self.server._blocked[self] = None
 
     def _unblock(self) -> None:
         self.blocked = False
-        if not self.closed and not self.write_paused:
+        if not self.closed and not self.write_paused and not self.eof:
             assert self.transport is not None
             self.transport.resume_reading()
         self._process()
@@ -189,6 +210,8 @@ class _DirectProtocol(asyncio.Protocol):
             self.calls.discard(asyncio.current_task())
             server.limits.finish(self.key)
             server._slot_freed()
+            if self.eof:
+                self._maybe_finish()
 
     def _flush(self) -> None:
         self.flush_scheduled = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -222,5 +223,47 @@ def test_echo_round_trip_over_tcp(batches: list[list[Any]]) -> None:
         async with server, await mux_rpc.Client.connect("127.0.0.1", server.port) as c:
             got = await asyncio.gather(*(c.call("echo", *args) for args in batches))
             assert got == batches
+
+    run(main)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=6))
+def test_random_bytes_never_hurt_the_server(chunks: list[bytes]) -> None:
+    """Whatever a client sends, the server answers, closes that connection, or
+    waits for more; the next client is always served."""
+
+    async def main() -> None:
+        app, _ = make_app()
+        cfg = mux_rpc.ServerConfig(max_message_size=64)
+        async with await mux_rpc.serve_direct(app, config=cfg) as server:
+            r, w = await asyncio.open_connection("127.0.0.1", server.port)
+            for chunk in chunks:
+                w.write(chunk)
+            await w.drain()
+            w.write_eof()
+            # answered or not, the server closes: protocol error, or EOF after replies
+            await asyncio.wait_for(r.read(), 5)
+            w.close()
+            async with await mux_rpc.Client.connect("127.0.0.1", server.port) as c:
+                assert await c.call("echo", "alive") == ["alive"]
+
+    run(main)
+
+
+def test_half_close_gets_every_reply() -> None:
+    async def main() -> None:
+        app, _ = make_app()
+        cfg = mux_rpc.ServerConfig(max_inflight_per_connection=2)
+        async with await mux_rpc.serve_direct(app, config=cfg) as server:
+            r, w = await asyncio.open_connection("127.0.0.1", server.port)
+            reqs = [[0, i, "sleep_echo", [i, 0.02]] if i % 2 else [0, i, "echo", [i]]
+                    for i in range(10)]
+            w.write(b"".join(msgpack.packb(q) for q in reqs))
+            w.write_eof()  # shutdown(SHUT_WR), as `nc -N` does
+            data = await asyncio.wait_for(r.read(), 5)  # read to the server's close
+            got = sorted(o[1] for o in msgpack.Unpacker(io.BytesIO(data)))
+            assert got == list(range(10))
+            w.close()
 
     run(main)
