@@ -342,3 +342,28 @@ def test_large_frames_with_4k_umem_frames() -> None:
         assert pump(a, h, frames) == frames
         views = h.recv_batch(8, copy=False)
         assert views == []
+
+
+def test_open_in_named_netns_from_this_process() -> None:
+    afxdp_required()
+    from xport._afxdp import AfXdpBackend
+    from xport._bpfload import attached_prog_id
+    from xport._topology import VethPair
+
+    with VethPair(host_netns=True) as pair, contextlib.ExitStack() as st:
+        assert pair.agent is not None and pair.host is not None
+        a = st.enter_context(AfXdpBackend.open(pair.agent.ifname))
+        h = AfXdpBackend.open(pair.host.ifname, netns=pair.host.netns, mode="generic")
+        try:
+            assert h.xdp_mode == "generic"
+            frames = [frame(i) for i in range(300)]
+            assert pump(a, h, frames) == frames
+            assert pump(h, a, frames[:50]) == frames[:50]
+        finally:
+            h.close()  # from the main thread (root namespace): detaches in the host's
+        from test_bpf import _xdp_attr
+
+        assert _xdp_attr(pair.host.ifindex, pair.host.netns)["attached"] == "none"
+        assert attached_prog_id(pair.agent.ifindex) != 0  # the other end is untouched
+        with pytest.raises(OSError):
+            AfXdpBackend.open(pair.host.ifname, netns="no-such-netns-here")
