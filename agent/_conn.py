@@ -119,6 +119,7 @@ class Connection(asyncio.Protocol):
         self.peer: tuple[str, int] = ("", 0)
         self.reading_paused = False
         self.writing_paused = False
+        self.tls = False
         self.created = now
         self.closing_since: float | None = None
         self.close_reason = ""
@@ -136,6 +137,7 @@ class Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = (str(peer[0]), int(peer[1]))
+        self.tls = transport.get_extra_info("ssl_object") is not None
         if self.state is S.CLOSED:  # connect finished after the host gave up on it
             transport.abort()
             return
@@ -166,7 +168,9 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.event(E.CLIENT_EOF)
-        return True  # keep the write side open for the replies (TCP half-close)
+        # keep the write side open for the replies (TCP half-close); TLS
+        # cannot half-close: its transport closes, connection_lost follows
+        return not self.tls
 
     def connection_lost(self, exc: BaseException | None) -> None:
         transport, self.transport = self.transport, None
