@@ -111,6 +111,9 @@ class LinkConfig:
     initial_peer_credit: int = 4
     #: un-advertised buffers worth a credit-only frame even when the peer is not blocked
     credit_update_threshold: int = 16
+    #: largest frame built, Ethernet header included (None: the backend's ``frame_size``;
+    #: set it to the link MTU + 14 when the backend's buffers are larger than the MTU)
+    max_frame_size: int | None = None
     #: most frames handed to the backend per flush (one send_batch call)
     max_frames_per_flush: int = 64
     #: a message larger than one frame's room is fragmented; smaller ones never are
@@ -165,8 +168,9 @@ class Link:
         self, backend: FrameBackend, config: LinkConfig | None = None, *, now: float = 0.0
     ):
         cfg = config or LinkConfig()
-        if backend.frame_size < FRAME_HEADER_SIZE + HEADER_SIZE + 64:
-            raise ValueError("backend frame_size too small")
+        frame_size = min(backend.frame_size, cfg.max_frame_size or backend.frame_size)
+        if frame_size < FRAME_HEADER_SIZE + HEADER_SIZE + 64:
+            raise ValueError(f"frame size {frame_size} too small")
         self.backend = backend
         self.config = cfg
         self.credit = LinkCredit(
@@ -175,7 +179,7 @@ class Link:
             update_threshold=cfg.credit_update_threshold,
         )
         self._reasm = Reassembler(cfg.max_message_size, cfg.max_reassembly_bytes)
-        self._frame_size = backend.frame_size
+        self._frame_size = frame_size
         self._queue: deque[tuple[int, int, int, bytes | bytearray | memoryview]] = deque()
         self._head_sent = 0  # bytes of the queue head already sent as fragments
         self._queued_bytes = 0
@@ -264,7 +268,7 @@ class Link:
             nframes = min(lc.data_credit(), self.config.max_frames_per_flush)
             if nframes > 0:
                 sent += self._send_data_frames(nframes)
-            if queue:
+            if queue and lc.data_credit() < 1:
                 self.stats.credit_stalls += 1
         if not self._backlog and lc.want_credit_only(backend.rx_buffers_posted()):
             sent += self._send_credit_only()

@@ -310,3 +310,15 @@ def test_send_respects_the_peers_max_message_size() -> None:
     a.send(Data(1, bytes(1000)))
     with pytest.raises(ValueError):
         a.send_data(1, bytes(1001))
+
+
+def test_max_frame_size_caps_frames_below_the_backend() -> None:
+    a_be, b_be = memory_backend_pair(frame_size=4096)
+    a = Link(a_be, LinkConfig(role=Role.AGENT, max_frame_size=600))
+    b = Link(b_be, LinkConfig(role=Role.HOST))
+    a.send(Data(1, bytes(3000)))
+    for _ in range(100):
+        a.send(Data(2, b"x" * 30))
+    _, got = pump(a, b)
+    assert len(got) == 101
+    assert a_be.statistics().tx_bytes <= a_be.statistics().tx_frames * 600
