@@ -7,7 +7,9 @@ run: ``struct.unpack_from`` over ``bytes`` with the leftover carried to the next
 chunk (length-prefixed, NVMe/TCP, ONC RPC), or a bare ``msgpack.Unpacker``
 (msgpack-rpc). Reported: messages/s, MB/s (payload + framing bytes), and the
 ratio framer time per message / bare time per message, each the median of
-``--reps`` repetitions (framer and bare runs interleaved).
+``--reps`` repetitions (framer and bare runs interleaved). Times are CPU time
+of this process (``time.process_time``), so other jobs on a shared machine
+inflate them less than wall-clock time would.
 
     .venv/bin/python bench/bench_framing.py            # table
     .venv/bin/python bench/bench_framing.py --json     # machine-readable summary
@@ -226,16 +228,16 @@ def measure(case: dict[str, Any], reps: int, min_time: float) -> dict[str, Any]:
     ft: list[float] = []
     bt: list[float] = []
     chunks = case["chunks"]
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     case["bare_run"](chunks)
-    loops = max(1, round(min_time / max(time.perf_counter() - t0, 1e-6)))
+    loops = max(1, round(min_time / max(time.process_time() - t0, 1e-6)))
     for _ in range(reps):
         for run, times in ((case["framer_run"], ft), (case["bare_run"], bt)):
             gc.collect()
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             for _ in range(loops):
                 n = run(chunks)
-            times.append((time.perf_counter() - t0) / loops)
+            times.append((time.process_time() - t0) / loops)
             if n != case["count"]:
                 raise AssertionError(f"{case['framer']}: {n} messages, expected {case['count']}")
     f_med, b_med = statistics.median(ft), statistics.median(bt)
