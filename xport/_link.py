@@ -528,7 +528,11 @@ class Link:
 
     # -- time --------------------------------------------------------------
     def tick(self, now: float) -> None:
-        """Keepalive and liveness (§3.2): queue KEEPALIVE when idle; detect a lost peer."""
+        """Keepalive and liveness (§3.2): queue KEEPALIVE when idle; detect a lost peer.
+
+        Receive activity is recorded by ``poll(now=...)`` (or :meth:`note_rx`):
+        pass ``now`` to ``poll`` whenever ``tick`` is used.
+        """
         if now - self._last_rx > self.config.peer_timeout:
             self.peer_lost = True
         if now - self._last_tx >= self.config.keepalive_interval and not self._queue:
