@@ -9,7 +9,8 @@ chunk (length-prefixed, NVMe/TCP, ONC RPC), or a bare ``msgpack.Unpacker``
 ratio framer time per message / bare time per message, each the median of
 ``--reps`` repetitions (framer and bare runs interleaved). Times are CPU time
 of this process (``time.process_time``), so other jobs on a shared machine
-inflate them less than wall-clock time would.
+inflate them less than wall-clock time would; the garbage collector is off
+while timing (as in ``timeit``).
 
     .venv/bin/python bench/bench_framing.py            # table
     .venv/bin/python bench/bench_framing.py --json     # machine-readable summary
@@ -234,10 +235,14 @@ def measure(case: dict[str, Any], reps: int, min_time: float) -> dict[str, Any]:
     for _ in range(reps):
         for run, times in ((case["framer_run"], ft), (case["bare_run"], bt)):
             gc.collect()
-            t0 = time.process_time()
-            for _ in range(loops):
-                n = run(chunks)
-            times.append((time.process_time() - t0) / loops)
+            gc.disable()  # as timeit does: collector passes are noise here
+            try:
+                t0 = time.process_time()
+                for _ in range(loops):
+                    n = run(chunks)
+                times.append((time.process_time() - t0) / loops)
+            finally:
+                gc.enable()
             if n != case["count"]:
                 raise AssertionError(f"{case['framer']}: {n} messages, expected {case['count']}")
     f_med, b_med = statistics.median(ft), statistics.median(bt)
