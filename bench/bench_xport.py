@@ -466,11 +466,14 @@ class Bench:
         needs_veth = any(c.error is None and c.backend != "shm" for c in cells)
         from xport._topology import VethPair, install_cleanup_handlers
 
-        install_cleanup_handlers()
         self.pair = VethPair(queues=1, host_netns=bool(a.netns)) if needs_veth else None
         try:
             if self.pair:
                 self.pair.create()
+            # Only now: pyroute2 forks helper processes while it creates the netns, and
+            # those inherit the handler; one that runs there tears our pair down.
+            install_cleanup_handlers()
+            if self.pair:
                 log(f"veth {self.pair.agent.ifname} <-> {self.pair.host.ifname}"
                     + (f" (host end in netns {self.pair.netns})" if self.pair.netns else ""))
             for rep in range(a.repeat):
