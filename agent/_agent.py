@@ -152,6 +152,9 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._host_hello: P.Hello | None = None
+        #: a message other than HELLO came since our last HELLO: a HELLO now is
+        #: a new host, never an answer to ours
+        self._heard_since_hello = False
         self._link_up = True
         self._stall_since: float | None = None
         self.host_window = (self.config.initial_window_messages, self.config.initial_window_bytes)
@@ -376,7 +379,7 @@ class Agent:
         now = self._clock()
         prev, self._host_hello = self._host_hello, m
         self._link_up = True
-        if now - self._ports[0].hello_sent_at < self.hello_grace:
+        if not self._heard_since_hello and now - self._ports[0].hello_sent_at < self.hello_grace:
             return  # the host's answer to our HELLO (or the two crossed)
         if prev is not None or self.conns or self.listeners:
             self.stats.incr("host_restarts")
@@ -397,6 +400,7 @@ class Agent:
 
     def _reset_links(self) -> None:
         self.stats.incr("link_resets")
+        self._heard_since_hello = False
         for port in self._ports:
             port.reset()
         self._dirty = [False] * self._nq
@@ -428,6 +432,7 @@ class Agent:
 
     def on_message(self, q: int, m: P.Message) -> None:
         """Handle one transport message from the host (any queue)."""
+        self._heard_since_hello = True
         if not self._link_up:
             # the host is back (a stall, or a restart whose HELLO follows)
             self._link_up = True

@@ -160,7 +160,17 @@ class _Links:
 
         mode = args.xdp_mode or ("native" if cfg.queues > 1 else "auto")
         self.program = XdpProgram()
-        self.program.attach(args.ifname, mode)
+        try:
+            self.program.attach(args.ifname, mode)
+        except OSError as exc:
+            if exc.errno != 16:  # EBUSY: a program is attached already
+                raise
+            # the agent's end of the link is ours: a program left there is a
+            # crashed agent's (SIGKILL skips the detach). Replace it.
+            log.warning("replacing the XDP program left on %s (a previous agent crashed?)",
+                        args.ifname)
+            _detach_all(args.ifname)
+            self.program.attach(args.ifname, mode)
         prog = self.program
         for q in range(cfg.queues):
             self.backends.append(_retry(lambda: AfXdpBackend.open(args.ifname, q, bpf=prog),
@@ -179,6 +189,18 @@ class _Links:
             except Exception as exc:
                 log.warning("detaching the XDP program: %s", exc)
             self.program = None
+
+
+def _detach_all(ifname: str) -> None:
+    import socket
+
+    from xport._bpfload import _MODE_FLAGS, attached_prog_id
+    from xport._xsk import ffi, lib
+
+    ifindex = socket.if_nametoindex(ifname)
+    for mode in ("native", "generic"):
+        if attached_prog_id(ifindex, mode):  # type: ignore[arg-type]
+            lib.bpf_xdp_detach(ifindex, _MODE_FLAGS[mode], ffi.NULL)  # type: ignore[index]
 
 
 def _stats_path() -> Path:
