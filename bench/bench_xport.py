@@ -710,7 +710,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker_main(argv[1:])
     a = parse_args(argv)
     t0 = time.monotonic()
-    cells = Bench(a).run()
+    try:
+        cells = Bench(a).run()
+    except KeyboardInterrupt:  # peers, veth, netns and XDP programs are already gone
+        log("interrupted")
+        return 130
     rat = ratios(cells)
     if not a.no_plot:
         try:
