@@ -146,6 +146,7 @@ class Agent:
         self.listeners: dict[int, _Listener] = {}
         self._ids = itertools.count(1)
         self._dirty = [False] * self._nq
+        self._link_blocked = [False] * self._nq
         self._flush_handle: asyncio.Handle | None = None
         self._drain_watch: set[Connection] = set()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -310,11 +311,32 @@ class Agent:
         for q in range(self._nq):
             if dirty[q]:
                 dirty[q] = False
+                port = self._ports[q]
                 try:
-                    self._ports[q].flush()
+                    port.flush()
                 except OSError as exc:
                     self.stats.incr("send_failed")
                     log.warning("flush on queue %d failed: %s", q, exc)
+                if not port.writable and not self._link_blocked[q]:
+                    self._set_link_blocked(q, True)
+
+    def _set_link_blocked(self, q: int, blocked: bool) -> None:
+        """The link's queue on ``q`` is over its limit (the host does not take
+        frames): stop reading every client on that queue until it drains, so
+        that what waits for the link stays bounded."""
+        self._link_blocked[q] = blocked
+        if blocked:
+            self.stats.incr("link_backpressure")
+        nq = self._nq
+        for conn in list(self.conns.values()):
+            if conn.conn_id % nq == q:
+                conn.link_blocked = blocked
+                conn._update_reading()
+
+    def _check_link_blocked(self) -> None:
+        for q, port in enumerate(self._ports):
+            if self._link_blocked[q] and port.writable:
+                self._set_link_blocked(q, False)
 
     def _check_drains(self) -> None:
         watch, self._drain_watch = self._drain_watch, set()
@@ -331,6 +353,7 @@ class Agent:
         for conn in [c for c in self.conns.values() if c.state is ConnState.CLOSING]:
             conn.check_timeouts(now)
         self._check_budget_stall(now)
+        self._check_link_blocked()
         lost = False
         for port in self._ports:
             lost = port.tick(now) or lost
@@ -400,6 +423,9 @@ class Agent:
 
     def _reset_links(self) -> None:
         self.stats.incr("link_resets")
+        if any(self._link_blocked):
+            for q in range(self._nq):
+                self._set_link_blocked(q, False)
         self._heard_since_hello = False
         for port in self._ports:
             port.reset()
@@ -556,6 +582,7 @@ class Agent:
         framer = make_framer(lst.spec, self.host_max_message)
         conn = Connection(self, cid, framer, host_window=self.host_window,
                           listener_id=lst.listener_id, now=self._clock())
+        conn.link_blocked = self._link_blocked[cid % self._nq]
         self.conns[cid] = conn
         return conn
 
@@ -584,6 +611,7 @@ class Agent:
             return
         conn = Connection(self, cid, framer, host_window=self.host_window, outbound=True,
                           now=self._clock())
+        conn.link_blocked = self._link_blocked[cid % self._nq]
         self.conns[cid] = conn
         loop = self._loop
         assert loop is not None

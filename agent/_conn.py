@@ -120,6 +120,7 @@ class Connection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.tls = False
+        self.link_blocked = False  # set by the mux while the link's queue is full
         self.created = now
         self.closing_since: float | None = None
         self.close_reason = ""
@@ -411,7 +412,7 @@ class Connection(asyncio.Protocol):
         if self.state is not S.OPEN:
             return
         budget = self.owner.budget
-        pause = bool(self.pending) or self.accounted > self._max_buffered
+        pause = bool(self.pending) or self.accounted > self._max_buffered or self.link_blocked
         if not pause and budget.over and self.accounted:
             # holds a partial message while the agent is over its total: stop
             # it growing (the mux closes the largest such holder if that stalls)

@@ -407,3 +407,36 @@ def test_link_lost_resets_everything() -> None:
             await agent.close()
             host.close()
     run(main())
+
+
+def test_link_backpressure_stops_reading_until_the_link_drains() -> None:
+    async def main() -> None:
+        async with rig() as (agent, host):
+            port = await listen(host)
+            loop = asyncio.get_running_loop()
+            clients = []
+            for _ in range(6):
+                clients.append(await client(port))
+                await host.expect(P.NewConnection)
+            loop.remove_reader(host.backends[0].fileno())  # the host stops taking frames
+            body = b"d" * 16_000
+            for _, w in clients:
+                w.write(frame(body) * 100)  # 1.6 MB each: more than one window (1 MiB)
+            await asyncio.sleep(0.5)
+            st = agent.statistics()
+            assert st["link_backpressure"] >= 1
+            link = agent._ports[0].link
+            # bounded: the link's limit plus what one loop iteration can add
+            assert link.queued_bytes <= link.config.max_queued_bytes + 2 * (1 << 20)
+            assert all(c.reading_paused for c in agent.conns.values())
+            loop.add_reader(host.backends[0].fileno(), host._readable, 0)
+            host._readable(0)
+            for _ in range(100):
+                if not any(agent._link_blocked):
+                    break
+                await asyncio.sleep(0.02)
+            assert not any(agent._link_blocked)
+            assert not any(c.link_blocked for c in agent.conns.values())
+            for _, w in clients:
+                w.close()
+    run(main())
