@@ -734,10 +734,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "elapsed_s": round(time.monotonic() - t0, 1),
     }
+    text = table(cells, rat)
     if a.json:
         print(json.dumps(summary, indent=2))
+        print(text, file=sys.stderr)
     else:
-        print(table(cells, rat))
+        print(text)
         print(f"\n{summary['machine']['date']}, {summary['machine']['cpu']}, "
               f"{summary['machine']['cpus']} CPUs, Linux {summary['machine']['kernel']}, "
               f"Python {summary['machine']['python']}; {a.seconds}s x {a.repeat} runs per "
