@@ -66,19 +66,40 @@ class RpcNotification:
 RpcMessage = RpcRequest | RpcResponse | RpcNotification
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class NvmePdu:
     """One NVMe/TCP PDU, split into header and data.
 
     ``header`` is the PDU header (common header + PDU specific header, HLEN
     bytes, without the header digest); ``data`` is the PDU data (starting at
     PDO, without padding and without the data digest). The common-header fields
-    are read from ``header``. Build one to send with :func:`framing.make_nvme_pdu`.
+    (``flags``, ``hlen``, ``pdo``, ``plen``) are read from ``header``; they may
+    also be passed to the constructor, which then checks that they agree with
+    the header (``ValueError`` otherwise). Build a PDU to send with
+    :func:`framing.make_nvme_pdu`.
     """
 
     header: bytes
     data: bytes
     pdu_type: int
+
+    def __init__(
+        self,
+        header: bytes,
+        data: bytes,
+        pdu_type: int,
+        flags: int | None = None,
+        hlen: int | None = None,
+        pdo: int | None = None,
+        plen: int | None = None,
+    ) -> None:
+        object.__setattr__(self, "header", header)
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "pdu_type", pdu_type)
+        given = {"flags": flags, "hlen": hlen, "pdo": pdo, "plen": plen}
+        for name, value in given.items():
+            if value is not None and (len(header) < 8 or getattr(self, name) != value):
+                raise ValueError(f"NvmePdu: {name}={value} disagrees with the header")
 
     @property
     def flags(self) -> int:

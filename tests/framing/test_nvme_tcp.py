@@ -181,3 +181,10 @@ def test_plen_above_max_rejected_before_buffering() -> None:
     with pytest.raises(FrameTooLong):
         f.next_message()
     assert f.buffered == 0
+
+
+def test_nvme_pdu_constructor_checks_optional_header_fields() -> None:
+    pdu = NvmePdu(CMD_HDR, b"123456789", PduType.CAPSULE_CMD, 3, 72, 76, 89)
+    assert pdu == NvmePdu(CMD_HDR, b"123456789", PduType.CAPSULE_CMD)
+    with pytest.raises(ValueError, match="plen"):
+        NvmePdu(CMD_HDR, b"123456789", PduType.CAPSULE_CMD, 3, 72, 76, 90)
