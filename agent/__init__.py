@@ -15,6 +15,8 @@ from ._credit import CreditError, DrainTracker, RecvWindow, SendWindow
 from ._state import TRANSITIONS, Action, ConnEvent, ConnState, StateError, transition
 
 __all__ = [
+    "HOST_CONN_ID_BASE",
+    "TRANSITIONS",
     "Action",
     "Agent",
     "AgentConfig",
@@ -24,11 +26,9 @@ __all__ = [
     "Connection",
     "CreditError",
     "DrainTracker",
-    "HOST_CONN_ID_BASE",
     "RecvWindow",
     "SendWindow",
     "StateError",
-    "TRANSITIONS",
     "main",
     "status_for",
     "transition",

@@ -40,13 +40,15 @@ whose client does not drain its replies, and the buffer-stall rule of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import fields
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from framing import FramingError
 from xport import _protocol as P
@@ -60,7 +62,7 @@ from ._state import ConnEvent, ConnState
 from ._stats import AgentStats
 from ._tls import client_context, is_loopback, server_context
 
-__all__ = ["Agent", "status_for", "HOST_CONN_ID_BASE"]
+__all__ = ["HOST_CONN_ID_BASE", "Agent", "status_for"]
 
 log = logging.getLogger("agent")
 
@@ -96,7 +98,7 @@ def status_for(reason: str) -> int:
 
 
 class _Listener:
-    __slots__ = ("listener_id", "bind", "port", "spec", "tls", "server")
+    __slots__ = ("bind", "listener_id", "port", "server", "spec", "tls")
 
     def __init__(self, listener_id: int, bind: str, spec: str, tls: bool) -> None:
         self.listener_id = listener_id
@@ -111,6 +113,7 @@ class _Refused(asyncio.Protocol):
     """Accepted beyond ``max_connections``: closed at once, never announced."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
         transport.abort()
 
 
@@ -168,7 +171,7 @@ class Agent:
         self.hello_grace = min(1.0, self.config.keepalive_interval)
 
     # -- lifecycle ---------------------------------------------------------------
-    async def start(self) -> "Agent":
+    async def start(self) -> Agent:
         self._loop = loop = asyncio.get_running_loop()
         cfg = self.config
         src = self._backends
@@ -205,10 +208,8 @@ class Agent:
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await t
-            except (asyncio.CancelledError, Exception):
-                pass
         self._tasks.clear()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
@@ -216,11 +217,11 @@ class Agent:
         for port in self._ports:
             try:
                 port.close()
-            except Exception as exc:  # keep closing the others
+            except Exception as exc:  # noqa: BLE001 - keep closing the others, reported
                 log.warning("closing queue %d: %s", port.queue, exc)
         log.info("agent closed")
 
-    async def __aenter__(self) -> "Agent":
+    async def __aenter__(self) -> Agent:  # noqa: PYI034 - start() returns self
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -463,8 +464,7 @@ class Agent:
             # the host is back (a stall, or a restart whose HELLO follows)
             self._link_up = True
             self.stats.incr("links_recovered")
-        tp = type(m)
-        if tp is P.Data:
+        if isinstance(m, P.Data):
             conn = self.conns.get(m.conn_id)
             self.messages_from_host += 1
             self.bytes_from_host += len(m.payload)
@@ -472,13 +472,13 @@ class Agent:
                 self.stats.host_errors["data_unknown_conn"] += 1
                 return
             conn.host_data(m.payload, m.header_length)
-        elif tp is P.Credit:
+        elif isinstance(m, P.Credit):
             conn = self.conns.get(m.conn_id)
             if conn is None:
                 self.stats.host_errors["credit_unknown_conn"] += 1
                 return
             conn.on_credit(m.messages, m.bytes)
-        elif tp is P.Close:
+        elif isinstance(m, P.Close):
             conn = self.conns.get(m.conn_id)
             if conn is None:
                 # crossed our CLOSED, or never existed: confirm so the host stops waiting
@@ -487,15 +487,15 @@ class Agent:
                     m.conn_id, P.Status.LOCAL_CLOSE, "unknown_connection"))
                 return
             conn.host_close(m.abort)
-        elif tp is P.Listen:
+        elif isinstance(m, P.Listen):
             self._on_listen(m)
-        elif tp is P.Connect:
+        elif isinstance(m, P.Connect):
             self._on_connect(m)
-        elif tp is P.Error:
+        elif isinstance(m, P.Error):
             self.stats.host_errors["error_from_host"] += 1
             log.warning("host reports error (conn %d): code %d %s", m.conn_id, m.code, m.text)
         else:
-            self.stats.host_errors[f"unexpected_{tp.__name__.lower()}"] += 1
+            self.stats.host_errors[f"unexpected_{type(m).__name__.lower()}"] += 1
 
     # -- listeners ---------------------------------------------------------------------------
     def _on_listen(self, m: P.Listen) -> None:
@@ -628,7 +628,7 @@ class Agent:
                 family=socket.AF_UNSPEC), cfg.connect_timeout)
         except asyncio.CancelledError:
             return
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
             if conn.state is ConnState.CONNECTING:
                 reason = "tls_error" if isinstance(exc, ssl.SSLError) else "connect_failed"
                 conn.event(ConnEvent.CONNECT_FAILED, reason,

@@ -25,13 +25,14 @@ shape, and the framer puts it back on the wire:
 from __future__ import annotations
 
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import framing
 from framing import LengthFieldFramer, NvmePdu, NvmeTcpFramer, OncRpcFramer
 from framing._base import Framer
 
-__all__ = ["make_framer", "wire_of", "reply_encoder"]
+__all__ = ["make_framer", "reply_encoder", "wire_of"]
 
 _NVME_CH = struct.Struct("<BBBBI")  # NVMe/TCP common header: type, flags, hlen, pdo, plen
 
@@ -42,9 +43,8 @@ def make_framer(spec: str, max_message_size: int) -> Framer[Any]:
     Raises :class:`framing.FramingError` (a subclass) for a bad spec.
     """
     framer = framing.framer_from_spec(spec)
-    if framer.max_message_size > max_message_size:
-        # the agent's own limit wins: never buffer more than it allows
-        framer.max_message_size = max_message_size
+    # the agent's own limit wins: never buffer more than it allows
+    framer.max_message_size = min(framer.max_message_size, max_message_size)
     return framer
 
 

@@ -40,7 +40,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from framing import FramingError
 
@@ -50,7 +51,7 @@ from ._credit import CreditError, DrainTracker, RecvWindow, SendWindow
 from ._state import REASON_FOR_EVENT, Action, ConnEvent, ConnState, transition
 from ._stats import AgentStats
 
-__all__ = ["Connection", "ConnOwner", "Budget"]
+__all__ = ["Budget", "ConnOwner", "Connection"]
 
 log = logging.getLogger("agent")
 
@@ -60,7 +61,7 @@ S, E, A = ConnState, ConnEvent, Action
 class Budget:
     """Bytes buffered from clients, summed over every connection."""
 
-    __slots__ = ("limit", "used", "paused")
+    __slots__ = ("limit", "paused", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -88,11 +89,11 @@ class ConnOwner(Protocol):
 
     def to_host_data(self, conn_id: int, wire: bytes, header_length: int) -> None: ...
     def to_host_credit(self, conn_id: int, messages: int, nbytes: int) -> None: ...
-    def to_host_connected(self, conn: "Connection", ok: bool, reason: str, text: str) -> None: ...
-    def to_host_new_connection(self, conn: "Connection") -> None: ...
-    def watch_drain(self, conn: "Connection") -> None: ...
+    def to_host_connected(self, conn: Connection, ok: bool, reason: str, text: str) -> None: ...
+    def to_host_new_connection(self, conn: Connection) -> None: ...
+    def watch_drain(self, conn: Connection) -> None: ...
     def now(self) -> float: ...
-    def finished(self, conn: "Connection", reason: str, text: str, report: bool) -> None: ...
+    def finished(self, conn: Connection, reason: str, text: str, report: bool) -> None: ...
 
 
 class Connection(asyncio.Protocol):
@@ -178,12 +179,12 @@ class Connection(asyncio.Protocol):
         if transport is None and self.state is S.CLOSED:
             return
         if exc is None and self.state is S.OPEN:
-            # TLS close_notify / transports that do not call eof_received
+            # TLS close_notify / transports that do not call eof_received;
+            # pending messages still go to the host (closing is then a no-op)
             self.event(E.CLIENT_EOF)
-            if self.state is not S.DRAINING:
-                return
+            return
         if exc is None and self.state is S.DRAINING:
-            return  # pending messages still go to the host; closing is then a no-op
+            return  # as above
         if exc is None and self.state is S.CLOSING:
             self.event(E.WRITES_DRAINED)
             return

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["SendWindow", "RecvWindow", "DrainTracker", "CreditError"]
+__all__ = ["CreditError", "DrainTracker", "RecvWindow", "SendWindow"]
 
 _LIMIT = (1 << 63) - 1
 
@@ -42,7 +42,7 @@ class CreditError(ValueError):
 class SendWindow:
     """What the agent may still send the host on one connection."""
 
-    __slots__ = ("messages", "bytes", "initial_messages", "initial_bytes")
+    __slots__ = ("bytes", "initial_bytes", "initial_messages", "messages")
 
     def __init__(self, messages: int, nbytes: int) -> None:
         if messages < 1 or nbytes < 0:
@@ -81,8 +81,15 @@ class RecvWindow:
     """What the host may still send the agent on one connection, and the credit
     the agent owes it back."""
 
-    __slots__ = ("messages", "bytes", "initial_messages", "initial_bytes", "max_message",
-                 "owed_messages", "owed_bytes")
+    __slots__ = (
+        "bytes",
+        "initial_bytes",
+        "initial_messages",
+        "max_message",
+        "messages",
+        "owed_bytes",
+        "owed_messages",
+    )
 
     def __init__(self, messages: int, nbytes: int, *, max_message: int) -> None:
         if messages <= 0 or nbytes <= 0:
@@ -143,7 +150,7 @@ class DrainTracker:
     returns ``(messages, payload_bytes)`` that drained since the last call.
     """
 
-    __slots__ = ("_written", "_entries")
+    __slots__ = ("_entries", "_written")
 
     def __init__(self) -> None:
         self._written = 0

@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from ._config import AgentConfig
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("agent")
 
@@ -142,7 +144,7 @@ class _Links:
                 raise SystemExit("--backend shm needs --shm-name")
             for q in range(cfg.queues):
                 name = f"{args.shm_name}-q{q}"
-                self.backends.append(_retry(lambda: ShmBackend.attach(name), f"attach {name}",
+                self.backends.append(_retry(functools.partial(ShmBackend.attach, name), f"attach {name}",
                                             errors=(FileNotFoundError, ConnectionRefusedError),
                                             seconds=10.0))
             return self.backends
@@ -173,7 +175,7 @@ class _Links:
             self.program.attach(args.ifname, mode)
         prog = self.program
         for q in range(cfg.queues):
-            self.backends.append(_retry(lambda: AfXdpBackend.open(args.ifname, q, bpf=prog),
+            self.backends.append(_retry(functools.partial(AfXdpBackend.open, args.ifname, q, bpf=prog),
                                         f"AF_XDP {args.ifname} queue {q}", errors=(OSError,),
                                         seconds=2.0))
         return self.backends
@@ -186,7 +188,7 @@ class _Links:
         if self.program is not None:
             try:
                 self.program.close()  # detaches from the interface
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - teardown goes on, reported
                 log.warning("detaching the XDP program: %s", exc)
             self.program = None
 
@@ -199,8 +201,8 @@ def _detach_all(ifname: str) -> None:
 
     ifindex = socket.if_nametoindex(ifname)
     for mode in ("native", "generic"):
-        if attached_prog_id(ifindex, mode):  # type: ignore[arg-type]
-            lib.bpf_xdp_detach(ifindex, _MODE_FLAGS[mode], ffi.NULL)  # type: ignore[index]
+        if attached_prog_id(ifindex, mode):
+            lib.bpf_xdp_detach(ifindex, _MODE_FLAGS[mode], ffi.NULL)
 
 
 def _stats_path() -> Path:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from xport import _protocol as P
 from xport._backend import FrameBackend
 from xport._link import Link, LinkConfig
 
-__all__ = ["LinkPort", "AGENT_MAC", "HOST_MAC"]
+__all__ = ["AGENT_MAC", "HOST_MAC", "LinkPort"]
 
 log = logging.getLogger("agent")
 

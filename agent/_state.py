@@ -35,8 +35,15 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-__all__ = ["ConnState", "ConnEvent", "Action", "TRANSITIONS", "StateError", "transition",
-           "REASON_FOR_EVENT"]
+__all__ = [
+    "REASON_FOR_EVENT",
+    "TRANSITIONS",
+    "Action",
+    "ConnEvent",
+    "ConnState",
+    "StateError",
+    "transition",
+]
 
 
 class ConnState(enum.Enum):

@@ -10,7 +10,7 @@ __all__ = ["AgentStats"]
 class AgentStats:
     """Counters since start. ``as_dict()`` is what ``Agent.statistics()`` returns."""
 
-    __slots__ = ("counters", "closed", "host_errors")
+    __slots__ = ("closed", "counters", "host_errors")
 
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import ssl
 
-__all__ = ["server_context", "client_context", "is_loopback"]
+__all__ = ["client_context", "is_loopback", "server_context"]
 
 
 def server_context(certfile: str, keyfile: str) -> ssl.SSLContext:

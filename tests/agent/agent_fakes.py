@@ -95,15 +95,14 @@ class FakeOwner:
 
 # -- a minimal host speaking the transport protocol over real xport links -------------
 
-import time  # noqa: E402
-from collections import deque  # noqa: E402
-from typing import Callable, Sequence  # noqa: E402
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 
-from xport import _protocol as P  # noqa: E402
-from xport._backend import FrameBackend  # noqa: E402
-from xport._link import Link, LinkConfig  # noqa: E402
-
-from agent._ports import AGENT_MAC, HOST_MAC  # noqa: E402
+from agent._ports import AGENT_MAC, HOST_MAC
+from xport import _protocol as P
+from xport._backend import FrameBackend
+from xport._link import Link, LinkConfig
 
 
 class FakeHost:
@@ -186,7 +185,7 @@ class FakeHost:
             self._event.clear()
             try:
                 await asyncio.wait_for(self._event.wait(), min(left, 0.05))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def collect(self, kind: type, conn_id: int, n: int, timeout: float = 10.0) -> list[Any]:

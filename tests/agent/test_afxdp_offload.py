@@ -17,11 +17,11 @@ import ssl
 import struct
 import subprocess
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any
 
 import pytest
-
 from conftest import afxdp_required
 
 pytestmark = pytest.mark.afxdp

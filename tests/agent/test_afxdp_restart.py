@@ -14,11 +14,11 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any
 
 import pytest
-
 from conftest import afxdp_required
 
 pytestmark = pytest.mark.afxdp
@@ -218,7 +218,7 @@ def test_agent_restart_breaks_host_connections_and_relistens(topo: Topo) -> None
                 r, w = await asyncio.open_connection("127.0.0.1", lst.port)
                 await roundtrip(r, w, b"after")
                 break
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, asyncio.IncompleteReadError):
                 assert time.monotonic() < deadline, "the agent never came back"
                 await asyncio.sleep(0.1)
         for _ in range(100):

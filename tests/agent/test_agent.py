@@ -10,16 +10,16 @@ import socket
 import ssl
 import struct
 import subprocess
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
+from agent_fakes import FakeHost
 
 from agent import Agent, AgentConfig
 from xport import _protocol as P
 from xport.testing import memory_backend_pair
-
-from agent_fakes import FakeHost
 
 ST = P.Status
 
@@ -118,9 +118,9 @@ def test_out_of_credit_connection_stops_reading_others_continue() -> None:
     async def main() -> None:
         async with rig(initial_window_messages=8, initial_window_bytes=1 << 20) as (agent, host):
             port = await listen(host)
-            ra, wa = await client(port)
+            _ra, wa = await client(port)
             a = (await host.expect(P.NewConnection)).conn_id
-            rb, wb = await client(port)
+            _rb, wb = await client(port)
             b = (await host.expect(P.NewConnection)).conn_id
             body = b"x" * 1000
             big = b"".join(frame(body + i.to_bytes(4, "big")) for i in range(2000))
@@ -188,7 +188,7 @@ def test_connection_limit() -> None:
             c1 = await client(port)
             c2 = await client(port)
             await host.collect(P.NewConnection, None, 2)  # type: ignore[arg-type]
-            r3, w3 = await client(port)
+            r3, _w3 = await client(port)
             with contextlib.suppress(ConnectionError):
                 assert await asyncio.wait_for(r3.read(), 5) == b""
             assert agent.statistics()["too_many_connections"] == 1
@@ -202,9 +202,9 @@ def test_connection_limit() -> None:
 
 def test_host_close_flushes_replies_then_confirms() -> None:
     async def main() -> None:
-        async with rig() as (agent, host):
+        async with rig() as (_agent, host):
             port = await listen(host)
-            r, w = await client(port)
+            r, _w = await client(port)
             cid = (await host.expect(P.NewConnection)).conn_id
             host.send(P.Data(cid, b"last words"))
             host.send(P.Close(cid))
@@ -227,7 +227,7 @@ def test_credit_to_host_only_as_the_client_reads() -> None:
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.connect(("127.0.0.1", port))
-            r, w = await asyncio.open_connection(sock=sock)
+            r, _w = await asyncio.open_connection(sock=sock)
             cid = (await host.expect(P.NewConnection)).conn_id
             conn = agent.conns[cid]
             # the client does not read: the kernel buffers fill, then the agent's
@@ -258,7 +258,7 @@ def test_host_beyond_window_is_a_credit_violation() -> None:
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.connect(("127.0.0.1", port))
-            r, w = await asyncio.open_connection(sock=sock)
+            _r, _w = await asyncio.open_connection(sock=sock)
             cid = (await host.expect(P.NewConnection)).conn_id
             tsock = agent.conns[cid].transport.get_extra_info("socket")
             tsock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -325,7 +325,7 @@ def test_outbound_connect() -> None:
         server = await asyncio.start_server(echo, "127.0.0.1", 0)
         sport = server.sockets[0].getsockname()[1]
         try:
-            async with rig(queues=2) as (agent, host):
+            async with rig(queues=2) as (_agent, host):
                 cid = 0x8000_0001
                 host.send(P.Connect(cid, "127.0.0.1", sport, "length"))
                 ok = await host.expect(P.Connected, cid)
@@ -388,7 +388,7 @@ def test_link_lost_resets_everything() -> None:
         host = FakeHost([pairs[0][1]], clock=lambda: now[0])
         try:
             port = await listen(host)
-            r, w = await client(port)
+            r, _w = await client(port)
             await host.expect(P.NewConnection)
             host._timer.cancel()  # the host goes silent
             now[0] += 2.0

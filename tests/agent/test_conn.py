@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import struct
 
+from agent_fakes import FakeOwner, FakeTransport
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import AgentConfig, ConnState, Connection
+from agent import AgentConfig, Connection, ConnState
 from agent._codec import make_framer
-
-from agent_fakes import FakeOwner, FakeTransport
 
 
 def frame(body: bytes) -> bytes:
@@ -103,7 +102,7 @@ def test_eof_drains_pending_then_closes_gracefully() -> None:
 
 
 def test_reset_reports_peer_reset() -> None:
-    conn, owner, tr = make()
+    conn, owner, _tr = make()
     conn.connection_lost(ConnectionResetError("boom"))
     assert owner.closed[0][:2] == (7, "peer_reset")
 
@@ -124,7 +123,7 @@ def test_host_data_is_encoded_and_credit_returns_as_it_drains() -> None:
 
 
 def test_host_reply_with_header_keeps_length_consistent() -> None:
-    conn, owner, tr = make()
+    conn, _owner, tr = make()
     conn.host_data(frame(b"xyz"), 4)  # header sent along
     conn.host_data(b"body", 0)  # body only: the agent writes the length field
     assert tr.written == frame(b"xyz") + frame(b"body")
@@ -173,7 +172,7 @@ def test_host_abort() -> None:
 
 
 def test_data_after_close_is_counted_not_written() -> None:
-    conn, owner, tr = make()
+    conn, owner, _tr = make()
     conn.connection_lost(None)  # clean close from the client (no pending)
     assert conn.state is ConnState.CLOSED and owner.closed[0][1] == "peer_closed"
     conn.host_data(b"late")
@@ -181,7 +180,7 @@ def test_data_after_close_is_counted_not_written() -> None:
 
 
 def test_outbound_connect_reports_connected() -> None:
-    conn, owner, tr = make(outbound=True)
+    conn, owner, _tr = make(outbound=True)
     assert owner.connected == [(7, True, "")] and owner.new == []
     assert conn.state is ConnState.OPEN
 
