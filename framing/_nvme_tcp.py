@@ -138,6 +138,7 @@ class NvmeTcpFramer(Framer[NvmePdu]):
         self._cache: dict[int, tuple[int, int, int, int, int, int, int, int]] = {}
         self._need = 8
         self._crc = _load_crc32c()
+        self._cache_max = max_message_size
 
     @property
     def hdgst(self) -> bool:
@@ -207,6 +208,9 @@ class NvmeTcpFramer(Framer[NvmePdu]):
         pos = 0
         unpack = _CH4.unpack_from
         cache = self._cache
+        if self._cache_max != self.max_message_size:  # limit changed since classified
+            cache.clear()
+            self._cache_max = self.max_message_size
         out = self._out.append
         crc32c = self._crc
         new = _new

@@ -188,3 +188,15 @@ def test_nvme_pdu_constructor_checks_optional_header_fields() -> None:
     assert pdu == NvmePdu(CMD_HDR, b"123456789", PduType.CAPSULE_CMD)
     with pytest.raises(ValueError, match="plen"):
         NvmePdu(CMD_HDR, b"123456789", PduType.CAPSULE_CMD, 3, 72, 76, 90)
+
+
+def test_lowering_max_message_size_after_construction_applies() -> None:
+    f = NvmeTcpFramer()
+    f.feed(CMD[:8])  # classifies the CapsuleCmd header with the default limit
+    f2 = NvmeTcpFramer(hdgst=True, ddgst=True)
+    f2.feed(CMD)
+    assert len(f2.drain()) == 1
+    f2.max_message_size = 64  # e.g. the agent's own, smaller limit
+    f2.feed(CMD)
+    with pytest.raises(FrameTooLong):
+        f2.next_message()
