@@ -15,21 +15,23 @@ iteration flushes every dirty port. At low load a message therefore leaves in
 the same iteration it was parsed (no added latency); under load everything
 parsed in one iteration shares frames.
 
-Link life (contract "Startup" and "link lost"): the agent sends HELLO on
-queue 0 when it starts. A HELLO from the host on queue 0:
+Link life (contract "Startup" and "link lost"). Each queue's xport link sends
+HELLO when it is built and consumes the host's; queue 0 speaks for the host.
+A new host HELLO on queue 0 is
 
-* the first one: record the host's limits; answer with our HELLO unless ours
-  went out less than ``hello_grace`` seconds ago (then the host's HELLO is
-  itself the answer to ours -- answering again would make each side see the
-  other "restart" forever);
-* a later one: the host restarted. Every connection is reset with
-  ``peer_restarted``, every listener is closed (the new host re-issues
-  LISTEN), and we answer with our HELLO.
+* an *answer* to ours when it comes within ``hello_grace`` seconds of our
+  HELLO and nothing else came from the host since (answering it again would
+  make each side see the other "restart" forever): recorded, nothing more;
+* otherwise a *new host*: if we had one (an earlier HELLO, listeners or
+  connections), every connection is reset with ``peer_restarted`` and every
+  listener closed (the new host re-issues LISTEN); then every link is rebuilt
+  (fresh link credit and sequence state on both sides, and our HELLO, which
+  is the answer the host waits for).
 
-Nothing from the host for ``keepalive_timeout`` (once it has been heard), or a
-port whose ``recv`` fails: the link is lost. Connections are reset with
-``link_lost`` and listeners closed: no client waits on a host that is gone.
-Idle queues get a KEEPALIVE every ``keepalive_interval``.
+The links' keepalive declaring the host lost (nothing for
+``keepalive_timeout``) resets connections with ``link_lost``, closes the
+listeners (no client waits on a host that is gone) and rebuilds the links,
+so that a host that comes back starts over with us.
 
 Housekeeping runs on a timer with time passed in (:meth:`Agent.tick`), so it
 is tested without sleeping: keepalives, link-lost detection, connections
