@@ -109,6 +109,8 @@ class AfXdpBackend(FrameBackend):
         self._rx_lens = ffi.new("uint32_t[]", self._batch)
         self._rx_addrs = ffi.new("uint64_t[]", self._batch)
         self._pending_release: list[int] = []
+        self._poller = select.poll()
+        self._poller.register(sock.fileno(), select.POLLIN)
         self._tx_reserved: set[int] = set()
 
     # -- construction --------------------------------------------------------
@@ -346,10 +348,10 @@ class AfXdpBackend(FrameBackend):
             return True
         if self.busy_poll:
             return self.busy_poll_wait(timeout)
-        fd = sock.fileno()
+        # poll, not select: a busy process easily has fds above select's 1024 limit
+        poller = self._poller
         if not sock.ctx.tx_stalled:
-            r, _, _ = select.select([fd], [], [], timeout)
-            return bool(r)
+            return bool(poller.poll(None if timeout is None else max(0, timeout * 1000)))
         # TX descriptors wait for a kick the device refused: retry while we wait.
         deadline = None if timeout is None else time.monotonic() + timeout
         step = 0.0005
@@ -360,8 +362,7 @@ class AfXdpBackend(FrameBackend):
                 wait: float | None = step if left is None else min(step, left)
             else:
                 wait = left  # TX drained: plain wait for RX from here on
-            r, _, _ = select.select([fd], [], [], wait)
-            if r:
+            if poller.poll(None if wait is None else wait * 1000):
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
