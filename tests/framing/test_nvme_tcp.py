@@ -191,10 +191,8 @@ def test_nvme_pdu_constructor_checks_optional_header_fields() -> None:
 
 
 def test_lowering_max_message_size_after_construction_applies() -> None:
-    f = NvmeTcpFramer()
-    f.feed(CMD[:8])  # classifies the CapsuleCmd header with the default limit
     f2 = NvmeTcpFramer(hdgst=True, ddgst=True)
-    f2.feed(CMD)
+    f2.feed(CMD)  # classifies the CapsuleCmd header with the default limit
     assert len(f2.drain()) == 1
     f2.max_message_size = 64  # e.g. the agent's own, smaller limit
     f2.feed(CMD)
