@@ -374,7 +374,8 @@ class Agent:
             return
         if now - self._stall_since < self.config.buffer_stall_timeout:
             return
-        holders = [c for c in b.paused if not c.pending and c.state is ConnState.OPEN]
+        holders = [c for c in self.conns.values()
+                   if c.state is ConnState.OPEN and not c.pending and c.accounted]
         if holders:
             victim = max(holders, key=lambda c: c.accounted)
             b.paused.discard(victim)

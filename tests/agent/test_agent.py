@@ -349,8 +349,8 @@ def test_outbound_connect() -> None:
 def test_host_restart_resets_connections_and_listeners() -> None:
     async def main() -> None:
         async with rig(queues=2) as (agent, host):
-            agent.hello_grace = 0.05
-            await asyncio.sleep(0.1)
+            # no waiting: the new HELLO comes within hello_grace of ours, but
+            # after other host messages, so it cannot be an answer
             port = await listen(host)
             conns = [await client(port) for _ in range(4)]
             await host.collect(P.NewConnection, None, 4)  # type: ignore[arg-type]
@@ -439,4 +439,64 @@ def test_link_backpressure_stops_reading_until_the_link_drains() -> None:
             assert not any(c.link_blocked for c in agent.conns.values())
             for _, w in clients:
                 w.close()
+    run(main())
+
+
+def test_first_host_hello_long_after_ours_is_answered() -> None:
+    async def main() -> None:
+        pairs = [memory_backend_pair()]
+        agent = Agent([pairs[0][0]], AgentConfig())
+        agent.hello_grace = 0.05
+        await agent.start()
+        try:
+            await asyncio.sleep(0.15)  # the host comes up later than the agent
+            host = FakeHost([pairs[0][1]])
+            for _ in range(100):
+                if agent.statistics().get("link_resets"):
+                    break
+                await asyncio.sleep(0.01)
+            st = agent.statistics()
+            assert st["link_resets"] == 1 and "host_restarts" not in st
+            for _ in range(100):  # the answer reached the host
+                host._readable(0)
+                if host.links[0].peer_hello is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert host.links[0].peer_hello is not None
+            port = await listen(host)
+            r, w = await client(port)
+            assert (await host.expect(P.NewConnection)).listener_id == 1
+            w.close()
+            host.close()
+        finally:
+            await agent.close()
+    run(main())
+
+
+def test_answer_within_grace_is_not_a_restart() -> None:
+    async def main() -> None:
+        async with rig() as (agent, host):
+            await listen(host)
+            st = agent.statistics()
+            assert "link_resets" not in st and "host_restarts" not in st
+    run(main())
+
+
+def test_global_buffer_stall_closes_the_largest_partial_holder() -> None:
+    async def main() -> None:
+        async with rig(max_buffered_total=200_000, buffer_stall_timeout=0.2) as (agent, host):
+            port = await listen(host)
+            conns = []
+            for size in (150_000, 120_000):
+                r, w = await client(port)
+                cid = (await host.expect(P.NewConnection)).conn_id
+                w.write(struct.pack("!I", 500_000) + b"p" * size)  # a partial message
+                conns.append((r, w, cid))
+                await asyncio.sleep(0.1)
+            closed = await host.expect(P.Closed, timeout=5)
+            assert closed.conn_id == conns[0][2]  # the largest first
+            assert closed.text.startswith("buffer_limit")
+            st = agent.statistics()
+            assert st["closed"]["buffer_limit"] >= 1 and st["buffer_stall_closes"] >= 1
+            assert st["buffered_bytes"] <= 200_000
     run(main())
