@@ -1,0 +1,108 @@
+"""The XDP transport: frames and messages between the agent and the host.
+
+Layers, bottom up:
+
+- backends (:class:`FrameBackend`): :class:`AfXdpBackend` (AF_XDP over
+  libxdp, cffi; needs root, the compiled extension and ``bpf/mux_xdp.o``),
+  :class:`AfPacketBackend` (AF_PACKET with PACKET_MMAP rings, the baseline),
+  :class:`ShmBackend` (shared-memory rings for machines without AF_XDP);
+- topology: :class:`VethPair` (the veth pair that stands in for the shared
+  hardware queue) and the XDP program loader :class:`XdpProgram`;
+- wire format: frame header with link credits (``_wire``), transport messages
+  (``Hello`` ... ``Error``, see ``docs/protocol.md``);
+- :class:`Link` / :class:`AsyncLink`: many messages per frame, fragmentation,
+  lossless link-level credits, keepalive;
+- connection credit arithmetic: :class:`SendWindow`, :class:`ReceiveWindow`.
+
+``xport.testing`` has an in-memory backend pair and a fake clock.
+
+The AF_XDP names need the compiled extension ``xport._xsk_cffi`` (built by
+``scripts/setup.sh``); without it they are absent and
+:data:`AFXDP_IMPORT_ERROR` says why, while everything else works.
+"""
+
+from __future__ import annotations
+
+from ._afpacket import ETH_P_MUX, AfPacketBackend
+from ._backend import BackendStats, BufferReleasedError, FrameBackend, RxFrame, TxSlot
+from ._flow import FlowControlError, ReceiveWindow, SendWindow
+from ._link import AsyncLink, Link, LinkConfig, LinkLostError, LinkStats
+from ._protocol import (
+    PROTOCOL_VERSION,
+    Close,
+    Closed,
+    Connect,
+    Connected,
+    Credit,
+    Data,
+    Error,
+    Hello,
+    Keepalive,
+    Listen,
+    ListenResult,
+    Message,
+    MessageType,
+    NewConnection,
+    ProtocolError,
+    Role,
+    Status,
+    make_data,
+)
+from ._shm import ShmBackend
+from ._topology import LinkEnd, VethPair, install_cleanup_handlers
+from ._wire import ETHERTYPE, WireError
+
+AFXDP_IMPORT_ERROR: str | None
+try:
+    from ._afxdp import AfXdpBackend
+    from ._bpfload import XdpProgram
+except ImportError as _exc:  # extension not built, or libxdp missing
+    AFXDP_IMPORT_ERROR = f"{type(_exc).__name__}: {_exc}"
+else:
+    AFXDP_IMPORT_ERROR = None
+
+__all__ = [
+    "AFXDP_IMPORT_ERROR",
+    "ETHERTYPE",
+    "ETH_P_MUX",
+    "PROTOCOL_VERSION",
+    "AfPacketBackend",
+    "AfXdpBackend",
+    "AsyncLink",
+    "BackendStats",
+    "BufferReleasedError",
+    "Close",
+    "Closed",
+    "Connect",
+    "Connected",
+    "Credit",
+    "Data",
+    "Error",
+    "FlowControlError",
+    "FrameBackend",
+    "Hello",
+    "Keepalive",
+    "Link",
+    "LinkConfig",
+    "LinkEnd",
+    "LinkLostError",
+    "LinkStats",
+    "Listen",
+    "ListenResult",
+    "Message",
+    "MessageType",
+    "NewConnection",
+    "ProtocolError",
+    "ReceiveWindow",
+    "Role",
+    "RxFrame",
+    "SendWindow",
+    "ShmBackend",
+    "Status",
+    "TxSlot",
+    "VethPair",
+    "WireError",
+    "XdpProgram",
+    "install_cleanup_handlers",
+    "make_data",
+]
