@@ -167,8 +167,11 @@ class FrameBackend(abc.ABC):
 
     def wait_readable(self, timeout: float | None) -> bool:
         """Block until ``fileno()`` is readable or ``timeout`` seconds pass."""
-        r, _, _ = select.select([self.fileno()], [], [], timeout)
-        return bool(r)
+        # poll, not select: select() fails for descriptors >= FD_SETSIZE (1024)
+        poller = select.poll()
+        poller.register(self.fileno(), select.POLLIN)
+        ms = None if timeout is None else max(0, int(timeout * 1000))
+        return bool(poller.poll(ms))
 
     @property
     def mode(self) -> str:
