@@ -85,6 +85,31 @@ def _disable_ipv6(ifname: str, ns: str | None) -> None:
         raise err[0]
 
 
+def _in_namespace(ns_fd: int | None, fn: Callable[[], None]) -> None:
+    """Run ``fn`` in a throwaway thread that entered the namespace ``ns_fd``.
+
+    setns(2) moves only the calling thread; using a new thread leaves the
+    caller where it is. ``None`` runs ``fn`` right here.
+    """
+    if ns_fd is None:
+        fn()
+        return
+    err: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            netns.setns(ns_fd)
+            fn()
+        except BaseException as exc:  # re-raised in the caller below
+            err.append(exc)
+
+    t = threading.Thread(target=run, name="veth-home-ns")
+    t.start()
+    t.join()
+    if err:
+        raise err[0]
+
+
 def _write_sysctl(path: str) -> None:
     try:
         with open(path, "w") as f:
@@ -127,6 +152,9 @@ class VethPair:
         self._created_link = False
         self.agent: LinkEnd | None = None
         self.host: LinkEnd | None = None
+        # The namespace the agent end lives in, held open so that close() can
+        # delete the pair even if the calling thread has since moved elsewhere.
+        self._home_ns_fd: int | None = None
 
     # -- lifecycle -----------------------------------------------------------
     def create(self) -> "VethPair":
@@ -140,6 +168,7 @@ class VethPair:
         return self
 
     def _create(self) -> None:
+        self._home_ns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         with IPRoute() as ipr:
             ipr.link(
                 "add",
@@ -173,13 +202,13 @@ class VethPair:
         """Remove the pair and the namespace. Idempotent; never raises."""
         if self._created_link:
             try:
-                with IPRoute() as ipr:
-                    idx = ipr.link_lookup(ifname=self._agent_name)
-                    if idx:
-                        ipr.link("del", index=idx[0])
+                _in_namespace(self._home_ns_fd, self._delete_agent_end)
             except Exception as exc:  # teardown must go on with the netns
                 log.warning("removing veth %s: %s", self._agent_name, exc)
             self._created_link = False
+        if self._home_ns_fd is not None:
+            os.close(self._home_ns_fd)
+            self._home_ns_fd = None
         if self._created_netns and self.netns is not None:
             try:
                 netns.remove(self.netns)
@@ -188,6 +217,12 @@ class VethPair:
             self._created_netns = False
         with _live_lock:
             _live_pairs.discard(self)
+
+    def _delete_agent_end(self) -> None:
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=self._agent_name)
+            if idx:
+                ipr.link("del", index=idx[0])  # deletes the peer end too
 
     def __enter__(self) -> "VethPair":
         return self.create()

@@ -135,3 +135,17 @@ def test_bad_arguments() -> None:
         VethPair(queues=65)
     with pytest.raises(ValueError):
         VethPair(mtu=20)
+
+
+def test_close_from_a_thread_inside_the_host_namespace() -> None:
+    """A caller that moved into the pair's netns still removes the pair from its home."""
+    from pyroute2 import netns
+
+    from xport._topology import VethPair, link_exists
+
+    pair = VethPair(host_netns=True).create()
+    assert pair.agent is not None and pair.netns is not None
+    name, ns = pair.agent.ifname, pair.netns
+    _in_ns(ns, pair.close)
+    assert not link_exists(name)
+    assert ns not in netns.listnetns()
