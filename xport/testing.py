@@ -22,6 +22,7 @@ readable while frames are waiting, so asyncio ``add_reader`` works.
 from __future__ import annotations
 
 import os
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -75,6 +76,8 @@ class MemoryBackend(FrameBackend):
         self._stats = BackendStats()
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
+        # a pair dropped without close() must not leak its pipe (tests make thousands)
+        self._fds_finalizer = weakref.finalize(self, _close_fds, self._rfd, self._wfd)
         self._signalled = False
         self._closed = False
 
@@ -154,8 +157,7 @@ class MemoryBackend(FrameBackend):
         if self._closed:
             return
         self._closed = True
-        os.close(self._rfd)
-        os.close(self._wfd)
+        self._fds_finalizer()
 
 
 def memory_backend_pair(
@@ -185,3 +187,8 @@ def memory_link_pair(
     a = Link(a_be, config_a or LinkConfig(role=Role.AGENT), now=now)
     b = Link(b_be, config_b or LinkConfig(role=Role.HOST), now=now)
     return a, b
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
