@@ -29,7 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, Self
 
 __all__ = ["Peer", "PeerError", "child_preexec"]
 
@@ -41,7 +42,7 @@ class PeerError(RuntimeError):
     """A peer process failed, timed out or printed no result."""
 
 
-def child_preexec(netns: str | None) -> "Any":
+def child_preexec(netns: str | None) -> Any:
     """A ``preexec_fn`` that sets PDEATHSIG and enters ``netns`` (None = stay)."""
     parent = os.getpid()
 
@@ -69,11 +70,13 @@ class Peer:
                  env: dict[str, str] | None = None) -> None:
         self.name = name
         self.argv = list(argv)
-        self._err = tempfile.TemporaryFile(mode="w+")
+        self._err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by close()
         self._buf = b""
         self.proc = subprocess.Popen(
             self.argv, stdout=subprocess.PIPE, stderr=self._err, stdin=subprocess.DEVNULL,
-            preexec_fn=child_preexec(netns), env=env, close_fds=True,
+            # preexec_fn: setns(2) and PR_SET_PDEATHSIG must run between fork and exec;
+            # the benchmark driver starts no threads of its own
+            preexec_fn=child_preexec(netns), env=env, close_fds=True,  # noqa: PLW1509
         )
 
     # -- protocol ------------------------------------------------------------
@@ -157,7 +160,7 @@ class Peer:
             p.stdout.close()
         self._err.close()
 
-    def __enter__(self) -> "Peer":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

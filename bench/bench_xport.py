@@ -37,14 +37,14 @@ import json
 import os
 import platform
 import resource
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -53,7 +53,7 @@ if HERE not in sys.path:
 if ROOT not in sys.path:
     sys.path.insert(1, ROOT)
 
-from _procs import Peer, PeerError  # noqa: E402
+from _procs import Peer, PeerError
 
 C_FLOOR = os.path.join(HERE, "c", "xsk_floor")
 BPF_OBJ = os.path.join(ROOT, "bpf", "mux_xdp.o")
@@ -382,7 +382,8 @@ class Bench:
             return "needs root"
         if backend == "c":
             build = os.path.join(HERE, "c", "build.sh")
-            r = subprocess.run(["bash", build], capture_output=True, text=True, timeout=120)
+            r = subprocess.run(["bash", build], capture_output=True, text=True, timeout=120,
+                               check=False)
             if r.returncode != 0:
                 return f"bench/c/build.sh failed: {r.stderr.strip()[-300:]}"
             if not os.path.exists(BPF_OBJ):
@@ -401,12 +402,16 @@ class Bench:
     def run_cell(self, cell: Cell, rep: int) -> dict[str, Any]:
         a = self.a
         kind, fsize = WORKLOADS[cell.workload]
+        if cell.backend != "shm" and (self.pair is None or self.pair.host is None
+                                      or self.pair.agent is None):
+            raise RuntimeError(f"cell {cell.backend}/{cell.workload} needs the veth pair")
         host = self.pair.host if self.pair else None
         agent = self.pair.agent if self.pair else None
         netns = host.netns if host else None
         common = ["--seconds", str(a.seconds), "--batch", str(a.batch)]
         rx_wait = ["--rx-wait", a.rx_wait]
         if cell.backend == "c":
+            assert host is not None and agent is not None  # checked above
             recv_argv = [C_FLOOR, "recv", "--ifname", host.ifname, "--bpf-obj", BPF_OBJ,
                          "--idle-ms", str(a.idle_ms), *rx_wait, *common]
             # same socket configuration as AfXdpBackend: TX budget = TX ring size
@@ -422,6 +427,7 @@ class Bench:
                 send_argv = [*base, "--role", "send", "--shm-name", shm]
                 netns = None
             else:
+                assert host is not None and agent is not None  # checked above
                 recv_argv = [*base, "--role", "recv", "--ifname", host.ifname, *rx_wait]
                 send_argv = [*base, "--role", "send", "--ifname", agent.ifname]
         timeout = a.seconds + 30.0
@@ -550,9 +556,9 @@ def ratios(cells: list[Cell]) -> dict[str, float | None]:
 
 
 def table(cells: list[Cell], rat: dict[str, float | None]) -> str:
-    lines = [f"{'backend':9s} {'workload':15s} {'frames/s':>12s} {'msgs/s':>12s} "
-             f"{'MB/s':>9s} {'recv/sent':>9s} {'CPU us/frame snd u+s, rcv u+s':>30s}  "
-             f"{'runs (k frames/s)':s}"]
+    lines = [(f"{'backend':9s} {'workload':15s} {'frames/s':>12s} {'msgs/s':>12s} "
+              f"{'MB/s':>9s} {'recv/sent':>9s} {'CPU us/frame snd u+s, rcv u+s':>30s}  "
+              f"{'runs (k frames/s)':s}")]
     for c in cells:
         if not c.runs:
             lines.append(f"{c.backend:9s} {LABELS[c.workload]:15s} "
@@ -719,10 +725,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not a.no_plot:
         try:
             plot(cells, a.plot)
-        except Exception as exc:  # a missing matplotlib must not lose the numbers
+        except Exception as exc:  # noqa: BLE001 - a failed plot must not lose the numbers
             log(f"plot failed: {exc}")
-    summary = {
-        "machine": machine_notes(),
+    machine = machine_notes()
+    summary: dict[str, Any] = {
+        "machine": machine,
         "config": {"seconds": a.seconds, "repeat": a.repeat, "batch": a.batch,
                    "msg_size": a.msg_size, "netns": a.netns, "quick": a.quick},
         "cells": [c.summary() for c in cells],
@@ -740,10 +747,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text, file=sys.stderr)
     else:
         print(text)
-        print(f"\n{summary['machine']['date']}, {summary['machine']['cpu']}, "
-              f"{summary['machine']['cpus']} CPUs, Linux {summary['machine']['kernel']}, "
-              f"Python {summary['machine']['python']}; {a.seconds}s x {a.repeat} runs per "
-              f"cell, medians; elapsed {summary['elapsed_s']}s")
+        print(f"\n{machine['date']}, {machine['cpu']}, {machine['cpus']} CPUs, "
+              f"Linux {machine['kernel']}, Python {machine['python']}; {a.seconds}s x "
+              f"{a.repeat} runs per cell, medians; elapsed {summary['elapsed_s']}s")
     return 0 if all(c.runs for c in cells) else 1
 
 
