@@ -64,4 +64,8 @@ fi
 if [[ -f bpf/build.sh ]]; then
     bash bpf/build.sh
 fi
+# 5. The C floor of the transport benchmark --------------------------------------
+if [[ -f bench/c/build.sh ]]; then
+    bash bench/c/build.sh
+fi
 log "ready (.venv at $ROOT/.venv)"

@@ -267,7 +267,13 @@ def install_cleanup_handlers() -> None:
     prev: Callable[[int, types.FrameType | None], Any] | int | None = signal.getsignal(
         signal.SIGTERM)
 
+    owner = os.getpid()
+
     def on_term(signum: int, frame: types.FrameType | None) -> None:
+        # pyroute2 forks helpers (netns creation) that inherit this handler:
+        # only the process that created the pairs may tear them down.
+        if os.getpid() != owner:
+            os._exit(128 + signum)
         _close_all()
         if callable(prev):
             prev(signum, frame)
