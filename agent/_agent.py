@@ -171,6 +171,8 @@ class Agent:
         self.messages_from_host = 0
         self.bytes_from_host = 0
         self.hello_grace = min(1.0, self.config.keepalive_interval)
+        #: seconds after which an unanswered HELLO is said again (beyond any host's grace)
+        self.hello_retry = 3.0
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> Agent:
@@ -357,12 +359,27 @@ class Agent:
             conn.check_timeouts(now)
         self._check_budget_stall(now)
         self._check_link_blocked()
+        self._check_unanswered(now)
         lost = False
         for port in self._ports:
             lost = port.tick(now) or lost
         if lost and self._link_up:
             self._lose_link("link_lost", f"nothing from the host for "
                                          f"{self.config.keepalive_timeout:.1f} s")
+
+    def _check_unanswered(self, now: float) -> None:
+        """Frames come from the host but never a HELLO nor any message: it took
+        our HELLO for an answer to its own (its grace rule) and waits. Say
+        HELLO again once its grace has surely passed; it then starts over
+        with us (re-issuing its LISTENs)."""
+        if (self._host_hello is not None or self._heard_since_hello or not self._ports
+                or not self._link_up):
+            return
+        p0 = self._ports[0]
+        if p0.link.stats.frames_in and now - p0.hello_sent_at > self.hello_retry:
+            self.stats.incr("hello_retries")
+            log.info("the host is there but silent: saying HELLO again")
+            self._reset_links()
 
     def _check_budget_stall(self, now: float) -> None:
         b = self.budget
