@@ -436,7 +436,7 @@ class _Client(asyncio.Protocol):
 
     def start(self) -> None:
         assert self.transport is not None
-        self.transport.write(self.driver.encode(self._room(self.depth), self.run.loop.time()))
+        self.transport.write(self.driver.encode(self._room(self.depth), time.perf_counter()))
 
     def _room(self, k: int) -> int:
         run = self.run
@@ -451,7 +451,7 @@ class _Client(asyncio.Protocol):
         return k
 
     def data_received(self, data: bytes) -> None:
-        now = self.run.loop.time()
+        now = time.perf_counter()  # uvloop's loop.time() has millisecond resolution
         d = self.driver
         n = d.feed(data, now)
         if n and not self.stopping:
@@ -533,12 +533,13 @@ async def run_load(
     workloads: Sequence[Workload], *, duration: float, max_calls: int | None = None,
     drain_timeout: float = 5.0, connect_timeout: float = 10.0, connect_concurrency: int = 100,
     progress: Callable[[float, int], None] | None = None,
-    on_start: Callable[[], None] | None = None,
+    on_start: Callable[[], None] | None = None, on_end: Callable[[], None] | None = None,
 ) -> float:
     """Drive ``workloads`` for ``duration`` seconds (or ``max_calls`` requests per
     workload); results land in each ``workload.result``. Returns the measured
     seconds (start of traffic to the last reply). ``on_start`` runs right before
-    the first request is written; ``progress(elapsed, calls)`` about 5 times a second.
+    the first request is written, ``on_end`` right after the last reply (before
+    the connections close); ``progress(elapsed, calls)`` about 5 times a second.
     Connect errors raise :class:`ConnectionError`."""
     loop = asyncio.get_running_loop()
     run = _Run(loop, max_calls)
@@ -570,6 +571,8 @@ async def run_load(
             c.stop()
         _, late = await asyncio.wait(pending, timeout=drain_timeout)
         elapsed = loop.time() - t0
+        if on_end is not None:
+            on_end()
         for w, c in clients:
             if c.done in late:
                 out = c.driver.outstanding
