@@ -208,8 +208,11 @@ class Connection(asyncio.Protocol):
             return
         if self.pending:
             self._deliver()
+            if self.state is S.CLOSED:
+                return
             self._account()
-        self._update_reading()
+        if self.reading_paused:
+            self._update_reading()
 
     def host_data(self, payload: bytes | bytearray | memoryview, header_length: int = 0) -> None:
         """A DATA from the host: one reply message for the client."""
