@@ -50,7 +50,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
-from typing import Any
+from typing import Any, cast
 
 from framing import FramingError
 from xport import _protocol as P
@@ -115,8 +115,7 @@ class _Refused(asyncio.Protocol):
     """Accepted beyond ``max_connections``: closed at once, never announced."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.abort()
+        cast(asyncio.Transport, transport).abort()
 
 
 BackendSource = Sequence[FrameBackend] | Callable[[int], FrameBackend]

@@ -41,7 +41,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from framing import FramingError
 
@@ -133,8 +133,9 @@ class Connection(asyncio.Protocol):
         return f"<Connection {self.conn_id} {self.state.name} peer={self.peer}>"
 
     # -- asyncio protocol ----------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance
+        transport = cast(asyncio.Transport, base)
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:

@@ -141,7 +141,7 @@ def echo(listener: Any, broken: list[str]) -> asyncio.Future[None]:
         try:
             while (m := await conn.recv()) is not None:
                 await conn.send(m.payload)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - recorded and asserted on
             broken.append(getattr(exc, "reason", type(exc).__name__))
 
     async def serve() -> None:

@@ -68,7 +68,19 @@ async def read_frames(reader: asyncio.StreamReader, n: int) -> list[bytes]:
 
 
 def test_accept_forward_reply_close() -> None:
+    run(_accept_forward_reply_close())
+
+
+def test_accept_forward_reply_close_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
     async def main() -> None:
+        await asyncio.wait_for(_accept_forward_reply_close(), 30)
+    uvloop.run(main())
+
+
+async def _accept_forward_reply_close() -> None:
+    if True:
         async with rig() as (agent, host):
             port = await listen(host)
             r, w = await client(port)
@@ -91,7 +103,6 @@ def test_accept_forward_reply_close() -> None:
             st = agent.statistics()
             assert st["messages_to_host"] == 3 and st["closed"] == {"peer_closed": 1}
             assert st["connections_open"] == 0
-    run(main())
 
 
 def test_listen_refusals() -> None:
@@ -464,7 +475,7 @@ def test_first_host_hello_long_after_ours_is_answered() -> None:
                 await asyncio.sleep(0.01)
             assert host.links[0].peer_hello is not None
             port = await listen(host)
-            r, w = await client(port)
+            _r, w = await client(port)
             assert (await host.expect(P.NewConnection)).listener_id == 1
             w.close()
             host.close()
