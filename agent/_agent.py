@@ -208,6 +208,14 @@ class Agent:
         for conn in list(self.conns.values()):
             conn.event(ConnEvent.SHUTDOWN, reason)
         self._flush()
+        # the CLOSEDs may need a few rounds of link credit: wait a little, bounded
+        for _ in range(20):
+            if not any(p.link.queued_messages for p in self._ports):
+                break
+            await asyncio.sleep(0.01)
+            for port in self._ports:
+                with contextlib.suppress(OSError):
+                    port.flush()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

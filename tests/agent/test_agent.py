@@ -511,3 +511,25 @@ def test_global_buffer_stall_closes_the_largest_partial_holder() -> None:
             assert st["closed"]["buffer_limit"] >= 1 and st["buffer_stall_closes"] >= 1
             assert st["buffered_bytes"] <= 200_000
     run(main())
+
+
+def test_shutdown_tells_the_host_and_closes_clients() -> None:
+    async def main() -> None:
+        pairs = [memory_backend_pair()]
+        agent = Agent([pairs[0][0]], AgentConfig())
+        await agent.start()
+        host = FakeHost([pairs[0][1]])
+        try:
+            port = await listen(host)
+            r, _w = await client(port)
+            cid = (await host.expect(P.NewConnection)).conn_id
+            await agent.close()
+            closed = await host.expect(P.Closed, cid)
+            assert closed.text == "agent_shutdown" and closed.reason == ST.INTERNAL
+            assert await asyncio.wait_for(r.read(), 5) == b""  # a clean FIN
+            with pytest.raises(OSError):
+                await client(port)
+        finally:
+            await agent.close()
+            host.close()
+    run(main())
