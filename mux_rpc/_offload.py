@@ -653,7 +653,7 @@ class Host:
         await self.close()
 
     # -- requests ------------------------------------------------------------------
-    async def listen(self, port: int = 0, framer: str = "length:4", *, bind: str = "127.0.0.1",
+    async def listen(self, port: int = 0, framer: str = "length", *, bind: str = "127.0.0.1",
                      tls: tuple[str, str] | None = None,
                      auto_consume: bool = False) -> OffloadListener:
         """Ask the agent to listen on ``bind:port`` (0 = any) with ``framer``.
@@ -686,7 +686,7 @@ class Host:
         finally:
             self._listen_waits.pop(lst.listener_id, None)
 
-    async def connect(self, address: tuple[str, int], framer: str = "length:4", *,
+    async def connect(self, address: tuple[str, int], framer: str = "length", *,
                       auto_consume: bool = False) -> OffloadConnection:
         """Have the agent open a TCP connection to ``address`` with ``framer``."""
         self._check_usable()

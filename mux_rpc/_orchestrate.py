@@ -109,7 +109,7 @@ class OffloadRuntime:
     """Link + agent process + :class:`Host`, as an async context manager.
 
     >>> async with OffloadRuntime(OffloadOptions(queues=2)) as rt:
-    ...     listener = await rt.host.listen(0, "length:4")
+    ...     listener = await rt.host.listen(0, "length")
     """
 
     def __init__(self, options: OffloadOptions | None = None, **kw: Any) -> None:
@@ -158,6 +158,8 @@ class OffloadRuntime:
         opts = self.options
         self.backend_name = self._choose_backend()
         if self.backend_name == "afxdp":
+            if self.veth is None:
+                await asyncio.to_thread(self.prepare_link)
             await asyncio.to_thread(self._open_afxdp)
             agent_argv = ["--ifname", self.veth.agent.ifname, "--queues", str(opts.queues),
                           "--backend", "afxdp"]
@@ -202,13 +204,25 @@ class OffloadRuntime:
         while self.agent_proc is not None and self.agent_proc.poll() is None:
             await asyncio.sleep(0.05)
 
+    def prepare_link(self) -> None:
+        """Create the veth pair now (idempotent; a no-op for the shm backend).
+
+        Call it before the event loop starts when the host end goes into a
+        namespace: pyroute2 configures a link inside a namespace from a forked
+        child, and a fork from a process whose other threads hold locks can
+        hang. :func:`run_offloaded` does this for you."""
+        if self.veth is not None or self._choose_backend() != "afxdp":
+            return
+        from xport._topology import VethPair
+
+        self.veth = VethPair(queues=self.options.queues,
+                             host_netns=self.options.host_netns).create()
+
     def _open_afxdp(self) -> None:
         from xport._afxdp import AfXdpBackend
         from xport._bpfload import XdpProgram
-        from xport._topology import VethPair
 
         opts = self.options
-        self.veth = VethPair(queues=opts.queues, host_netns=opts.host_netns).create()
         host_if = self.veth.host.ifname
 
         def open_all() -> None:
@@ -347,8 +361,11 @@ def run_offloaded(main: Any, *, port: int = 0, framer: str | None = None,
     """
     opts = options or OffloadOptions(**option_kw)
 
+    rt0 = OffloadRuntime(opts)
+    rt0.prepare_link()  # before the loop: see OffloadRuntime.prepare_link
+
     async def runner() -> Any:
-        async with OffloadRuntime(opts) as rt:
+        async with rt0 as rt:
             assert rt.host is not None
             with use_host(rt.host):
                 return await _run_app(main, rt.host, port, framer)
@@ -370,7 +387,7 @@ async def _run_app(main: Any, host: Host, port: int, framer: str | None) -> Any:
             await server.serve(listener)
         return None
     if hasattr(main, "serve") and inspect.iscoroutinefunction(main.serve):
-        listener = await host.listen(port, framer or "length:4")
+        listener = await host.listen(port, framer or "length")
         print(f"serving on 127.0.0.1:{listener.port} ({listener.framer})", flush=True)
         return await main.serve(listener)
     if callable(main):

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 ``asyncio.start_server(cb, host, port)`` becomes
-``mux_rpc.offload.start_server(cb, host, port, framer="length:4")``: the agent
+``mux_rpc.offload.start_server(cb, host, port, framer="length")``: the agent
 listens and frames, and ``cb(reader, writer)`` gets a :class:`MessageReader`
 and a :class:`MessageWriter`. The only difference in the callback is that a
 read returns one whole message (``await reader.read_message()``) instead of
@@ -307,7 +307,7 @@ class OffloadServer:
 
 
 async def start_server(client_connected_cb: ClientCallback, host: str | None = "127.0.0.1",
-                       port: int | None = 0, *, framer: str = "length:4",
+                       port: int | None = 0, *, framer: str = "length",
                        tls: tuple[str, str] | None = None, offload: Host | None = None,
                        start_serving: bool = True) -> OffloadServer:
     """Like ``asyncio.start_server``, with the listening socket in the agent.
@@ -324,7 +324,7 @@ async def start_server(client_connected_cb: ClientCallback, host: str | None = "
     return server
 
 
-async def open_connection(host: str, port: int, *, framer: str = "length:4",
+async def open_connection(host: str, port: int, *, framer: str = "length",
                           offload: Host | None = None) -> tuple[MessageReader, MessageWriter]:
     """Like ``asyncio.open_connection``: the agent connects out, messages come back whole."""
     h = offload or current_host()

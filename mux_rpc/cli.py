@@ -90,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TCP port the agent listens on for clients (default 7000; 0 = any)")
     p.add_argument("--bind", default="127.0.0.1",
                    help="address the agent listens on (default 127.0.0.1)")
-    p.add_argument("--framer", default="length:4",
-                   help='framer spec for the listener, e.g. "length:4", "msgpack-rpc", '
-                        '"nvme-tcp", "oncrpc" (default length:4)')
+    p.add_argument("--framer", default="length",
+                   help='framer spec for the listener, e.g. "length", "length:size=2,strip=2", "msgpack-rpc", '
+                        '"nvme-tcp", "onc-rpc" (default length)')
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="host worker processes, one per queue (default 1: one process "
                         "serves every queue)")

@@ -2,10 +2,10 @@
 
 Two ways in:
 
-* message sockets: ``listener = await host.listen(port, "length:4")``,
+* message sockets: ``listener = await host.listen(port, "length")``,
   ``conn = await listener.accept()``, ``await conn.recv()`` / ``send`` / ``close``;
 * asyncio-streams shaped: ``server = await mux_rpc.offload.start_server(cb,
-  "127.0.0.1", 8888, framer="length:4")`` with ``cb(reader, writer)`` and
+  "127.0.0.1", 8888, framer="length")`` with ``cb(reader, writer)`` and
   ``await reader.read_message()``.
 
 See docs/host-api.md.

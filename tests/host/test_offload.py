@@ -59,7 +59,7 @@ async def settle() -> None:
 
 
 async def accepted(host: Host, agent: FakeAgent, conn_id: int = 7, q: int = 0):  # type: ignore[no-untyped-def]
-    lst = await host.listen(0, "length:4")
+    lst = await host.listen(0, "length")
     await agent.send(0, P.NewConnection(conn_id, lst.listener_id, "127.0.0.1", 5555))
     conn = await lst.accept()
     return lst, conn
@@ -71,9 +71,9 @@ async def test_hello_listen_and_bound_port() -> None:
     hellos = agent.of_type(P.Hello)
     assert {q for q, m in agent.received if isinstance(m, P.Hello)} == {0, 1}
     assert all(h.role == P.Role.HOST for h in hellos)  # type: ignore[attr-defined]
-    lst = await host.listen(0, "length:4")
+    lst = await host.listen(0, "length")
     (req,) = agent.of_type(P.Listen)
-    assert (req.bind_address, req.port, req.framer, req.tls) == ("127.0.0.1", 0, "length:4", False)  # type: ignore[attr-defined]
+    assert (req.bind_address, req.port, req.framer, req.tls) == ("127.0.0.1", 0, "length", False)  # type: ignore[attr-defined]
     assert lst.port == agent.auto_listen_port
     await host.close()
     await agent.close()
@@ -84,7 +84,7 @@ async def test_listen_refused() -> None:
     host, agent, _ = await make()
     agent.refuse_listen = True
     with pytest.raises(OffloadRequestError, match="address in use"):
-        await host.listen(8080, "length:4")
+        await host.listen(8080, "length")
     await host.close()
     await agent.close()
 
@@ -246,7 +246,7 @@ async def test_credit_goes_back_as_messages_are_consumed() -> None:
 async def test_auto_consume_returns_credit_on_recv() -> None:
     cfg = HostConfig(window_messages=2, window_bytes=1 << 20)
     host, agent, _ = await make(config=cfg)
-    lst = await host.listen(0, "length:4", auto_consume=True)
+    lst = await host.listen(0, "length", auto_consume=True)
     await agent.send(0, P.NewConnection(5, lst.listener_id, "127.0.0.1", 1))
     conn = await lst.accept()
     for i in range(6):  # three windows' worth, each returned as it is received
@@ -281,7 +281,7 @@ async def test_send_waits_for_agent_credit() -> None:
 @run
 async def test_connect_ok_and_refused() -> None:
     host, agent, _ = await make(queues=2)
-    task = asyncio.create_task(host.connect(("127.0.0.1", 9999), "length:4"))
+    task = asyncio.create_task(host.connect(("127.0.0.1", 9999), "length"))
     (req,) = await agent.wait_for(P.Connect)
     assert req.conn_id >= HOST_CONN_ID_BASE and (req.host, req.port) == ("127.0.0.1", 9999)  # type: ignore[attr-defined]
     # data may overtake CONNECTED when they ride different queues
@@ -289,7 +289,7 @@ async def test_connect_ok_and_refused() -> None:
     await agent.send(0, P.Connected(req.conn_id, P.Status.OK))
     conn = await task
     assert await conn.recv() == Message(b"early")
-    task2 = asyncio.create_task(host.connect(("127.0.0.1", 1), "length:4"))
+    task2 = asyncio.create_task(host.connect(("127.0.0.1", 1), "length"))
     (_, req2) = await agent.wait_for(P.Connect, 2)
     await agent.send(0, P.Connected(req2.conn_id, P.Status.OS_ERROR, "connection refused"))  # type: ignore[attr-defined]
     with pytest.raises(OffloadRequestError, match="refused") as ei:
@@ -302,7 +302,7 @@ async def test_connect_ok_and_refused() -> None:
 @run
 async def test_data_before_new_connection_is_kept() -> None:
     host, agent, _ = await make(queues=2)
-    lst = await host.listen(0, "length:4")
+    lst = await host.listen(0, "length")
     await agent.send(1, P.Data(11, b"first"))  # queue 1 overtakes queue 0
     await settle()
     await agent.send(0, P.NewConnection(11, lst.listener_id, "127.0.0.1", 1))
@@ -342,7 +342,7 @@ async def test_link_lost_wakes_every_waiter_promptly() -> None:
     with pytest.raises(LinkLostError):
         await asyncio.wait_for(accept, 0.5)
     with pytest.raises(LinkLostError):
-        await host.listen(0, "length:4")
+        await host.listen(0, "length")
     with pytest.raises(LinkLostError):
         await conn.send(b"x")
     await host.close()
@@ -389,7 +389,7 @@ async def test_agent_restart_breaks_connections_and_relistens() -> None:
 @run
 async def test_listener_close() -> None:
     host, agent, _ = await make()
-    lst = await host.listen(0, "length:4")
+    lst = await host.listen(0, "length")
     waiting = asyncio.create_task(lst.accept())
     await settle()
     await lst.close()

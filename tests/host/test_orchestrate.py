@@ -15,15 +15,15 @@ from xport import _protocol as P
 MINI = [sys.executable, str(Path(__file__).with_name("_mini_agent.py"))]
 
 
-async def _bring_up_and_echo(opts: OffloadOptions) -> dict[str, object]:
+async def _bring_up_and_echo(rt: OffloadRuntime) -> dict[str, object]:
     seen: dict[str, object] = {}
-    async with OffloadRuntime(opts) as rt:
+    async with rt:
         assert rt.host is not None and rt.host.agent_hello is not None
         seen["backend"] = rt.backend_name
         seen["veth"] = rt.veth
         if rt.veth is not None:
             seen["names"] = (rt.veth.agent.ifname, rt.veth.host.ifname, rt.veth.netns)
-        lst = await rt.host.listen(0, "length:4")
+        lst = await rt.host.listen(0, "length")
         seen["port"] = lst.port
         # the mini agent echoes DATA for a connection id it never announced:
         # the host keeps it as early data, proving the round trip
@@ -47,7 +47,9 @@ def test_afxdp_runtime_up_and_down(netns: bool) -> None:
 
     opts = OffloadOptions(queues=2, backend="afxdp", host_netns=netns, agent_command=MINI,
                           stats_socket=False)
-    seen = asyncio.run(_bring_up_and_echo(opts))
+    rt = OffloadRuntime(opts)
+    rt.prepare_link()  # before the loop (netns configuration forks)
+    seen = asyncio.run(_bring_up_and_echo(rt))
     assert seen["backend"] == "afxdp"
     assert seen["port"] == 40000
     assert seen["echo"] == [b"ping"]
@@ -62,7 +64,7 @@ def test_afxdp_runtime_up_and_down(netns: bool) -> None:
 
 def test_shm_runtime_up_and_down() -> None:
     opts = OffloadOptions(queues=2, backend="shm", agent_command=MINI, stats_socket=False)
-    seen = asyncio.run(_bring_up_and_echo(opts))
+    seen = asyncio.run(_bring_up_and_echo(OffloadRuntime(opts)))
     assert seen["backend"] == "shm" and seen["echo"] == [b"ping"]
     assert seen["agent_rc"] is not None
     assert not list(Path("/dev/shm").glob("muxshm-mux*"))

@@ -43,7 +43,7 @@ async def test_messages_flow_in_order_over_the_link_without_drops() -> None:
     host, agent, _, backends = await make_linked(queues=2)
     assert host.agent_hello is not None and host.agent_hello.role == P.Role.AGENT
     assert agent.of_type(P.Hello) == []  # the link consumed both HELLOs
-    lst = await host.listen(0, "length:4")
+    lst = await host.listen(0, "length")
     conns = []
     for cid in range(1, 9):
         await agent.send(0, P.NewConnection(cid, lst.listener_id, "127.0.0.1", 1000 + cid))
@@ -84,7 +84,7 @@ async def test_messages_flow_in_order_over_the_link_without_drops() -> None:
 @run
 async def test_link_keepalive_expiry_breaks_waiters() -> None:
     host, agent, clock, _ = await make_linked(queues=1)
-    lst = await host.listen(0, "length:4")
+    lst = await host.listen(0, "length")
     await agent.send(0, P.NewConnection(3, lst.listener_id, "127.0.0.1", 1))
     conn = await lst.accept()
     waiting = asyncio.create_task(conn.recv())

@@ -25,7 +25,7 @@ async def echo(reader: offload.MessageReader, writer: offload.MessageWriter) -> 
 async def test_start_server_echo_and_eof() -> None:
     host, agent, _ = await make(queues=2)
     with offload.use_host(host):
-        server = await offload.start_server(echo, "127.0.0.1", 0, framer="length:4")
+        server = await offload.start_server(echo, "127.0.0.1", 0, framer="length")
     assert server.port == agent.auto_listen_port and server.is_serving()
     lid = server.listener.listener_id
     await agent.send(0, P.NewConnection(5, lid, "127.0.0.1", 4242))
