@@ -576,6 +576,8 @@ async def run_load(
         for w, c in clients:
             if c.done in late:
                 out = c.driver.outstanding
+                c.driver.outstanding = 0
+                c.done.set_result(None)  # counted here, not again when it closes
                 w.result.lost += out
                 w.result.error(f"{out} replies not received within {drain_timeout} s "
                                f"of the end", out)

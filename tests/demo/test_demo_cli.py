@@ -1,0 +1,86 @@
+"""``mux-rpc demo --short`` and ``mux-rpc bench --quick --json`` as subprocesses,
+over real AF_XDP (each brings up its own veth pair, agent and host process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import afxdp_required
+
+pytestmark = pytest.mark.afxdp
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def mux_rpc(*args: str, timeout: float, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, MUX_RPC_STATS_DIR=str(tmp_path / "stats"))
+    return subprocess.run([sys.executable, "-m", "mux_rpc", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_demo_short_over_afxdp(tmp_path: Path) -> None:
+    afxdp_required()
+    p = mux_rpc("demo", "--short", "--backend", "afxdp", timeout=150, tmp_path=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = p.stdout
+    for service in ("kv/echo (msgpack-rpc)", "add (ndjson, custom framer)",
+                    "block I/O (NVMe/TCP PDUs)"):
+        assert service in out
+    assert "transport: AF_XDP on a veth pair" in out
+    assert "[  ok] no message lost" in out
+    assert "[  ok] agent -> host: every message delivered" in out
+    assert "[  ok] link drops = 0 under load" in out
+    assert "FAIL" not in out and "demo passed" in out
+    for line in out.splitlines():  # every service answered, none failed
+        if line.startswith(("kv/echo", "add (ndjson", "block I/O")):
+            cols = line.split()
+            assert int(cols[-4]) == 0, line  # errors
+            assert int(cols[-5].replace(",", "")) > 0, line  # calls
+    assert "load" in p.stderr  # the progress line
+
+
+def test_bench_quick_json_has_every_cell(tmp_path: Path) -> None:
+    afxdp_required()
+    plot = tmp_path / "e2e.png"
+    p = mux_rpc("bench", "--quick", "--json", "--plot", str(plot), timeout=300,
+                tmp_path=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    summary = json.loads(p.stdout)
+    cells = {(c["mode"], c["connections"]): c for c in summary["cells"]}
+    assert set(cells) == {(m, n) for m in ("afxdp", "afpacket", "direct")
+                          for n in (1, 64, 1000)}
+    for key, c in cells.items():
+        assert c["calls"] > 0 and c["errors"] == 0 and c["lost"] == 0, key
+        assert c["rpc_per_s"] > 0 and c["host_cpu_s_per_100k"] > 0, key
+        assert (c["agent_cpu_s_per_100k"] is None) == (key[0] == "direct"), key
+    assert summary["floor"]["host_cpu_s_per_100k"] > 0
+    assert [r["connections"] for r in summary["ratios"]] == [1, 64, 1000]
+    for r in summary["ratios"]:
+        for k in ("afxdp_vs_direct", "afxdp_vs_floor", "afpacket_vs_direct",
+                  "afpacket_vs_floor", "direct_vs_floor"):
+            assert r[k] > 0, (r, k)
+    assert set(summary["targets"]) == {"afxdp_vs_direct_at_64", "afxdp_vs_floor_max"}
+    assert summary["transport"]["afxdp"]["backend"] == "afxdp"
+    assert summary["transport"]["afpacket"]["backend"] == "afpacket"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "host CPU per RPC, ratios" in p.stderr
+
+
+def test_cli_help_names_the_options() -> None:
+    from mux_rpc.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    demo = sub.choices["demo"].format_help()  # type: ignore[attr-defined]
+    for opt in ("--short", "--duration", "--connections", "--queues", "--netns",
+                "--backend", "-v"):
+        assert opt in demo
+    bench = sub.choices["bench"].format_help()  # type: ignore[attr-defined]
+    for opt in ("--quick", "--json", "--plot", "--connections", "--modes", "--repeat"):
+        assert opt in bench
