@@ -28,12 +28,17 @@ class AsyncLinkPort:
     link_managed = True
 
     def __init__(self, alink: AsyncLink, inbox: collections.deque[list[P.Message]],
-                 ready: asyncio.Event) -> None:
+                 ready: asyncio.Event, clock: Callable[[], float] = time.monotonic) -> None:
         self.alink = alink
+        self._clock = clock
         self.link: Link = alink.link
         self._inbox = inbox
         self._ready = ready
         self._closed = False
+
+    def _on_messages(self, msgs: list[P.Message]) -> None:
+        self._inbox.append(msgs)
+        self._ready.set()
 
     def peer_hello(self) -> P.Hello | None:
         return self.link.peer_hello
@@ -66,6 +71,16 @@ class AsyncLinkPort:
             await self._ready.wait()
         return self._inbox.popleft()
 
+    def reset(self) -> None:
+        """Start the link over on the same backend: fresh sequence and credit
+        state and a new HELLO (after the agent restarted: both ends start over)."""
+        if self._closed:
+            return
+        old = self.alink
+        old.close()
+        self.link = Link(old.link.backend, old.link.config, now=self._clock())
+        self.alink = AsyncLink(self.link, on_messages=self._on_messages, clock=self._clock)
+
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
@@ -91,11 +106,13 @@ def link_port(backend: FrameBackend, *, max_message_size: int = 1 << 20,
     )
     inbox: collections.deque[list[P.Message]] = collections.deque()
     ready = asyncio.Event()
+    port: AsyncLinkPort | None = None
 
     def on_messages(msgs: list[P.Message]) -> None:
-        inbox.append(msgs)
-        ready.set()
+        assert port is not None
+        port._on_messages(msgs)
 
     link = Link(backend, cfg, now=clock())
     alink = AsyncLink(link, on_messages=on_messages, clock=clock)
-    return AsyncLinkPort(alink, inbox, ready)
+    port = AsyncLinkPort(alink, inbox, ready, clock)
+    return port

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -183,6 +184,10 @@ class LinkPort(Protocol):
 
     def tick(self, now: float) -> bool:
         """Keepalive duty of a managed link at ``now``; True when the peer is lost."""
+        ...
+
+    def reset(self) -> None:
+        """Managed links: start over (fresh link state, a new HELLO)."""
         ...
 
     async def send(self, msgs: Sequence[P.Message]) -> None:
@@ -644,6 +649,24 @@ class Host:
             except Exception as exc:
                 log.warning("closing port: %s", exc)
 
+    async def abort(self) -> None:
+        """Drop everything without telling the agent (as a crash would): no
+        CLOSE is sent. For tests of the agent's restart handling."""
+        if self._closed:
+            return
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for conn in list(self._conns.values()):
+            conn._cause = ("host_aborted", "")
+            conn._state = ConnState.CLOSED
+            conn._finish(closed=True)
+        for port in self._ports:
+            with contextlib.suppress(Exception):
+                await port.aclose()
+
     async def __aenter__(self) -> Host:
         if not self._tasks:
             await self.start()
@@ -906,7 +929,15 @@ class Host:
         self._lost = None
         if not was_lost:
             self._break_all("peer_restarted", "the agent sent a new HELLO")
-        self._send_hello()
+        if self._managed:
+            # start the links over with the new agent (fresh credit state, our HELLO)
+            self._hello_sent_at = self._clock()
+            self._seen_hello = [None] * len(self._ports)
+            for port in self._ports:
+                port.reset()
+            self._seen_hello[0] = m
+        else:
+            self._send_hello()
         for lst in list(self._listeners.values()):
             lst._lost = None
             cert, key = lst.tls or ("", "")

@@ -169,11 +169,11 @@ class OffloadRuntime:
             agent_argv = ["--queues", str(opts.queues), "--backend", "shm",
                           "--shm-name", self._shm_base]
         self._spawn_agent(agent_argv)
-        hc = opts.host_config
-        ports = [link_port(b, max_message_size=hc.max_message_size,
-                           keepalive_interval=hc.keepalive_interval,
-                           peer_timeout=hc.keepalive_timeout) for b in self._backends]
-        self.host = Host(ports, hc)
+        # Build our links only once the agent's first frames (its HELLOs) are
+        # waiting: a HELLO sent before the agent's sockets exist is lost, and
+        # the agent would then take our next one for a restart.
+        await self._wait_agent_frames(opts.startup_timeout)
+        self.host = self._make_host()
         start = asyncio.ensure_future(self.host.start())
         watch = asyncio.ensure_future(self._watch_agent())
         try:
@@ -199,6 +199,22 @@ class OffloadRuntime:
                 self._stats = None
         log.info("offload path up: %s, %d queue(s), agent pid %s", self.backend_name,
                  opts.queues, self.agent_proc.pid if self.agent_proc else None)
+
+    async def _wait_agent_frames(self, timeout: float) -> None:
+        import select
+
+        fds = [b.fileno() for b in self._backends]
+        deadline = time.monotonic() + timeout
+        while True:
+            ready, _, _ = select.select(fds, [], [], 0)
+            if len(ready) == len(fds):
+                return
+            rc = self.agent_proc.poll() if self.agent_proc else None
+            if rc is not None:
+                raise RuntimeError(f"the agent did not come up (exit code {rc})")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no frame from the agent within {timeout} s")
+            await asyncio.sleep(0.01)
 
     async def _watch_agent(self) -> None:
         while self.agent_proc is not None and self.agent_proc.poll() is None:
@@ -328,9 +344,22 @@ class OffloadRuntime:
             self.veth = None
 
     # -- convenience ------------------------------------------------------------------
-    def restart_agent(self) -> None:
-        """Kill the agent process and start a fresh one on the same link (tests)."""
-        raise NotImplementedError
+    def _make_host(self) -> Host:
+        hc = self.options.host_config
+        ports = [link_port(b, max_message_size=hc.max_message_size,
+                           keepalive_interval=hc.keepalive_interval,
+                           peer_timeout=hc.keepalive_timeout) for b in self._backends]
+        return Host(ports, hc)
+
+    async def restart_host(self) -> Host:
+        """Drop the host side as a crash would (no CLOSE sent) and start a new
+        one on the same link: the agent sees a new HELLO and resets every
+        client with reason ``peer_restarted``. For tests and demos."""
+        if self.host is not None:
+            await self.host.abort()
+        self.host = self._make_host()
+        await self.host.start()
+        return self.host
 
 
 def _open_with_retry(fn: Callable[[], T], attempts: int = 20) -> T:

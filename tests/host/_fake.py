@@ -19,6 +19,9 @@ class MemoryPort:
     def tick(self, now: float) -> bool:
         return False
 
+    def reset(self) -> None:
+        pass
+
     def __init__(self) -> None:
         self.inbox: asyncio.Queue[list[P.Message] | None] = asyncio.Queue()
         self.peer: MemoryPort | None = None

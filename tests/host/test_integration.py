@@ -1,0 +1,153 @@
+"""End to end: TCP clients on 127.0.0.1 -> the real agent (its own process) ->
+link (AF_XDP on a veth pair, or shared memory) -> a host echo application."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from mux_rpc._offload import Host, OffloadConnection
+from mux_rpc._offload_errors import ConnectionClosedError
+from mux_rpc._orchestrate import OffloadOptions, OffloadRuntime
+from mux_rpc._stats import read_stats
+from tests.conftest import afxdp_required
+
+LEN = struct.Struct("!I")
+
+
+async def serve_echo(host: Host, port: int = 0) -> tuple[int, asyncio.Task[None]]:
+    lst = await host.listen(port, "length")
+
+    async def one(conn: OffloadConnection) -> None:
+        try:
+            while (m := await conn.recv()) is not None:
+                await conn.send(m.payload)
+                conn.on_consumed(m.nbytes)
+        except ConnectionClosedError:
+            return
+        await conn.close()
+
+    async def accept_loop() -> None:
+        tasks = set()
+        try:
+            while True:
+                conn = await lst.accept()
+                t = asyncio.create_task(one(conn))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+        except ConnectionClosedError:
+            pass
+
+    return lst.port, asyncio.create_task(accept_loop())
+
+
+async def client(port: int, cid: int, n: int, size: int) -> list[bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    msgs = [b"%06d:%06d:" % (cid, i) + b"x" * size for i in range(n)]
+    got = []
+    # pipeline half of them, then the rest one by one
+    for m in msgs[: n // 2]:
+        writer.write(LEN.pack(len(m)) + m)
+    await writer.drain()
+    for m in msgs[n // 2:]:
+        writer.write(LEN.pack(len(m)) + m)
+        await writer.drain()
+    for _ in range(n):
+        (ln,) = LEN.unpack(await reader.readexactly(4))
+        got.append(await reader.readexactly(ln))
+    writer.close()
+    await writer.wait_closed()
+    return got
+
+
+def _runtime(backend: str, tmp_path: Path) -> OffloadRuntime:
+    os.environ["MUX_RPC_STATS_DIR"] = str(tmp_path)  # inherited by the agent process
+    rt = OffloadRuntime(OffloadOptions(queues=2, backend=backend))
+    rt.prepare_link()
+    return rt
+
+
+def _agent_stats(rt: OffloadRuntime, tmp_path: Path) -> dict[str, object]:
+    assert rt.agent_proc is not None
+    return read_stats(tmp_path / f"agent-{rt.agent_proc.pid}.sock")
+
+
+async def _many_clients(rt: OffloadRuntime, tmp_path: Path) -> None:
+    async with rt:
+        assert rt.host is not None
+        port, task = await serve_echo(rt.host)
+        n_clients, n_msgs = 120, 20
+        results = await asyncio.wait_for(
+            asyncio.gather(*(client(port, c, n_msgs, 100 + c) for c in range(n_clients))), 60)
+        for c, got in enumerate(results):  # whole, in order, exactly once
+            assert got == [b"%06d:%06d:" % (c, i) + b"x" * (100 + c) for i in range(n_msgs)]
+        st = rt.host.stats
+        assert st.messages_in == n_clients * n_msgs == st.messages_out
+        assert st.connections_accepted == n_clients
+        assert st.credit_violations == 0 and st.protocol_errors == 0
+        # the connections spread over both queues
+        assert {q for q in range(2)} == {c % 2 for c in range(1, n_clients + 1)}
+        await asyncio.sleep(0.2)
+        astats = await asyncio.to_thread(_agent_stats, rt, tmp_path)
+        assert astats, "agent stats socket"
+        # the host stats socket is there too
+        assert list(tmp_path.glob("host-*.sock"))
+        task.cancel()
+
+
+@pytest.mark.afxdp
+def test_many_clients_over_afxdp(tmp_path: Path) -> None:
+    afxdp_required()
+    asyncio.run(_many_clients(_runtime("afxdp", tmp_path), tmp_path))
+
+
+def test_many_clients_over_shm(tmp_path: Path) -> None:
+    asyncio.run(_many_clients(_runtime("shm", tmp_path), tmp_path))
+
+
+async def _host_restart(rt: OffloadRuntime, tmp_path: Path) -> None:
+    async with rt:
+        assert rt.host is not None
+        port, task = await serve_echo(rt.host)
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(10)]
+        for r, w in conns:  # every client is live and served
+            w.write(LEN.pack(2) + b"hi")
+            await w.drain()
+            assert await asyncio.wait_for(r.readexactly(6), 10) == LEN.pack(2) + b"hi"
+        task.cancel()
+        await rt.restart_host()  # the old host vanishes; a new one says HELLO
+
+        async def outcome(r: asyncio.StreamReader) -> str:
+            try:
+                data = await r.read(100)
+            except ConnectionResetError:
+                return "reset"
+            return "eof" if data == b"" else f"data {data!r}"
+
+        results = await asyncio.wait_for(asyncio.gather(*(outcome(r) for r, _ in conns)), 15)
+        assert set(results) <= {"reset", "eof"}, results
+        for _, w in conns:
+            w.close()
+        astats = await asyncio.to_thread(_agent_stats, rt, tmp_path)
+        text = json.dumps(astats)
+        assert "peer_restarted" in text, text[:2000]
+        # and the new host serves new clients
+        port2, task2 = await serve_echo(rt.host)
+        got = await asyncio.wait_for(client(port2, 1, 5, 10), 20)
+        assert len(got) == 5
+        task2.cancel()
+
+
+@pytest.mark.afxdp
+def test_host_restart_resets_clients_over_afxdp(tmp_path: Path) -> None:
+    afxdp_required()
+    asyncio.run(_host_restart(_runtime("afxdp", tmp_path), tmp_path))
+
+
+def test_host_restart_resets_clients_over_shm(tmp_path: Path) -> None:
+    asyncio.run(_host_restart(_runtime("shm", tmp_path), tmp_path))
