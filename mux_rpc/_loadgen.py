@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import msgpack
 
@@ -599,7 +599,7 @@ def client_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         import uvloop
     except ImportError:
         return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop
 
 
 # -- the server under test, in a child process ------------------------------------------
@@ -610,7 +610,9 @@ class HostProcess:
 
     ``config`` keys: ``mode`` (``offload`` | ``direct``), ``backend`` (offload:
     ``auto`` | ``afxdp`` | ``afpacket`` | ``shm``), ``queues``, ``netns`` (bool),
-    ``services`` (subset of ``kv``, ``ndjson``, ``nvme``), ``uvloop`` (bool)."""
+    ``services`` (subset of ``kv``, ``ndjson``, ``nvme``), ``uvloop`` (bool),
+    ``host_config`` (keyword arguments of :class:`mux_rpc.offload.HostConfig`),
+    ``agent_args`` (extra agent arguments), ``log_level``."""
 
     def __init__(self, config: dict[str, Any], *, start_timeout: float = 60.0,
                  stop_timeout: float = 20.0) -> None:
@@ -629,7 +631,7 @@ class HostProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def __enter__(self) -> HostProcess:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -819,7 +821,7 @@ def _server_stats(server: Any) -> dict[str, Any]:
         return {}
     from dataclasses import asdict, is_dataclass
 
-    return asdict(st) if is_dataclass(st) else dict(vars(st))
+    return asdict(st) if is_dataclass(st) and not isinstance(st, type) else dict(vars(st))
 
 
 def _link_stats(port: Any) -> dict[str, Any]:
@@ -861,11 +863,13 @@ async def _serve(cfg: dict[str, Any]) -> Any:
             await server.close()
         return
 
+    from ._offload import HostConfig
     from ._orchestrate import OffloadOptions
     from ._streams import use_host
 
     backend = cfg.get("backend", "auto")
     opts = OffloadOptions(queues=int(cfg.get("queues", 2)),
+                          host_config=HostConfig(**cfg.get("host_config", {})),
                           backend="afxdp" if backend == "afpacket" else backend,
                           host_netns=bool(cfg.get("netns", False)),
                           agent_args=tuple(cfg.get("agent_args", ())))
@@ -909,7 +913,7 @@ def _runtime(opts: Any) -> Any:
 def _afpacket_runtime_class() -> Any:
     from ._orchestrate import OffloadRuntime, afxdp_unavailable_reason
 
-    class AfPacketRuntime(OffloadRuntime):  # type: ignore[misc, valid-type]
+    class AfPacketRuntime(OffloadRuntime):
         """The offload path over AF_PACKET mmap rings on the veth pair (one queue,
         no XDP program): the comparison baseline. The orchestration offers only
         afxdp/shm, so this reuses its veth branch with AF_PACKET sockets, and
@@ -943,5 +947,5 @@ def _afpacket_runtime_class() -> Any:
     return AfPacketRuntime
 
 
-def _AfPacketRuntime(opts: Any) -> Any:  # noqa: N802 - a class, built lazily
+def _AfPacketRuntime(opts: Any) -> Any:
     return _afpacket_runtime_class()(opts)

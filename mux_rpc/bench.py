@@ -43,7 +43,6 @@ from ._loadgen import (
     MsgpackWorkload,
     Progress,
     client_loop_factory,
-    cpu_seconds,
     raise_fd_limit,
     run_load,
 )
@@ -73,7 +72,7 @@ def machine_notes() -> dict[str, Any]:
     try:
         import uvloop
 
-        uv = uvloop.__version__
+        uv = getattr(uvloop, "__version__", "?")
     except ImportError:
         uv = None
     return {"cpu": model, "cpus": os.cpu_count(),
@@ -167,7 +166,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     repeat = 1 if args.quick else max(1, args.repeat)
     floor_n = 20_000 if args.quick else 200_000
     raise_fd_limit(max(4096, 2 * max(conn_counts) + 1024))
-    started = _dt.datetime.now(_dt.timezone.utc)
+    started = _dt.datetime.now(_dt.UTC)
 
     _say(f"floor: decode + dispatch + encode of {floor_n:,} echo calls, best of 3 ...")
     floor = run_floor(floor_n, 3)

@@ -45,7 +45,7 @@ def test_write_then_read_returns_the_block() -> None:
     cmd = roundtrip(nvme_command(nvme.NVM_WRITE, 7, 42, 0, block))
     reply = roundtrip(nvme.handle_pdu(cmd.header, cmd.data, disk))
     assert reply.pdu_type == framing.PduType.CAPSULE_RESP
-    dw0, dw1, sqhd, sqid, cid, status = struct.unpack_from("<IIHHHH", reply.header, 8)
+    cid, status = struct.unpack_from("<HH", reply.header, 8 + 12)  # CQE CID, status
     assert (cid, status) == (7, 0)
     cmd = roundtrip(nvme_command(nvme.NVM_READ, 8, 42, 0))
     reply = roundtrip(nvme.handle_pdu(cmd.header, cmd.data, disk))
