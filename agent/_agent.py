@@ -147,6 +147,8 @@ class Agent:
         self._clock = clock
         self._tick_interval = tick_interval
         self.conns: dict[int, Connection] = {}
+        #: accepted, connection_made not yet called (TLS handshake running)
+        self._embryonic: dict[int, Connection] = {}
         self.listeners: dict[int, _Listener] = {}
         self._ids = itertools.count(1)
         self._dirty = [False] * self._nq
@@ -244,6 +246,7 @@ class Agent:
             "role": "agent",
             "queues": self._nq,
             "connections_open": len(self.conns),
+            "connections_handshaking": len(self._embryonic),
             "listeners": {str(lid): f"{l.bind}:{l.port} {l.spec}{' tls' if l.tls else ''}"
                           for lid, l in self.listeners.items()},
             "buffered_bytes": self.budget.used,
@@ -293,6 +296,12 @@ class Agent:
                 conn.conn_id, status_for(reason), _text(reason, text)))
 
     def to_host_new_connection(self, conn: Connection) -> None:
+        if self._embryonic.pop(conn.conn_id, None) is not conn or self._closed:
+            # expired or shut down meanwhile: never announced
+            conn.event(ConnEvent.LINK_LOST, "refused")
+            return
+        conn.link_blocked = self._link_blocked[conn.conn_id % self._nq]
+        self.conns[conn.conn_id] = conn
         self.stats.incr("connections_accepted")
         self._send(conn.conn_id % self._nq, P.NewConnection(
             conn.conn_id, conn.listener_id, conn.peer[0], conn.peer[1]))
@@ -325,10 +334,15 @@ class Agent:
                 dirty[q] = False
                 port = self._ports[q]
                 try:
-                    port.flush()
+                    more = port.flush()
                 except OSError as exc:
+                    more = False
                     self.stats.incr("send_failed")
                     log.warning("flush on queue %d failed: %s", q, exc)
+                if more:  # a big burst: the rest goes next iteration, not at the next tick
+                    dirty[q] = True
+                    if self._flush_handle is None and self._loop is not None:
+                        self._flush_handle = self._loop.call_soon(self._flush)
                 if not port.writable and not self._link_blocked[q]:
                     self._set_link_blocked(q, True)
 
@@ -470,6 +484,7 @@ class Agent:
         self._reset_links()
 
     def _reset_all(self, ev: ConnEvent, reason: str) -> None:
+        self._embryonic.clear()  # their connection_made will find them gone
         for lst in list(self.listeners.values()):
             self._close_listener(lst)
         for conn in list(self.conns.values()):
@@ -597,21 +612,33 @@ class Agent:
             if cid >= HOST_CONN_ID_BASE:
                 self._ids = itertools.count(1)
                 continue
-            if cid not in self.conns:
+            if cid not in self.conns and cid not in self._embryonic:
                 return cid
 
     def _accept(self, lst: _Listener) -> asyncio.Protocol:
-        if (len(self.conns) >= self.config.max_connections or self._closed
-                or not self._link_up):
+        """Protocol factory of a listener. The connection is *embryonic* until
+        ``connection_made`` (immediately for TCP; after the handshake for TLS,
+        and never if the handshake fails -- asyncio then never calls the
+        protocol again, so an expiry timer forgets it)."""
+        if (len(self.conns) + len(self._embryonic) >= self.config.max_connections
+                or self._closed or not self._link_up):
             self.stats.incr("too_many_connections" if self._link_up else "refused_link_down")
             return _Refused()
         cid = self._new_id()
         framer = make_framer(lst.spec, self.host_max_message)
         conn = Connection(self, cid, framer, host_window=self.host_window,
                           listener_id=lst.listener_id, now=self._clock())
-        conn.link_blocked = self._link_blocked[cid % self._nq]
-        self.conns[cid] = conn
+        self._embryonic[cid] = conn
+        if lst.tls and self._loop is not None:
+            self._loop.call_later(self.config.tls_handshake_timeout + 0.5,
+                                  self._expire_embryonic, conn)
         return conn
+
+    def _expire_embryonic(self, conn: Connection) -> None:
+        if self._embryonic.get(conn.conn_id) is conn:
+            del self._embryonic[conn.conn_id]
+            self.stats.incr("tls_handshake_failed")
+            log.info("connection %d: TLS handshake did not complete", conn.conn_id)
 
     # -- outbound connections ------------------------------------------------------------------
     def _on_connect(self, m: P.Connect) -> None:
@@ -622,7 +649,7 @@ class Agent:
             self.stats.incr("connect_failed")
             self._send(cid % self._nq, P.Connected(cid, status, text))
 
-        if cid in self.conns:
+        if cid in self.conns or cid in self._embryonic:
             fail(P.Status.UNKNOWN, f"connection id {cid:#x} is in use")
             return
         if len(self.conns) >= cfg.max_connections:

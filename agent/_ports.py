@@ -69,9 +69,14 @@ class LinkPort:
     def send_data(self, conn_id: int, payload: bytes, header_length: int) -> None:
         self.link.send_data(conn_id, payload, header_length)
 
-    def flush(self) -> None:
-        if not self._closed:
-            self.link.flush(self._clock())
+    def flush(self) -> bool:
+        """Send what link credit allows; True when more is queued and only the
+        per-flush frame cap stopped it (flush again soon)."""
+        if self._closed:
+            return False
+        link = self.link
+        sent = link.flush(self._clock())
+        return sent >= self.config.max_frames_per_flush and link.queued_messages > 0
 
     @property
     def writable(self) -> bool:

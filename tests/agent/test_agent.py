@@ -301,7 +301,7 @@ def test_tls_termination(tls_files: tuple[str, str]) -> None:
     cert, key = tls_files
 
     async def main() -> None:
-        async with rig() as (agent, host):
+        async with rig(tls_handshake_timeout=0.2) as (agent, host):
             port = await listen(host, tls=True, cert_path=cert, key_path=key)
             ctx = ssl.create_default_context(cafile=cert)
             r, w = await client(port, ssl=ctx, server_hostname="127.0.0.1")
@@ -322,6 +322,10 @@ def test_tls_termination(tls_files: tuple[str, str]) -> None:
             await asyncio.sleep(0.05)
             assert host.take(P.NewConnection) == [] and host.take(P.Data) == []
             assert "tls" in str(agent.statistics()["listeners"])
+            # the failed handshake holds nothing for long
+            await asyncio.sleep(0.8)
+            st = agent.statistics()
+            assert st["connections_handshaking"] == 0 and st["tls_handshake_failed"] == 1
     run(main())
 
 
