@@ -284,6 +284,8 @@ class OffloadServer:
             res = self._callback(reader, writer)
             if inspect.isawaitable(res):
                 await res
+        except ConnectionClosedError:
+            pass  # closed on this side (host shutting down): nothing went wrong
         except Exception:
             log.exception("client callback failed (peer %s)", writer.get_extra_info("peername"))
             writer.close()
