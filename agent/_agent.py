@@ -164,7 +164,7 @@ class Agent:
         self._heard_since_hello = False
         self._link_up = True
         self._stall_since: float | None = None
-        self.host_window = (self.config.initial_window_messages, self.config.initial_window_bytes)
+        self.host_window = (self.config.host_window_messages, self.config.host_window_bytes)
         self.host_max_message = self.config.max_message_size
         # hot counters as attributes (Counter lookups cost on the data path)
         self.messages_to_host = 0
@@ -458,8 +458,8 @@ class Agent:
         wm = getattr(m, "window_messages", None)
         wb = getattr(m, "window_bytes", None)
         cfg = self.config
-        self.host_window = (int(wm) if wm else cfg.initial_window_messages,
-                            int(wb) if wb else cfg.initial_window_bytes)
+        self.host_window = (int(wm) if wm else cfg.host_window_messages,
+                            int(wb) if wb else cfg.host_window_bytes)
         if m.max_message_size:
             self.host_max_message = min(cfg.max_message_size, m.max_message_size)
 

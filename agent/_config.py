@@ -42,6 +42,14 @@ class AgentConfig:
     also the bound on the write buffer toward each client: credit goes back to
     the host only as that buffer drains."""
 
+    host_window_messages: int = 64
+    """The per-connection window the host grants the agent, in messages, as
+    long as the host's HELLO does not announce one (the protocol's HELLO has
+    no window fields yet): must match the host's configuration."""
+
+    host_window_bytes: int = 1 << 20
+    """The same, in bytes."""
+
     max_write_buffer: int = 4 << 20
     """Hard bound on one connection's TCP write buffer (encoded bytes). Only a
     host that ignores credits can reach it; the connection is then closed as
@@ -95,7 +103,7 @@ class AgentConfig:
             raise ValueError(f"queues must be 1..64, got {self.queues}")
         for name in ("max_connections", "max_buffered_per_connection", "max_buffered_total",
                      "max_message_size", "initial_window_messages", "initial_window_bytes",
-                     "max_write_buffer"):
+                     "host_window_messages", "host_window_bytes", "max_write_buffer"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_buffered_per_connection < self.max_message_size:

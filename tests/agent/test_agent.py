@@ -127,7 +127,7 @@ def test_listen_refusals() -> None:
 
 def test_out_of_credit_connection_stops_reading_others_continue() -> None:
     async def main() -> None:
-        async with rig(initial_window_messages=8, initial_window_bytes=1 << 20) as (agent, host):
+        async with rig(host_window_messages=8, host_window_bytes=1 << 20) as (agent, host):
             port = await listen(host)
             _ra, wa = await client(port)
             a = (await host.expect(P.NewConnection)).conn_id
@@ -536,4 +536,35 @@ def test_shutdown_tells_the_host_and_closes_clients() -> None:
         finally:
             await agent.close()
             host.close()
+    run(main())
+
+
+def test_outbound_connect_with_tls(tls_files: tuple[str, str]) -> None:
+    cert, key = tls_files
+
+    async def main() -> None:
+        async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await r.read(65536):
+                    w.write(data)
+            w.close()
+
+        sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        sctx.load_cert_chain(cert, key)
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=sctx)
+        sport = server.sockets[0].getsockname()[1]
+        try:
+            async with rig(tls_client_cafile=cert) as (_agent, host):
+                cid = 0x8000_0010
+                host.send(P.Connect(cid, "127.0.0.1", sport, "length", tls=True))
+                ok = await host.expect(P.Connected, cid)
+                assert ok.status == ST.OK, ok
+                host.send(P.Data(cid, b"over tls"))
+                assert bytes((await host.expect(P.Data, cid)).payload) == frame(b"over tls")
+            async with rig() as (_agent, host):  # no CA for it: verification fails
+                host.send(P.Connect(cid, "127.0.0.1", sport, "length", tls=True))
+                bad = await host.expect(P.Connected, cid)
+                assert bad.status == ST.TLS_ERROR and bad.text.startswith("tls_error")
+        finally:
+            server.close()
     run(main())
