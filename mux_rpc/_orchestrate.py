@@ -231,8 +231,27 @@ class OffloadRuntime:
             return
         from xport._topology import VethPair
 
-        self.veth = VethPair(queues=self.options.queues,
-                             host_netns=self.options.host_netns).create()
+        pair = VethPair(queues=self.options.queues, host_netns=self.options.host_netns)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self.veth = pair.create()  # no loop in this thread: pyroute2 may run its own
+            return
+        # called inside a running loop: pyroute2's sync API needs a thread of its own
+        err: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                pair.create()
+            except BaseException as exc:
+                err.append(exc)
+
+        t = threading.Thread(target=run, name="veth-create")
+        t.start()
+        t.join()
+        if err:
+            raise err[0]
+        self.veth = pair
 
     def _open_afxdp(self) -> None:
         from xport._afxdp import AfXdpBackend
