@@ -568,3 +568,24 @@ def test_outbound_connect_with_tls(tls_files: tuple[str, str]) -> None:
         finally:
             server.close()
     run(main())
+
+
+def test_host_misuse_is_counted_never_fatal() -> None:
+    async def main() -> None:
+        async with rig() as (agent, host):
+            host.send(P.Data(4242, b"nobody"), q=0)
+            host.send(P.Credit(4242, 1, 1), q=0)
+            host.send(P.NewConnection(5, 1, "1.2.3.4", 5), q=0)  # an agent-only message
+            host.send(P.Error(0, 99, "host trouble"), q=0)
+            host.send(P.Connect(0x8000_0001, "127.0.0.1", 1, "no-such-framer"), q=0)
+            bad = await host.expect(P.Connected)
+            assert bad.status == ST.UNKNOWN
+            port = await listen(host)  # still serving
+            r, w = await client(port)
+            cid = (await host.expect(P.NewConnection)).conn_id
+            w.write(frame(b"fine"))
+            assert bytes((await host.expect(P.Data, cid)).payload) == frame(b"fine")
+            errs = agent.statistics()["host_errors"]
+            assert errs == {"data_unknown_conn": 1, "credit_unknown_conn": 1,
+                            "unexpected_newconnection": 1, "error_from_host": 1}
+    run(main())
