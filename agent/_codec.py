@@ -64,6 +64,17 @@ def wire_of(framer: Framer[Any], message: Any) -> tuple[bytes, int]:
     return header + data, min(len(header), 0xFFFF)
 
 
+def wire_fn(framer: Framer[Any]) -> Callable[[Any], tuple[bytes, int]]:
+    """:func:`wire_of` specialised for one framer (the per-message hot path)."""
+    if type(framer) is LengthFieldFramer and framer.config.initial_bytes_to_strip == 0:
+        end = framer.config.length_field_end_offset
+        return lambda m: (m.payload, end)
+    if type(framer).split_parts is Framer.split_parts:
+        mb = framer.message_bytes
+        return lambda m: (mb(m), 0)
+    return lambda m: wire_of(framer, m)
+
+
 def reply_encoder(framer: Framer[Any]) -> Callable[[bytes, int], bytes]:
     """``encode(payload, header_length) -> wire bytes`` for host replies."""
     own = getattr(framer, "encode_payload", None)

@@ -45,7 +45,7 @@ from typing import Any, Protocol, cast
 
 from framing import FramingError
 
-from ._codec import reply_encoder, wire_of
+from ._codec import reply_encoder, wire_fn
 from ._config import AgentConfig
 from ._credit import CreditError, DrainTracker, RecvWindow, SendWindow
 from ._state import REASON_FOR_EVENT, Action, ConnEvent, ConnState, transition
@@ -109,6 +109,7 @@ class Connection(asyncio.Protocol):
         self.state = S.CONNECTING if outbound else S.OPEN
         self.framer = framer
         self._encode: Callable[[bytes, int], bytes] = reply_encoder(framer)
+        self._wire: Callable[[Any], tuple[bytes, int]] = wire_fn(framer)
         self.send_window = SendWindow(*host_window)
         self.recv_window = RecvWindow(cfg.initial_window_messages, cfg.initial_window_bytes,
                                       max_message=cfg.max_message_size)
@@ -342,13 +343,13 @@ class Connection(asyncio.Protocol):
 
     # -- internals -------------------------------------------------------------
     def _queue(self, msgs: list[Any]) -> None:
-        framer = self.framer
+        wire_of = self._wire
         window = self.send_window
         pending = self.pending
         to_host = self.owner.to_host_data
         cid = self.conn_id
         for msg in msgs:
-            wire, hlen = wire_of(framer, msg)
+            wire, hlen = wire_of(msg)
             n = len(wire)
             m = window.messages
             if not pending and m > 0 and (window.bytes >= n or m >= window.initial_messages):
