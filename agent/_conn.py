@@ -256,7 +256,7 @@ class Connection(asyncio.Protocol):
             m, b = self.tracker.drained(buffered)
             if m:
                 self.recv_window.on_drained(m, b)
-        upd = self.recv_window.take_update(force=not buffered)
+        upd = self.recv_window.take_update()  # batched: see RecvWindow.update_due
         if upd is not None and self.state in (S.OPEN, S.DRAINING):
             self.owner.to_host_credit(self.conn_id, upd[0], upd[1])
         if buffered > self._max_write:
@@ -286,7 +286,7 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if action is A.IGNORE:
             return
-        if action is A.WRITE:  # only reached through event() by tests; host_data is the path
+        if action is A.WRITE:  # host_data() writes on its fast path; nothing left to do
             return
         if action is A.DROP_HOST_DATA:
             owner.stats.host_errors[f"data_in_{prev.value}"] += 1
