@@ -129,6 +129,9 @@ class HostConfig:
     (possible when they ride another queue); beyond it the oldest is dropped."""
     tick_interval: float = 0.25
     """Seconds between keepalive checks of the host's timer task."""
+    hello_retry: float = 2.5
+    """Seconds without the agent's HELLO after which the host starts its links
+    over (a fresh HELLO), while :meth:`Host.start` waits."""
     hello_grace: float = 1.0
     """An agent HELLO within this many seconds of the host's own HELLO is the
     agent's answer to it, not a restart (the agent answers a HELLO with one)."""
@@ -608,8 +611,17 @@ class Host:
         # a managed link consumes HELLO without waking a reader: look for it
         while not self._hello_event.is_set():
             self._check_hellos()
-            if not self._hello_event.is_set():
-                await asyncio.sleep(0.005)
+            if self._hello_event.is_set():
+                return
+            if self._clock() - self._hello_sent_at > self.config.hello_retry:
+                # The agent took our HELLO for the answer to its own (which we
+                # never got: it was sent before our sockets existed). Start over:
+                # past its grace, a fresh HELLO makes it start over too.
+                log.info("no HELLO from the agent: saying HELLO again")
+                self._hello_sent_at = self._clock()
+                for port in self._ports:
+                    port.reset()
+            await asyncio.sleep(0.005)
 
     def _check_hellos(self) -> None:
         """Managed links: hand a HELLO the link consumed (new or changed) to _on_hello."""

@@ -103,6 +103,9 @@ class OffloadOptions:
     """UMEM / ring slot size."""
     stats_socket: bool = True
     """Serve the host's counters for ``mux-rpc stats``."""
+    ifname: str | None = None
+    """Attach to this existing host-end interface (AF_XDP) instead of creating a
+    veth pair and starting an agent: an agent already runs on its peer."""
 
 
 class OffloadRuntime:
@@ -157,6 +160,14 @@ class OffloadRuntime:
         install_cleanup_handlers()
         opts = self.options
         self.backend_name = self._choose_backend()
+        if opts.ifname:
+            if self.backend_name != "afxdp":
+                raise RuntimeError("ifname= needs the AF_XDP backend")
+            await asyncio.to_thread(self._open_afxdp)
+            self.host = self._make_host()
+            await self.host.start()  # the running agent answers our HELLO
+            await self._start_stats()
+            return
         if self.backend_name == "afxdp":
             if self.veth is None:
                 await asyncio.to_thread(self.prepare_link)
@@ -188,17 +199,20 @@ class OffloadRuntime:
                 f"the agent did not come up (exit code {rc})" if rc is not None else
                 f"no HELLO from the agent within {opts.startup_timeout} s")
         start.result()
-        if opts.stats_socket:
-            host = self.host
-            self._stats = StatsServer("host", lambda: {**host.snapshot(),
-                                                       "backend": self.backend_name})
+        await self._start_stats()
+        log.info("offload path up: %s, %d queue(s), agent pid %s", self.backend_name,
+                 opts.queues, self.agent_proc.pid if self.agent_proc else None)
+
+    async def _start_stats(self) -> None:
+        opts = self.options
+        if opts.stats_socket and self.host is not None:
+            self._stats = StatsServer("host", lambda: {
+                **(self.host.snapshot() if self.host else {}), "backend": self.backend_name})
             try:
                 await self._stats.start()
             except OSError as exc:
                 log.warning("stats socket unavailable: %s", exc)
                 self._stats = None
-        log.info("offload path up: %s, %d queue(s), agent pid %s", self.backend_name,
-                 opts.queues, self.agent_proc.pid if self.agent_proc else None)
 
     async def _wait_agent_frames(self, timeout: float) -> None:
         import select
@@ -227,7 +241,7 @@ class OffloadRuntime:
         namespace: pyroute2 configures a link inside a namespace from a forked
         child, and a fork from a process whose other threads hold locks can
         hang. :func:`run_offloaded` does this for you."""
-        if self.veth is not None or self._choose_backend() != "afxdp":
+        if self.veth is not None or self.options.ifname or self._choose_backend() != "afxdp":
             return
         from xport._topology import VethPair
 
@@ -258,12 +272,12 @@ class OffloadRuntime:
         from xport._bpfload import XdpProgram
 
         opts = self.options
-        host_if = self.veth.host.ifname
+        host_if = opts.ifname or self.veth.host.ifname
 
         def open_all() -> None:
             # in the namespace of the host end (when it has one): a throwaway
             # thread enters it so that the rest of the process stays where it is
-            if self.veth.netns:
+            if self.veth is not None and self.veth.netns:
                 from pyroute2 import netns
 
                 netns.setns(self.veth.netns)
@@ -470,27 +484,41 @@ async def _serve_conn_app(app: Any, host: Host, port: int, framer: str) -> None:
         t.add_done_callback(tasks.discard)
 
 
+def _resolve_app(app: Any) -> tuple[str, Any]:
+    """("serve", obj) for an App or an object with ``async serve(listener)``,
+    ("conn", fn) for an async callable per connection; a zero-argument factory
+    is called once and its result classified."""
+    from ._service import App
+
+    for _ in range(2):
+        if isinstance(app, App) or inspect.iscoroutinefunction(getattr(app, "serve", None)):
+            return "serve", app
+        if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(
+                getattr(app, "__call__", None)):
+            return "conn", app
+        if callable(app) and not inspect.signature(app).parameters:
+            app = app()
+            continue
+        break
+    raise SystemExit(f"mux-rpc serve: {app!r} is neither an App, an object with "
+                     "async serve(listener), an async callable per connection, nor a factory")
+
+
 def serve_main(args: Any) -> int:
     """``mux-rpc serve``."""
-    app = _load_app(args.app)
+    kind, app = _resolve_app(_load_app(args.app))
     if args.workers != 1:
         print("mux-rpc serve: --workers other than 1 is not supported yet: one host process "
               "serves every queue", file=sys.stderr)
         return 2
-    if args.ifname:
-        print("mux-rpc serve: --ifname (attach to an existing link) is not supported yet",
-              file=sys.stderr)
-        return 2
-    opts = OffloadOptions(queues=args.queues, backend=args.backend, host_netns=args.netns)
+    opts = OffloadOptions(queues=args.queues, backend=args.backend, host_netns=args.netns,
+                          ifname=args.ifname)
 
     async def main(host: Host) -> None:
-        from ._service import App
-
-        if isinstance(app, App) or hasattr(app, "serve"):
+        if kind == "serve":
             await _run_app(app, host, args.port, args.framer)
         else:
-            a = app() if callable(app) and not inspect.iscoroutinefunction(app) else app
-            await _serve_conn_app(a, host, args.port, args.framer)
+            await _serve_conn_app(app, host, args.port, args.framer)
 
     with contextlib.suppress(KeyboardInterrupt):
         run_offloaded(main, options=opts)

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                         '"nvme-tcp", "onc-rpc" (default length)')
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="host worker processes, one per queue (default 1: one process "
-                        "serves every queue)")
+                        "serves every queue; more is not implemented yet and exits 2)")
     _add_link_options(p)
     p.set_defaults(func=_cmd_serve)
 

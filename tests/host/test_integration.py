@@ -151,3 +151,74 @@ def test_host_restart_resets_clients_over_afxdp(tmp_path: Path) -> None:
 
 def test_host_restart_resets_clients_over_shm(tmp_path: Path) -> None:
     asyncio.run(_host_restart(_runtime("shm", tmp_path), tmp_path))
+
+
+def _serve_cli(backend: str, app: str, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, MUX_RPC_STATS_DIR=str(tmp_path), PYTHONPATH=str(Path.cwd()))
+    p = subprocess.Popen([sys.executable, "-m", "mux_rpc", "serve", app, "--port", "0",
+                          "--backend", backend, "--queues", "2"],
+                         stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout is not None
+        line = p.stdout.readline()  # "serving on 127.0.0.1:PORT (length)"
+        assert line.startswith("serving on 127.0.0.1:"), line
+        port = int(line.split(":")[1].split()[0])
+        got = asyncio.run(asyncio.wait_for(client(port, 3, 10, 50), 20))
+        assert got == [b"%06d:%06d:" % (3, i) + b"x" * 50 for i in range(10)]
+        p.send_signal(signal.SIGTERM)  # teardown on SIGTERM: agent, links, veth
+        assert p.wait(20) != 0 or True
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert not list(tmp_path.glob("*.sock"))  # both stats sockets removed
+
+
+def test_serve_cli_over_shm(tmp_path: Path) -> None:
+    _serve_cli("shm", "tests.host._echo_app:echo", tmp_path)
+
+
+@pytest.mark.afxdp
+def test_serve_cli_over_afxdp(tmp_path: Path) -> None:
+    afxdp_required()
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        before = {l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+    _serve_cli("afxdp", "tests.host._echo_app:make_echo", tmp_path)
+    with IPRoute() as ipr:
+        after = {l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+    assert not {n for n in after - before if n.startswith(("mxa", "mxh"))}
+
+
+@pytest.mark.afxdp
+def test_attach_to_existing_interface(tmp_path: Path) -> None:
+    """--ifname: the link and the agent exist already; the host only attaches."""
+    afxdp_required()
+    import subprocess
+    import sys
+
+    from xport._topology import VethPair
+
+    with VethPair(queues=2) as pair:
+        agent = subprocess.Popen([sys.executable, "-m", "agent", "--ifname", pair.agent.ifname,
+                                  "--queues", "2", "--no-stats-socket"])
+        try:
+            async def main() -> None:
+                await asyncio.sleep(1.0)  # the agent is up and has said HELLO long ago
+                rt = OffloadRuntime(OffloadOptions(queues=2, backend="afxdp",
+                                                   ifname=pair.host.ifname, stats_socket=False))
+                async with rt:
+                    assert rt.agent_proc is None and rt.veth is None
+                    port, task = await serve_echo(rt.host)  # type: ignore[arg-type]
+                    got = await asyncio.wait_for(client(port, 1, 5, 10), 20)
+                    assert len(got) == 5
+                    task.cancel()
+            asyncio.run(main())
+        finally:
+            agent.terminate()
+            agent.wait(10)
