@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import resource
@@ -646,7 +647,10 @@ class HostProcess:
         env.setdefault("LIBXDP_SKIP_DISPATCHER", "1")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "import mux_rpc._loadgen as m; m.host_child_main()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+            # its own session: a Ctrl-C on the terminal reaches only us, and we
+            # stop the host in order ("stop", or EOF on its stdin if we die)
+            start_new_session=True)
         threading.Thread(target=self._read, daemon=True, name="host-reader").start()
         try:
             self._send(json.dumps(self.config))
@@ -761,10 +765,12 @@ def host_child_main() -> None:
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever else writes to fd 1 (the agent) goes to stderr
     cfg = json.loads(sys.stdin.readline() or "{}")
-    import logging
 
-    logging.basicConfig(level=int(cfg.get("log_level", logging.WARNING)),
+    level = int(cfg.get("log_level", logging.WARNING))
+    logging.basicConfig(level=level,
                         format="%(asctime)s host %(name)s %(levelname)s %(message)s")
+    if level >= logging.WARNING:
+        logging.getLogger("mux_rpc.server").addFilter(_quiet_peer_gone)
     commands: asyncio.Queue[str] | None = None
     loop_holder: list[asyncio.AbstractEventLoop] = []
 
@@ -797,6 +803,16 @@ def host_child_main() -> None:
             runner.run(main())
     except KeyboardInterrupt:
         pass
+
+
+def _quiet_peer_gone(record: logging.LogRecord) -> bool:
+    """Drop the server's "stream handler failed" warnings whose cause is only
+    that the client went away mid-call (clients interrupted by Ctrl-C): the
+    demo and the benchmark count every call themselves. Shown with -v."""
+    from ._conn import ConnectionClosedError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, ConnectionClosedError)
 
 
 class _HostState:
