@@ -210,6 +210,41 @@ class LinkPort(Protocol):
 # -- connections --------------------------------------------------------------------
 
 
+class _HostReceiveWindow(ReceiveWindow):
+    """``xport._flow.ReceiveWindow`` with a grant rule that batches at small sizes.
+
+    The base rule also grants whenever the agent's byte credit is below one
+    maximum-size message; with the default window (1 MiB) equal to the maximum
+    message size that is *always*, i.e. one CREDIT per message. Here credit
+    goes back when half a window is pending (messages or bytes), when the
+    agent is out of message credit, or when the application holds nothing
+    from this connection any more (``buffered == 0``). No deadlock: if the
+    agent is blocked, the application eventually consumes everything it was
+    given, and that last ``on_consumed`` returns all that is pending.
+    """
+
+    __slots__ = ()
+
+    def on_consumed(self, nbytes: int) -> tuple[int, int] | None:
+        if self.buffered_messages < 1 or nbytes > self.buffered_bytes:
+            raise ValueError("consumed more than was received")
+        self.buffered_messages -= 1
+        self.buffered_bytes -= nbytes
+        self.pending_messages += 1
+        self.pending_bytes += nbytes
+        if (self.buffered_messages == 0
+                or self.pending_messages * 2 >= self.window_messages
+                or self.pending_bytes * 2 >= self.window_bytes
+                or self.outstanding_messages < 1):
+            m, b = self.pending_messages, self.pending_bytes
+            self.pending_messages = self.pending_bytes = 0
+            self.outstanding_messages += m
+            self.outstanding_bytes += b
+            return m, b
+        return None
+
+
+
 class OffloadConnection:
     """One offloaded TCP connection, as whole messages (a ``MessageConnection``).
 
@@ -235,7 +270,7 @@ class OffloadConnection:
         self._recv_busy = False
         cfg = host.config
         # agent -> host: the window granted in our HELLO counts as the initial grant
-        self._rwin = ReceiveWindow(cfg.window_messages, cfg.window_bytes,
+        self._rwin = _HostReceiveWindow(cfg.window_messages, cfg.window_bytes,
                                    max_message_size=cfg.max_message_size)
         self._rwin.initial_grant()
         # host -> agent: the agent's HELLO window, refilled by its CREDITs

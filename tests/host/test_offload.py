@@ -409,3 +409,40 @@ async def test_hello_timeout() -> None:
     host = Host([a], HostConfig(hello_timeout=0.05), run_timer=False)
     with pytest.raises(LinkLostError):
         await host.start()
+
+
+def test_receive_window_batches_and_never_strands_a_blocked_agent() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from mux_rpc._offload import _HostReceiveWindow
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(st.integers(1, 300_000), st.booleans()), min_size=1, max_size=200))
+    def prop(script: list[tuple[int, bool]]) -> None:
+        w = _HostReceiveWindow(8, 1 << 20, max_message_size=1 << 20)
+        w.initial_grant()
+        agent_m, agent_b = 8, 1 << 20  # the agent's view of its credit
+        held: list[int] = []
+        grants = 0
+        for size, consume_all in script:
+            if agent_m >= 1 and agent_b >= size:  # the agent sends when credit allows
+                agent_m -= 1
+                agent_b -= size
+                w.on_received(size)
+                held.append(size)
+            elif not held:
+                raise AssertionError("agent blocked while the host holds nothing: deadlock")
+            # the application consumes one message, or everything it holds
+            while held:
+                g = w.on_consumed(held.pop(0))
+                if g:
+                    grants += 1
+                    agent_m += g[0]
+                    agent_b += g[1]
+                if not consume_all:
+                    break
+            # views agree and the window is never exceeded
+            assert (agent_m, agent_b) == (w.outstanding_messages, w.outstanding_bytes)
+            assert w.buffered_messages <= 8 and w.buffered_bytes <= 1 << 20
+    prop()
