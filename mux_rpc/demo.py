@@ -75,9 +75,9 @@ def _transport_line(info: dict[str, Any]) -> str:
         return (f"AF_XDP on a veth pair, {'/'.join(modes)} mode{why}, XDP program in native "
                 f"mode, {q} queue(s){where}")
     if backend == "shm":
-        why = info.get("why_not_afxdp")
+        reason = info.get("why_not_afxdp")
         return (f"shared-memory rings, {q} queue(s): "
-                + (f"AF_XDP unusable here ({why})" if why else "as asked (--backend shm)"))
+                + (f"AF_XDP unusable here ({reason})" if reason else "as asked (--backend shm)"))
     return f"{backend}, {q} queue(s){where}"
 
 
