@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Action", "ConnEvent", "ConnState", "TRANSITIONS", "transition"]
+__all__ = ["TRANSITIONS", "Action", "ConnEvent", "ConnState", "transition"]
 
 
 class ConnState(enum.Enum):

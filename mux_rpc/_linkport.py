@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from xport import _protocol as P
 from xport._backend import FrameBackend
@@ -56,7 +56,7 @@ class AsyncLinkPort:
         a = self.alink
         for m in msgs:
             if m.__class__ is P.Data:
-                a.send_data(m.conn_id, m.payload, m.header_length)  # type: ignore[union-attr]
+                a.send_data(m.conn_id, m.payload, m.header_length)
             else:
                 a.send(m)
         await a.drain()

@@ -52,8 +52,9 @@ import dataclasses
 import itertools
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 from xport import _protocol as P
 from xport._flow import FlowControlError, ReceiveWindow, SendWindow
@@ -364,7 +365,7 @@ class OffloadConnection:
             try:
                 await asyncio.wait_for(asyncio.shield(self._done),
                                        self._host.config.close_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("connection %#x: no CLOSED from the agent within %.1f s",
                             self.conn_id, self._host.config.close_timeout)
                 self._finish(closed=True)
@@ -632,7 +633,7 @@ class Host:
             self._send_hello()  # a managed link sent its HELLO when it was built
         try:
             await asyncio.wait_for(self._wait_hello(), self.config.hello_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.close()
             raise LinkLostError(f"no HELLO from the agent within {self.config.hello_timeout} s",
                                 "link_lost") from None
@@ -684,16 +685,13 @@ class Host:
         await asyncio.sleep(0)
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        # their outcome no longer matters: they were cancelled on purpose
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         for port in self._ports:
             try:
                 await port.aclose()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - teardown goes on, reported
                 log.warning("closing port: %s", exc)
 
     async def abort(self) -> None:
@@ -750,7 +748,7 @@ class Host:
                                    lst.tls is not None, cert, key))
         try:
             return await asyncio.wait_for(fut, self.config.request_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise OffloadRequestError(
                 f"no LISTEN_RESULT within {self.config.request_timeout} s") from None
         finally:
@@ -767,7 +765,7 @@ class Host:
         self._send_ctl(conn.queue, P.Connect(cid, address[0], address[1], framer))
         try:
             await asyncio.wait_for(asyncio.shield(conn._opened), self.config.request_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             conn._event(ConnEvent.LOCAL_CLOSE)
             raise OffloadRequestError(f"no CONNECTED within {self.config.request_timeout} s") \
                 from None

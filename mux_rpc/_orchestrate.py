@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import inspect
 import logging
@@ -41,9 +42,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from ._linkport import link_port
 from ._offload import Host, HostConfig
@@ -284,9 +286,9 @@ class OffloadRuntime:
             self._program = XdpProgram()
             self._program.attach(host_if, "native")
             for q in range(opts.queues):
-                self._backends.append(_open_with_retry(
-                    lambda q=q: AfXdpBackend.open(host_if, q, bpf=self._program,
-                                                  frame_size=opts.frame_size)))
+                self._backends.append(_open_with_retry(functools.partial(
+                    AfXdpBackend.open, host_if, q, bpf=self._program,
+                    frame_size=opts.frame_size)))
 
         err: list[BaseException] = []
 
@@ -493,8 +495,8 @@ def _resolve_app(app: Any) -> tuple[str, Any]:
     for _ in range(2):
         if isinstance(app, App) or inspect.iscoroutinefunction(getattr(app, "serve", None)):
             return "serve", app
-        if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(
-                getattr(app, "__call__", None)):
+        if inspect.iscoroutinefunction(app) or (
+                callable(app) and inspect.iscoroutinefunction(type(app).__call__)):
             return "conn", app
         if callable(app) and not inspect.signature(app).parameters:
             app = app()

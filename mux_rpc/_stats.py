@@ -16,8 +16,8 @@ import asyncio
 import json
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 __all__ = ["StatsServer", "read_stats", "stats_dir", "stats_socket_path"]
 

@@ -33,7 +33,8 @@ import contextlib
 import contextvars
 import inspect
 import logging
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 from ._conn import ListenerClosedError, Message
 from ._offload import Host, OffloadConnection, OffloadListener

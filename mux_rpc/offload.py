@@ -61,6 +61,7 @@ __all__ = [
     "OffloadConnection",
     "OffloadListener",
     "OffloadRequestError",
+    "OffloadRuntime",
     "OffloadServer",
     "current_host",
     "open_connection",
@@ -68,7 +69,6 @@ __all__ = [
     "run_offloaded",
     "start_server",
     "use_host",
-    "OffloadRuntime",
 ]
 
 
@@ -84,7 +84,7 @@ def run_offloaded(*args: Any, **kwargs: Any) -> Any:
     return impl(*args, **kwargs)
 
 
-def OffloadRuntime(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - a class factory
+def OffloadRuntime(*args: Any, **kwargs: Any) -> Any:
     """See :class:`mux_rpc._orchestrate.OffloadRuntime`."""
     from ._orchestrate import OffloadRuntime as impl
 
