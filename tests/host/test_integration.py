@@ -65,8 +65,12 @@ async def client(port: int, cid: int, n: int, size: int) -> list[bytes]:
     return got
 
 
+@pytest.fixture(autouse=True)
+def _stats_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUX_RPC_STATS_DIR", str(tmp_path))  # inherited by the agent process
+
+
 def _runtime(backend: str, tmp_path: Path) -> OffloadRuntime:
-    os.environ["MUX_RPC_STATS_DIR"] = str(tmp_path)  # inherited by the agent process
     rt = OffloadRuntime(OffloadOptions(queues=2, backend=backend))
     rt.prepare_link()
     return rt
