@@ -294,7 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.netns:
         from pyroute2 import netns
 
-        netns.setns(args.netns)
+        try:
+            netns.setns(args.netns, flags=0)  # never create one (nothing left behind)
+        except (OSError, FileNotFoundError) as exc:
+            print(f"agent: cannot enter network namespace {args.netns!r}: {exc}",
+                  file=sys.stderr)
+            return 2
     links = _Links()
     try:
         if cfg.use_uvloop:

@@ -7,6 +7,7 @@ import asyncio
 import struct
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,15 @@ def test_bad_arguments_fail_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--ifname" in capsys.readouterr().err
     assert agent.main(["--window-bytes", "0", "--backend", "shm", "--shm-name", "x"]) == 2
     assert agent.main(["--queues", "0", "--backend", "shm", "--shm-name", "x"]) == 2
+
+
+def test_missing_netns_is_an_error_not_created(capsys: pytest.CaptureFixture[str]) -> None:
+    name = "mxnone" + uuid.uuid4().hex[:8]
+    out = subprocess.run([sys.executable, "-m", "agent", "--netns", name, "--backend", "shm",
+                          "--shm-name", "x"], capture_output=True, text=True, timeout=30,
+                         cwd=REPO, check=False)
+    assert out.returncode == 2 and "cannot enter network namespace" in out.stderr
+    assert not Path(f"/var/run/netns/{name}").exists()
 
 
 def test_agent_process_over_shared_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
