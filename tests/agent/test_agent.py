@@ -585,7 +585,7 @@ def test_host_misuse_is_counted_never_fatal() -> None:
             bad = await host.expect(P.Connected)
             assert bad.status == ST.UNKNOWN
             port = await listen(host)  # still serving
-            r, w = await client(port)
+            _r, w = await client(port)
             cid = (await host.expect(P.NewConnection)).conn_id
             w.write(frame(b"fine"))
             assert bytes((await host.expect(P.Data, cid)).payload) == frame(b"fine")
