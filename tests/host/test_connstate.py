@@ -62,3 +62,8 @@ def test_walks(path: list[ConnEvent], expected: ConnState) -> None:
     for ev in path:
         _, state = transition(state, ev)
     assert state is expected
+
+
+def test_hot_path_matches_the_table() -> None:
+    # Host._on_message delivers DATA for OPEN connections without the lookup
+    assert transition(S.OPEN, E.DATA) == (A.DELIVER, S.OPEN)
