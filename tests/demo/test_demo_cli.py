@@ -70,16 +70,3 @@ def test_bench_quick_json_has_every_cell(tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "host CPU per RPC, ratios" in p.stderr
 
-
-def test_cli_help_names_the_options() -> None:
-    from mux_rpc.cli import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    demo = sub.choices["demo"].format_help()  # type: ignore[attr-defined]
-    for opt in ("--short", "--duration", "--connections", "--queues", "--netns",
-                "--backend", "-v"):
-        assert opt in demo
-    bench = sub.choices["bench"].format_help()  # type: ignore[attr-defined]
-    for opt in ("--quick", "--json", "--plot", "--connections", "--modes", "--repeat"):
-        assert opt in bench

@@ -114,3 +114,17 @@ def test_replies_never_sent_are_lost() -> None:
 
     r = asyncio.run(main())
     assert r.calls == 0 and r.lost == 6 and r.errors == 6
+
+
+def test_cli_help_names_the_options() -> None:
+    from mux_rpc.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    demo = sub.choices["demo"].format_help()  # type: ignore[attr-defined]
+    for opt in ("--short", "--duration", "--connections", "--queues", "--netns",
+                "--backend", "-v"):
+        assert opt in demo
+    bench = sub.choices["bench"].format_help()  # type: ignore[attr-defined]
+    for opt in ("--quick", "--json", "--plot", "--connections", "--modes", "--repeat"):
+        assert opt in bench
