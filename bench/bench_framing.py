@@ -56,10 +56,11 @@ SIZES = (16, 256, 4096)
 
 def bare_length(chunks: list[bytes]) -> int:
     unpack = struct.Struct(">I").unpack_from
-    out: list[bytes] = []
-    append = out.append
+    count = 0
     rest = b""
     for chunk in chunks:
+        out: list[bytes] = []  # one list per chunk, as drain() returns
+        append = out.append
         data = rest + chunk if rest else chunk
         n = len(data)
         pos = 0
@@ -70,15 +71,17 @@ def bare_length(chunks: list[bytes]) -> int:
             append(data[pos + 4 : e])
             pos = e
         rest = data[pos:]
-    return len(out)
+        count += len(out)
+    return count
 
 
 def bare_onc(chunks: list[bytes]) -> int:
     unpack = struct.Struct(">I").unpack_from
-    out: list[bytes] = []
-    append = out.append
+    count = 0
     rest = b""
     for chunk in chunks:
+        out: list[bytes] = []  # one list per chunk, as drain() returns
+        append = out.append
         data = rest + chunk if rest else chunk
         n = len(data)
         pos = 0
@@ -90,17 +93,19 @@ def bare_onc(chunks: list[bytes]) -> int:
             append(data[pos + 4 : e])  # single-fragment records (last bit set)
             pos = e
         rest = data[pos:]
-    return len(out)
+        count += len(out)
+    return count
 
 
 def _bare_nvme(digests: bool) -> Callable[[list[bytes]], int]:
     def bare(chunks: list[bytes]) -> int:
         unpack = struct.Struct("<BBBBI").unpack_from
         u32 = struct.Struct("<I").unpack_from
-        out: list[tuple[bytes, bytes]] = []
-        append = out.append
+        count = 0
         rest = b""
         for chunk in chunks:
+            out: list[tuple[bytes, bytes]] = []  # one list per chunk, as drain() returns
+            append = out.append
             data = rest + chunk if rest else chunk
             n = len(data)
             pos = 0
@@ -122,20 +127,23 @@ def _bare_nvme(digests: bool) -> Callable[[list[bytes]], int]:
                 append((header, body))
                 pos = e
             rest = data[pos:]
-        return len(out)
+            count += len(out)
+        return count
 
     return bare
 
 
 def bare_msgpack(chunks: list[bytes]) -> int:
     unp = msgpack.Unpacker(raw=False, max_buffer_size=1 << 20)
-    out: list[Any] = []
-    append = out.append
+    count = 0
     for chunk in chunks:
         unp.feed(chunk)
+        out: list[Any] = []  # one list per chunk, as drain() returns
+        append = out.append
         for obj in unp:
             append(obj)
-    return len(out)
+        count += len(out)
+    return count
 
 
 # -- cases --------------------------------------------------------------------

@@ -36,7 +36,6 @@ skipped bytes are never buffered.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -69,6 +68,7 @@ class Framer(ABC, Generic[M]):
         "_discard_error",
         "_eof",
         "_error",
+        "_head",
         "_need",
         "_out",
         "max_message_size",
@@ -85,7 +85,9 @@ class Framer(ABC, Generic[M]):
         """Largest message (in wire bytes, see each framer) accepted or buffered."""
         self._buf = bytearray()
         self._need = 1
-        self._out: deque[M] = deque()
+        self._out: list[M] = []
+        """Decoded messages not yet returned; ``_parse`` appends to it."""
+        self._head = 0  # messages of _out already returned by next_message
         self._error: FramingError | None = None
         self._eof = False
         self._discard = 0
@@ -113,10 +115,10 @@ class Framer(ABC, Generic[M]):
             return
         buf = self._buf
         if buf:
-            buf += data
-            if len(buf) < self._need:
+            if len(buf) + n < self._need:
+                buf += data
                 return
-            view = bytes(buf)
+            view = b"".join((buf, data))  # one copy of buffer + chunk
             buf.clear()
         elif n < self._need:
             buf += data
@@ -169,8 +171,16 @@ class Framer(ABC, Generic[M]):
         """The next whole message, or ``None`` if more bytes are needed (or
         the stream ended cleanly). Raises the framer's error once every message
         decoded before it has been returned."""
-        if self._out:
-            return self._out.popleft()
+        out = self._out
+        head = self._head
+        if head < len(out):
+            msg = out[head]
+            head += 1
+            if head == len(out):
+                out.clear()
+                head = 0
+            self._head = head
+            return msg
         if self._error is not None:
             raise self._error
         return None
@@ -180,9 +190,11 @@ class Framer(ABC, Generic[M]):
         error instead if there are no messages left and the framer failed."""
         out = self._out
         if out:
-            msgs = list(out)
-            out.clear()
-            return msgs
+            self._out = []  # hand the list over instead of copying it
+            if self._head:
+                del out[: self._head]
+                self._head = 0
+            return out
         if self._error is not None:
             raise self._error
         return []
@@ -234,7 +246,7 @@ class Framer(ABC, Generic[M]):
         state = "failed" if self._error else ("eof" if self._eof else "open")
         return (
             f"<{type(self).__name__} {state} max_message_size={self.max_message_size} "
-            f"buffered={self._partial_bytes()} queued={len(self._out)}>"
+            f"buffered={self._partial_bytes()} queued={len(self._out) - self._head}>"
         )
 
     # -- for subclasses -----------------------------------------------------

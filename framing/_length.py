@@ -39,9 +39,11 @@ from typing import Any, ClassVar, Literal
 
 from ._base import Framer, parse_spec_value
 from ._errors import BadFramerSpec, BadLength, EncodeError, FramerConfigError, FrameTooLong
-from ._messages import Frame, _new, _set_frame_payload
+from ._messages import Frame, _speedups, build_frames, frame_maker
 
 __all__ = ["LengthFieldConfig", "LengthFieldFramer"]
+
+_split_length = _speedups.split_length if _speedups is not None else None
 
 _FORMATS = {1: "B", 2: "H", 4: "I", 8: "q"}
 
@@ -182,8 +184,25 @@ class LengthFieldFramer(Framer[Frame]):
         self._field_max = (
             (1 << 63) - 1 if c.length_field_length == 8 else (1 << (8 * c.length_field_length)) - 1
         )
+        self._c_config = (
+            self._loff,
+            c.length_field_length,
+            int(c.byte_order == "big"),
+            self._add,
+            self._lo,
+        )
+        self._fast = _speedups is not None and all(abs(v) < 1 << 60 for v in self._c_config)
+        """Use the C split loop (the tests turn it off to compare with the Python one)."""
 
     def _parse(self, data: bytes) -> int:
+        if self._fast and self.max_message_size >= self._lo:
+            pos, flen, ok = _split_length(
+                data, 0, *self._c_config, self.max_message_size, self._strip, self._out, frame_maker
+            )
+            if not ok:
+                return self._bad_length(data, pos, self._unpack(data, pos + self._loff)[0] + self._add)
+            self._need = flen if flen >= 0 else self._end_off
+            return pos
         n = len(data)
         pos = 0
         end_off = self._end_off
@@ -193,24 +212,24 @@ class LengthFieldFramer(Framer[Frame]):
         maxlen = self.max_message_size
         lo = self._lo
         strip = self._strip
-        out = self._out.append
-        new = _new
-        set_payload = _set_frame_payload
-        cls = Frame
-        while n - pos >= end_off:
-            flen = unpack(data, pos + loff)[0] + add
-            if not lo <= flen <= maxlen:
-                return self._bad_length(data, pos, flen)
-            e = pos + flen
-            if e > n:
-                self._need = flen
-                return pos
-            msg = new(cls)
-            set_payload(msg, data[pos + strip : e])
-            out(msg)
-            pos = e
-        self._need = end_off
-        return pos
+        payloads: list[bytes] = []
+        append = payloads.append
+        try:
+            while n - pos >= end_off:
+                flen = unpack(data, pos + loff)[0] + add
+                if flen > maxlen or flen < lo:
+                    return self._bad_length(data, pos, flen)
+                e = pos + flen
+                if e > n:
+                    self._need = flen
+                    return pos
+                append(data[pos + strip : e])
+                pos = e
+            self._need = end_off
+            return pos
+        finally:  # also the messages before an error
+            if payloads:
+                build_frames(self._out, payloads)
 
     def _bad_length(self, data: bytes, pos: int, flen: int) -> int:
         raw = flen - self._add

@@ -7,8 +7,11 @@ into a framer buffer: a message stays valid after the framer moves on).
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 __all__ = [
@@ -142,10 +145,26 @@ class OncRecord:
 # Hot-path construction. A frozen dataclass's __init__ goes through
 # object.__setattr__ once per field, which costs more than splitting the message
 # off the stream. Framers that have already validated every field build
-# messages with ``_new(cls)`` and the slots' own descriptors instead; the
-# result is the same frozen, slotted instance (equality, hashing, repr and
-# immutability unchanged). Only framers use these.
+# messages with a *builder*: ``build(out, col1, col2, ...)`` appends one message
+# per row of the columns (one column per slot, in ``__slots__`` order) to the
+# list ``out``. With the optional C accelerator (``framing._speedups``, built by
+# ``python -m framing._speedups_build``) a row is one C call that allocates the
+# instance and fills its slots; the pure-Python fallback allocates the batch with
+# ``object.__new__`` and fills each slot through its descriptor's ``__set__``
+# (``map`` over the column, no bytecode per message). Either way the result is
+# the same frozen, slotted instance (equality, hashing, repr and immutability
+# unchanged; tests compare the two). Only framers use these.
 _new = object.__new__
+
+try:
+    if os.environ.get("FRAMING_PURE_PYTHON"):
+        raise ImportError("FRAMING_PURE_PYTHON is set")
+    from . import _speedups  # type: ignore[attr-defined]
+except ImportError:
+    _speedups = None
+
+ACCELERATED: bool = _speedups is not None
+"""The C accelerator is in use (``FRAMING_PURE_PYTHON=1`` turns it off)."""
 
 
 def _setter(cls: type, name: str) -> Callable[[Any, Any], None]:
@@ -154,23 +173,47 @@ def _setter(cls: type, name: str) -> Callable[[Any, Any], None]:
     return descriptor.__set__  # type: ignore[no-any-return]
 
 
-_set_frame_payload = _setter(Frame, "payload")
-_set_onc_payload = _setter(OncRecord, "payload")
-_set_pdu = (_setter(NvmePdu, "header"), _setter(NvmePdu, "data"), _setter(NvmePdu, "pdu_type"))
-_set_request = (
-    _setter(RpcRequest, "msgid"),
-    _setter(RpcRequest, "method"),
-    _setter(RpcRequest, "params"),
-    _setter(RpcRequest, "raw"),
-)
-_set_response = (
-    _setter(RpcResponse, "msgid"),
-    _setter(RpcResponse, "error"),
-    _setter(RpcResponse, "result"),
-    _setter(RpcResponse, "raw"),
-)
-_set_notification = (
-    _setter(RpcNotification, "method"),
-    _setter(RpcNotification, "params"),
-    _setter(RpcNotification, "raw"),
-)
+Builder = Callable[..., None]
+
+
+def _py_builder(cls: type) -> Builder:
+    """Pure-Python builder for ``cls`` (see above)."""
+    setters = tuple(_setter(cls, name) for name in cls.__slots__)
+    new = _new
+    sink = deque(maxlen=0).extend  # consume a map without keeping anything
+
+    def build(out: list[Any], *cols: list[Any]) -> None:
+        objs = list(map(new, repeat(cls, len(cols[0]))))
+        for setter, col in zip(setters, cols, strict=True):
+            sink(map(setter, objs, col))
+        out.extend(objs)
+
+    return build
+
+
+def _c_maker(cls: type) -> Callable[..., Any]:
+    """The C accelerator's one-call constructor for ``cls`` (all slots, in order)."""
+    assert _speedups is not None
+    return _speedups.Maker(cls, tuple(cls.__slots__))  # type: ignore[no-any-return]
+
+
+def _builder(cls: type) -> Builder:
+    """The fastest builder available for ``cls``."""
+    if _speedups is None:
+        return _py_builder(cls)
+    make = _c_maker(cls)
+
+    def build(out: list[Any], *cols: list[Any]) -> None:
+        out.extend(map(make, *cols))
+
+    return build
+
+
+build_frames = _builder(Frame)
+build_onc_records = _builder(OncRecord)
+build_pdus = _builder(NvmePdu)
+
+# One-call constructors for the C split loops (None without the accelerator).
+frame_maker = _c_maker(Frame) if _speedups is not None else None
+onc_maker = _c_maker(OncRecord) if _speedups is not None else None
+pdu_maker = _c_maker(NvmePdu) if _speedups is not None else None

@@ -53,10 +53,10 @@ from ._messages import (
     RpcNotification,
     RpcRequest,
     RpcResponse,
+    _c_maker,
     _new,
-    _set_notification,
-    _set_request,
-    _set_response,
+    _setter,
+    _speedups,
 )
 
 __all__ = ["MsgpackRpcFramer"]
@@ -87,10 +87,16 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
         super().__init__(max_message_size=max_message_size)
         if max_depth is not None:
             raise FramerConfigError("max_depth is not supported by msgpack.Unpacker")
-        self._strict_map_key = strict_map_key
-        self._unpacker = msgpack.Unpacker(
-            raw=False, max_buffer_size=max_message_size, strict_map_key=strict_map_key
-        )
+        self._strict_map_key = bool(strict_map_key)
+        self._fast = _speedups is not None
+        """Use the C accelerator (tests turn it off to compare the two paths)."""
+        self._unpacker: Any = None
+        self._scan_unpacker: Any = None
+        self._rescans = 0
+        if not self._fast:
+            self._unpacker = msgpack.Unpacker(
+                raw=False, max_buffer_size=max_message_size, strict_map_key=strict_map_key
+            )
         self._base = 0  # stream offset of self._buf[0]
         self._packer = msgpack.Packer(use_bin_type=True)
 
@@ -104,24 +110,188 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
             return
         if type(data) is not bytes:
             data = bytes(data)
-        pos = 0
-        limit = self.max_message_size
         try:
-            while pos < n:
-                room = limit - len(self._buf)
-                if room <= 0:
-                    raise FrameTooLong(
-                        f"msgpack value longer than {limit} bytes (still incomplete)"
-                    )
-                chunk = data if (pos == 0 and room >= n) else data[pos : pos + room]
-                try:
-                    self._unpacker.feed(chunk)
-                except msgpack.BufferFull as exc:  # pragma: no cover - room is computed
-                    raise FrameTooLong(f"msgpack value longer than {limit} bytes") from exc
-                pos += len(chunk)
-                self._drain_unpacker(chunk)
+            if self._fast:
+                self._feed_scan(data)
+            else:
+                self._feed_unpacker(data)
         except FramingError as exc:
             self._fail(exc)
+
+    # -- with the C accelerator: value boundaries by scanning, then unpackb -------
+
+    def _feed_scan(self, data: bytes) -> None:
+        """Whole values of ``data`` are found by ``_speedups.mp_scan`` (which
+        walks msgpack headers without decoding, checks each value against
+        ``max_message_size`` and stops at byte 0xc1), then sliced out (``raw``,
+        one copy) and decoded by ``msgpack.unpackb`` in ``_speedups.mp_batch``.
+        A value left incomplete at the end of a chunk goes to a fresh
+        ``msgpack.Unpacker`` (resumable, so one byte at a time stays linear)
+        until it completes; the rest of that chunk is scanned again."""
+        pos = 0
+        pend = self._buf
+        again = False  # rescanning a value that was incomplete
+        if self._unpacker is not None:
+            pos = self._feed_pending(data)
+        elif pend:
+            if len(pend) + len(data) < self._need:
+                pend += data
+                return
+            data = b"".join((pend, data))  # one copy, as in the bare loop
+            pend.clear()
+            again = True
+        n = len(data)
+        limit = self.max_message_size
+        while pos < n:
+            ends, stop, status, need = _mp_scan(data, pos, limit)
+            if ends:
+                if stop - pos >= _BIG_VALUES * len(ends):
+                    self._decode(data, pos, ends)
+                else:
+                    self._decode_small(data, pos, ends)
+            if status == 0:
+                return
+            if status == 1:  # incomplete value at stop
+                if stop or not again:
+                    self._rescans = 0
+                else:
+                    self._rescans += 1
+                if self._rescans < 2:  # wait for at least `need` bytes, then scan again
+                    pend += memoryview(data)[stop:]
+                    self._need = need
+                    return
+                # a value that keeps arriving in small pieces: a fresh Unpacker
+                # takes it from here (it resumes where it stopped: linear)
+                self._unpacker = msgpack.Unpacker(
+                    raw=False,
+                    max_buffer_size=limit,
+                    read_size=min(limit, _READ_SIZE),
+                    strict_map_key=self._strict_map_key,
+                )
+                pos = stop + self._feed_pending(data[stop:] if stop else data)
+                continue
+            if status == 2:
+                raise BadMsgpack(f"invalid msgpack: byte 0xc1 in the value at chunk byte {stop}")
+            raise FrameTooLong(f"msgpack value of at least {need} bytes exceeds {limit}")
+
+    def _decode_small(self, data: bytes, prev: int, ends: list[int]) -> None:
+        """Messages from the values ``data[prev:ends[0]]``, ``data[ends[0]:ends[1]]``...
+        decoded by one Unpacker in one ``list.extend`` (no Python code per
+        value); best for small values, whose extra copy (the Unpacker's
+        buffer besides ``raw``) costs little."""
+        unp = self._scan_unpacker
+        if unp is None:
+            unp = self._scan_unpacker = msgpack.Unpacker(
+                raw=False,
+                max_buffer_size=max(self.max_message_size, _CHUNK_HINT),
+                read_size=_READ_SIZE,
+                strict_map_key=self._strict_map_key,
+            )
+        objs: list[Any] = []
+        try:
+            unp.feed(memoryview(data)[prev : ends[-1]])
+            objs.extend(unp)  # keeps the values decoded before an error
+        except Exception as exc:  # any decode failure of untrusted bytes
+            self._decode_list(data, prev, ends, objs)
+            raise BadMsgpack(f"invalid msgpack: {type(exc).__name__}: {exc}") from exc
+        if len(objs) != len(ends):  # pragma: no cover - mp_scan and msgpack disagree
+            raise BadMsgpack(f"{len(objs)} values decoded, {len(ends)} delimited")
+        self._decode_list(data, prev, ends, objs)
+
+    def _decode_list(self, data: bytes, prev: int, ends: list[int], objs: list[Any]) -> None:
+        out = self._out
+        count = len(objs)
+        i = 0
+        while True:
+            i = _rpc_batch(objs, ends, data, 0, prev, i, out)
+            if i >= count:
+                return
+            # anything else: checked (and reported) by _to_message
+            if i:
+                prev = ends[i - 1]
+            end = ends[i]
+            out.append(_to_message(objs[i], data[prev:end]))
+            prev = end
+            i += 1
+
+    def _decode(self, data: bytes, prev: int, ends: list[int]) -> None:
+        """Messages from the values ``data[prev:ends[0]]``, ``data[ends[0]:ends[1]]``...
+        each decoded from its ``raw`` slice by ``unpackb`` (no second copy of
+        large values)."""
+        out = self._out
+        count = len(ends)
+        i = 0
+        batch = _mp_batch
+        unpackb = msgpack.unpackb
+        kwv = self._strict_map_key
+        req, resp, notif = _makers
+        while True:
+            try:
+                i = batch(data, ends, i, prev, unpackb, kwv, _KWNAMES, out, req, resp, notif)
+                if i >= count:
+                    return
+                # anything else: decoded again and checked (and reported) here
+                if i:
+                    prev = ends[i - 1]
+                end = ends[i]
+                raw = data[prev:end]
+                obj = unpackb(raw, strict_map_key=kwv)
+            except Exception as exc:  # any decode failure of untrusted bytes
+                raise BadMsgpack(f"invalid msgpack: {type(exc).__name__}: {exc}") from exc
+            out.append(_to_message(obj, raw))
+            prev = end
+            i += 1
+
+    def _feed_pending(self, data: bytes) -> int:
+        """Feed the Unpacker holding an incomplete value (``self._buf`` holds
+        its bytes so far); return how much of ``data`` it took: all of it while
+        the value is still incomplete, else up to the value's end."""
+        unp = self._unpacker
+        pend = self._buf
+        limit = self.max_message_size
+        n = len(data)
+        pos = 0
+        while pos < n:
+            room = limit - len(pend)
+            if room <= 0:
+                raise FrameTooLong(f"msgpack value longer than {limit} bytes (still incomplete)")
+            chunk = data if (pos == 0 and room >= n) else data[pos : pos + room]
+            try:
+                unp.feed(chunk)
+                obj = unp.unpack()
+            except msgpack.OutOfData:
+                pend += chunk
+                pos += len(chunk)
+                continue
+            except msgpack.BufferFull as exc:  # pragma: no cover - room is computed
+                raise FrameTooLong(f"msgpack value longer than {limit} bytes") from exc
+            except Exception as exc:  # any decode failure of untrusted bytes
+                raise BadMsgpack(f"invalid msgpack: {type(exc).__name__}: {exc}") from exc
+            take = unp.tell() - len(pend)  # bytes of chunk in the value
+            raw = b"".join((pend, memoryview(chunk)[:take]))
+            pend.clear()
+            self._unpacker = None
+            self._out.append(_to_message(obj, raw))
+            return pos + take
+        return n
+
+    # -- pure Python: one Unpacker over the stream, raw bytes via tell() ----------
+
+    def _feed_unpacker(self, data: bytes) -> None:
+        n = len(data)
+        pos = 0
+        limit = self.max_message_size
+        while pos < n:
+            room = limit - len(self._buf)
+            if room <= 0:
+                raise FrameTooLong(f"msgpack value longer than {limit} bytes (still incomplete)")
+            chunk = data if (pos == 0 and room >= n) else data[pos : pos + room]
+            try:
+                self._unpacker.feed(chunk)
+            except msgpack.BufferFull as exc:  # pragma: no cover - room is computed
+                raise FrameTooLong(f"msgpack value longer than {limit} bytes") from exc
+            pos += len(chunk)
+            self._drain_unpacker(chunk)
 
     def _drain_unpacker(self, chunk: bytes) -> None:
         """Take every value the Unpacker can complete. ``self._buf`` holds the
@@ -132,63 +302,53 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
         pend = self._buf
         plen = len(pend)
         base = self._base
-        out = self._out.append
-        start = 0  # relative to pend[0]
+        objs: list[Any] = []
+        ends: list[int] = []  # stream offset after each value
+        add_obj = objs.append
+        add_end = ends.append
         tell = unp.tell
-        new = _new
-        rq_id, rq_method, rq_params, rq_raw = _set_request
-        rs_id, rs_error, rs_result, rs_raw = _set_response
+        cause: Exception | None = None
         try:
             for obj in unp:
-                end = tell() - base
-                if start >= plen:
-                    raw = chunk[start - plen : end - plen]
-                else:
-                    raw = bytes(pend[start:]) + chunk[: end - plen]
-                start = end
-                # Fast path for well-formed requests and responses (the checks
-                # of _to_message, inlined); everything else goes through it.
-                if (
-                    type(obj) is list
-                    and len(obj) == 4
-                    and type(obj[1]) is int
-                    and 0 <= obj[1] <= _MSGID_MAX
-                ):
-                    kind = obj[0]
-                    if (
-                        kind == REQUEST
-                        and type(kind) is int
-                        and type(obj[2]) is str
-                        and type(obj[3]) is list
-                    ):
-                        req = new(RpcRequest)
-                        rq_id(req, obj[1])
-                        rq_method(req, obj[2])
-                        rq_params(req, obj[3])
-                        rq_raw(req, raw)
-                        out(req)
-                        continue
-                    if kind == RESPONSE and type(kind) is int:
-                        resp = new(RpcResponse)
-                        rs_id(resp, obj[1])
-                        rs_error(resp, obj[2])
-                        rs_result(resp, obj[3])
-                        rs_raw(resp, raw)
-                        out(resp)
-                        continue
-                out(_to_message(obj, raw))
-        except FramingError:
-            raise
+                add_obj(obj)
+                add_end(tell())
         except Exception as exc:  # any decode failure of untrusted bytes
-            raise BadMsgpack(f"invalid msgpack: {type(exc).__name__}: {exc}") from exc
+            cause = exc
+        count = len(objs)
+        try:
+            if count:
+                out = self._out
+                dstart = base + plen  # stream offset of chunk[0]
+                prev = base  # stream offset where the next value starts
+                i = 0
+                if plen:  # the first value began in an earlier chunk
+                    prev = ends[0]
+                    raw = b"".join((pend, memoryview(chunk)[: prev - dstart]))  # one copy
+                    out.append(_to_message(objs[0], raw))
+                    i = 1
+                while True:
+                    # well-formed requests, responses, notifications in one go
+                    i = _rpc_batch(objs, ends, chunk, dstart, prev, i, out)
+                    if i >= count:
+                        break
+                    # anything else: checked (and reported) by _to_message
+                    if i:
+                        prev = ends[i - 1]
+                    end = ends[i]
+                    out.append(_to_message(objs[i], chunk[prev - dstart : end - dstart]))
+                    prev = end
+                    i += 1
         finally:
-            if start:
+            if count:
+                start = ends[-1] - base  # relative to pend[0]
                 pend.clear()
                 if start < plen + len(chunk):
                     pend += memoryview(chunk)[start - plen :]
-                self._base = base + start
+                self._base = ends[-1]
             else:
                 pend += chunk
+        if cause is not None:
+            raise BadMsgpack(f"invalid msgpack: {type(cause).__name__}: {cause}") from cause
 
     def _parse(self, data: bytes) -> int:  # pragma: no cover - feed is overridden
         raise NotImplementedError
@@ -300,3 +460,93 @@ def _to_message(obj: Any, raw: bytes) -> RpcMessage:
             raise BadRpcMessage(f"array of {n} with type {kind} is not a msgpack-rpc message")
         raise BadRpcMessage("message type must be an integer 0, 1 or 2")
     raise BadRpcMessage(f"msgpack-rpc message must be an array, got {type(obj).__name__}")
+
+
+_set_request = tuple(_setter(RpcRequest, name) for name in RpcRequest.__slots__)
+_set_response = tuple(_setter(RpcResponse, name) for name in RpcResponse.__slots__)
+_set_notification = tuple(_setter(RpcNotification, name) for name in RpcNotification.__slots__)
+
+
+def _py_rpc_batch(
+    objs: list[Any], ends: list[int], data: bytes, start: int, prev: int, i: int, out: list[Any]
+) -> int:
+    """Build messages from ``objs[i:]`` while each is a well-formed request,
+    response or notification; return the index of the first that is not (or
+    ``len(objs)``). ``ends`` are the stream offsets after each value, ``data``
+    starts at stream offset ``start``, ``objs[i]`` at ``prev``: each message's
+    ``raw`` is its slice of ``data``. The pure-Python twin of the C
+    ``framing._speedups.rpc_batch`` (the tests compare them)."""
+    new = _new
+    rq_id, rq_method, rq_params, rq_raw = _set_request
+    rs_id, rs_error, rs_result, rs_raw = _set_response
+    nt_method, nt_params, nt_raw = _set_notification
+    count = len(objs)
+    prev -= start
+    while i < count:
+        obj = objs[i]
+        if type(obj) is not list:
+            break
+        n = len(obj)
+        kind = obj[0] if n else None
+        if type(kind) is not int:
+            break
+        if n == 4 and kind == REQUEST:
+            msgid, method, params = obj[1], obj[2], obj[3]
+            if not (
+                type(msgid) is int
+                and 0 <= msgid <= _MSGID_MAX
+                and type(method) is str
+                and type(params) is list
+            ):
+                break
+            end = ends[i] - start
+            msg = new(RpcRequest)
+            rq_id(msg, msgid)
+            rq_method(msg, method)
+            rq_params(msg, params)
+            rq_raw(msg, data[prev:end])
+        elif n == 4 and kind == RESPONSE:
+            msgid = obj[1]
+            if not (type(msgid) is int and 0 <= msgid <= _MSGID_MAX):
+                break
+            end = ends[i] - start
+            msg = new(RpcResponse)
+            rs_id(msg, msgid)
+            rs_error(msg, obj[2])
+            rs_result(msg, obj[3])
+            rs_raw(msg, data[prev:end])
+        elif n == 3 and kind == NOTIFICATION:
+            method, params = obj[1], obj[2]
+            if not (type(method) is str and type(params) is list):
+                break
+            end = ends[i] - start
+            msg = new(RpcNotification)
+            nt_method(msg, method)
+            nt_params(msg, params)
+            nt_raw(msg, data[prev:end])
+        else:
+            break
+        out.append(msg)
+        prev = end
+        i += 1
+    return i
+
+
+_KWNAMES = ("strict_map_key",)
+_BIG_VALUES = 1024  # average value size from which each value is unpackb'ed from raw
+_READ_SIZE = 16 * 1024  # an Unpacker's first buffer (it grows up to max_buffer_size)
+_CHUNK_HINT = 1 << 20
+
+if _speedups is not None:
+    _c_rpc_batch = _speedups.rpc_batch
+    _mp_scan = _speedups.mp_scan
+    _mp_batch = _speedups.mp_batch
+    _makers = (_c_maker(RpcRequest), _c_maker(RpcResponse), _c_maker(RpcNotification))
+
+    def _rpc_batch(
+        objs: list[Any], ends: list[int], data: bytes, start: int, prev: int, i: int, out: list[Any]
+    ) -> int:
+        return _c_rpc_batch(objs, ends, data, start, prev, i, out, *_makers)  # type: ignore[no-any-return]
+
+else:
+    _rpc_batch = _py_rpc_batch

@@ -49,7 +49,7 @@ from ._errors import (
     FrameTooLong,
     UnknownPduType,
 )
-from ._messages import NvmePdu, _new, _set_pdu
+from ._messages import NvmePdu, _speedups, build_pdus, pdu_maker
 
 __all__ = ["NvmeTcpFramer", "PduType", "make_nvme_pdu"]
 
@@ -101,6 +101,7 @@ _CH4 = struct.Struct("<II")  # (type|flags<<8|hlen<<16|pdo<<24, plen)
 _CH = struct.Struct("<BBBBI")
 _U32 = struct.Struct("<I")
 _DGST_OFFSET = 11  # ICReq/ICResp byte 11: DGST
+_split_nvme = _speedups.split_nvme if _speedups is not None else None
 
 
 def _load_crc32c() -> Callable[[bytes], int]:
@@ -139,6 +140,8 @@ class NvmeTcpFramer(Framer[NvmePdu]):
         self._need = 8
         self._crc = _load_crc32c()
         self._cache_max = max_message_size
+        self._fast = _speedups is not None
+        """Use the C split loop (the tests turn it off to compare with the Python one)."""
 
     @property
     def hdgst(self) -> bool:
@@ -207,45 +210,65 @@ class NvmeTcpFramer(Framer[NvmePdu]):
         n = len(data)
         pos = 0
         unpack = _CH4.unpack_from
+        u32 = _U32.unpack_from
         cache = self._cache
         if self._cache_max != self.max_message_size:  # limit changed since classified
             cache.clear()
             self._cache_max = self.max_message_size
-        out = self._out.append
         crc32c = self._crc
-        new = _new
-        set_header, set_data, set_type = _set_pdu
-        while n - pos >= 8:
-            key, plen = unpack(data, pos)
-            ent = cache.get(key)
-            if ent is None:
-                ent = self._classify(key)
-                cache[key] = ent
-            minp, maxp, ds, hd, dd, hlen, ptype, _ = ent
-            if plen < minp or plen > maxp:
-                self._bad_plen(plen, ent)
-            e = pos + plen
-            if e > n:
-                self._need = plen
-                return pos
-            hend = pos + hlen
-            header = data[pos:hend]
-            if hd and crc32c(header) != _U32.unpack_from(data, hend)[0]:
-                raise BadDigest(f"header digest mismatch (PDU type 0x{ptype:02x})")
-            body = data[pos + ds : e - dd]
-            if dd and crc32c(body) != _U32.unpack_from(data, e - 4)[0]:
-                raise BadDigest(f"data digest mismatch (PDU type 0x{ptype:02x})")
-            msg = new(NvmePdu)
-            set_header(msg, header)
-            set_data(msg, body)
-            set_type(msg, ptype)
-            out(msg)
-            pos = e
-            if ptype <= PduType.ICRESP and self.learn_digests:
-                self._learn(header)
-                cache = self._cache
-        self._need = 8
-        return pos
+        headers: list[bytes] = []
+        bodies: list[bytes] = []
+        types: list[int] = []
+        add_header = headers.append
+        add_body = bodies.append
+        add_type = types.append
+        fast = self._fast and not (self._hdgst or self._ddgst)
+        try:
+            while n - pos >= 8:
+                if fast:  # PDUs of classified types without digests: in C
+                    if headers:  # keep the order: what Python took goes first
+                        build_pdus(self._out, headers, bodies, types)
+                        headers.clear()
+                        bodies.clear()
+                        types.clear()
+                    pos = _split_nvme(data, pos, cache, self._out, pdu_maker)
+                    if n - pos < 8:
+                        break
+                key, plen = unpack(data, pos)
+                ent = cache.get(key)
+                if ent is None:
+                    ent = self._classify(key)
+                    cache[key] = ent
+                minp, maxp, ds, hd, dd, hlen, ptype, _ = ent
+                if plen < minp or plen > maxp:
+                    self._bad_plen(plen, ent)
+                e = pos + plen
+                if e > n:
+                    self._need = plen
+                    return pos
+                hend = pos + hlen
+                header = data[pos:hend]
+                if hd and crc32c(header) != u32(data, hend)[0]:
+                    raise BadDigest(f"header digest mismatch (PDU type 0x{ptype:02x})")
+                if dd:
+                    body = data[pos + ds : e - 4]
+                    if crc32c(body) != u32(data, e - 4)[0]:
+                        raise BadDigest(f"data digest mismatch (PDU type 0x{ptype:02x})")
+                else:  # no data digest: no CRC call
+                    body = data[pos + ds : e]
+                add_header(header)
+                add_body(body)
+                add_type(ptype)
+                pos = e
+                if ptype <= PduType.ICRESP and self.learn_digests:
+                    self._learn(header)
+                    cache = self._cache
+                    fast = self._fast and not (self._hdgst or self._ddgst)
+            self._need = 8
+            return pos
+        finally:  # also the PDUs before an error
+            if headers:
+                build_pdus(self._out, headers, bodies, types)
 
     def _bad_plen(self, plen: int, ent: tuple[int, ...]) -> None:
         minp, maxp, _, hd, dd, hlen, ptype, pdo = ent

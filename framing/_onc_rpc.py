@@ -22,13 +22,14 @@ from typing import ClassVar
 
 from ._base import Framer, parse_spec_value
 from ._errors import BadFramerSpec, EncodeError, FramerConfigError, FrameTooLong, FramingError
-from ._messages import OncRecord, _new, _set_onc_payload
+from ._messages import OncRecord, _speedups, build_onc_records, onc_maker
 
 __all__ = ["OncRpcFramer"]
 
 _LAST = 0x80000000  # RFC 5531 section 11: last-fragment bit
 _LEN_MASK = 0x7FFFFFFF
 _HDR = struct.Struct(">I")
+_split_onc = _speedups.split_onc if _speedups is not None else None
 
 
 class OncRpcFramer(Framer[OncRecord]):
@@ -51,45 +52,54 @@ class OncRpcFramer(Framer[OncRecord]):
         self.max_fragment_size = max_fragment_size
         self._record = bytearray()
         self._need = 4
+        self._fast = _speedups is not None
+        """Use the C split loop (the tests turn it off to compare with the Python one)."""
 
     def _parse(self, data: bytes) -> int:
         n = len(data)
         pos = 0
         unpack = _HDR.unpack_from
-        out = self._out.append
-        new = _new
-        set_payload = _set_onc_payload
-        cls = OncRecord
         record = self._record
         rlen = len(record)
         maxlen = self.max_message_size
         mask = _LEN_MASK
-        while n - pos >= 4:
-            (word,) = unpack(data, pos)
-            flen = word & mask
-            if rlen + flen > maxlen:  # checked before the fragment is buffered
-                raise FrameTooLong(f"record of at least {rlen + flen} bytes exceeds {maxlen}")
-            e = pos + 4 + flen
-            if e > n:
-                self._need = 4 + flen
-                return pos
-            if word > mask:  # last-fragment bit set (section 11)
-                if rlen:
+        payloads: list[bytes] = []
+        append = payloads.append
+        fast = self._fast
+        try:
+            while n - pos >= 4:
+                if fast and not rlen:  # whole single-fragment records: in C
+                    if payloads:  # keep the order: what Python took goes first
+                        build_onc_records(self._out, payloads)
+                        payloads.clear()
+                    pos = _split_onc(data, pos, maxlen, self._out, onc_maker)
+                    if n - pos < 4:
+                        break
+                (word,) = unpack(data, pos)
+                flen = word & mask
+                if rlen + flen > maxlen:  # checked before the fragment is buffered
+                    raise FrameTooLong(f"record of at least {rlen + flen} bytes exceeds {maxlen}")
+                e = pos + 4 + flen
+                if e > n:
+                    self._need = 4 + flen
+                    return pos
+                if word > mask:  # last-fragment bit set (section 11)
+                    if rlen:
+                        record += memoryview(data)[pos + 4 : e]
+                        append(bytes(record))
+                        record.clear()
+                        rlen = 0
+                    else:  # single-fragment record: one copy
+                        append(data[pos + 4 : e])
+                elif flen:
                     record += memoryview(data)[pos + 4 : e]
-                    payload = bytes(record)
-                    record.clear()
-                    rlen = 0
-                else:  # single-fragment record: one copy
-                    payload = data[pos + 4 : e]
-                msg = new(cls)
-                set_payload(msg, payload)
-                out(msg)
-            elif flen:
-                record += memoryview(data)[pos + 4 : e]
-                rlen += flen
-            pos = e
-        self._need = 4
-        return pos
+                    rlen += flen
+                pos = e
+            self._need = 4
+            return pos
+        finally:  # also the records before an error
+            if payloads:
+                build_onc_records(self._out, payloads)
 
     def _partial_bytes(self) -> int:
         return len(self._buf) + len(self._record)
