@@ -85,6 +85,10 @@ class AsyncLinkPort:
         if not self._closed:
             self._closed = True
             self._ready.set()
+            try:
+                self.link.flush(self._clock())  # what is queued (CLOSEs) goes out
+            except OSError:
+                pass  # the link is gone: nothing more can be sent
             self.alink.close()
 
     def statistics(self) -> dict[str, object]:

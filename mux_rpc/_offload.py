@@ -679,10 +679,13 @@ class Host:
             conn._finish(closed=True)
         for lst in list(self._listeners.values()):
             await lst.close()
-        # give the writers a moment to push the CLOSEs out
+        # let the writers hand the CLOSEs to the links (bounded), then flush
         for ob in self._outboxes:
             ob.event.set()
-        await asyncio.sleep(0)
+        for _ in range(100):
+            await asyncio.sleep(0)
+            if not any(ob.items for ob in self._outboxes) or self._lost is not None:
+                break
         for t in self._tasks:
             t.cancel()
         # their outcome no longer matters: they were cancelled on purpose

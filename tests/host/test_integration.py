@@ -229,3 +229,30 @@ def test_attach_to_existing_interface(tmp_path: Path) -> None:
         finally:
             agent.terminate()
             agent.wait(10)
+
+
+async def _host_close(rt: OffloadRuntime) -> None:
+    async with rt:
+        assert rt.host is not None
+        port, task = await serve_echo(rt.host)
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+        for r, w in conns:
+            w.write(LEN.pack(1) + b"a")
+            await w.drain()
+            await asyncio.wait_for(r.readexactly(5), 10)
+        task.cancel()
+        t0 = asyncio.get_running_loop().time()
+        await rt.host.close()  # CLOSE for every connection reaches the agent
+        for r, _ in conns:
+            assert await asyncio.wait_for(r.read(10), 3) == b""  # EOF, not a keepalive timeout
+        assert asyncio.get_running_loop().time() - t0 < 3
+
+
+def test_host_close_closes_clients_over_shm(tmp_path: Path) -> None:
+    asyncio.run(_host_close(_runtime("shm", tmp_path)))
+
+
+@pytest.mark.afxdp
+def test_host_close_closes_clients_over_afxdp(tmp_path: Path) -> None:
+    afxdp_required()
+    asyncio.run(_host_close(_runtime("afxdp", tmp_path)))
