@@ -256,3 +256,46 @@ def test_host_close_closes_clients_over_shm(tmp_path: Path) -> None:
 def test_host_close_closes_clients_over_afxdp(tmp_path: Path) -> None:
     afxdp_required()
     asyncio.run(_host_close(_runtime("afxdp", tmp_path)))
+
+
+async def _agent_killed(rt: OffloadRuntime) -> None:
+    import signal
+
+    from mux_rpc._offload_errors import LinkLostError
+
+    async with rt:
+        assert rt.host is not None and rt.agent_proc is not None
+        lst = await rt.host.listen(0, "length")
+        r, w = await asyncio.open_connection("127.0.0.1", lst.port)
+        conn = await asyncio.wait_for(lst.accept(), 10)
+        waiting = asyncio.create_task(conn.recv())
+        accepting = asyncio.create_task(lst.accept())
+        rt.agent_proc.send_signal(signal.SIGKILL)
+        t0 = asyncio.get_running_loop().time()
+        with pytest.raises(LinkLostError):
+            await asyncio.wait_for(waiting, 10)
+        with pytest.raises(LinkLostError):
+            await asyncio.wait_for(accepting, 1)
+        # keepalive_timeout (2.5 s) plus a tick, not a hang
+        assert asyncio.get_running_loop().time() - t0 < 5
+        w.close()
+
+
+def _short_keepalive_runtime(backend: str) -> OffloadRuntime:
+    from mux_rpc._offload import HostConfig
+
+    rt = OffloadRuntime(OffloadOptions(
+        queues=2, backend=backend, stats_socket=False,
+        host_config=HostConfig(keepalive_interval=0.5, keepalive_timeout=2.5)))
+    rt.prepare_link()
+    return rt
+
+
+def test_agent_killed_is_link_lost_over_shm() -> None:
+    asyncio.run(_agent_killed(_short_keepalive_runtime("shm")))
+
+
+@pytest.mark.afxdp
+def test_agent_killed_is_link_lost_over_afxdp() -> None:
+    afxdp_required()
+    asyncio.run(_agent_killed(_short_keepalive_runtime("afxdp")))
