@@ -13,8 +13,6 @@ See docs/host-api.md.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._offload import (
     HOST_CONN_ID_BASE,
     Host,
@@ -34,6 +32,7 @@ from ._offload_errors import (
     ListenerClosedError,
     OffloadRequestError,
 )
+from ._orchestrate import OffloadOptions, OffloadRuntime, afxdp_unavailable_reason, run_offloaded
 from ._streams import (
     MessageReader,
     MessageWriter,
@@ -60,32 +59,15 @@ __all__ = [
     "MessageWriter",
     "OffloadConnection",
     "OffloadListener",
+    "OffloadOptions",
     "OffloadRequestError",
     "OffloadRuntime",
     "OffloadServer",
     "current_host",
     "open_connection",
+    "afxdp_unavailable_reason",
     "reason_code",
     "run_offloaded",
     "start_server",
     "use_host",
 ]
-
-
-def __dir__() -> list[str]:
-    return __all__
-
-
-# the orchestration pulls in pyroute2 and the backends: import it on first use
-def run_offloaded(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`mux_rpc._orchestrate.run_offloaded`."""
-    from ._orchestrate import run_offloaded as impl
-
-    return impl(*args, **kwargs)
-
-
-def OffloadRuntime(*args: Any, **kwargs: Any) -> Any:
-    """See :class:`mux_rpc._orchestrate.OffloadRuntime`."""
-    from ._orchestrate import OffloadRuntime as impl
-
-    return impl(*args, **kwargs)
