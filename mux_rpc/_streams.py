@@ -209,7 +209,15 @@ class MessageWriter:
                 if self._closing or self._error is not None:
                     break
                 self._wake.clear()
-                await self._wake.wait()
+                # wake on a write/close, or when the connection ends under us
+                # (host closed, link lost): then nothing will ever wake us
+                wake = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({wake, self._conn._done},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not wake.done():
+                    wake.cancel()
+                if self._conn._done.done() and not self._queue and not self._closing:
+                    break
             if self._closing:
                 await self._conn.close()
         except asyncio.CancelledError:
