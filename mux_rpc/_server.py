@@ -278,6 +278,13 @@ class Server:
             try:
                 async with asyncio.timeout(self.config.call_timeout):
                     await spec.func(conn, msg)
+            except ConnectionClosedError as exc:
+                # the client (or the agent, or the link) went away mid-call:
+                # nobody left to answer; the RPC path logs this at info too
+                logger.info("stream handler %s on connection %s: connection gone: %s",
+                            spec.func.__name__, conn.conn_id, exc)
+                if not failed.done():
+                    failed.set_result(None)
             except Exception as exc:
                 self.stats.handler_failures += 1
                 logger.warning("stream handler %s on connection %s failed; closing it",
