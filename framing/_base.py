@@ -9,14 +9,18 @@ come out of :meth:`Framer.next_message` (or all at once from
 Buffering. Unconsumed bytes live in one ``bytearray``. ``feed`` appends to it
 and returns at once while fewer than ``_need`` bytes are buffered (``_need`` is
 what the subclass said it needs to make progress: a header, or the whole
-message whose length it has already read and checked). Only then is the buffer
-turned into one ``bytes`` object and handed to :meth:`Framer._parse`, which
-splits off as many whole messages as it holds (slicing ``bytes`` gives each
-message's ``bytes`` in one copy) and returns how far it got. The rest, at most
-one partial message, goes back into the ``bytearray``. When the buffer is empty
-and the chunk is ``bytes``, the chunk is parsed in place (no copy). Each byte is
-therefore copied a bounded number of times whatever the chunking, including one
-byte at a time.
+message whose length it has already read and checked). Only then are buffer
+and chunk joined into one ``bytes`` object (one copy of each) and handed to
+:meth:`Framer._parse`, which splits off as many whole messages as it holds
+(slicing ``bytes`` gives each message's ``bytes`` in one copy) and returns how
+far it got. The rest, at most one partial message, goes back into the
+``bytearray``. When the buffer is empty and the chunk is ``bytes``, the chunk is
+parsed in place (no copy). Each byte is therefore copied a bounded number of
+times whatever the chunking, including one byte at a time.
+
+Output. Decoded messages go to the list ``self._out``; :meth:`Framer.drain`
+hands that list over (and starts a new one) instead of copying it, and
+:meth:`Framer.next_message` walks it with an index.
 
 Bounds. A subclass checks every length it reads against ``max_message_size``
 before it waits for (buffers) the message; as a backstop the base class fails

@@ -43,7 +43,7 @@ from ._messages import Frame, _speedups, build_frames, frame_maker
 
 __all__ = ["LengthFieldConfig", "LengthFieldFramer"]
 
-_split_length = _speedups.split_length if _speedups is not None else None
+_split_length: Any = _speedups.split_length if _speedups is not None else None
 
 _FORMATS = {1: "B", 2: "H", 4: "I", 8: "q"}
 
@@ -200,9 +200,10 @@ class LengthFieldFramer(Framer[Frame]):
                 data, 0, *self._c_config, self.max_message_size, self._strip, self._out, frame_maker
             )
             if not ok:
-                return self._bad_length(data, pos, self._unpack(data, pos + self._loff)[0] + self._add)
+                field = self._unpack(data, pos + self._loff)[0]
+                return self._bad_length(data, pos, field + self._add)
             self._need = flen if flen >= 0 else self._end_off
-            return pos
+            return int(pos)
         n = len(data)
         pos = 0
         end_off = self._end_off

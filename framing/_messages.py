@@ -7,9 +7,10 @@ into a framer buffer: a message stays valid after the framer moves on).
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -156,10 +157,12 @@ class OncRecord:
 # unchanged; tests compare the two). Only framers use these.
 _new = object.__new__
 
+_speedups: Any
+"""The C accelerator module, or None."""
 try:
     if os.environ.get("FRAMING_PURE_PYTHON"):
         raise ImportError("FRAMING_PURE_PYTHON is set")
-    from . import _speedups  # type: ignore[attr-defined]
+    _speedups = importlib.import_module(__name__.rpartition(".")[0] + "._speedups")
 except ImportError:
     _speedups = None
 
@@ -176,14 +179,19 @@ def _setter(cls: type, name: str) -> Callable[[Any, Any], None]:
 Builder = Callable[..., None]
 
 
+def _slots(cls: type) -> tuple[str, ...]:
+    """The slot names of a message class, in field order."""
+    return tuple(getattr(cls, "__slots__"))  # noqa: B009 - mypy: type has no __slots__
+
+
 def _py_builder(cls: type) -> Builder:
     """Pure-Python builder for ``cls`` (see above)."""
-    setters = tuple(_setter(cls, name) for name in cls.__slots__)
+    setters = tuple(_setter(cls, name) for name in _slots(cls))
     new = _new
-    sink = deque(maxlen=0).extend  # consume a map without keeping anything
+    sink: Callable[[Iterable[Any]], None] = deque(maxlen=0).extend  # consume a map
 
     def build(out: list[Any], *cols: list[Any]) -> None:
-        objs = list(map(new, repeat(cls, len(cols[0]))))
+        objs: list[Any] = list(map(new, repeat(cls, len(cols[0]))))
         for setter, col in zip(setters, cols, strict=True):
             sink(map(setter, objs, col))
         out.extend(objs)
@@ -194,7 +202,7 @@ def _py_builder(cls: type) -> Builder:
 def _c_maker(cls: type) -> Callable[..., Any]:
     """The C accelerator's one-call constructor for ``cls`` (all slots, in order)."""
     assert _speedups is not None
-    return _speedups.Maker(cls, tuple(cls.__slots__))  # type: ignore[no-any-return]
+    return _speedups.Maker(cls, _slots(cls))  # type: ignore[no-any-return]
 
 
 def _builder(cls: type) -> Builder:

@@ -90,13 +90,9 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
         self._strict_map_key = bool(strict_map_key)
         self._fast = _speedups is not None
         """Use the C accelerator (tests turn it off to compare the two paths)."""
-        self._unpacker: Any = None
+        self._unpacker: Any = None  # C path: only while a value is pending
         self._scan_unpacker: Any = None
         self._rescans = 0
-        if not self._fast:
-            self._unpacker = msgpack.Unpacker(
-                raw=False, max_buffer_size=max_message_size, strict_map_key=strict_map_key
-            )
         self._base = 0  # stream offset of self._buf[0]
         self._packer = msgpack.Packer(use_bin_type=True)
 
@@ -122,63 +118,87 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
 
     def _feed_scan(self, data: bytes) -> None:
         """Whole values of ``data`` are found by ``_speedups.mp_scan`` (which
-        walks msgpack headers without decoding, checks each value against
-        ``max_message_size`` and stops at byte 0xc1), then sliced out (``raw``,
-        one copy) and decoded by ``msgpack.unpackb`` in ``_speedups.mp_batch``.
-        A value left incomplete at the end of a chunk goes to a fresh
-        ``msgpack.Unpacker`` (resumable, so one byte at a time stays linear)
-        until it completes; the rest of that chunk is scanned again."""
+        walks msgpack headers without decoding them, checks each value against
+        ``max_message_size`` and stops at byte 0xc1); each one's ``raw`` is
+        sliced out (one copy) and the values are decoded by msgpack, small ones
+        by one Unpacker in a single ``list.extend``, large ones each by
+        ``unpackb`` from its ``raw`` (no second copy). A value left incomplete
+        at the end of a chunk is kept in ``self._buf`` until the bytes that the
+        scan says it needs at least (``self._need``) are there; then only the
+        bytes of that value are joined and scanned again. A value that is
+        still incomplete after two such tries goes to a fresh
+        ``msgpack.Unpacker``, which resumes where it stopped (linear whatever
+        the chunking)."""
         pos = 0
-        pend = self._buf
-        again = False  # rescanning a value that was incomplete
         if self._unpacker is not None:
             pos = self._feed_pending(data)
-        elif pend:
-            if len(pend) + len(data) < self._need:
-                pend += data
-                return
-            data = b"".join((pend, data))  # one copy, as in the bare loop
-            pend.clear()
-            again = True
+        elif self._buf:
+            pos = self._complete_pending(data)
         n = len(data)
         limit = self.max_message_size
         while pos < n:
             ends, stop, status, need = _mp_scan(data, pos, limit)
             if ends:
-                if stop - pos >= _BIG_VALUES * len(ends):
-                    self._decode(data, pos, ends)
-                else:
-                    self._decode_small(data, pos, ends)
+                self._decode_any(data, pos, ends)
             if status == 0:
                 return
-            if status == 1:  # incomplete value at stop
-                if stop or not again:
-                    self._rescans = 0
-                else:
-                    self._rescans += 1
-                if self._rescans < 2:  # wait for at least `need` bytes, then scan again
-                    pend += memoryview(data)[stop:]
-                    self._need = need
-                    return
-                # a value that keeps arriving in small pieces: a fresh Unpacker
-                # takes it from here (it resumes where it stopped: linear)
+            if status == 1:  # incomplete value at stop: wait for `need` bytes
+                self._buf += memoryview(data)[stop:]
+                self._need = need
+                self._rescans = 0
+                return
+            self._scan_error(status, stop, need)
+
+    def _scan_error(self, status: int, stop: int, need: int) -> None:
+        if status == 2:
+            raise BadMsgpack(f"invalid msgpack: byte 0xc1 in the value at chunk byte {stop}")
+        raise FrameTooLong(
+            f"msgpack value of at least {need} bytes exceeds {self.max_message_size}"
+        )
+
+    def _complete_pending(self, data: bytes) -> int:
+        """Add ``data`` to the incomplete value in ``self._buf``; return how
+        much of ``data`` it took (``len(data)`` while still incomplete)."""
+        pend = self._buf
+        limit = self.max_message_size
+        while True:
+            if len(pend) + len(data) < self._need:
+                pend += data
+                return len(data)
+            if self._rescans >= 2:  # arrives in small pieces: let the Unpacker resume it
                 self._unpacker = msgpack.Unpacker(
                     raw=False,
                     max_buffer_size=limit,
                     read_size=min(limit, _READ_SIZE),
                     strict_map_key=self._strict_map_key,
                 )
-                pos = stop + self._feed_pending(data[stop:] if stop else data)
-                continue
-            if status == 2:
-                raise BadMsgpack(f"invalid msgpack: byte 0xc1 in the value at chunk byte {stop}")
-            raise FrameTooLong(f"msgpack value of at least {need} bytes exceeds {limit}")
+                self._unpacker.feed(pend)
+                return self._feed_pending(data)
+            held = len(pend)
+            piece = b"".join((pend, memoryview(data)[: self._need - held]))
+            ends, stop, status, need = _mp_scan(piece, 0, limit)
+            if ends:
+                pend.clear()
+                self._decode_any(piece, 0, ends)
+                return int(memoryview(ends).cast("n")[-1]) - held  # type: ignore[call-overload]
+            if status != 1:
+                self._scan_error(status, stop, need)
+            self._need = need
+            self._rescans += 1
 
-    def _decode_small(self, data: bytes, prev: int, ends: list[int]) -> None:
-        """Messages from the values ``data[prev:ends[0]]``, ``data[ends[0]:ends[1]]``...
-        decoded by one Unpacker in one ``list.extend`` (no Python code per
-        value); best for small values, whose extra copy (the Unpacker's
-        buffer besides ``raw``) costs little."""
+    def _decode_any(self, data: bytes, prev: int, ends: bytes) -> None:
+        """Messages from the values ``data[prev:e0]``, ``data[e0:e1]``... (``ends``:
+        their end offsets from ``mp_scan``)."""
+        ev = memoryview(ends).cast("n")  # type: ignore[call-overload]
+        if ev[-1] - prev >= _BIG_VALUES * len(ev):
+            self._decode(data, prev, ends, ev)
+        else:
+            self._decode_small(data, prev, ends, ev)
+
+    def _decode_small(self, data: bytes, prev: int, ends: bytes, ev: memoryview) -> None:
+        """Small values: decoded by one Unpacker in one ``list.extend`` (no
+        Python code per value); their extra copy (the Unpacker's buffer besides
+        ``raw``) costs little."""
         unp = self._scan_unpacker
         if unp is None:
             unp = self._scan_unpacker = msgpack.Unpacker(
@@ -189,16 +209,18 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
             )
         objs: list[Any] = []
         try:
-            unp.feed(memoryview(data)[prev : ends[-1]])
+            unp.feed(memoryview(data)[prev : ev[-1]])
             objs.extend(unp)  # keeps the values decoded before an error
         except Exception as exc:  # any decode failure of untrusted bytes
-            self._decode_list(data, prev, ends, objs)
+            self._decode_list(data, prev, ends, ev, objs)
             raise BadMsgpack(f"invalid msgpack: {type(exc).__name__}: {exc}") from exc
-        if len(objs) != len(ends):  # pragma: no cover - mp_scan and msgpack disagree
-            raise BadMsgpack(f"{len(objs)} values decoded, {len(ends)} delimited")
-        self._decode_list(data, prev, ends, objs)
+        if len(objs) != len(ev):  # pragma: no cover - mp_scan and msgpack disagree
+            raise BadMsgpack(f"{len(objs)} values decoded, {len(ev)} delimited")
+        self._decode_list(data, prev, ends, ev, objs)
 
-    def _decode_list(self, data: bytes, prev: int, ends: list[int], objs: list[Any]) -> None:
+    def _decode_list(
+        self, data: bytes, prev: int, ends: bytes, ev: memoryview, objs: list[Any]
+    ) -> None:
         out = self._out
         count = len(objs)
         i = 0
@@ -208,18 +230,16 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
                 return
             # anything else: checked (and reported) by _to_message
             if i:
-                prev = ends[i - 1]
-            end = ends[i]
+                prev = ev[i - 1]
+            end = ev[i]
             out.append(_to_message(objs[i], data[prev:end]))
             prev = end
             i += 1
 
-    def _decode(self, data: bytes, prev: int, ends: list[int]) -> None:
-        """Messages from the values ``data[prev:ends[0]]``, ``data[ends[0]:ends[1]]``...
-        each decoded from its ``raw`` slice by ``unpackb`` (no second copy of
-        large values)."""
+    def _decode(self, data: bytes, prev: int, ends: bytes, ev: memoryview) -> None:
+        """Large values: each decoded from its ``raw`` slice by ``unpackb``."""
         out = self._out
-        count = len(ends)
+        count = len(ev)
         i = 0
         batch = _mp_batch
         unpackb = msgpack.unpackb
@@ -232,8 +252,8 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
                     return
                 # anything else: decoded again and checked (and reported) here
                 if i:
-                    prev = ends[i - 1]
-                end = ends[i]
+                    prev = ev[i - 1]
+                end = ev[i]
                 raw = data[prev:end]
                 obj = unpackb(raw, strict_map_key=kwv)
             except Exception as exc:  # any decode failure of untrusted bytes
@@ -267,7 +287,7 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
                 raise FrameTooLong(f"msgpack value longer than {limit} bytes") from exc
             except Exception as exc:  # any decode failure of untrusted bytes
                 raise BadMsgpack(f"invalid msgpack: {type(exc).__name__}: {exc}") from exc
-            take = unp.tell() - len(pend)  # bytes of chunk in the value
+            take = int(unp.tell()) - len(pend)  # bytes of chunk in the value
             raw = b"".join((pend, memoryview(chunk)[:take]))
             pend.clear()
             self._unpacker = None
@@ -278,6 +298,12 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
     # -- pure Python: one Unpacker over the stream, raw bytes via tell() ----------
 
     def _feed_unpacker(self, data: bytes) -> None:
+        if self._unpacker is None:
+            self._unpacker = msgpack.Unpacker(
+                raw=False,
+                max_buffer_size=self.max_message_size,
+                strict_map_key=self._strict_map_key,
+            )
         n = len(data)
         pos = 0
         limit = self.max_message_size
@@ -312,7 +338,7 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
             for obj in unp:
                 add_obj(obj)
                 add_end(tell())
-        except Exception as exc:  # any decode failure of untrusted bytes
+        except Exception as exc:  # noqa: BLE001 - raised below, after the values before it
             cause = exc
         count = len(objs)
         try:
@@ -468,7 +494,13 @@ _set_notification = tuple(_setter(RpcNotification, name) for name in RpcNotifica
 
 
 def _py_rpc_batch(
-    objs: list[Any], ends: list[int], data: bytes, start: int, prev: int, i: int, out: list[Any]
+    objs: list[Any],
+    ends: Any,
+    data: bytes,
+    start: int,
+    prev: int,
+    i: int,
+    out: list[Any],
 ) -> int:
     """Build messages from ``objs[i:]`` while each is a well-formed request,
     response or notification; return the index of the first that is not (or
@@ -500,7 +532,7 @@ def _py_rpc_batch(
             ):
                 break
             end = ends[i] - start
-            msg = new(RpcRequest)
+            msg: RpcMessage = new(RpcRequest)
             rq_id(msg, msgid)
             rq_method(msg, method)
             rq_params(msg, params)
@@ -544,9 +576,9 @@ if _speedups is not None:
     _makers = (_c_maker(RpcRequest), _c_maker(RpcResponse), _c_maker(RpcNotification))
 
     def _rpc_batch(
-        objs: list[Any], ends: list[int], data: bytes, start: int, prev: int, i: int, out: list[Any]
+        objs: list[Any], ends: Any, data: bytes, start: int, prev: int, i: int, out: list[Any]
     ) -> int:
-        return _c_rpc_batch(objs, ends, data, start, prev, i, out, *_makers)  # type: ignore[no-any-return]
+        return int(_c_rpc_batch(objs, ends, data, start, prev, i, out, *_makers))
 
 else:
     _rpc_batch = _py_rpc_batch

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ._base import Framer, parse_spec_value
 from ._errors import (
@@ -101,7 +101,7 @@ _CH4 = struct.Struct("<II")  # (type|flags<<8|hlen<<16|pdo<<24, plen)
 _CH = struct.Struct("<BBBBI")
 _U32 = struct.Struct("<I")
 _DGST_OFFSET = 11  # ICReq/ICResp byte 11: DGST
-_split_nvme = _speedups.split_nvme if _speedups is not None else None
+_split_nvme: Any = _speedups.split_nvme if _speedups is not None else None
 
 
 def _load_crc32c() -> Callable[[bytes], int]:

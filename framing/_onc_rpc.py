@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ._base import Framer, parse_spec_value
 from ._errors import BadFramerSpec, EncodeError, FramerConfigError, FrameTooLong, FramingError
@@ -29,7 +29,7 @@ __all__ = ["OncRpcFramer"]
 _LAST = 0x80000000  # RFC 5531 section 11: last-fragment bit
 _LEN_MASK = 0x7FFFFFFF
 _HDR = struct.Struct(">I")
-_split_onc = _speedups.split_onc if _speedups is not None else None
+_split_onc: Any = _speedups.split_onc if _speedups is not None else None
 
 
 class OncRpcFramer(Framer[OncRecord]):

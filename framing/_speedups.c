@@ -132,6 +132,44 @@ static PyTypeObject Maker_Type = {
     .tp_doc = "Maker(cls, names): build instances of a slotted class from positional values.",
 };
 
+
+/* Value end offsets: a list of ints, or (from mp_scan) a bytes object of
+ * native Py_ssize_t values, which spares one int object per value. */
+typedef struct {
+    PyObject *list;
+    const char *arr;
+    Py_ssize_t n;
+} Ends;
+
+static int
+ends_init(Ends *e, PyObject *o)
+{
+    if (PyList_CheckExact(o)) {
+        e->list = o;
+        e->arr = NULL;
+        e->n = PyList_GET_SIZE(o);
+        return 1;
+    }
+    if (PyBytes_CheckExact(o) && PyBytes_GET_SIZE(o) % (Py_ssize_t)sizeof(Py_ssize_t) == 0) {
+        e->list = NULL;
+        e->arr = PyBytes_AS_STRING(o);
+        e->n = PyBytes_GET_SIZE(o) / (Py_ssize_t)sizeof(Py_ssize_t);
+        return 1;
+    }
+    PyErr_SetString(PyExc_TypeError, "ends: a list of ints or packed offsets");
+    return 0;
+}
+
+static inline Py_ssize_t
+ends_get(Ends *e, Py_ssize_t i)
+{
+    if (e->list)
+        return PyLong_AsSsize_t(PyList_GET_ITEM(e->list, i));
+    Py_ssize_t v;
+    memcpy(&v, e->arr + i * (Py_ssize_t)sizeof(Py_ssize_t), sizeof v);
+    return v;
+}
+
 /* msgid: an int (not bool) in 0..2**32-1. Returns 1/0, never raises. */
 static inline int
 is_msgid(PyObject *v)
@@ -168,7 +206,10 @@ rpc_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *objs = args[0], *ends = args[1], *data = args[2], *out = args[6];
-    if (!PyList_CheckExact(objs) || !PyList_CheckExact(ends) || !PyBytes_CheckExact(data)
+    Ends ev;
+    if (!ends_init(&ev, ends))
+        return NULL;
+    if (!PyList_CheckExact(objs) || !PyBytes_CheckExact(data)
         || !PyList_CheckExact(out)) {
         PyErr_SetString(PyExc_TypeError, "rpc_batch(list, list, bytes, int, int, int, list, ...)");
         return NULL;
@@ -187,7 +228,7 @@ rpc_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (i == -1 && PyErr_Occurred())
         return NULL;
     Py_ssize_t count = PyList_GET_SIZE(objs);
-    if (PyList_GET_SIZE(ends) < count || i < 0) {
+    if (ev.n < count || i < 0) {
         PyErr_SetString(PyExc_ValueError, "rpc_batch: fewer ends than objs");
         return NULL;
     }
@@ -231,8 +272,7 @@ rpc_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         else
             break;
-        PyObject *e = PyList_GET_ITEM(ends, i);
-        Py_ssize_t end = PyLong_AsSsize_t(e);
+        Py_ssize_t end = ends_get(&ev, i);
         if (end == -1 && PyErr_Occurred())
             return NULL;
         end -= start; /* stream offset -> offset in data */
@@ -261,7 +301,7 @@ rpc_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * mp_scan(data, pos, maxlen) -> (ends, stop, status, need)
  * Walks whole msgpack values from data[pos:] without decoding them: one
  * counter of items still to skip, no recursion. `ends` are the offsets after
- * each complete value; scanning stops at `stop` with status
+ * each complete value (packed native Py_ssize_t, see Ends); scanning stops at `stop` with status
  *   0  end of data at a value boundary
  *   1  incomplete value at stop; `need` is a lower bound of its length
  *   2  byte 0xc1 (never used in msgpack) inside the value at stop
@@ -295,9 +335,7 @@ mp_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "mp_scan: bad position or limit");
         return NULL;
     }
-    PyObject *ends = PyList_New(0);
-    if (ends == NULL)
-        return NULL;
+    Py_ssize_t *ends = NULL, nends = 0, cap = 0;
     int status = 0;
     unsigned long long need = 0;
     Py_ssize_t p = pos;
@@ -379,15 +417,22 @@ mp_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             p = start;
             break;
         }
-        PyObject *e = PyLong_FromSsize_t(p);
-        if (e == NULL || PyList_Append(ends, e) < 0) {
-            Py_XDECREF(e);
-            Py_DECREF(ends);
-            return NULL;
+        if (nends == cap) {
+            cap = cap ? 2 * cap : 256;
+            Py_ssize_t *grown = PyMem_Realloc(ends, (size_t)cap * sizeof *ends);
+            if (grown == NULL) {
+                PyMem_Free(ends);
+                return PyErr_NoMemory();
+            }
+            ends = grown;
         }
-        Py_DECREF(e);
+        ends[nends++] = p;
     }
-    return Py_BuildValue("(NniK)", ends, p, status, need);
+    PyObject *packed = PyBytes_FromStringAndSize((const char *)ends, nends * (Py_ssize_t)sizeof *ends);
+    PyMem_Free(ends);
+    if (packed == NULL)
+        return NULL;
+    return Py_BuildValue("(NniK)", packed, p, status, need);
 }
 
 /* mp_batch(data, ends, i, prev, unpackb, kwvalue, kwnames, out, req, resp, notif) -> int
@@ -398,7 +443,7 @@ mp_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 mp_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 11 || !PyBytes_CheckExact(args[0]) || !PyList_CheckExact(args[1])
+    if (nargs != 11 || !PyBytes_CheckExact(args[0])
         || !PyTuple_CheckExact(args[6]) || !PyList_CheckExact(args[7])) {
         PyErr_SetString(PyExc_TypeError, "mp_batch: bad arguments");
         return NULL;
@@ -421,11 +466,14 @@ mp_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     const char *buf = PyBytes_AS_STRING(data);
     Py_ssize_t size = PyBytes_GET_SIZE(data);
-    Py_ssize_t count = PyList_GET_SIZE(ends);
+    Ends ev;
+    if (!ends_init(&ev, ends))
+        return NULL;
+    Py_ssize_t count = ev.n;
     if (i < 0)
         i = count;
     for (; i < count; i++) {
-        Py_ssize_t end = PyLong_AsSsize_t(PyList_GET_ITEM(ends, i));
+        Py_ssize_t end = ends_get(&ev, i);
         if (end == -1 && PyErr_Occurred())
             return NULL;
         if (prev < 0 || end < prev || end > size) {
