@@ -53,6 +53,7 @@ from ._conn import MuxRpcError
 from ._service import App, MethodSpec
 
 __all__ = [
+    "DEFER",
     "Dispatcher",
     "ErrorCode",
     "PendingCall",
@@ -123,6 +124,21 @@ class PendingCall:
     """The handler's coroutine, not started."""
 
 
+class _Deferred:
+    """Type of :data:`DEFER`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFER"
+
+
+#: :meth:`Dispatcher.dispatch_inline`'s "not inline: use dispatch()" answer
+DEFER: Final = _Deferred()
+
+_unpackb = msgpack.unpackb
+
+
 def decode_message(payload: bytes) -> Any:
     """Decode one whole msgpack value; :class:`ProtocolError` if it is not one."""
     try:
@@ -172,6 +188,46 @@ class Dispatcher:
     def dispatch(self, payload: bytes) -> bytes | PendingCall | None:
         """Decode and dispatch one whole message (see the module doc)."""
         return self.dispatch_obj(decode_message(payload))
+
+    def dispatch_inline(self, payload: bytes) -> bytes | None | _Deferred:
+        """The batch fast path: run a well-formed call of a plain (sync) handler
+        now and return its reply (``None`` for a notification), or
+        :data:`DEFER` when the message needs :meth:`dispatch` (an ``async``
+        handler, an unknown method, a malformed message): nothing was called
+        then, and the caller hands the message to the slow path unchanged."""
+        try:
+            msg = _unpackb(payload, raw=False, strict_map_key=False)
+        except Exception:  # noqa: BLE001 - dispatch() reports it
+            return DEFER
+        if type(msg) is not list:
+            return DEFER
+        n = len(msg)
+        if n == 4:
+            kind, msgid, method, params = msg
+            if kind != REQUEST or type(kind) is not int or type(msgid) is not int \
+                    or not 0 <= msgid <= MAX_MSGID:
+                return DEFER
+            spec = self._methods.get(method) if type(method) is str else None
+        elif n == 3:
+            kind, method, params = msg
+            if kind != NOTIFICATION or type(kind) is not int:
+                return DEFER
+            msgid = None
+            spec = self._notifications.get(method) if type(method) is str else None
+        else:
+            return DEFER
+        if spec is None or spec.is_async or type(params) is not list:
+            return DEFER
+        np = len(params)
+        if np < spec.min_args or (spec.max_args is not None and np > spec.max_args):
+            return DEFER
+        try:
+            result = spec.func(*params)
+        except Exception as exc:  # noqa: BLE001 - becomes the error response, and is logged
+            return self.fail_call(spec, msgid, exc)
+        if msgid is None:
+            return None
+        return encode_response(msgid, result, self._packer)
 
     def dispatch_obj(self, msg: Any) -> bytes | PendingCall | None:
         """Dispatch one already-decoded msgpack value."""

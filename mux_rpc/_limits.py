@@ -50,6 +50,12 @@ class InflightLimits:
         per = self.per_connection if limit is None else min(limit, self.per_connection)
         return self._total < self.total and self._by_conn.get(conn_id, 0) < per
 
+    def has_room(self, conn_id: int) -> bool:
+        """True when ``conn_id`` could take a slot now and nobody queued
+        earlier: a call that starts and finishes at once needs no more."""
+        return (not self._waiters and self._total < self.total
+                and self._by_conn.get(conn_id, 0) < self.per_connection)
+
     def try_start(self, conn_id: int) -> bool:
         """Take a slot if one is free and nobody queued earlier; report success."""
         if self._waiters or not self.can_start(conn_id):

@@ -85,6 +85,11 @@ log = logging.getLogger("mux_rpc.offload")
 #: host-assigned connection ids (CONNECT) have the high bit set; the agent's don't
 HOST_CONN_ID_BASE = 0x8000_0000
 
+#: :meth:`OffloadConnection.set_message_hook` answers
+HOOK_DEFER = 0
+HOOK_DONE = 1
+HOOK_OWNED = 2
+
 
 def reason_code(status: int) -> str:
     """The machine reason string of a CLOSED/CONNECTED/ERROR status code."""
@@ -136,6 +141,11 @@ class HostConfig:
     hello_grace: float = 1.0
     """An agent HELLO within this many seconds of the host's own HELLO is the
     agent's answer to it, not a restart (the agent answers a HELLO with one)."""
+
+    credit_delay: float = 0.002
+    """Seconds a connection served inline (the batch fast path, see
+    :meth:`OffloadConnection.set_message_hook`) may hold consumed credit below
+    half a window before it goes back anyway."""
 
     def __post_init__(self) -> None:
         if self.window_messages < 1 or self.window_bytes < 1:
@@ -279,6 +289,7 @@ class OffloadConnection:
                                 max_message_size=host.max_send_size)
         self._send_lock = asyncio.Lock()
         self._send_waiter: asyncio.Future[None] | None = None
+        self._hook: Callable[[bytes], int] | None = None
         self._cause: tuple[str, str] | None = None
         self._done = self._loop.create_future()  # set when CLOSED/BROKEN
         self._opened = self._loop.create_future()  # CONNECTING -> OPEN
@@ -380,6 +391,59 @@ class OffloadConnection:
             self._host._send_ctl(self.queue, P.Credit(self.conn_id, grant[0], grant[1]))
             self._host.stats.credits_sent += 1
 
+    # -- the batch fast path ------------------------------------------------------
+    def set_message_hook(self, hook: Callable[[bytes], int] | None) -> None:
+        """Let ``hook(payload)`` see each arriving message first, synchronously,
+        on the receive path (``None`` removes it). Only while the receiver is
+        parked in ``recv()`` with nothing queued - so no earlier message of the
+        connection is still waiting - and never for messages with a ULP header.
+        ``hook`` returns :data:`HOOK_DEFER` (0: queue it for ``recv()`` as
+        usual), :data:`HOOK_DONE` (1: handled and finished; its credit goes
+        back, batched) or :data:`HOOK_OWNED` (2: the hook calls
+        :meth:`on_consumed` later itself)."""
+        self._hook = hook
+
+    def send_nowait(self, payload: bytes) -> bool:
+        """Send ``payload`` at once if nothing waits to send on this connection
+        and the agent's window allows it; else send nothing and return False
+        (use ``await send()``)."""
+        sw = self._swin
+        n = len(payload)
+        if (self._state is not ConnState.OPEN or sw.messages < 1 or n > sw.bytes
+                or n > self._host.max_send_size or self._send_lock.locked()):
+            return False
+        sw.messages -= 1
+        sw.bytes -= n
+        self._host._send_data(self, payload, 0, n)
+        return True
+
+    def _consumed_inline(self, n: int) -> None:
+        # on_consumed for a message the hook finished: grant at half a window
+        # or when the agent is out of message credit; the rest goes back after
+        # HostConfig.credit_delay (Host._credit_sweep), so a sender blocked on
+        # a large message never waits for a batch that cannot fill
+        w = self._rwin
+        w.buffered_messages -= 1
+        w.buffered_bytes -= n
+        pm = w.pending_messages = w.pending_messages + 1
+        pb = w.pending_bytes = w.pending_bytes + n
+        if (pm * 2 >= w.window_messages or pb * 2 >= w.window_bytes
+                or w.outstanding_messages < 1):
+            self._grant_pending()
+        else:
+            self._host._credit_later(self)
+
+    def _grant_pending(self) -> None:
+        w = self._rwin
+        m, b = w.pending_messages, w.pending_bytes
+        if not m and not b:
+            return
+        w.pending_messages = w.pending_bytes = 0
+        w.outstanding_messages += m
+        w.outstanding_bytes += b
+        self._host._send_ctl(self.queue, P.Credit(self.conn_id, m, b))
+        self._host.stats.credits_sent += 1
+
     # -- internals ----------------------------------------------------------------
 
     def _check_can_send(self) -> None:
@@ -469,7 +533,8 @@ class OffloadConnection:
                       self._state.value)
 
     def _deliver(self, d: P.Data) -> None:
-        n = len(d.payload)
+        payload = d.payload
+        n = len(payload)
         # contract: the agent stays within the window the host granted (§5.3)
         try:
             self._rwin.on_received(n)
@@ -477,6 +542,20 @@ class OffloadConnection:
             self._host.stats.credit_violations += 1
             self._event(ConnEvent.OVERRUN, cause=(exc.reason, str(exc)))
             return
+        hook = self._hook
+        if (hook is not None and self._rx_waiter is not None and not self._rx
+                and not d.header_length and isinstance(payload, bytes)):
+            st = self._host.stats
+            st.messages_in += 1
+            st.bytes_in += n
+            r = hook(payload)
+            if r == HOOK_DONE:
+                self._consumed_inline(n)
+                return
+            if r == HOOK_OWNED:
+                return
+            st.messages_in -= 1
+            st.bytes_in -= n
         if d.header_length:
             mv = memoryview(d.payload)
             m = Message(bytes(mv[d.header_length:]), bytes(mv[:d.header_length]))
@@ -606,6 +685,12 @@ class Host:
         now = clock()
         self._last_rx = now
         self._last_tx = [now] * len(self._ports)
+        # the batch fast path: DATA straight to the link when nothing is queued
+        # before it, and consumed credit granted late (HostConfig.credit_delay)
+        self._direct: list[Callable[[int, bytes, int], bool] | None] = [
+            getattr(p, "send_data_nowait", None) for p in self._ports]
+        self._credit_dirty: set[OffloadConnection] = set()
+        self._credit_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle ----------------------------------------------------------------
     @property
@@ -674,6 +759,7 @@ class Host:
         if self._closed:
             return
         self._closed = True
+        self._stop_credit_timer()
         for conn in list(self._conns.values()):
             conn._event(ConnEvent.LOCAL_CLOSE)
             conn._finish(closed=True)
@@ -703,6 +789,7 @@ class Host:
         if self._closed:
             return
         self._closed = True
+        self._stop_credit_timer()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -828,9 +915,37 @@ class Host:
         self._last_tx[q] = self._clock()
 
     def _send_data(self, conn: OffloadConnection, body: bytes, header_length: int, n: int) -> None:
-        self.stats.messages_out += 1
-        self.stats.bytes_out += n
-        self._send_ctl(conn.queue, P.Data(conn.conn_id, body, header_length))
+        st = self.stats
+        st.messages_out += 1
+        st.bytes_out += n
+        q = conn.queue
+        direct = self._direct[q]
+        if direct is not None and not self._outboxes[q].items \
+                and direct(conn.conn_id, body, header_length):
+            return  # nothing queued before it: order kept
+        self._send_ctl(q, P.Data(conn.conn_id, body, header_length))
+
+    def _credit_later(self, conn: OffloadConnection) -> None:
+        self._credit_dirty.add(conn)
+        if self._credit_timer is None:
+            self._credit_timer = asyncio.get_running_loop().call_later(
+                self.config.credit_delay, self._credit_sweep)
+
+    def _stop_credit_timer(self) -> None:
+        if self._credit_timer is not None:
+            self._credit_timer.cancel()
+            self._credit_timer = None
+        self._credit_dirty.clear()
+
+    def _credit_sweep(self) -> None:
+        """Grant what inline-served connections consumed and still hold back."""
+        self._credit_timer = None
+        dirty = self._credit_dirty
+        self._credit_dirty = set()
+        for conn in dirty:
+            if conn._state is ConnState.OPEN and conn._rwin.buffered_messages == 0:
+                conn._grant_pending()
+            # else: recv() holds messages; their on_consumed grants all pending
 
     def _send_hello(self) -> None:
         cfg = self.config

@@ -38,8 +38,9 @@ from ._conn import (
     MessageConnection,
     MessageListener,
 )
-from ._dispatch import Dispatcher, PendingCall, ProtocolError
+from ._dispatch import DEFER, Dispatcher, PendingCall, ProtocolError
 from ._limits import InflightLimits
+from ._offload import HOOK_DEFER, HOOK_DONE, HOOK_OWNED
 from ._service import App, StreamHandlerSpec
 
 __all__ = ["Server", "ServerConfig", "ServerStats"]
@@ -174,6 +175,9 @@ class Server:
         loop = asyncio.get_running_loop()
         limits, dispatcher, stats = self.limits, self.dispatcher, self.stats
         own = asyncio.Semaphore(self.config.max_inflight_per_connection)
+        set_hook = getattr(conn, "set_message_hook", None)
+        if set_hook is not None:
+            set_hook(self._inline_hook(conn, key, calls))
         try:
             while True:
                 # a slot of this connection before reading; the overall slot after,
@@ -220,7 +224,53 @@ class Server:
         except ConnectionClosedError as exc:
             logger.info("connection %s closed while replying: %s", conn.conn_id, exc)
         finally:
+            if set_hook is not None:
+                set_hook(None)
             await self._end_connection(conn, calls)
+
+    def _inline_hook(
+        self, conn: Any, key: int, calls: set[asyncio.Task[None]]
+    ) -> Callable[[bytes], int]:
+        """The batch fast path of an offloaded connection (see
+        ``OffloadConnection.set_message_hook``): a call of a plain-function
+        handler runs on the receive path - decoded, dispatched, encoded, the
+        reply queued on the link - with no task, lock or future. Everything
+        else (async handlers, errors, a connection or server at its limit)
+        goes to the task path above, unchanged."""
+        limits, stats = self.limits, self.stats
+        inline = self.dispatcher.dispatch_inline
+        send_nowait = conn.send_nowait
+        has_room = limits.has_room
+        loop = asyncio.get_running_loop()
+
+        def hook(payload: bytes) -> int:
+            if not has_room(key):
+                return HOOK_DEFER
+            out = inline(payload)
+            if out is DEFER:
+                return HOOK_DEFER
+            stats.messages += 1
+            if out is None or send_nowait(out):
+                return HOOK_DONE
+            # the agent's window is full (or a reply waits): send it from a task
+            assert isinstance(out, bytes)
+            limits.start(key)
+            task = loop.create_task(self._late_reply(conn, key, out, len(payload)))
+            calls.add(task)
+            task.add_done_callback(calls.discard)
+            return HOOK_OWNED
+
+        return hook
+
+    async def _late_reply(self, conn: MessageConnection, key: int, reply: bytes,
+                          nbytes: int) -> None:
+        try:
+            await conn.send(reply)
+        except ConnectionClosedError as exc:
+            logger.info("reply on connection %s not sent: %s", conn.conn_id, exc)
+        finally:
+            conn.on_consumed(nbytes)
+            self.limits.finish(key)
 
     async def _run_call(
         self, conn: MessageConnection, key: int, own: asyncio.Semaphore, call: PendingCall,
