@@ -5,9 +5,21 @@ Theory of operation
 The agent owns one *port* (one xport link) per transport queue. Connection
 ``c`` rides queue ``c % queues`` for everything about it (NEW_CONNECTION,
 CONNECTED, DATA, CREDIT, CLOSED), so that its messages stay in order; link-wide
-messages (HELLO, LISTEN_RESULT) ride queue 0. Messages from the host are
-demultiplexed by ``conn_id`` with a dict (aioquic's server does the same);
-whatever queue they arrive on.
+messages (HELLO) ride queue 0. Messages from the host are demultiplexed by
+``conn_id`` with a dict (aioquic's server does the same); whatever queue they
+arrive on.
+
+Listeners and queues. A LISTEN is answered (LISTEN_RESULT) on the queue it
+came on, and its listener is known by ``(queue, listener_id)``. A LISTEN on
+queue 0 alone is the usual case, one host over every queue: its connections
+spread over all queues (``c % queues``). Several host processes, one per
+queue (``mux-rpc serve --workers N``), each LISTEN on their own queue for the
+same address: the second and later LISTENs for a bound ``bind:port`` (same
+framer spec and TLS setting) *join* the first one's TCP server (a listen
+group, much like ``SO_REUSEPORT``), and once any member is on a queue other
+than 0, each new connection goes round robin to one member and gets an id on
+that member's queue, so that its NEW_CONNECTION, DATA and CLOSED all reach
+the process that listened there.
 
 Sending never awaits: a connection's data path calls ``port.send`` and the
 mux marks that queue dirty; one ``loop.call_soon`` callback per event-loop
@@ -43,7 +55,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import socket
 import ssl
@@ -100,15 +111,38 @@ def status_for(reason: str) -> int:
 
 
 class _Listener:
-    __slots__ = ("bind", "listener_id", "port", "server", "spec", "tls")
+    __slots__ = ("bind", "group", "listener_id", "port", "queue", "server", "spec", "tls")
 
-    def __init__(self, listener_id: int, bind: str, spec: str, tls: bool) -> None:
+    def __init__(self, listener_id: int, bind: str, spec: str, tls: bool, queue: int = 0) -> None:
         self.listener_id = listener_id
         self.bind = bind
         self.port = 0
         self.spec = spec
         self.tls = tls
+        self.queue = queue
+        #: the TCP server, shared by every member of the group
         self.server: asyncio.AbstractServer | None = None
+        self.group: _ListenGroup | None = None
+
+
+class _ListenGroup:
+    """Listeners of one address, one per queue (see the module doc): one TCP
+    server; its connections go round robin to the members."""
+
+    __slots__ = ("members", "turn")
+
+    def __init__(self, first: _Listener) -> None:
+        self.members: list[_Listener] = [first]
+        self.turn = 0
+
+    def pick(self) -> _Listener:
+        self.turn = (self.turn + 1) % len(self.members)
+        return self.members[self.turn]
+
+    @property
+    def per_queue(self) -> bool:
+        """Connections go to their member's queue (else: spread over all queues)."""
+        return any(m.queue for m in self.members)
 
 
 class _Refused(asyncio.Protocol):
@@ -149,8 +183,9 @@ class Agent:
         self.conns: dict[int, Connection] = {}
         #: accepted, connection_made not yet called (TLS handshake running)
         self._embryonic: dict[int, Connection] = {}
-        self.listeners: dict[int, _Listener] = {}
-        self._ids = itertools.count(1)
+        #: by (queue the LISTEN came on, listener id)
+        self.listeners: dict[tuple[int, int], _Listener] = {}
+        self._next_id = 1
         self._dirty = [False] * self._nq
         self._link_blocked = [False] * self._nq
         self._flush_handle: asyncio.Handle | None = None
@@ -247,8 +282,9 @@ class Agent:
             "queues": self._nq,
             "connections_open": len(self.conns),
             "connections_handshaking": len(self._embryonic),
-            "listeners": {str(lid): f"{l.bind}:{l.port} {l.spec}{' tls' if l.tls else ''}"
-                          for lid, l in self.listeners.items()},
+            "listeners": {(f"q{q}:{lid}" if q else str(lid)):
+                          f"{l.bind}:{l.port} {l.spec}{' tls' if l.tls else ''}"
+                          for (q, lid), l in self.listeners.items()},
             "buffered_bytes": self.budget.used,
             "link_up": self._link_up,
             "messages_to_host": self.messages_to_host,
@@ -530,7 +566,7 @@ class Agent:
                 return
             conn.host_close(m.abort)
         elif isinstance(m, P.Listen):
-            self._on_listen(m)
+            self._on_listen(q, m)
         elif isinstance(m, P.Connect):
             self._on_connect(m)
         elif isinstance(m, P.Error):
@@ -540,16 +576,16 @@ class Agent:
             self.stats.host_errors[f"unexpected_{type(m).__name__.lower()}"] += 1
 
     # -- listeners ---------------------------------------------------------------------------
-    def _on_listen(self, m: P.Listen) -> None:
+    def _on_listen(self, q: int, m: P.Listen) -> None:
         self.stats.incr("listen_requests")
-        old = self.listeners.pop(m.listener_id, None)
+        old = self.listeners.get((q, m.listener_id))
         if old is not None:
             self._close_listener(old)
         loop = self._loop
         assert loop is not None
-        loop.create_task(self._listen(m))
+        loop.create_task(self._listen(q, m))
 
-    async def _listen(self, m: P.Listen) -> None:
+    async def _listen(self, q: int, m: P.Listen) -> None:
         cfg = self.config
         bind = m.bind_address or "127.0.0.1"
 
@@ -557,7 +593,7 @@ class Agent:
             self.stats.incr("listen_failed")
             log.warning("LISTEN %d %s:%d %r refused: %s", m.listener_id, bind, m.port,
                         m.framer, text)
-            self._send(0, P.ListenResult(m.listener_id, status, 0, text))
+            self._send(q, P.ListenResult(m.listener_id, status, 0, text))
 
         if not cfg.allow_non_loopback and not is_loopback(bind):
             fail(P.Status.OS_ERROR, f"address {bind} is not loopback (allow_non_loopback off)")
@@ -579,43 +615,73 @@ class Agent:
             except (ssl.SSLError, OSError) as exc:
                 fail(P.Status.TLS_ERROR, f"cannot load certificate/key: {exc}")
                 return
-        lst = _Listener(m.listener_id, bind, m.framer, ctx is not None)
+        lst = _Listener(m.listener_id, bind, m.framer, ctx is not None, q)
+        lkey = (q, m.listener_id)
+        other = next((o for o in self.listeners.values() if m.port and o.port == m.port
+                      and o.bind == bind and o.queue != q and o.server is not None), None)
+        if other is not None and other.group is not None:
+            # another queue's host listens there: join its TCP server (a listen group)
+            if other.spec != m.framer or other.tls != lst.tls:
+                fail(P.Status.OS_ERROR, f"{bind}:{m.port} is served by queue {other.queue} "
+                                        f"with framer {other.spec!r}{' (TLS)' if other.tls else ''}")
+                return
+            if self._closed or self.listeners.get(lkey) is not None:
+                return
+            lst.server, lst.port, lst.group = other.server, other.port, other.group
+            other.group.members.append(lst)
+            self.listeners[lkey] = lst
+            log.info("listener %d of queue %d joins %s:%d (queue(s) %s)", m.listener_id, q,
+                     bind, lst.port, sorted(x.queue for x in lst.group.members))
+            self._send(q, P.ListenResult(m.listener_id, P.Status.OK, lst.port, ""))
+            return
+        group = lst.group = _ListenGroup(lst)
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
-                lambda: self._accept(lst), bind, m.port, ssl=ctx, reuse_address=True,
+                lambda: self._accept(group), bind, m.port, ssl=ctx, reuse_address=True,
                 backlog=1024,
                 ssl_handshake_timeout=cfg.tls_handshake_timeout if ctx is not None else None)
         except OSError as exc:
             fail(P.Status.OS_ERROR, f"bind {bind}:{m.port}: {exc.strerror or exc}")
             return
-        if self._closed or self.listeners.get(m.listener_id) is not None:
+        if self._closed or self.listeners.get(lkey) is not None:
             server.close()
             return
         lst.server = server
         lst.port = server.sockets[0].getsockname()[1]
-        self.listeners[m.listener_id] = lst
-        log.info("listening on %s:%d (listener %d, framer %r%s)", bind, lst.port,
-                 m.listener_id, m.framer, ", TLS" if ctx else "")
-        self._send(0, P.ListenResult(m.listener_id, P.Status.OK, lst.port, ""))
+        self.listeners[lkey] = lst
+        log.info("listening on %s:%d (listener %d of queue %d, framer %r%s)", bind, lst.port,
+                 m.listener_id, q, m.framer, ", TLS" if ctx else "")
+        self._send(q, P.ListenResult(m.listener_id, P.Status.OK, lst.port, ""))
 
     def _close_listener(self, lst: _Listener) -> None:
-        if self.listeners.get(lst.listener_id) is lst:
-            del self.listeners[lst.listener_id]
-        if lst.server is not None:
-            lst.server.close()
-            lst.server = None
+        key = (lst.queue, lst.listener_id)
+        if self.listeners.get(key) is lst:
+            del self.listeners[key]
+        group, server = lst.group, lst.server
+        lst.group = lst.server = None
+        if group is not None and lst in group.members:
+            group.members.remove(lst)
+            if group.members:
+                return  # the other members still serve the address
+        if server is not None:
+            server.close()
 
-    def _new_id(self) -> int:
+    def _new_id(self, queue: int | None = None) -> int:
+        """A free connection id below HOST_CONN_ID_BASE, increasing; on ``queue``
+        (``id % queues == queue``) when given."""
         while True:
-            cid = next(self._ids)
+            cid = self._next_id
+            if queue is not None:
+                cid += (queue - cid) % self._nq
             if cid >= HOST_CONN_ID_BASE:
-                self._ids = itertools.count(1)
+                self._next_id = 1
                 continue
+            self._next_id = cid + 1
             if cid not in self.conns and cid not in self._embryonic:
                 return cid
 
-    def _accept(self, lst: _Listener) -> asyncio.Protocol:
+    def _accept(self, group: _ListenGroup) -> asyncio.Protocol:
         """Protocol factory of a listener. The connection is *embryonic* until
         ``connection_made`` (immediately for TCP; after the handshake for TLS,
         and never if the handshake fails -- asyncio then never calls the
@@ -624,7 +690,10 @@ class Agent:
                 or self._closed or not self._link_up):
             self.stats.incr("too_many_connections" if self._link_up else "refused_link_down")
             return _Refused()
-        cid = self._new_id()
+        if not group.members:
+            return _Refused()
+        lst = group.pick()
+        cid = self._new_id(lst.queue if group.per_queue else None)
         framer = make_framer(lst.spec, self.host_max_message)
         conn = Connection(self, cid, framer, host_window=self.host_window,
                           listener_id=lst.listener_id, now=self._clock())
