@@ -769,8 +769,6 @@ def host_child_main() -> None:
     level = int(cfg.get("log_level", logging.WARNING))
     logging.basicConfig(level=level,
                         format="%(asctime)s host %(name)s %(levelname)s %(message)s")
-    if level >= logging.WARNING:
-        logging.getLogger("mux_rpc.server").addFilter(_quiet_peer_gone)
     commands: asyncio.Queue[str] | None = None
     loop_holder: list[asyncio.AbstractEventLoop] = []
 
@@ -803,16 +801,6 @@ def host_child_main() -> None:
             runner.run(main())
     except KeyboardInterrupt:
         pass
-
-
-def _quiet_peer_gone(record: logging.LogRecord) -> bool:
-    """Drop the server's "stream handler failed" warnings whose cause is only
-    that the client went away mid-call (clients interrupted by Ctrl-C): the
-    demo and the benchmark count every call themselves. Shown with -v."""
-    from ._conn import ConnectionClosedError
-
-    exc = record.exc_info[1] if record.exc_info else None
-    return not isinstance(exc, ConnectionClosedError)
 
 
 class _HostState:
@@ -880,23 +868,22 @@ async def _serve(cfg: dict[str, Any]) -> Any:
         return
 
     from ._offload import HostConfig
-    from ._orchestrate import OffloadOptions
+    from ._orchestrate import OffloadOptions, OffloadRuntime
     from ._streams import use_host
 
-    backend = cfg.get("backend", "auto")
     opts = OffloadOptions(queues=int(cfg.get("queues", 2)),
                           host_config=HostConfig(**cfg.get("host_config", {})),
-                          backend="afxdp" if backend == "afpacket" else backend,
+                          backend=cfg.get("backend", "auto"),
                           host_netns=bool(cfg.get("netns", False)),
                           agent_args=tuple(cfg.get("agent_args", ())))
-    rt = _AfPacketRuntime(opts) if backend == "afpacket" else _runtime(opts)
-    async with rt:
+    async with OffloadRuntime(opts) as rt:
         state.runtime = rt
         host = rt.host
+        assert host is not None  # the runtime is up
         state.info.update(backend=rt.backend_name, why_not_afxdp=rt.why_not_afxdp,
                           agent_pid=rt.agent_proc.pid if rt.agent_proc else None,
-                          queues=opts.queues, netns=opts.host_netns,
-                          xdp_modes=sorted({getattr(b, "mode", "?") for b in rt._backends}))
+                          queues=rt.queues, netns=opts.host_netns,
+                          xdp_modes=sorted({getattr(b, "mode", "?") for b in rt.backends}))
         tasks = []
         with use_host(host):
             for name, mod in apps.items():
@@ -918,50 +905,3 @@ async def _serve(cfg: dict[str, Any]) -> Any:
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _runtime(opts: Any) -> Any:
-    from ._orchestrate import OffloadRuntime
-
-    return OffloadRuntime(opts)
-
-
-def _afpacket_runtime_class() -> Any:
-    from ._orchestrate import OffloadRuntime, afxdp_unavailable_reason
-
-    class AfPacketRuntime(OffloadRuntime):
-        """The offload path over AF_PACKET mmap rings on the veth pair (one queue,
-        no XDP program): the comparison baseline. The orchestration offers only
-        afxdp/shm, so this reuses its veth branch with AF_PACKET sockets, and
-        the agent's ``--backend afpacket`` (the later option wins)."""
-
-        def __init__(self, options: Any) -> None:
-            options.queues = 1
-            options.agent_args = (*options.agent_args, "--backend", "afpacket")
-            super().__init__(options)
-
-        def _choose_backend(self) -> str:
-            reason = afxdp_unavailable_reason()  # root is what AF_PACKET needs too
-            if reason is not None and os.geteuid() != 0:
-                raise RuntimeError(f"AF_PACKET needs root: {reason}")
-            return "afxdp"  # the veth branch of _start
-
-        async def _start(self) -> None:
-            await super()._start()
-            self.backend_name = "afpacket"
-
-        def _open_afxdp(self) -> None:
-            from xport._afpacket import AfPacketBackend
-            from xport._topology import VethPair
-
-            opts = self.options
-            self.veth = VethPair(queues=1, host_netns=opts.host_netns).create()
-            self._backends.append(AfPacketBackend.open(
-                self.veth.host.ifname, frame_size=opts.frame_size,
-                netns=self.veth.netns or None))
-
-    return AfPacketRuntime
-
-
-def _AfPacketRuntime(opts: Any) -> Any:
-    return _afpacket_runtime_class()(opts)

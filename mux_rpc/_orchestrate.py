@@ -6,11 +6,15 @@ Theory of operation
 
 1. picks the backend: AF_XDP when it is usable (root, the ``xport._xsk_cffi``
    extension, ``bpf/mux_xdp.o``), else the shared-memory ring backend, and
-   logs why (``runtime.why_not_afxdp``);
+   logs why (``runtime.why_not_afxdp``); ``"afpacket"`` only when asked (the
+   comparison baseline);
 2. AF_XDP: creates a :class:`~xport._topology.VethPair` with ``queues``
    queues (random names; the host end optionally in its own network
    namespace), attaches the XDP program to the host end in native mode (per
    queue steering on veth needs it) and opens one AF_XDP socket per queue.
+   AF_PACKET: the same veth pair with one queue (a packet socket is bound to
+   the whole interface, it cannot be bound to one queue), no XDP program, one
+   AF_PACKET socket with mmap rings.
    Shared memory: creates one ring file per queue for the agent to attach to;
 3. starts the agent as a child process (``python -m agent --ifname <agent
    end> --queues N --backend ...``), its output going to ours;
@@ -45,7 +49,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from ._linkport import link_port
 from ._offload import Host, HostConfig
@@ -53,8 +57,10 @@ from ._stats import StatsServer
 from ._streams import use_host
 
 __all__ = [
+    "BACKENDS",
     "OffloadOptions",
     "OffloadRuntime",
+    "afpacket_unavailable_reason",
     "afxdp_unavailable_reason",
     "run_offloaded",
     "serve_main",
@@ -81,14 +87,27 @@ def afxdp_unavailable_reason() -> str | None:
     return None
 
 
+def afpacket_unavailable_reason() -> str | None:
+    """Why the AF_PACKET backend cannot be used here, or None when it can."""
+    if os.geteuid() != 0:
+        return "not running as root (AF_PACKET sockets need CAP_NET_RAW, the veth pair CAP_NET_ADMIN)"
+    return None
+
+
+BACKENDS = ("auto", "afxdp", "afpacket", "shm")
+
+
 @dataclass
 class OffloadOptions:
     """How :class:`OffloadRuntime` brings the offload path up."""
 
     queues: int = 2
-    """Transport queues (veth queues; one AF_XDP socket per queue per side)."""
+    """Transport queues (veth queues; one AF_XDP socket per queue per side).
+    The AF_PACKET backend always carries one (``runtime.queues`` says what is used)."""
     backend: str = "auto"
-    """``"afxdp"``, ``"shm"`` or ``"auto"`` (AF_XDP when usable, else shm)."""
+    """``"afxdp"``, ``"afpacket"`` (AF_PACKET mmap rings on the veth pair, one
+    queue: the comparison baseline), ``"shm"`` or ``"auto"`` (AF_XDP when
+    usable, else shm)."""
     host_netns: bool = False
     """Move the host end of the veth pair into a network namespace of its own."""
     host_config: HostConfig = field(default_factory=HostConfig)
@@ -106,8 +125,8 @@ class OffloadOptions:
     stats_socket: bool = True
     """Serve the host's counters for ``mux-rpc stats``."""
     ifname: str | None = None
-    """Attach to this existing host-end interface (AF_XDP) instead of creating a
-    veth pair and starting an agent: an agent already runs on its peer."""
+    """Attach to this existing host-end interface (AF_XDP or AF_PACKET) instead of
+    creating a veth pair and starting an agent: an agent already runs on its peer."""
 
 
 class OffloadRuntime:
@@ -119,6 +138,11 @@ class OffloadRuntime:
 
     def __init__(self, options: OffloadOptions | None = None, **kw: Any) -> None:
         self.options = options or OffloadOptions(**kw)
+        if self.options.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, "
+                             f"got {self.options.backend!r}")
+        if self.options.queues < 1:
+            raise ValueError(f"queues must be >= 1, got {self.options.queues}")
         self.backend_name = ""
         self.why_not_afxdp: str | None = None
         self.veth: Any = None
@@ -130,7 +154,7 @@ class OffloadRuntime:
         self._stats: StatsServer | None = None
 
     # -- enter ------------------------------------------------------------------
-    async def __aenter__(self) -> OffloadRuntime:
+    async def __aenter__(self) -> Self:
         try:
             await self._start()
         except BaseException:
@@ -141,12 +165,28 @@ class OffloadRuntime:
     async def __aexit__(self, *exc: object) -> None:
         await self._stop()
 
+    @property
+    def queues(self) -> int:
+        """The queues actually used: ``options.queues``, or 1 over AF_PACKET."""
+        return 1 if self.options.backend == "afpacket" else self.options.queues
+
+    @property
+    def backends(self) -> tuple[Any, ...]:
+        """The host end's frame backends, one per queue (empty until started)."""
+        return tuple(self._backends)
+
     def _choose_backend(self) -> str:
         want = self.options.backend
-        if want not in ("auto", "afxdp", "shm"):
-            raise ValueError(f"backend must be auto, afxdp or shm, got {want!r}")
         if want == "shm":
             return "shm"
+        if want == "afpacket":
+            reason = afpacket_unavailable_reason()
+            if reason is not None:
+                raise RuntimeError(f"AF_PACKET requested but unavailable: {reason}")
+            if self.options.queues != 1:
+                log.info("AF_PACKET carries one queue: using 1 (queues=%d ignored)",
+                         self.options.queues)
+            return "afpacket"
         reason = afxdp_unavailable_reason()
         if reason is None:
             return "afxdp"
@@ -163,19 +203,19 @@ class OffloadRuntime:
         opts = self.options
         self.backend_name = self._choose_backend()
         if opts.ifname:
-            if self.backend_name != "afxdp":
-                raise RuntimeError("ifname= needs the AF_XDP backend")
-            await asyncio.to_thread(self._open_afxdp)
+            if self.backend_name == "shm":
+                raise RuntimeError("ifname= needs the AF_XDP or AF_PACKET backend")
+            await asyncio.to_thread(self._open_link_sockets)
             self.host = self._make_host()
             await self.host.start()  # the running agent answers our HELLO
             await self._start_stats()
             return
-        if self.backend_name == "afxdp":
+        if self.backend_name in ("afxdp", "afpacket"):
             if self.veth is None:
                 await asyncio.to_thread(self.prepare_link)
-            await asyncio.to_thread(self._open_afxdp)
-            agent_argv = ["--ifname", self.veth.agent.ifname, "--queues", str(opts.queues),
-                          "--backend", "afxdp"]
+            await asyncio.to_thread(self._open_link_sockets)
+            agent_argv = ["--ifname", self.veth.agent.ifname, "--queues", str(self.queues),
+                          "--backend", self.backend_name]
         else:
             self._shm_base = f"mux{os.getpid()}{random_suffix()}"
             self._open_shm()
@@ -203,7 +243,7 @@ class OffloadRuntime:
         start.result()
         await self._start_stats()
         log.info("offload path up: %s, %d queue(s), agent pid %s", self.backend_name,
-                 opts.queues, self.agent_proc.pid if self.agent_proc else None)
+                 self.queues, self.agent_proc.pid if self.agent_proc else None)
 
     async def _start_stats(self) -> None:
         opts = self.options
@@ -243,11 +283,12 @@ class OffloadRuntime:
         namespace: pyroute2 configures a link inside a namespace from a forked
         child, and a fork from a process whose other threads hold locks can
         hang. :func:`run_offloaded` does this for you."""
-        if self.veth is not None or self.options.ifname or self._choose_backend() != "afxdp":
+        if (self.veth is not None or self.options.ifname
+                or self._choose_backend() not in ("afxdp", "afpacket")):
             return
         from xport._topology import VethPair
 
-        pair = VethPair(queues=self.options.queues, host_netns=self.options.host_netns)
+        pair = VethPair(queues=self.queues, host_netns=self.options.host_netns)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -259,7 +300,7 @@ class OffloadRuntime:
         def run() -> None:
             try:
                 pair.create()
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
                 err.append(exc)
 
         t = threading.Thread(target=run, name="veth-create")
@@ -268,6 +309,20 @@ class OffloadRuntime:
         if err:
             raise err[0]
         self.veth = pair
+
+    def _open_link_sockets(self) -> None:
+        if self.backend_name == "afpacket":
+            self._open_afpacket()
+        else:
+            self._open_afxdp()
+
+    def _open_afpacket(self) -> None:
+        from xport._afpacket import AfPacketBackend
+
+        host_if = self.options.ifname or self.veth.host.ifname
+        netns = self.veth.netns if self.veth is not None and self.veth.netns else None
+        self._backends.append(AfPacketBackend.open(
+            host_if, frame_size=self.options.frame_size, netns=netns))
 
     def _open_afxdp(self) -> None:
         from xport._afxdp import AfXdpBackend
@@ -295,7 +350,7 @@ class OffloadRuntime:
         def run() -> None:
             try:
                 open_all()
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
                 err.append(exc)
 
         t = threading.Thread(target=run, name="afxdp-open")
@@ -336,7 +391,7 @@ class OffloadRuntime:
                 else:
                     # netlink (pyroute2) and process waits block: keep them off the loop
                     await asyncio.to_thread(step)
-            except BaseException as exc:  # every step runs; report, then go on
+            except BaseException as exc:  # noqa: BLE001 - every step runs; report, then go on
                 log.warning("teardown of %s: %r", name, exc)
 
     async def _stop_stats(self) -> None:
@@ -364,7 +419,7 @@ class OffloadRuntime:
         for b in self._backends:
             try:
                 b.close()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - close the others, reported
                 log.warning("closing backend: %s", exc)
         self._backends.clear()
 
