@@ -16,9 +16,22 @@ arrival order, which is per-connection send order. Bad frames and messages
 are counted in ``statistics().dropped[reason]`` and dropped; nothing the peer
 sends raises out of ``poll``.
 
-Keepalive (§3.1, §3.2): ``Link`` queues a HELLO when built. ``tick(now)``
-queues a KEEPALIVE when nothing was sent for ``keepalive_interval`` and
-declares the peer lost (``peer_lost``) when nothing was received for
+Handshake (§3.1): ``Link`` queues a HELLO carrying its ``session`` when
+built, and ``tick(now)`` queues it again every ``hello_interval`` until the
+link is ``established``: the peer's HELLO was seen and the peer acknowledged
+ours (its HELLO's ``peer_session`` is our session). A HELLO that does not
+acknowledge us is answered at once. A duplicate HELLO (known session) is
+absorbed. A HELLO with a *new* session from a known peer means the peer
+restarted: the link resets everything it keeps about the peer (link credit,
+with our receive counters re-based so the buffers the old peer's frames used
+are not advertised twice; sequence expectation; partial reassemblies; the
+send queue, which was meant for the old incarnation), drops the old
+incarnation's messages still in the batch, counts ``peer_restarts`` and calls
+``on_peer_hello(hello, restarted=True)``. The first HELLO of a peer calls
+``on_peer_hello(hello, restarted=False)``. Nothing is decided by timing.
+
+Keepalive (§3.2): ``tick(now)`` queues a KEEPALIVE when nothing was sent for
+``keepalive_interval``; ``peer_lost`` is True while nothing was received for
 ``peer_timeout``. Time is passed in (``now=``); nothing here sleeps or reads a
 clock. HELLO and KEEPALIVE are consumed by the link, not returned.
 
@@ -34,15 +47,18 @@ built with ``struct.pack_into`` into preallocated ``bytearray`` buffers that
 Public API
 ----------
 ``LinkConfig`` (dataclass, docstring per field), ``LinkStats``,
-``Link(backend, config=LinkConfig(), *, now=0.0)`` with ``send(msg)``,
+``Link(backend, config=LinkConfig(), *, now=0.0, session=None)`` with ``send(msg)``,
 ``flush(now=None) -> int``, ``poll(max_frames=64, now=None) -> list[Message]``,
 ``tick(now)``, ``writable``, ``queued_bytes``, ``peer_lost``, ``peer_hello``,
-``fileno()``, ``statistics()``, ``close()``; and ``AsyncLink`` (asyncio).
+``session``, ``peer_session``, ``established``, ``peer_restarts``,
+``on_peer_hello``, ``fileno()``, ``statistics()``, ``close()``; ``new_session()``;
+and ``AsyncLink`` (asyncio).
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -75,7 +91,7 @@ from ._wire import (
     mac_bytes,
 )
 
-__all__ = ["AsyncLink", "Link", "LinkConfig", "LinkLostError", "LinkStats"]
+__all__ = ["AsyncLink", "Link", "LinkConfig", "LinkLostError", "LinkStats", "new_session"]
 
 _DATA = int(MessageType.DATA)
 _HELLO = int(MessageType.HELLO)
@@ -85,6 +101,11 @@ _FIRST = 0x01
 _LAST = 0x02
 _CREDIT_ONLY = int(FrameFlags.CREDIT_ONLY)
 _MASK = 0xFFFFFFFF
+
+
+def new_session() -> int:
+    """A random, non-zero u64: the identity of one incarnation (§3.1)."""
+    return secrets.randbits(64) or 1
 
 
 class LinkLostError(ConnectionError):
@@ -124,10 +145,28 @@ class LinkConfig:
     peer_timeout: float = 5.0
     #: queued bytes above which ``writable`` is False (backpressure)
     max_queued_bytes: int = 4 << 20
+    #: seconds between HELLOs until the link is established (§3.1.1)
+    hello_interval: float = 0.05
+    #: initial per-connection window this end grants its peer, messages (sent in HELLO, §5)
+    window_messages: int = 64
+    #: the same in bytes; 0: twice ``max_message_size`` (at most 2**32 - 1). Must be
+    #: >= ``max_message_size`` (§5.1: every legal message must fit)
+    window_bytes: int = 0
 
     def __post_init__(self) -> None:
         if self.max_message_size < 1 or self.max_reassembly_bytes < self.max_message_size:
             raise ValueError("need 1 <= max_message_size <= max_reassembly_bytes")
+        if self.window_bytes == 0:
+            object.__setattr__(self, "window_bytes", min(2 * self.max_message_size, _MASK))
+        if not 1 <= self.window_messages <= _MASK or self.window_bytes > _MASK:
+            raise ValueError("windows must fit in u32 (and window_messages >= 1)")
+        if self.window_bytes < self.max_message_size:
+            raise ValueError(
+                f"window_bytes {self.window_bytes} < max_message_size {self.max_message_size}: "
+                "a largest message could never be sent (docs/protocol.md §5.1)"
+            )
+        if self.hello_interval <= 0:
+            raise ValueError("hello_interval must be > 0")
         if self.max_frames_per_flush < 1:
             raise ValueError("max_frames_per_flush must be >= 1")
         if self.keepalive_interval <= 0 or self.peer_timeout <= self.keepalive_interval:
@@ -149,6 +188,9 @@ class LinkStats:
     credit_only_out: int = 0
     credit_only_in: int = 0
     keepalives_out: int = 0
+    hellos_out: int = 0
+    #: HELLOs with a new session from a known peer (§3.1.4)
+    peer_restarts: int = 0
     #: flushes that left data queued for lack of link credit
     credit_stalls: int = 0
     #: send_batch calls that took fewer frames than offered (TX ring full)
@@ -165,7 +207,12 @@ class Link:
     """Transport messages over one FrameBackend (see module doc). One owner task."""
 
     def __init__(
-        self, backend: FrameBackend, config: LinkConfig | None = None, *, now: float = 0.0
+        self,
+        backend: FrameBackend,
+        config: LinkConfig | None = None,
+        *,
+        now: float = 0.0,
+        session: int | None = None,
     ):
         cfg = config or LinkConfig()
         frame_size = min(backend.frame_size, cfg.max_frame_size or backend.frame_size)
@@ -173,6 +220,9 @@ class Link:
             raise ValueError(f"frame size {frame_size} too small")
         self.backend = backend
         self.config = cfg
+        # §3.1.4: buffers consumed before this link (a backend reused after a
+        # restart) are not advertised again: P counts from "free now"
+        self._posted_base = backend.statistics().rx_frames
         self.credit = LinkCredit(
             reserve=cfg.credit_reserve,
             initial_peer_credit=cfg.initial_peer_credit,
@@ -192,21 +242,54 @@ class Link:
             b[12:14] = ETHERTYPE.to_bytes(2, "big")
         self.stats = LinkStats()
         self._dropped = self.stats.dropped
-        #: the peer's HELLO, once received
+        #: the peer's HELLO, once received (the first of its current session)
         self.peer_hello: Hello | None = None
+        #: this end's incarnation (§3.1)
+        self.session = session if session is not None else new_session()
+        if not 0 < self.session <= 0xFFFFFFFFFFFFFFFF:
+            raise ValueError("session must be a non-zero u64")
+        #: the peer's session, 0 until its HELLO arrives
+        self.peer_session = 0
+        self._acked = False  # the peer acknowledged our HELLO
+        #: called with (hello, restarted) on the first HELLO of each peer session
+        self.on_peer_hello: Callable[[Hello, bool], None] | None = None
         # the largest message sendable: ours, then min(ours, the peer's HELLO)
         self._max_send = cfg.max_message_size
         self.peer_lost = False
         self._last_rx = now
         self._last_tx = now
+        self._last_hello = now
         self.closed = False
+        self._queue_hello()
+
+    # -- handshake (§3.1) ----------------------------------------------------
+    @property
+    def established(self) -> bool:
+        """The peer's HELLO was seen and the peer acknowledged ours (§3.1.1)."""
+        return self._acked and self.peer_session != 0
+
+    @property
+    def peer_restarts(self) -> int:
+        return self.stats.peer_restarts
+
+    def _queue_hello(self) -> None:
+        cfg = self.config
         self.send(
             Hello(
                 cfg.role,
                 int(cfg.keepalive_interval * 1000),
                 cfg.max_message_size,
+                session=self.session,
+                peer_session=self.peer_session,
+                window_messages=cfg.window_messages,
+                window_bytes=cfg.window_bytes,
             )
         )
+        self.stats.hellos_out += 1
+
+    def _posted(self) -> int:
+        """Receive buffers posted, counted from this link's (or the peer session's) origin."""
+        return self.backend.rx_buffers_posted() - self._posted_base
 
     # -- sending -----------------------------------------------------------
     @property
@@ -257,7 +340,6 @@ class Link:
         if self.closed:
             return 0
         lc = self.credit
-        backend = self.backend
         sent = 0
         if self._backlog:
             sent = self._send_backlog()
@@ -270,7 +352,7 @@ class Link:
                 sent += self._send_data_frames(nframes)
             if queue and lc.data_credit() < 1:
                 self.stats.credit_stalls += 1
-        if not self._backlog and lc.want_credit_only(backend.rx_buffers_posted()):
+        if not self._backlog and lc.want_credit_only(self._posted()):
             sent += self._send_credit_only()
         if sent and now is not None:
             self._last_tx = now
@@ -282,7 +364,7 @@ class Link:
         frame_size = self._frame_size
         min_frag = self.config.min_fragment
         pack_msg = COMMON_HEADER.pack_into
-        credit, ack = lc.advertise(self.backend.rx_buffers_posted())
+        credit, ack = lc.advertise(self._posted())
         seq = lc.sent
         frames: list[memoryview] = []
         bufs = self._bufs
@@ -378,7 +460,7 @@ class Link:
 
     def _send_credit_only(self) -> int:
         lc = self.credit
-        credit, ack = lc.advertise(self.backend.rx_buffers_posted())
+        credit, ack = lc.advertise(self._posted())
         buf = bytearray(FRAME_HEADER_SIZE)
         FRAME_HEADER.pack_into(
             buf, 0, self.config.peer_mac, self.config.local_mac, ETHERTYPE, LINK_VERSION,
@@ -485,6 +567,12 @@ class Link:
                         continue
                     body = memoryview(data)[off:mend]
                     off = mend
+                    if mtype == _HELLO:
+                        # §3.1: may reset the per-peer state (a restart)
+                        base = st.frames_in - len(rx) + rx.index(frame)
+                        if self._rx_hello(conn_id, aux, body, out, base, seq, credit, ack, anomaly):
+                            lc = self.credit
+                        continue
                     self._decode(mtype, conn_id, aux, body, out)
                     continue
                 body = memoryview(data)[off:mend]
@@ -518,13 +606,92 @@ class Link:
         if mtype == _KEEPALIVE:
             return
         if isinstance(msg, Hello):
-            if msg.protocol_version != PROTOCOL_VERSION:
-                self._drop("hello_version")
-            self.peer_hello = msg
-            # §3.1: never send the peer more than it accepts
-            self._max_send = min(self.config.max_message_size, msg.max_message_size)
+            self._drop("fragmented_hello")  # a HELLO never needs fragments
             return
         out.append(msg)
+
+    def _rx_hello(
+        self,
+        conn_id: int,
+        aux: int,
+        body: memoryview,
+        out: list[Message],
+        consumed: int,
+        seq: int,
+        credit: int,
+        ack: int,
+        anomaly: str | None,
+    ) -> bool:
+        """A HELLO in a frame (§3.1); True when it reset the per-peer state.
+
+        ``consumed`` is the number of frames this link took from the backend
+        before this one; ``seq, credit, ack, anomaly`` are this frame's header
+        and what the credit state said about it.
+        """
+        try:
+            msg = decode_body(_HELLO, conn_id, aux, body)
+        except ProtocolError as exc:
+            self._drop(exc.reason)
+            return False
+        assert isinstance(msg, Hello)
+        if msg.protocol_version != PROTOCOL_VERSION:
+            self._drop("hello_version")
+        # §3.1.5: a window that cannot carry a largest message is no window
+        if msg.window_messages < 1 or msg.window_bytes < msg.max_message_size:
+            self._drop("bad_hello")
+            return False
+        new = msg.session != self.peer_session
+        restarted = new and self.peer_session != 0
+        if restarted:
+            # §3.1.4: the peer restarted: forget it, start over from this frame
+            self._reset_peer(consumed, seq, credit, ack, anomaly)
+            if out:
+                self._drop("stale_after_restart", len(out))
+                out.clear()
+            self.stats.peer_restarts += 1
+        if new:
+            self.peer_session = msg.session
+            self.peer_hello = msg
+            self._acked = False
+            # §2.2: never send the peer more than it accepts
+            self._max_send = min(self.config.max_message_size, msg.max_message_size)
+        if msg.peer_session == self.session:
+            self._acked = True
+        if new or msg.peer_session != self.session:
+            self._queue_hello()  # §3.1.2: answer (it acknowledges the peer's session)
+        if new and self.on_peer_hello is not None:
+            self.on_peer_hello(msg, restarted)
+        return restarted
+
+    def _reset_peer(
+        self, consumed: int, seq: int, credit: int, ack: int, anomaly: str | None
+    ) -> None:
+        """Forget everything about the old peer incarnation (§3.1.4)."""
+        cfg = self.config
+        if anomaly is not None:
+            # the old credit state judged the new peer's first frame: not an anomaly
+            n = self._dropped.get(anomaly, 0) - 1
+            if n > 0:
+                self._dropped[anomaly] = n
+            else:
+                self._dropped.pop(anomaly, None)
+        # our receive buffers the old peer's frames used are free again (released
+        # right after parsing): advertise from here on, as a fresh end would
+        self._posted_base = self.backend.statistics().rx_frames - (
+            self.stats.frames_in - consumed
+        )
+        self.credit = lc = LinkCredit(
+            reserve=cfg.credit_reserve,
+            initial_peer_credit=cfg.initial_peer_credit,
+            update_threshold=cfg.credit_update_threshold,
+        )
+        lc.frames_rx = seq  # the new peer's first frame: no gap
+        lc.on_frame(seq, credit, ack, False)
+        self._reasm.reset()
+        self._queue.clear()
+        self._head_sent = 0
+        self._queued_bytes = 0
+        self._backlog.clear()
 
     # -- time --------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -533,9 +700,17 @@ class Link:
         Receive activity is recorded by ``poll(now=...)`` (or :meth:`note_rx`):
         pass ``now`` to ``poll`` whenever ``tick`` is used.
         """
-        if now - self._last_rx > self.config.peer_timeout:
-            self.peer_lost = True
-        if now - self._last_tx >= self.config.keepalive_interval and not self._queue:
+        # §3.2: lost while silent; frames coming again (the same peer) end it
+        self.peer_lost = now - self._last_rx > self.config.peer_timeout
+        if (
+            not self.established
+            and now - self._last_hello >= self.config.hello_interval
+            and not self._queue
+        ):
+            self._queue_hello()  # §3.1.1: until established
+            self._last_hello = now
+            self._last_tx = now
+        elif now - self._last_tx >= self.config.keepalive_interval and not self._queue:
             self.send(Keepalive())
             self.stats.keepalives_out += 1
             self._last_tx = now
@@ -586,8 +761,14 @@ class AsyncLink:
         self._flush_scheduled = False
         self._closed = False
         self._loop.add_reader(link.fileno(), self._on_readable)
-        self._timer = self._loop.call_later(link.config.keepalive_interval / 2, self._on_timer)
+        self._timer = self._loop.call_later(self._timer_interval(), self._on_timer)
         self._schedule_flush()
+
+    def _timer_interval(self) -> float:
+        cfg = self.link.config
+        if self.link.established:
+            return cfg.keepalive_interval / 2
+        return min(cfg.keepalive_interval / 2, cfg.hello_interval)  # §3.1.1 resends
 
     def send(self, msg: Message) -> None:
         self.link.send(msg)
@@ -656,7 +837,7 @@ class AsyncLink:
             self._inbox_ready.set()
             self._writable.set()
         self._schedule_flush()
-        self._timer = self._loop.call_later(self.link.config.keepalive_interval / 2, self._on_timer)
+        self._timer = self._loop.call_later(self._timer_interval(), self._on_timer)
 
     def close(self) -> None:
         if self._closed:

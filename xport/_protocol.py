@@ -181,13 +181,25 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Sent by each side when the link starts (§3.1)."""
+    """The link handshake (§3.1): sent by each end until the peer acknowledges it.
+
+    ``session`` identifies the sender's incarnation (random, non-zero, chosen
+    once); ``peer_session`` is the session of the peer's HELLO the sender has
+    seen (0: none yet), so a HELLO with ``peer_session`` equal to the
+    receiver's session acknowledges the receiver's HELLO. ``window_messages``
+    and ``window_bytes`` are the initial per-connection window the sender
+    grants its peer (§5).
+    """
 
     role: Role
     keepalive_interval_ms: int = 1000
     max_message_size: int = 1 << 20
     protocol_version: int = PROTOCOL_VERSION
     conn_id: int = 0
+    session: int = 1
+    peer_session: int = 0
+    window_messages: int = 64
+    window_bytes: int = 2 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +372,8 @@ Message = Union[  # noqa: UP007 (a runtime alias the docs can name)
 
 # --- bodies, declared once (docs/protocol.md §3) ------------------------------
 
-_HELLO = struct.Struct("!HBxII")  # protocol_version, role, pad, keepalive_ms, max_msg
+# protocol_version, role, pad, keepalive_ms, max_msg, session, peer_session, window msgs/bytes
+_HELLO = struct.Struct("!HBxIIQQII")
 _LISTEN = struct.Struct("!IHBx")  # listener_id, port, flags(TLS=1), pad; + 4 strings
 _LISTEN_RESULT = struct.Struct("!IHH")  # listener_id, status, port; + text
 _CONNECT = struct.Struct("!HBx")  # port, flags(TLS=1), pad; + host, framer
@@ -431,11 +444,24 @@ def encode_body(msg: Message) -> tuple[int, int, bytes | bytearray | memoryview]
     if isinstance(msg, Keepalive):
         return MessageType.KEEPALIVE, 0, b""
     if isinstance(msg, Hello):
+        if msg.session == 0:
+            raise ValueError("HELLO session must be non-zero")
+        _check_u(msg.session, 64, "session")
+        _check_u(msg.peer_session, 64, "peer_session")
+        _check_u(msg.window_messages, 32, "window_messages")
+        _check_u(msg.window_bytes, 32, "window_bytes")
         return (
             MessageType.HELLO,
             0,
             _HELLO.pack(
-                msg.protocol_version, int(msg.role), msg.keepalive_interval_ms, msg.max_message_size
+                msg.protocol_version,
+                int(msg.role),
+                msg.keepalive_interval_ms,
+                msg.max_message_size,
+                msg.session,
+                msg.peer_session,
+                msg.window_messages,
+                msg.window_bytes,
             ),
         )
     if isinstance(msg, Listen):
@@ -492,13 +518,16 @@ def decode_body(mtype: int, conn_id: int, aux: int, body: memoryview) -> Message
     if mtype == MessageType.KEEPALIVE:
         return Keepalive(conn_id)
     if mtype == MessageType.HELLO:
-        pv, role, ka, mx = _fixed(_HELLO, body)
+        pv, role, ka, mx, sess, peer, wm, wb = _fixed(_HELLO, body)
         try:
             r = Role(role)
         except ValueError as exc:
             raise ProtocolError("bad_body", f"unknown role {role}") from exc
+        # §3.1: a session identifies an incarnation; 0 means "none"
+        if sess == 0:
+            raise ProtocolError("bad_body", "HELLO session 0")
         # §3.1: trailing bytes are allowed in HELLO (later versions may extend it)
-        return Hello(r, ka, mx, pv, conn_id)
+        return Hello(r, ka, mx, pv, conn_id, sess, peer, wm, wb)
     if mtype == MessageType.LISTEN:
         lid, port, fl = _fixed(_LISTEN, body)
         bind, framer, cert, key = _unpack_strings(body, _LISTEN.size, 4)

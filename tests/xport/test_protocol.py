@@ -39,7 +39,17 @@ u32 = st.integers(0, 0xFFFFFFFF)
 text = st.text(max_size=40)
 
 messages: st.SearchStrategy[Message] = st.one_of(
-    st.builds(Hello, st.sampled_from(Role), u32, u32, u16),
+    st.builds(
+        Hello,
+        st.sampled_from(Role),
+        u32,
+        u32,
+        u16,
+        session=st.integers(1, 2**64 - 1),
+        peer_session=st.integers(0, 2**64 - 1),
+        window_messages=u32,
+        window_bytes=u32,
+    ),
     st.builds(Keepalive),
     st.builds(Listen, u32, text, u16, text, st.booleans(), text, text),
     st.builds(ListenResult, u32, u16, u16, text),

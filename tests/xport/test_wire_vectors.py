@@ -33,7 +33,15 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 VECTORS = dict(re.findall(r"<!-- vector (\w+) -->\n```text\n([0-9a-f]+)\n```", DOC.read_text()))
 
 MESSAGES: dict[str, Message] = {
-    "hello": Hello(Role.AGENT, 1000, 1048576),
+    "hello": Hello(
+        Role.AGENT,
+        1000,
+        1048576,
+        session=0x0102030405060708,
+        peer_session=0x1112131415161718,
+        window_messages=64,
+        window_bytes=2097152,
+    ),
     "keepalive": Keepalive(),
     "listen": Listen(7, "0.0.0.0", 8080, "length:4", True, "/c.pem", "/k.pem"),
     "listen_result": ListenResult(7, Status.OK, 8080, ""),
