@@ -62,7 +62,9 @@ __all__ = [
     "OffloadRuntime",
     "afpacket_unavailable_reason",
     "afxdp_unavailable_reason",
+    "default_framer",
     "run_offloaded",
+    "serve_listener",
     "serve_main",
 ]
 
@@ -529,10 +531,31 @@ def _load_app(spec: str) -> Any:
     return obj
 
 
-async def _serve_conn_app(app: Any, host: Host, port: int, framer: str) -> None:
-    """APP is an async callable per connection: accept and spawn."""
-    listener = await host.listen(port, framer)
-    print(f"serving on 127.0.0.1:{listener.port} ({framer})", flush=True)
+def default_framer(app: Any) -> str:
+    """The framer ``mux-rpc serve`` listens with when ``--framer`` is not given:
+    msgpack-rpc for a mux_rpc ``App`` (or a ``Server`` of one), length for
+    every other shape of APP."""
+    from ._server import Server
+    from ._service import App
+
+    return "msgpack-rpc" if isinstance(app, App | Server) else "length"
+
+
+async def serve_listener(app: Any, listener: Any) -> None:
+    """Serve ``app`` (as classified by :func:`_resolve_app`) on one listener
+    until cancelled: an ``App`` with a ``Server``, an object with ``async
+    serve(listener)`` through it, an async callable once per connection."""
+    from ._service import App
+
+    if isinstance(app, App):
+        from ._server import Server
+
+        async with Server(app) as server:
+            await server.serve(listener)
+        return
+    if inspect.iscoroutinefunction(getattr(app, "serve", None)):
+        await app.serve(listener)
+        return
     tasks: set[asyncio.Task[Any]] = set()
     while True:
         conn = await listener.accept()
@@ -563,19 +586,23 @@ def _resolve_app(app: Any) -> tuple[str, Any]:
 
 def serve_main(args: Any) -> int:
     """``mux-rpc serve``."""
-    kind, app = _resolve_app(_load_app(args.app))
-    if args.workers != 1:
-        print("mux-rpc serve: --workers other than 1 is not supported yet: one host process "
-              "serves every queue", file=sys.stderr)
+    _, app = _resolve_app(_load_app(args.app))
+    framer = args.framer or default_framer(app)
+    if args.workers < 1:
+        print(f"mux-rpc serve: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 2
-    opts = OffloadOptions(queues=args.queues, backend=args.backend, host_netns=args.netns,
+    if args.workers > 1:
+        from ._workers import serve_workers
+
+        return serve_workers(args, framer)
+    opts = OffloadOptions(queues=args.queues or 2, backend=args.backend, host_netns=args.netns,
                           ifname=args.ifname)
+    bind = getattr(args, "bind", None) or "127.0.0.1"
 
     async def main(host: Host) -> None:
-        if kind == "serve":
-            await _run_app(app, host, args.port, args.framer)
-        else:
-            await _serve_conn_app(app, host, args.port, args.framer)
+        listener = await host.listen(args.port, framer, bind=bind)
+        print(f"serving on {bind}:{listener.port} ({framer})", flush=True)
+        await serve_listener(app, listener)
 
     with contextlib.suppress(KeyboardInterrupt):
         run_offloaded(main, options=opts)

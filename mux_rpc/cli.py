@@ -30,16 +30,25 @@ subcommands:
 
 SERVE_EPILOG = """\
 APP is "package.module:attribute". The attribute may be
+  - a mux_rpc App (served by a mux_rpc Server);
   - an async callable taking one offloaded connection (a MessageConnection),
     called once per accepted connection;
   - an object with "async serve(listener)" (e.g. a mux_rpc Server), given the
     offloaded listener;
   - a zero-argument callable returning one of the above (a factory).
+The default framer is msgpack-rpc for a mux_rpc App (or a Server of one),
+length for anything else.
 
 Without --ifname, serve builds everything itself: a veth pair (random names,
 removed on exit), an agent process on one end, the host on the other.
 With --ifname, the host end already exists and an agent already runs on the
 peer end (e.g. on a SmartNIC): serve only attaches to it.
+
+With --workers N (AF_XDP only), serve creates a veth pair with N queues,
+attaches the XDP program once, starts N host worker processes, each owning
+one queue's AF_XDP socket and serving APP on it, then the agent. Every worker
+listens on the same port; the agent spreads the connections round robin over
+the workers' queues. A worker or the agent exiting stops everything (exit 1).
 """
 
 STATS_EPILOG = """\
@@ -51,10 +60,12 @@ else /tmp/mux-rpc-<uid>. Connect and read until EOF; stats does exactly that.
 
 def _add_link_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queues", type=int, default=2, metavar="N",
-                   help="number of link queues (one AF_XDP socket per queue; default 2)")
-    p.add_argument("--backend", choices=("auto", "afxdp", "shm"), default="auto",
+                   help="number of link queues (one AF_XDP socket per queue; default 2; "
+                        "serve --workers N: N)")
+    p.add_argument("--backend", choices=("auto", "afxdp", "afpacket", "shm"), default="auto",
                    help="link backend: AF_XDP on a veth pair when usable (root, cffi "
-                        "extension, BPF object), else shared memory (default auto)")
+                        "extension, BPF object), else shared memory (default auto); "
+                        "afpacket: AF_PACKET mmap rings on the veth pair, one queue")
     p.add_argument("--netns", action="store_true",
                    help="move the host end of the veth pair into its own network namespace")
 
@@ -90,14 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TCP port the agent listens on for clients (default 7000; 0 = any)")
     p.add_argument("--bind", default="127.0.0.1",
                    help="address the agent listens on (default 127.0.0.1)")
-    p.add_argument("--framer", default="length",
-                   help='framer spec for the listener, e.g. "length", "length:size=2,strip=2", "msgpack-rpc", '
-                        '"nvme-tcp", "onc-rpc" (default length)')
+    p.add_argument("--framer", default=None,
+                   help='framer spec for the listener, e.g. "length", "length:size=2,strip=2", '
+                        '"msgpack-rpc", "nvme-tcp", "onc-rpc" (default: msgpack-rpc for a '
+                        'mux_rpc App, length for anything else)')
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="host worker processes, one per queue (default 1: one process "
-                        "serves every queue; more is not implemented yet and exits 2)")
+                   help="host worker processes, one per queue, connections spread over "
+                        "them (default 1: one process serves every queue); N > 1 needs "
+                        "AF_XDP and uses N queues")
     _add_link_options(p)
-    p.set_defaults(func=_cmd_serve)
+    p.set_defaults(func=_cmd_serve, queues=None)
 
     p = sub.add_parser(
         "demo", help="end-to-end demo over a veth pair (what scripts/demo.sh runs)",
