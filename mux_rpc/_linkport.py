@@ -64,10 +64,7 @@ class AsyncLinkPort:
     def send_data_nowait(self, conn_id: int, payload: bytes, header_length: int) -> bool:
         """Queue one DATA on the link now unless the link pushes back (then
         False: the caller queues it for :meth:`send`)."""
-        if self._closed or not self.link.writable:
-            return False
-        self.alink.send_data(conn_id, payload, header_length)
-        return True
+        return not self._closed and self.alink.try_send_data(conn_id, payload, header_length)
 
     async def recv(self) -> Sequence[P.Message]:
         while not self._inbox:

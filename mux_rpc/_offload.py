@@ -495,13 +495,7 @@ class OffloadConnection:
             self._deliver(msg)
         elif action is Action.ADD_CREDIT:
             assert isinstance(msg, P.Credit)
-            host.stats.credits_received += 1
-            try:
-                self._swin.grant(msg.messages, msg.bytes)
-            except FlowControlError as exc:
-                host.stats.protocol_errors += 1
-                log.warning("connection %#x: bad CREDIT from the agent: %s", self.conn_id, exc)
-            self._wake_tx()
+            self._add_credit(msg)
         elif action is Action.OPENED:
             if not self._opened.done():
                 self._opened.set_result(None)
@@ -532,16 +526,35 @@ class OffloadConnection:
             log.debug("connection %#x: %s in state %s ignored", self.conn_id, event.value,
                       self._state.value)
 
+    def _add_credit(self, msg: P.Credit) -> None:
+        host = self._host
+        host.stats.credits_received += 1
+        try:
+            self._swin.grant(msg.messages, msg.bytes)
+        except FlowControlError as exc:
+            host.stats.protocol_errors += 1
+            log.warning("connection %#x: bad CREDIT from the agent: %s", self.conn_id, exc)
+        w = self._send_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
     def _deliver(self, d: P.Data) -> None:
         payload = d.payload
         n = len(payload)
         # contract: the agent stays within the window the host granted (§5.3)
-        try:
-            self._rwin.on_received(n)
-        except FlowControlError as exc:
-            self._host.stats.credit_violations += 1
-            self._event(ConnEvent.OVERRUN, cause=(exc.reason, str(exc)))
-            return
+        w = self._rwin
+        if w.outstanding_messages < 1 or n > w.outstanding_bytes or n > w.max_message_size:
+            try:
+                w.on_received(n)  # raises: the agent overran its window
+            except FlowControlError as exc:
+                self._host.stats.credit_violations += 1
+                self._event(ConnEvent.OVERRUN, cause=(exc.reason, str(exc)))
+                return
+        else:  # ReceiveWindow.on_received, inline
+            w.outstanding_messages -= 1
+            w.outstanding_bytes -= n
+            w.buffered_messages += 1
+            w.buffered_bytes += n
         hook = self._hook
         if (hook is not None and self._rx_waiter is not None and not self._rx
                 and not d.header_length and isinstance(payload, bytes)):
@@ -979,8 +992,15 @@ class Host:
             self._last_rx = self._clock()
             if self._managed:
                 self._check_hellos()
+            # the batch: DATA for OPEN connections (_on_message's hot path) inline
+            get_conn = self._conns.get
             for m in msgs:
                 try:
+                    if m.__class__ is _Data:
+                        conn = get_conn(m.conn_id)
+                        if conn is not None and conn._state is _OPEN:
+                            conn._deliver(m)
+                            continue
                     self._on_message(q, m)
                 except Exception:  # a bug in one message's handling must not kill the link
                     self.stats.protocol_errors += 1
@@ -994,8 +1014,14 @@ class Host:
                 conn._deliver(m)
             else:
                 self._to_conn(m, ConnEvent.DATA)
-        elif isinstance(m, P.Credit):
-            self._to_conn(m, ConnEvent.CREDIT)
+        elif m.__class__ is P.Credit:
+            assert isinstance(m, P.Credit)
+            conn = self._conns.get(m.conn_id)
+            if conn is not None and conn._state is ConnState.OPEN:
+                # hot path, the table's (OPEN, CREDIT) -> (ADD_CREDIT, OPEN) (a test pins it)
+                conn._add_credit(m)
+            else:
+                self._to_conn(m, ConnEvent.CREDIT)
         elif isinstance(m, P.Closed):
             code = reason_code(m.reason)
             if m.reason == P.Status.LOCAL_CLOSE:
@@ -1158,6 +1184,9 @@ class Host:
             **asdict(self.stats),
         }
 
+
+_Data = P.Data
+_OPEN = ConnState.OPEN
 
 _HELLO_FIELDS = {f.name for f in dataclasses.fields(P.Hello)}
 

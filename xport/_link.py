@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -70,6 +71,7 @@ from ._protocol import (
     COMMON_HEADER,
     HEADER_SIZE,
     PROTOCOL_VERSION,
+    Credit,
     Data,
     Hello,
     Keepalive,
@@ -94,6 +96,8 @@ from ._wire import (
 __all__ = ["AsyncLink", "Link", "LinkConfig", "LinkLostError", "LinkStats", "new_session"]
 
 _DATA = int(MessageType.DATA)
+_CREDIT = int(MessageType.CREDIT)
+_CREDIT_BODY = struct.Struct("!II")  # §3.11: messages, bytes
 _HELLO = int(MessageType.HELLO)
 _KEEPALIVE = int(MessageType.KEEPALIVE)
 _WHOLE = 0x03
@@ -497,6 +501,10 @@ class Link:
         set_conn = vars(Data)["conn_id"].__set__
         set_payload = vars(Data)["payload"].__set__
         set_hlen = vars(Data)["header_length"].__set__
+        unpack_credit = _CREDIT_BODY.unpack_from
+        set_cconn = vars(Credit)["conn_id"].__set__
+        set_cmsgs = vars(Credit)["messages"].__set__
+        set_cbytes = vars(Credit)["bytes"].__set__
         st = self.stats
         st.frames_in += len(rx)
         for frame in rx:
@@ -563,6 +571,16 @@ class Link:
                             set_payload(d, data[off:mend])
                             set_hlen(d, aux)
                             append(d)
+                        off = mend
+                        continue
+                    if mtype == _CREDIT and length == 8:
+                        # CREDIT, one per reply: built like DATA above
+                        cm, cb = unpack_credit(data, off)
+                        c = new(Credit)
+                        set_cconn(c, conn_id)
+                        set_cmsgs(c, cm)
+                        set_cbytes(c, cb)
+                        append(c)
                         off = mend
                         continue
                     body = memoryview(data)[off:mend]
@@ -760,6 +778,7 @@ class AsyncLink:
         self._writable.set()
         self._flush_scheduled = False
         self._closed = False
+        self._max_queued = link.config.max_queued_bytes
         self._loop.add_reader(link.fileno(), self._on_readable)
         self._timer = self._loop.call_later(self._timer_interval(), self._on_timer)
         self._schedule_flush()
@@ -779,6 +798,22 @@ class AsyncLink:
     ) -> None:
         self.link.send_data(conn_id, payload, header_length)
         self._after_send()
+
+    def try_send_data(
+        self, conn_id: int, payload: bytes | bytearray | memoryview, header_length: int = 0
+    ) -> bool:
+        """``send_data`` unless the link pushes back (not ``writable``): then
+        queue nothing and return False (the caller waits with ``drain()``)."""
+        link = self.link
+        if self._closed or link._queued_bytes > self._max_queued:
+            return False
+        link.send_data(conn_id, payload, header_length)
+        if link._queued_bytes > self._max_queued:
+            self._writable.clear()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return True
 
     def _after_send(self) -> None:
         if not self.link.writable:

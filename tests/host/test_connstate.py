@@ -67,3 +67,5 @@ def test_walks(path: list[ConnEvent], expected: ConnState) -> None:
 def test_hot_path_matches_the_table() -> None:
     # Host._on_message delivers DATA for OPEN connections without the lookup
     assert transition(S.OPEN, E.DATA) == (A.DELIVER, S.OPEN)
+    # ... and CREDIT likewise
+    assert transition(S.OPEN, E.CREDIT) == (A.ADD_CREDIT, S.OPEN)
