@@ -3,8 +3,14 @@
 Declare handlers on an :class:`App`, serve it with :class:`Server` over any
 :class:`MessageListener` (offloaded sockets, or :mod:`mux_rpc.testing`), or
 directly over TCP with :func:`serve_direct`; call it with :class:`Client`.
+
+The offload face (:mod:`mux_rpc.offload`, docs/host-api.md): :class:`Host`
+(offloaded message sockets), :func:`start_server` / :func:`open_connection`
+(the asyncio-streams shape), :class:`OffloadRuntime`, :class:`OffloadOptions`
+and :func:`run_offloaded` (veth pair, agent process and host in one call).
 """
 
+from . import offload
 from ._client import Client, MessageClient
 from ._conn import (
     ConnectionClosedError,
@@ -19,6 +25,14 @@ from ._dispatch import Dispatcher, ErrorCode, PendingCall, ProtocolError, Remote
 from ._limits import InflightLimits
 from ._server import Server, ServerConfig, ServerStats
 from ._service import App, MethodSpec, Service, StreamHandlerSpec
+from .offload import (
+    Host,
+    OffloadOptions,
+    OffloadRuntime,
+    open_connection,
+    run_offloaded,
+    start_server,
+)
 
 __all__ = [
     "App",
@@ -27,6 +41,7 @@ __all__ = [
     "DirectServer",
     "Dispatcher",
     "ErrorCode",
+    "Host",
     "InflightLimits",
     "ListenerClosedError",
     "Message",
@@ -35,6 +50,8 @@ __all__ = [
     "MessageListener",
     "MethodSpec",
     "MuxRpcError",
+    "OffloadOptions",
+    "OffloadRuntime",
     "PendingCall",
     "ProtocolError",
     "RemoteError",
@@ -43,6 +60,10 @@ __all__ = [
     "ServerStats",
     "Service",
     "StreamHandlerSpec",
+    "offload",
+    "open_connection",
     "run_direct",
+    "run_offloaded",
     "serve_direct",
+    "start_server",
 ]
