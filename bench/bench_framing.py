@@ -14,6 +14,10 @@ while timing (as in ``timeit``).
 
     .venv/bin/python bench/bench_framing.py            # table
     .venv/bin/python bench/bench_framing.py --json     # machine-readable summary
+    FRAMING_PURE_PYTHON=1 .venv/bin/python bench/bench_framing.py   # without the C accelerator
+
+Each bare loop collects its output in a new list per chunk, as ``drain()``
+returns one list per ``feed``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from framing import (
     RpcRequest,
     make_nvme_pdu,
 )
+from framing import _messages as framing_messages
 
 CHUNK = 64 * 1024
 SIZES = (16, 256, 4096)
@@ -270,6 +275,12 @@ def measure(case: dict[str, Any], reps: int, min_time: float) -> dict[str, Any]:
     }
 
 
+def _accel_name() -> str:
+    if framing_messages.ACCELERATED:
+        return "C (framing._speedups)"
+    return "none: pure Python (FRAMING_PURE_PYTHON=1, or framing/_speedups_build.py not run)"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -293,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                     "reps": args.reps,
                     "target_ratio": args.target,
                     "python": sys.version.split()[0],
+                    "accelerator": _accel_name(),
                     "all_within_target": meets,
                     "results": results,
                 },
@@ -301,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     print(f"64 KiB chunks, median of {args.reps}; ratio = framer ns/msg / bare ns/msg")
+    print(f"framing accelerator: {_accel_name()}")
     print(
         f"{'framer':<18}{'size':>6}{'msgs/s':>12}{'MB/s':>9}{'ns/msg':>9}"
         f"{'bare msgs/s':>13}{'bare ns':>9}{'ratio':>7}  baseline"

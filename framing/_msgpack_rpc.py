@@ -91,7 +91,6 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
         self._fast = _speedups is not None
         """Use the C accelerator (tests turn it off to compare the two paths)."""
         self._unpacker: Any = None  # C path: only while a value is pending
-        self._scan_unpacker: Any = None
         self._rescans = 0
         self._base = 0  # stream offset of self._buf[0]
         self._packer = msgpack.Packer(use_bin_type=True)
@@ -119,13 +118,13 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
     def _feed_scan(self, data: bytes) -> None:
         """Whole values of ``data`` are found by ``_speedups.mp_scan`` (which
         walks msgpack headers without decoding them, checks each value against
-        ``max_message_size`` and stops at byte 0xc1); each one's ``raw`` is
-        sliced out (one copy) and the values are decoded by msgpack, small ones
-        by one Unpacker in a single ``list.extend``, large ones each by
-        ``unpackb`` from its ``raw`` (no second copy). A value left incomplete
-        at the end of a chunk is kept in ``self._buf`` until the bytes that the
-        scan says it needs at least (``self._need``) are there; then only the
-        bytes of that value are joined and scanned again. A value that is
+        ``max_message_size`` and stops at byte 0xc1); ``_speedups.mp_batch``
+        slices out each one's ``raw`` (one copy), decodes it (its own decoder
+        for nil/bool/int/float/str/bin/array/map, ``msgpack.unpackb`` for
+        anything else and for every error) and builds the message. A value
+        left incomplete at the end of a chunk is kept in ``self._buf`` until
+        the bytes the scan says it needs at least (``self._need``) are there;
+        then only the bytes of that value are joined and scanned again. A value
         still incomplete after two such tries goes to a fresh
         ``msgpack.Unpacker``, which resumes where it stopped (linear whatever
         the chunking)."""
@@ -189,55 +188,12 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
     def _decode_any(self, data: bytes, prev: int, ends: bytes) -> None:
         """Messages from the values ``data[prev:e0]``, ``data[e0:e1]``... (``ends``:
         their end offsets from ``mp_scan``)."""
-        ev = memoryview(ends).cast("n")  # type: ignore[call-overload]
-        if ev[-1] - prev >= _BIG_VALUES * len(ev):
-            self._decode(data, prev, ends, ev)
-        else:
-            self._decode_small(data, prev, ends, ev)
-
-    def _decode_small(self, data: bytes, prev: int, ends: bytes, ev: memoryview) -> None:
-        """Small values: decoded by one Unpacker in one ``list.extend`` (no
-        Python code per value); their extra copy (the Unpacker's buffer besides
-        ``raw``) costs little."""
-        unp = self._scan_unpacker
-        if unp is None:
-            unp = self._scan_unpacker = msgpack.Unpacker(
-                raw=False,
-                max_buffer_size=max(self.max_message_size, _CHUNK_HINT),
-                read_size=_READ_SIZE,
-                strict_map_key=self._strict_map_key,
-            )
-        objs: list[Any] = []
-        try:
-            unp.feed(memoryview(data)[prev : ev[-1]])
-            objs.extend(unp)  # keeps the values decoded before an error
-        except Exception as exc:  # any decode failure of untrusted bytes
-            self._decode_list(data, prev, ends, ev, objs)
-            raise BadMsgpack(f"invalid msgpack: {type(exc).__name__}: {exc}") from exc
-        if len(objs) != len(ev):  # pragma: no cover - mp_scan and msgpack disagree
-            raise BadMsgpack(f"{len(objs)} values decoded, {len(ev)} delimited")
-        self._decode_list(data, prev, ends, ev, objs)
-
-    def _decode_list(
-        self, data: bytes, prev: int, ends: bytes, ev: memoryview, objs: list[Any]
-    ) -> None:
-        out = self._out
-        count = len(objs)
-        i = 0
-        while True:
-            i = _rpc_batch(objs, ends, data, 0, prev, i, out)
-            if i >= count:
-                return
-            # anything else: checked (and reported) by _to_message
-            if i:
-                prev = ev[i - 1]
-            end = ev[i]
-            out.append(_to_message(objs[i], data[prev:end]))
-            prev = end
-            i += 1
+        self._decode(data, prev, ends, memoryview(ends).cast("n"))  # type: ignore[call-overload]
 
     def _decode(self, data: bytes, prev: int, ends: bytes, ev: memoryview) -> None:
-        """Large values: each decoded from its ``raw`` slice by ``unpackb``."""
+        """Each value's ``raw`` is sliced out and the value decoded by
+        ``mp_batch`` (the C decoder for the common types; ``msgpack.unpackb``
+        for anything else, e.g. ext types, and for every error)."""
         out = self._out
         count = len(ev)
         i = 0
@@ -565,9 +521,7 @@ def _py_rpc_batch(
 
 
 _KWNAMES = ("strict_map_key",)
-_BIG_VALUES = 1024  # average value size from which each value is unpackb'ed from raw
 _READ_SIZE = 16 * 1024  # an Unpacker's first buffer (it grows up to max_buffer_size)
-_CHUNK_HINT = 1 << 20
 
 if _speedups is not None:
     _c_rpc_batch = _speedups.rpc_batch

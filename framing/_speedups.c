@@ -17,6 +17,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <stdint.h>
 
 #define MAX_FIELDS 8
 
@@ -435,6 +436,187 @@ mp_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(NniK)", packed, p, status, need);
 }
 
+
+/* ---- a msgpack decoder for the common types ----------------------------------
+ * mp_obj decodes one value of d[*pp:end] as msgpack.unpackb(raw=False,
+ * use_list=True) would: nil, bool, int, float, str (strict UTF-8), bin, array
+ * (list), map (dict; str keys interned, like msgpack). Anything else (ext
+ * types, byte 0xc1, invalid UTF-8, unhashable or non-str/bytes keys under
+ * strict_map_key, nesting deeper than MP_MAX_DEPTH, short data) returns NULL
+ * with no exception: the caller then lets msgpack.unpackb decode the value, so
+ * msgpack decides every unusual case (and its error). The tests compare the two
+ * on random values. */
+#define MP_MAX_DEPTH 32
+
+static PyObject *mp_obj(const unsigned char *d, Py_ssize_t end, Py_ssize_t *pp, int depth,
+                        int strict);
+
+static PyObject *
+mp_fail(PyObject *o)
+{
+    Py_XDECREF(o);
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    return NULL;
+}
+
+static PyObject *
+mp_array(const unsigned char *d, Py_ssize_t end, Py_ssize_t *pp, Py_ssize_t len, int depth,
+         int strict)
+{
+    if (len > end - *pp) /* every item takes at least one byte */
+        return NULL;
+    PyObject *list = PyList_New(len);
+    if (list == NULL)
+        return mp_fail(NULL);
+    for (Py_ssize_t k = 0; k < len; k++) {
+        PyObject *item = mp_obj(d, end, pp, depth + 1, strict);
+        if (item == NULL)
+            return mp_fail(list);
+        PyList_SET_ITEM(list, k, item);
+    }
+    return list;
+}
+
+static PyObject *
+mp_map(const unsigned char *d, Py_ssize_t end, Py_ssize_t *pp, Py_ssize_t len, int depth,
+       int strict)
+{
+    if (len > (end - *pp) / 2)
+        return NULL;
+    PyObject *dict = PyDict_New();
+    if (dict == NULL)
+        return mp_fail(NULL);
+    for (Py_ssize_t k = 0; k < len; k++) {
+        PyObject *key = mp_obj(d, end, pp, depth + 1, strict);
+        if (key == NULL)
+            return mp_fail(dict);
+        if (PyUnicode_CheckExact(key))
+            PyUnicode_InternInPlace(&key);
+        else if (strict && !PyBytes_CheckExact(key)) {
+            Py_DECREF(key);
+            return mp_fail(dict);
+        }
+        PyObject *val = mp_obj(d, end, pp, depth + 1, strict);
+        if (val == NULL) {
+            Py_DECREF(key);
+            return mp_fail(dict);
+        }
+        int rc = PyDict_SetItem(dict, key, val);
+        Py_DECREF(key);
+        Py_DECREF(val);
+        if (rc < 0)
+            return mp_fail(dict);
+    }
+    return dict;
+}
+
+static PyObject *
+mp_obj(const unsigned char *d, Py_ssize_t end, Py_ssize_t *pp, int depth, int strict)
+{
+    Py_ssize_t p = *pp;
+    if (p >= end || depth > MP_MAX_DEPTH)
+        return NULL;
+    unsigned char b = d[p++];
+    PyObject *o;
+    Py_ssize_t len = 0;
+    int kind; /* 0 done, 1 str, 2 bin, 3 array, 4 map */
+    if (b <= 0x7f) {
+        o = PyLong_FromLong(b);
+        kind = 0;
+    }
+    else if (b >= 0xe0) {
+        o = PyLong_FromLong((long)(signed char)b);
+        kind = 0;
+    }
+    else if (b <= 0x8f) {
+        len = b & 0x0f;
+        kind = 4;
+    }
+    else if (b <= 0x9f) {
+        len = b & 0x0f;
+        kind = 3;
+    }
+    else if (b <= 0xbf) {
+        len = b & 0x1f;
+        kind = 1;
+    }
+    else {
+        int w = 0; /* width of the big-endian field after the type byte */
+        switch (b) {
+        case 0xc0: Py_INCREF(Py_None); o = Py_None; kind = 0; break;
+        case 0xc2: Py_INCREF(Py_False); o = Py_False; kind = 0; break;
+        case 0xc3: Py_INCREF(Py_True); o = Py_True; kind = 0; break;
+        case 0xc4: w = 1; kind = 2; break;
+        case 0xc5: w = 2; kind = 2; break;
+        case 0xc6: w = 4; kind = 2; break;
+        case 0xd9: w = 1; kind = 1; break;
+        case 0xda: w = 2; kind = 1; break;
+        case 0xdb: w = 4; kind = 1; break;
+        case 0xdc: w = 2; kind = 3; break;
+        case 0xdd: w = 4; kind = 3; break;
+        case 0xde: w = 2; kind = 4; break;
+        case 0xdf: w = 4; kind = 4; break;
+        case 0xca: case 0xcb: case 0xcc: case 0xcd: case 0xce: case 0xcf:
+        case 0xd0: case 0xd1: case 0xd2: case 0xd3: {
+            static const int widths[] = {4, 8, 1, 2, 4, 8, 1, 2, 4, 8};
+            int n = widths[b - 0xca];
+            if (end - p < n)
+                return NULL;
+            unsigned long long u = be(d + p, n);
+            p += n;
+            if (b == 0xca) {
+                uint32_t i = (uint32_t)u;
+                float f;
+                memcpy(&f, &i, 4);
+                o = PyFloat_FromDouble((double)f);
+            }
+            else if (b == 0xcb) {
+                double f;
+                memcpy(&f, &u, 8);
+                o = PyFloat_FromDouble(f);
+            }
+            else if (b <= 0xcf)
+                o = PyLong_FromUnsignedLongLong(u);
+            else if (n == 1)
+                o = PyLong_FromLong((long)(int8_t)u);
+            else if (n == 2)
+                o = PyLong_FromLong((long)(int16_t)u);
+            else if (n == 4)
+                o = PyLong_FromLong((long)(int32_t)u);
+            else
+                o = PyLong_FromLongLong((long long)(int64_t)u);
+            kind = 0;
+            break;
+        }
+        default:
+            return NULL; /* ext types, 0xc1: msgpack decides */
+        }
+        if (w) {
+            if (end - p < w)
+                return NULL;
+            len = (Py_ssize_t)be(d + p, w);
+            p += w;
+        }
+    }
+    if (kind == 1 || kind == 2) {
+        if (len > end - p)
+            return NULL;
+        o = kind == 1 ? PyUnicode_DecodeUTF8((const char *)d + p, len, NULL)
+                      : PyBytes_FromStringAndSize((const char *)d + p, len);
+        p += len;
+    }
+    else if (kind == 3 || kind == 4) {
+        *pp = p;
+        return kind == 3 ? mp_array(d, end, pp, len, depth, strict)
+                         : mp_map(d, end, pp, len, depth, strict);
+    }
+    if (o == NULL)
+        return mp_fail(NULL);
+    *pp = p;
+    return o;
+}
+
 /* mp_batch(data, ends, i, prev, unpackb, kwvalue, kwnames, out, req, resp, notif) -> int
  * For each value data[prev:ends[i]] (prev = the previous end): raw = those
  * bytes, obj = unpackb(raw, **kw); a well-formed request/response/notification
@@ -466,6 +648,9 @@ mp_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     const char *buf = PyBytes_AS_STRING(data);
     Py_ssize_t size = PyBytes_GET_SIZE(data);
+    int strict = PyObject_IsTrue(args[5]);
+    if (strict < 0)
+        return NULL;
     Ends ev;
     if (!ends_init(&ev, ends))
         return NULL;
@@ -483,11 +668,19 @@ mp_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyObject *raw = PyBytes_FromStringAndSize(buf + prev, end - prev);
         if (raw == NULL)
             return NULL;
-        PyObject *cargs[2] = {raw, args[5]};
-        PyObject *obj = PyObject_Vectorcall(unpackb, cargs, 1, kwnames);
-        if (obj == NULL) {
-            Py_DECREF(raw);
-            return NULL;
+        Py_ssize_t q = prev;
+        PyObject *obj = mp_obj((const unsigned char *)buf, end, &q, 0, strict);
+        if (obj != NULL && q != end) { /* cannot happen for a scanned value */
+            Py_DECREF(obj);
+            obj = NULL;
+        }
+        if (obj == NULL) { /* anything unusual: msgpack decides */
+            PyObject *cargs[2] = {raw, args[5]};
+            obj = PyObject_Vectorcall(unpackb, cargs, 1, kwnames);
+            if (obj == NULL) {
+                Py_DECREF(raw);
+                return NULL;
+            }
         }
         MakerObject *mk = NULL;
         PyObject *fields[4];

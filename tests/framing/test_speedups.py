@@ -65,7 +65,8 @@ def _run(kind: Kind, chunks: list[bytes], fast: bool) -> tuple[list[Any], list[b
         error = exc.code
         if isinstance(f, MsgpackRpcFramer):
             error = _SAME_CODE.get(error, error)
-    raws = [getattr(m, "raw", b"") for m in msgs]
+    # repr tells True from 1, 1.0 from 1, -0.0 from 0.0, str from bytes
+    raws = [(repr(m), getattr(m, "raw", b"")) for m in msgs]
     return msgs, raws, error
 
 
@@ -119,7 +120,8 @@ msgpack_values = st.recursive(
     | st.integers(-(1 << 63), (1 << 64) - 1)
     | st.floats(allow_nan=False)
     | st.text(max_size=40)
-    | st.binary(max_size=300),
+    | st.binary(max_size=300)
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=20)),
     lambda inner: (
         st.lists(inner, max_size=5)
         | st.dictionaries(st.text(max_size=5) | st.integers(0, 9), inner, max_size=4)
@@ -133,16 +135,23 @@ msgpack_values = st.recursive(
     values=st.lists(msgpack_values, max_size=6),
     cuts=st.lists(st.integers(0, 4000), max_size=8),
     limit=st.sampled_from([64, 512, 1 << 20]),
+    strict=st.booleans(),
 )
 def test_msgpack_scan_agrees_with_the_unpacker(
-    values: list[Any], cuts: list[int], limit: int
+    values: list[Any], cuts: list[int], limit: int, strict: bool
 ) -> None:
-    """mp_scan's value boundaries are msgpack's, for any value (not only RPC
-    envelopes: those are rejected the same way on both paths)."""
+    """mp_scan's value boundaries and mp_batch's decoding are msgpack's, for
+    any value (ext types and strict_map_key violations included)."""
     packer = msgpack.Packer(use_bin_type=True)
     wire = b"".join(packer.pack([0, i, "m", [v]]) for i, v in enumerate(values))
     wire += b"".join(packer.pack([2, "n", [v, v]]) for v in values)
-    kind = Kind("msgpack", lambda: MsgpackRpcFramer(max_message_size=limit), st.nothing())
+    wire += b"".join(packer.pack([1, i, None, v]) for i, v in enumerate(values))
+    wire += b"".join(packer.pack([1, i, {"e": v, 1: [v]}, 1.5]) for i, v in enumerate(values))
+    kind = Kind(
+        "msgpack",
+        lambda: MsgpackRpcFramer(max_message_size=limit, strict_map_key=strict),
+        st.nothing(),
+    )
     _same(kind, [wire])
     _same(kind, split_at(wire, cuts))
 
