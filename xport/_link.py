@@ -112,6 +112,15 @@ def new_session() -> int:
     return secrets.randbits(64) or 1
 
 
+def _starts_with_hello(data: bytes, end: int) -> bool:
+    """The frame's first message is a version-1 HELLO (§3.1.6)."""
+    return (
+        end >= FRAME_HEADER_SIZE + HEADER_SIZE
+        and data[FRAME_HEADER_SIZE] == PROTOCOL_VERSION
+        and data[FRAME_HEADER_SIZE + 1] == _HELLO
+    )
+
+
 class LinkLostError(ConnectionError):
     """The peer sent nothing for ``peer_timeout`` seconds."""
 
@@ -507,6 +516,7 @@ class Link:
         set_cbytes = vars(Credit)["bytes"].__set__
         st = self.stats
         st.frames_in += len(rx)
+        fresh = not self.peer_session  # §3.1: no peer session yet
         for frame in rx:
             data = frame.data
             if not isinstance(data, bytes):
@@ -535,6 +545,16 @@ class Link:
             if credit_only != (count == 0):
                 self._drop("bad_count")
                 continue
+            if fresh:
+                # §3.1.6: until the peer's first HELLO, frames are another
+                # incarnation's (a survivor that has not seen our HELLO yet):
+                # their credit is not ours and their buffers are not advertised
+                if credit_only or not _starts_with_hello(data, end):
+                    self._drop("before_hello")
+                    self._posted_base += 1
+                    continue
+                lc.frames_rx = seq  # the peer's sequence starts here for us
+                fresh = False
             anomaly = lc.on_frame(seq, credit, ack, credit_only)
             if anomaly is not None:
                 self._drop(anomaly)
@@ -681,6 +701,13 @@ class Link:
             self.on_peer_hello(msg, restarted)
         return restarted
 
+    def _undrop(self, reason: str) -> None:
+        n = self._dropped.get(reason, 0) - 1
+        if n > 0:
+            self._dropped[reason] = n
+        else:
+            self._dropped.pop(reason, None)
+
     def _reset_peer(
         self, consumed: int, seq: int, credit: int, ack: int, anomaly: str | None
     ) -> None:
@@ -688,11 +715,7 @@ class Link:
         cfg = self.config
         if anomaly is not None:
             # the old credit state judged the new peer's first frame: not an anomaly
-            n = self._dropped.get(anomaly, 0) - 1
-            if n > 0:
-                self._dropped[anomaly] = n
-            else:
-                self._dropped.pop(anomaly, None)
+            self._undrop(anomaly)
         # our receive buffers the old peer's frames used are free again (released
         # right after parsing): advertise from here on, as a fresh end would
         self._posted_base = self.backend.statistics().rx_frames - (

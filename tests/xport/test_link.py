@@ -14,6 +14,7 @@ from xport._protocol import (
     Close,
     Credit,
     Data,
+    Hello,
     Keepalive,
     Listen,
     Message,
@@ -181,6 +182,9 @@ def test_keepalive_and_peer_lost_with_fake_clock() -> None:
     assert a.peer_lost
 
 
+HELLO = encode(Hello(Role.AGENT, session=7))
+
+
 def _raw_frame(payload: bytes, count: int, seq: int, credit: int = 64) -> bytes:
     buf = bytearray(FRAME_HEADER_SIZE + len(payload))
     pack_frame_header(buf, bytes(6), bytes(6), 0, count, seq, credit, 0, len(payload))
@@ -199,8 +203,10 @@ def test_bad_messages_in_a_frame_are_skipped_and_counted() -> None:
     struct.pack_into("!H", bad_body, 8, 7)  # length and total 7: not a CREDIT body
     struct.pack_into("!I", bad_body, 12, 7)
     bad_body = bad_body[:-1]
-    payload = bytes(unknown) + bytes(future) + bytes(bad_body) + encode(Data(1, b"ok"))
-    raw_be.send_batch([_raw_frame(payload, 4, 0), b"\x00" * 10, _raw_frame(b"", 1, 1)[:20]])
+    # the peer's HELLO first (§3.1.6: a link takes nothing before it)
+    payload = (HELLO + bytes(unknown) + bytes(future) + bytes(bad_body)
+               + encode(Data(1, b"ok")))
+    raw_be.send_batch([_raw_frame(payload, 5, 0), b"\x00" * 10, _raw_frame(b"", 1, 1)[:20]])
     assert link.poll() == [Data(1, b"ok")]
     assert link.stats.dropped == {
         "unknown_type": 1,
@@ -220,7 +226,8 @@ def test_poll_never_raises_on_garbage(
     frame = bytearray(_raw_frame(payload, count, seq))
     if credit_only:
         frame[15] = 1
-    raw_be.send_batch([frame, payload[:1514]])
+    # garbage before and after the peer's HELLO
+    raw_be.send_batch([frame, _raw_frame(HELLO, 1, 0), bytes(frame), payload[:1514]])
     link.poll()
     link.flush()
 
