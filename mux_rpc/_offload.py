@@ -557,7 +557,9 @@ class OffloadConnection:
             w.buffered_bytes += n
         hook = self._hook
         if (hook is not None and self._rx_waiter is not None and not self._rx
-                and not d.header_length and isinstance(payload, bytes)):
+                and not d.header_length):
+            if not isinstance(payload, bytes):
+                payload = bytes(payload)  # the link's are bytes already
             st = self._host.stats
             st.messages_in += 1
             st.bytes_in += n
