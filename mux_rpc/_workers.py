@@ -80,6 +80,8 @@ class _Worker:
     def __init__(self, queue: int, proc: subprocess.Popen[bytes]) -> None:
         self.queue = queue
         self.proc = proc
+        #: its Host is up and it reads commands (before that, only a signal stops it)
+        self.up = False
         self._lines: list[dict[str, Any]] = []
         self._cv = threading.Condition()
         self._eof = False
@@ -122,6 +124,8 @@ class _Worker:
 
     def stop(self, timeout: float) -> None:
         p = self.proc
+        if not self.up and p.poll() is None:
+            p.terminate()  # still starting: it holds no connection yet
         with contextlib.suppress(OSError, ValueError):
             self.send("stop")
             assert p.stdin is not None
@@ -194,13 +198,27 @@ class WorkerPool:
                                            start_new_session=True,
                                            preexec_fn=_die_with_parent)  # noqa: PLW1509
         for w in self.workers:
-            w.reply(self.startup_timeout)  # Host up: the agent's HELLO came on its queue
+            self._reply(w)  # Host up: the agent's HELLO came on its queue
+            w.up = True
         port = self.port
         for w in reversed(self.workers):  # the last queue first: see the module doc
             w.send({"listen": port})
-            port = int(w.reply(self.startup_timeout)["port"])
+            port = int(self._reply(w)["port"])
         self.port = port
         log.info("%d workers serving %s:%d (%s)", self.n, self.bind, self.port, self.framer)
+
+    def _reply(self, w: _Worker) -> dict[str, Any]:
+        """A worker's answer; fails at once if the agent died meanwhile."""
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                return w.reply(0.2)
+            except TimeoutError:
+                rc = self.agent_proc.poll() if self.agent_proc is not None else None
+                if rc is not None:
+                    raise RuntimeError(f"the agent did not come up (exit code {rc})") from None
+                if time.monotonic() > deadline:
+                    raise
 
     def _attach_program(self) -> None:
         from xport._bpfload import XdpProgram

@@ -174,3 +174,17 @@ def test_workers_json_line_protocol_reports_errors(tmp_path: Path) -> None:
                        env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60)
     assert p.returncode == 1
     assert "error" in json.loads(p.stdout.splitlines()[-1])
+
+
+@pytest.mark.afxdp
+def test_workers_fail_fast_when_the_agent_dies() -> None:
+    afxdp_required()
+    from mux_rpc._workers import WorkerPool
+
+    pool = WorkerPool("tests.host._echo_app:echo", 2, agent_args=("--no-such-option",),
+                      startup_timeout=20.0)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="agent did not come up"), pool:
+        pass
+    assert time.monotonic() - t0 < 15
+    assert pool.workers == [] and pool.agent_proc is None and pool.veth is None
