@@ -874,17 +874,25 @@ class AsyncLink:
 
     def _on_readable(self) -> None:
         now = self._clock()
-        msgs = self.link.poll(self._max_frames, now)
+        link = self.link
+        msgs = link.poll(self._max_frames, now)
+        if msgs and self._on_messages is not None:
+            # what the callback sends at once (replies) goes out with the flush
+            # below, in the same frames, instead of one more loop iteration later
+            scheduled = self._flush_scheduled
+            self._flush_scheduled = True
+            try:
+                self._on_messages(msgs)
+            finally:
+                self._flush_scheduled = scheduled
+            msgs = []
         # new credit may have arrived, or our posted buffers grew: flush now
-        self.link.flush(now)
-        if self.link.writable:
+        link.flush(now)
+        if link.writable:
             self._writable.set()
         if msgs:
-            if self._on_messages is not None:
-                self._on_messages(msgs)
-            else:
-                self._inbox.extend(msgs)
-                self._inbox_ready.set()
+            self._inbox.extend(msgs)
+            self._inbox_ready.set()
 
     def _on_timer(self) -> None:
         if self._closed:
