@@ -32,6 +32,7 @@ others are sliced straight out of the chunk (one copy each).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -138,7 +139,7 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
         while pos < n:
             ends, stop, status, need = _mp_scan(data, pos, limit)
             if ends:
-                self._decode_any(data, pos, ends)
+                self._decode(data, pos, ends)
             if status == 0:
                 return
             if status == 1:  # incomplete value at stop: wait for `need` bytes
@@ -176,47 +177,53 @@ class MsgpackRpcFramer(Framer[RpcMessage]):
             held = len(pend)
             piece = b"".join((pend, memoryview(data)[: self._need - held]))
             ends, stop, status, need = _mp_scan(piece, 0, limit)
-            if ends:
+            if ends:  # one value, ending at len(piece): `need` is a lower bound
                 pend.clear()
-                self._decode_any(piece, 0, ends)
-                return int(memoryview(ends).cast("n")[-1]) - held  # type: ignore[call-overload]
+                self._decode(piece, 0, ends)
+                return len(piece) - held
             if status != 1:
                 self._scan_error(status, stop, need)
             self._need = need
             self._rescans += 1
 
-    def _decode_any(self, data: bytes, prev: int, ends: bytes) -> None:
-        """Messages from the values ``data[prev:e0]``, ``data[e0:e1]``... (``ends``:
-        their end offsets from ``mp_scan``)."""
-        self._decode(data, prev, ends, memoryview(ends).cast("n"))  # type: ignore[call-overload]
+    def _decode(self, data: bytes, prev: int, ends: bytes) -> None:
+        """Messages from the values ``data[prev:e0]``, ``data[e0:e1]``...
+        (``ends``: their end offsets from ``mp_scan``). ``mp_batch`` slices out
+        each value's ``raw`` and decodes it (its own decoder for the common
+        types, ``msgpack.unpackb`` for anything else, e.g. ext types, and for
+        every error) while the values are well-formed messages."""
+        try:
+            i = _mp_batch(
+                data, ends, 0, prev, msgpack.unpackb, self._strict_map_key, _KWNAMES, self._out,
+                *_makers,
+            )  # fmt: skip
+        except Exception as exc:  # any decode failure of untrusted bytes
+            raise BadMsgpack(f"invalid msgpack: {type(exc).__name__}: {exc}") from exc
+        if i * _SSIZE < len(ends):
+            self._decode_rest(data, prev, ends, i)
 
-    def _decode(self, data: bytes, prev: int, ends: bytes, ev: memoryview) -> None:
-        """Each value's ``raw`` is sliced out and the value decoded by
-        ``mp_batch`` (the C decoder for the common types; ``msgpack.unpackb``
-        for anything else, e.g. ext types, and for every error)."""
+    def _decode_rest(self, data: bytes, prev: int, ends: bytes, i: int) -> None:
+        """From the first value ``mp_batch`` did not take: checked (and
+        reported) by ``_to_message``, then ``mp_batch`` again."""
         out = self._out
+        ev = memoryview(ends).cast("n")  # type: ignore[call-overload]
         count = len(ev)
-        i = 0
-        batch = _mp_batch
         unpackb = msgpack.unpackb
         kwv = self._strict_map_key
         req, resp, notif = _makers
-        while True:
+        while i < count:
             try:
-                i = batch(data, ends, i, prev, unpackb, kwv, _KWNAMES, out, req, resp, notif)
-                if i >= count:
-                    return
-                # anything else: decoded again and checked (and reported) here
                 if i:
                     prev = ev[i - 1]
                 end = ev[i]
                 raw = data[prev:end]
                 obj = unpackb(raw, strict_map_key=kwv)
+                out.append(_to_message(obj, raw))
+                i = _mp_batch(data, ends, i + 1, end, unpackb, kwv, _KWNAMES, out, req, resp, notif)
+            except FramingError:
+                raise
             except Exception as exc:  # any decode failure of untrusted bytes
                 raise BadMsgpack(f"invalid msgpack: {type(exc).__name__}: {exc}") from exc
-            out.append(_to_message(obj, raw))
-            prev = end
-            i += 1
 
     def _feed_pending(self, data: bytes) -> int:
         """Feed the Unpacker holding an incomplete value (``self._buf`` holds
@@ -521,6 +528,7 @@ def _py_rpc_batch(
 
 
 _KWNAMES = ("strict_map_key",)
+_SSIZE = struct.calcsize("n")  # bytes per offset in mp_scan's ends
 _READ_SIZE = 16 * 1024  # an Unpacker's first buffer (it grows up to max_buffer_size)
 
 if _speedups is not None:
