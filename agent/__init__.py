@@ -11,7 +11,7 @@ from __future__ import annotations
 from ._agent import HOST_CONN_ID_BASE, Agent, status_for
 from ._config import AgentConfig
 from ._conn import Budget, Connection
-from ._credit import CreditError, DrainTracker, RecvWindow, SendWindow
+from ._credit import DrainTracker
 from ._state import TRANSITIONS, Action, ConnEvent, ConnState, StateError, transition
 
 __all__ = [
@@ -24,10 +24,7 @@ __all__ = [
     "ConnEvent",
     "ConnState",
     "Connection",
-    "CreditError",
     "DrainTracker",
-    "RecvWindow",
-    "SendWindow",
     "StateError",
     "main",
     "status_for",

@@ -27,23 +27,20 @@ iteration flushes every dirty port. At low load a message therefore leaves in
 the same iteration it was parsed (no added latency); under load everything
 parsed in one iteration shares frames.
 
-Link life (contract "Startup" and "link lost"). Each queue's xport link sends
-HELLO when it is built and consumes the host's; queue 0 speaks for the host.
-A new host HELLO on queue 0 is
-
-* an *answer* to ours when it comes within ``hello_grace`` seconds of our
-  HELLO and nothing else came from the host since (answering it again would
-  make each side see the other "restart" forever): recorded, nothing more;
-* otherwise a *new host*: if we had one (an earlier HELLO, listeners or
-  connections), every connection is reset with ``peer_restarted`` and every
-  listener closed (the new host re-issues LISTEN); then every link is rebuilt
-  (fresh link credit and sequence state on both sides, and our HELLO, which
-  is the answer the host waits for).
+Link life (docs/protocol.md §3.1). Each queue's xport link runs the
+handshake itself: HELLO resent until acknowledged, duplicates absorbed, and
+a HELLO with a new session from a host it knew means that host restarted --
+the link has then reset its own state (credit, sequence, reassembly, queue)
+and tells us once (``Link.on_peer_hello(hello, restarted=True)``). We then
+reset the connections and close the listeners of that queue with reason
+``peer_restarted`` (a new host process re-issues its LISTENs). Nothing is
+decided by timing. The host's HELLO also gives the per-connection window it
+grants us and its largest message: our send windows use them.
 
 The links' keepalive declaring the host lost (nothing for
-``keepalive_timeout``) resets connections with ``link_lost``, closes the
-listeners (no client waits on a host that is gone) and rebuilds the links,
-so that a host that comes back starts over with us.
+``keepalive_timeout``) resets every connection with ``link_lost`` and closes
+the listeners (no client waits on a host that is gone). The links stay: the
+same host coming back just goes on; a new one says HELLO with a new session.
 
 Housekeeping runs on a timer with time passed in (:meth:`Agent.tick`), so it
 is tested without sleeping: keepalives, link-lost detection, connections
@@ -60,12 +57,12 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from typing import Any, cast
 
 from framing import FramingError
 from xport import _protocol as P
 from xport._backend import FrameBackend
+from xport._link import new_session
 
 from ._codec import make_framer
 from ._config import AgentConfig
@@ -94,8 +91,6 @@ _STATUS_FOR_REASON: dict[str, int] = {
     "tls_error": P.Status.TLS_ERROR,
     "unknown_connection": P.Status.UNKNOWN,
 }
-
-_HELLO_FIELDS = {f.name for f in fields(P.Hello)}
 
 
 def status_for(reason: str) -> int:
@@ -194,21 +189,20 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._host_hello: P.Hello | None = None
-        #: a message other than HELLO came since our last HELLO: a HELLO now is
-        #: a new host, never an answer to ours
-        self._heard_since_hello = False
         self._link_up = True
         self._stall_since: float | None = None
-        self.host_window = (self.config.host_window_messages, self.config.host_window_bytes)
+        #: the window the host grants per connection (its HELLO, §3.1); until
+        #: then (no connection can exist before it) one message of any size
+        self.host_window = (1, self.config.max_message_size)
         self.host_max_message = self.config.max_message_size
+        #: one session for every link of this agent process (§3.1)
+        self.session = new_session()
+        self._restarted_queues: set[int] = set()
         # hot counters as attributes (Counter lookups cost on the data path)
         self.messages_to_host = 0
         self.bytes_to_host = 0
         self.messages_from_host = 0
         self.bytes_from_host = 0
-        self.hello_grace = min(1.0, self.config.keepalive_interval)
-        #: seconds after which an unanswered HELLO is said again (beyond any host's grace)
-        self.hello_retry = 3.0
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> Agent:
@@ -222,7 +216,8 @@ class Agent:
                     q, backend, max_message_size=cfg.max_message_size,
                     keepalive_interval=cfg.keepalive_interval,
                     peer_timeout=cfg.keepalive_timeout, on_messages=self._on_batch,
-                    on_hello=self._on_hello, clock=self._clock))
+                    on_hello=self._on_hello, clock=self._clock, session=self.session,
+                    window=(cfg.initial_window_messages, cfg.initial_window_bytes)))
         except BaseException:
             for port in self._ports:
                 port.close()
@@ -416,27 +411,15 @@ class Agent:
             conn.check_timeouts(now)
         self._check_budget_stall(now)
         self._check_link_blocked()
-        self._check_unanswered(now)
         lost = False
         for port in self._ports:
             lost = port.tick(now) or lost
         if lost and self._link_up:
             self._lose_link("link_lost", f"nothing from the host for "
                                          f"{self.config.keepalive_timeout:.1f} s")
-
-    def _check_unanswered(self, now: float) -> None:
-        """Frames come from the host but never a HELLO nor any message: it took
-        our HELLO for an answer to its own (its grace rule) and waits. Say
-        HELLO again once its grace has surely passed; it then starts over
-        with us (re-issuing its LISTENs)."""
-        if (self._host_hello is not None or self._heard_since_hello or not self._ports
-                or not self._link_up):
-            return
-        p0 = self._ports[0]
-        if p0.link.stats.frames_in and now - p0.hello_sent_at > self.hello_retry:
-            self.stats.incr("hello_retries")
-            log.info("the host is there but silent: saying HELLO again")
-            self._reset_links()
+        elif not lost and not self._link_up and self._host_hello is not None:
+            self._link_up = True  # the same host is heard again (keepalives)
+            self.stats.incr("links_recovered")
 
     def _check_budget_stall(self, now: float) -> None:
         b = self.budget
@@ -469,45 +452,30 @@ class Agent:
                 log.exception("agent tick")
 
     # -- link life -----------------------------------------------------------------------
-    def _on_hello(self, q: int, m: P.Hello) -> None:
-        """A HELLO the link on queue ``q`` consumed (a new object each time)."""
+    def _on_hello(self, q: int, m: P.Hello, restarted: bool) -> None:
+        """The first HELLO of a host session on queue ``q`` (the link absorbed
+        duplicates); ``restarted``: the link knew another session (§3.1.4)."""
         if m.role != P.Role.HOST or m.protocol_version != P.PROTOCOL_VERSION:
             self.stats.host_errors["bad_hello"] += 1
             return
-        self._apply_host_limits(m)
-        if q != 0:
-            return  # the host says HELLO on every queue; queue 0 speaks for it
-        now = self._clock()
-        prev, self._host_hello = self._host_hello, m
+        self._host_hello = m
+        # §5: the host's window and largest message bound what we send it
+        self.host_window = (m.window_messages, m.window_bytes)
+        self.host_max_message = min(self.config.max_message_size, m.max_message_size)
         self._link_up = True
-        if not self._heard_since_hello and now - self._ports[0].hello_sent_at < self.hello_grace:
-            return  # the host's answer to our HELLO (or the two crossed)
-        if prev is not None or self.conns or self.listeners:
+        if not restarted:
+            return
+        # one host process restarting says HELLO anew on each of its queues: count it once
+        if not self._restarted_queues or q in self._restarted_queues:
             self.stats.incr("host_restarts")
-            log.warning("host restarted (new HELLO): resetting %d connection(s), closing %d "
-                        "listener(s)", len(self.conns), len(self.listeners))
-            self._reset_all(ConnEvent.PEER_RESTARTED, "peer_restarted")
-        # answer: fresh links on every queue, each starting with our HELLO
-        self._reset_links()
-
-    def _apply_host_limits(self, m: P.Hello) -> None:
-        wm = getattr(m, "window_messages", None)
-        wb = getattr(m, "window_bytes", None)
-        cfg = self.config
-        self.host_window = (int(wm) if wm else cfg.host_window_messages,
-                            int(wb) if wb else cfg.host_window_bytes)
-        if m.max_message_size:
-            self.host_max_message = min(cfg.max_message_size, m.max_message_size)
-
-    def _reset_links(self) -> None:
-        self.stats.incr("link_resets")
-        if any(self._link_blocked):
-            for q in range(self._nq):
-                self._set_link_blocked(q, False)
-        self._heard_since_hello = False
-        for port in self._ports:
-            port.reset()
-        self._dirty = [False] * self._nq
+            self._restarted_queues.clear()
+        self._restarted_queues.add(q)
+        log.warning("host restarted on queue %d (new session): resetting its connections "
+                    "and listeners", q)
+        # the link dropped what was queued for the old host: nothing is blocked
+        if self._link_blocked[q]:
+            self._set_link_blocked(q, False)
+        self._reset_all(ConnEvent.PEER_RESTARTED, "peer_restarted", queue=q)
 
     def _lose_link(self, reason: str, text: str) -> None:
         if not self._link_up:
@@ -516,15 +484,18 @@ class Agent:
         log.warning("link to the host lost: %s", text)
         self._link_up = False
         self._reset_all(ConnEvent.LINK_LOST, reason)
-        # start over: a host that comes back sees our HELLO and starts over too
-        self._reset_links()
 
-    def _reset_all(self, ev: ConnEvent, reason: str) -> None:
-        self._embryonic.clear()  # their connection_made will find them gone
+    def _reset_all(self, ev: ConnEvent, reason: str, *, queue: int | None = None) -> None:
+        """Reset the connections and close the listeners of ``queue`` (None: all)."""
+        nq = self._nq
+        for cid in [c for c in self._embryonic if queue is None or c % nq == queue]:
+            del self._embryonic[cid]  # their connection_made will find them gone
         for lst in list(self.listeners.values()):
-            self._close_listener(lst)
+            if queue is None or lst.queue == queue:
+                self._close_listener(lst)
         for conn in list(self.conns.values()):
-            conn.event(ev, reason)
+            if queue is None or conn.conn_id % nq == queue:
+                conn.event(ev, reason)
 
     # -- receiving -------------------------------------------------------------------------
     def _on_batch(self, q: int, msgs: list[P.Message]) -> None:
@@ -537,7 +508,6 @@ class Agent:
 
     def on_message(self, q: int, m: P.Message) -> None:
         """Handle one transport message from the host (any queue)."""
-        self._heard_since_hello = True
         if not self._link_up:
             # the host is back (a stall, or a restart whose HELLO follows)
             self._link_up = True
@@ -696,6 +666,7 @@ class Agent:
         cid = self._new_id(lst.queue if group.per_queue else None)
         framer = make_framer(lst.spec, self.host_max_message)
         conn = Connection(self, cid, framer, host_window=self.host_window,
+                          host_max_message=self.host_max_message,
                           listener_id=lst.listener_id, now=self._clock())
         self._embryonic[cid] = conn
         if lst.tls and self._loop is not None:
@@ -733,6 +704,7 @@ class Agent:
             fail(P.Status.UNKNOWN, f"bad framer spec {m.framer!r}: {exc}")
             return
         conn = Connection(self, cid, framer, host_window=self.host_window, outbound=True,
+                          host_max_message=self.host_max_message,
                           now=self._clock())
         conn.link_blocked = self._link_blocked[cid % self._nq]
         self.conns[cid] = conn
@@ -765,7 +737,8 @@ def _link_summary(port: LinkPort) -> dict[str, object]:
     return {"queue": port.queue, "frames_out": st.frames_out, "frames_in": st.frames_in,
             "messages_out": st.messages_out, "messages_in": st.messages_in,
             "credit_stalls": st.credit_stalls, "dropped": dict(st.dropped),
-            "resets": port.resets, "peer_lost": port.link.peer_lost}
+            "peer_restarts": port.link.peer_restarts, "established": port.link.established,
+            "peer_lost": port.link.peer_lost}
 
 
 def _text(reason: str, text: str) -> str:

@@ -37,18 +37,12 @@ class AgentConfig:
     """Per-connection window the agent grants the host (host→agent DATA):
     messages the host may send on a new connection before any CREDIT."""
 
-    initial_window_bytes: int = 1 << 20
-    """Per-connection window the agent grants the host, in payload bytes. It is
-    also the bound on the write buffer toward each client: credit goes back to
-    the host only as that buffer drains."""
-
-    host_window_messages: int = 64
-    """The per-connection window the host grants the agent, in messages, as
-    long as the host's HELLO does not announce one (the protocol's HELLO has
-    no window fields yet): must match the host's configuration."""
-
-    host_window_bytes: int = 1 << 20
-    """The same, in bytes."""
+    initial_window_bytes: int = 2 << 20
+    """Per-connection window the agent grants the host, in payload bytes
+    (announced in HELLO; at least ``max_message_size``, docs/protocol.md §5.1).
+    It is also the bound on the write buffer toward each client: credit goes
+    back to the host only as that buffer drains. The window the host grants
+    the agent comes from the host's HELLO: nothing to configure here."""
 
     max_write_buffer: int = 4 << 20
     """Hard bound on one connection's TCP write buffer (encoded bytes). Only a
@@ -103,11 +97,18 @@ class AgentConfig:
             raise ValueError(f"queues must be 1..64, got {self.queues}")
         for name in ("max_connections", "max_buffered_per_connection", "max_buffered_total",
                      "max_message_size", "initial_window_messages", "initial_window_bytes",
-                     "host_window_messages", "host_window_bytes", "max_write_buffer"):
+                     "max_write_buffer"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_buffered_per_connection < self.max_message_size:
             raise ValueError("max_buffered_per_connection must be >= max_message_size")
+        if self.initial_window_bytes < self.max_message_size:
+            raise ValueError(
+                f"initial_window_bytes ({self.initial_window_bytes}) must be >= "
+                f"max_message_size ({self.max_message_size}): a largest message from the "
+                "host could never fit the window (docs/protocol.md §5.1)")
+        if self.initial_window_messages > 0xFFFFFFFF or self.initial_window_bytes > 0xFFFFFFFF:
+            raise ValueError("the initial window must fit in u32 (HELLO)")
         if self.initial_window_bytes > self.max_write_buffer:
             raise ValueError("initial_window_bytes must not exceed max_write_buffer")
         if self.keepalive_interval <= 0 or self.keepalive_timeout <= self.keepalive_interval:

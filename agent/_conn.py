@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 A :class:`Connection` is the asyncio protocol of one client socket and a thin
 shell: its lifecycle is the table in :mod:`agent._state`, its credit
-arithmetic the pure objects in :mod:`agent._credit`. It talks to the rest of
+arithmetic the pure windows of :mod:`xport._flow` (shared with the host) and
+the drain tracking of :mod:`agent._credit`. It talks to the rest of
 the agent only through its :class:`ConnOwner` (the mux), which turns calls into
 transport messages on the connection's queue.
 
@@ -27,12 +28,12 @@ which never drain by themselves) the mux closes the largest holder with
 ``buffer_limit``.
 
 Host -> client: :meth:`host_data` checks the host's DATA against the
-RecvWindow (a violation closes with ``credit_exceeded``), encodes it and
+ReceiveWindow (a violation closes with ``credit_exceeded``), encodes it and
 writes it. The write-buffer high-water mark is 0, so asyncio calls
 ``pause_writing`` whenever anything stays buffered and ``resume_writing``
 when the buffer is empty again; :class:`DrainTracker` maps the buffer size
-back to whole host messages, and their credit goes back to the host in
-batches (RecvWindow's rule) as they drain -- never before.
+back to whole host messages, which count as consumed as they drain (never
+before), and their credit goes back in batches (ReceiveWindow's rule, §5.2).
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from framing import FramingError
+from xport._flow import FlowControlError, ReceiveWindow, SendWindow
 
 from ._codec import reply_encoder, wire_fn
 from ._config import AgentConfig
-from ._credit import CreditError, DrainTracker, RecvWindow, SendWindow
+from ._credit import DrainTracker
 from ._state import REASON_FOR_EVENT, Action, ConnEvent, ConnState, transition
 from ._stats import AgentStats
 
@@ -101,7 +103,8 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, owner: ConnOwner, conn_id: int, framer: Any, *,
                  host_window: tuple[int, int], outbound: bool = False,
-                 listener_id: int = 0, now: float = 0.0) -> None:
+                 listener_id: int = 0, now: float = 0.0,
+                 host_max_message: int | None = None) -> None:
         cfg = owner.config
         self.owner = owner
         self.conn_id = conn_id
@@ -110,9 +113,13 @@ class Connection(asyncio.Protocol):
         self.framer = framer
         self._encode: Callable[[bytes, int], bytes] = reply_encoder(framer)
         self._wire: Callable[[Any], tuple[bytes, int]] = wire_fn(framer)
-        self.send_window = SendWindow(*host_window)
-        self.recv_window = RecvWindow(cfg.initial_window_messages, cfg.initial_window_bytes,
-                                      max_message=cfg.max_message_size)
+        # §5: the host's HELLO window is the initial credit; ours likewise for it
+        self.send_window = SendWindow(
+            host_window[0], host_window[1],
+            max_message_size=min(host_max_message or cfg.max_message_size, host_window[1]))
+        self.recv_window = ReceiveWindow(cfg.initial_window_messages, cfg.initial_window_bytes,
+                                         max_message_size=cfg.max_message_size)
+        self.recv_window.initial_grant()
         self.tracker = DrainTracker()
         self.pending: deque[tuple[bytes, int]] = deque()
         self.pending_bytes = 0
@@ -205,7 +212,7 @@ class Connection(asyncio.Protocol):
         """A CREDIT from the host for this connection."""
         try:
             self.send_window.grant(messages, nbytes)
-        except CreditError as exc:
+        except FlowControlError as exc:
             self.event(E.LIMIT_EXCEEDED, "credit_exceeded", str(exc))
             return
         if self.pending:
@@ -223,8 +230,8 @@ class Connection(asyncio.Protocol):
             return
         size = len(payload)
         try:
-            self.recv_window.on_data(size)
-        except CreditError as exc:
+            self.recv_window.on_received(size)
+        except FlowControlError as exc:
             self.event(E.LIMIT_EXCEEDED, "credit_exceeded", str(exc))
             return
         try:
@@ -253,12 +260,16 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         buffered = transport.get_write_buffer_size() if transport is not None else 0
         if self.tracker:
-            m, b = self.tracker.drained(buffered)
-            if m:
-                self.recv_window.on_drained(m, b)
-        upd = self.recv_window.take_update()  # batched: see RecvWindow.update_due
-        if upd is not None and self.state in (S.OPEN, S.DRAINING):
-            self.owner.to_host_credit(self.conn_id, upd[0], upd[1])
+            # drained host messages are consumed: batched grants (§5.2)
+            gm = gb = 0
+            on_consumed = self.recv_window.on_consumed
+            for size in self.tracker.drained(buffered):
+                grant = on_consumed(size)
+                if grant is not None:
+                    gm += grant[0]
+                    gb += grant[1]
+            if gm and self.state in (S.OPEN, S.DRAINING):
+                self.owner.to_host_credit(self.conn_id, gm, gb)
         if buffered > self._max_write:
             self.event(E.LIMIT_EXCEEDED, "write_buffer_overflow",
                        f"{buffered} bytes buffered toward the client")
@@ -352,7 +363,8 @@ class Connection(asyncio.Protocol):
             wire, hlen = wire_of(msg)
             n = len(wire)
             m = window.messages
-            if not pending and m > 0 and (window.bytes >= n or m >= window.initial_messages):
+            # §5.1 (SendWindow.can_send inline): one message and n bytes of credit
+            if not pending and m > 0 and window.bytes >= n:
                 window.messages = m - 1
                 window.bytes -= n
                 to_host(cid, wire, hlen)
@@ -368,7 +380,7 @@ class Connection(asyncio.Protocol):
         while pending:
             wire, hlen = pending[0]
             n = len(wire)
-            if not window.fits(n):
+            if window.messages < 1 or window.bytes < n:  # §5.1
                 break
             pending.popleft()
             self.pending_bytes -= n

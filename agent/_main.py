@@ -77,11 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-messages", type=int, default=_D.initial_window_messages,
                    help="per-connection window granted to the host, messages")
     p.add_argument("--window-bytes", type=int, default=_D.initial_window_bytes,
-                   help="per-connection window granted to the host, bytes")
-    p.add_argument("--host-window-messages", type=int, default=_D.host_window_messages,
-                   help="per-connection window the host grants, messages (until HELLO says)")
-    p.add_argument("--host-window-bytes", type=int, default=_D.host_window_bytes,
-                   help="per-connection window the host grants, bytes (until HELLO says)")
+                   help="per-connection window granted to the host, bytes (announced in "
+                        "HELLO; >= --max-message-size)")
     p.add_argument("--max-buffered", type=int, default=_D.max_buffered_total,
                    metavar="BYTES", help="client bytes buffered over all connections")
     p.add_argument("--keepalive", type=float, default=_D.keepalive_interval,
@@ -109,8 +106,6 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         max_buffered_total=args.max_buffered,
         initial_window_messages=args.window_messages,
         initial_window_bytes=args.window_bytes,
-        host_window_messages=args.host_window_messages,
-        host_window_bytes=args.host_window_bytes,
         max_write_buffer=max(_D.max_write_buffer, args.window_bytes),
         keepalive_interval=args.keepalive, keepalive_timeout=args.keepalive_timeout,
         use_uvloop=args.uvloop, allow_non_loopback=args.allow_non_loopback,

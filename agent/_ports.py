@@ -5,12 +5,13 @@ mux calls ``flush`` once per event-loop iteration. Receiving is a reader
 callback on the backend's fd (``loop.add_reader``) that polls the link and
 hands each batch to ``on_messages``.
 
-The link manages HELLO and KEEPALIVE itself: it queues a HELLO when built,
-consumes the peer's (``peer_hello``, a new object each time one arrives) and
-declares the peer lost after ``peer_timeout`` of silence (``peer_lost``,
-sticky). :meth:`LinkPort.reset` builds a fresh link over the same backend:
-fresh link-credit and sequence state and a new HELLO -- what the agent does
-when the host restarted or was lost, so that both ends start over together.
+The link runs the handshake itself (docs/protocol.md §3.1): it resends HELLO
+until the host acknowledged it, absorbs duplicate HELLOs, and on the first
+HELLO of each host session calls ``on_hello(queue, hello, restarted)`` --
+from inside ``poll``, so before any message of that session reaches
+``on_messages``. ``restarted`` is True when the link knew another host
+session: it has then reset its own per-peer state. Keepalive and liveness:
+``tick`` (``peer_lost`` while the host is silent for ``peer_timeout``).
 """
 
 from __future__ import annotations
@@ -33,32 +34,36 @@ AGENT_MAC = b"\x02\x00\x00\x00\x00\x01"
 HOST_MAC = b"\x02\x00\x00\x00\x00\x02"
 
 OnMessages = Callable[[int, list[P.Message]], None]
-OnHello = Callable[[int, P.Hello], None]
+OnHello = Callable[[int, P.Hello, bool], None]
 
 
 class LinkPort:
-    """Queue ``queue`` of the agent's link. Build inside the running loop."""
+    """Queue ``queue`` of the agent's link. Build inside the running loop.
+
+    ``window`` is the per-connection window (messages, bytes) the agent grants
+    the host, announced in HELLO; ``session`` the agent's (None: random).
+    """
 
     def __init__(self, queue: int, backend: FrameBackend, *, max_message_size: int,
                  keepalive_interval: float, peer_timeout: float,
                  on_messages: OnMessages, on_hello: OnHello,
-                 clock: Callable[[], float] = time.monotonic, max_frames: int = 64) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_frames: int = 64,
+                 session: int | None = None, window: tuple[int, int] | None = None) -> None:
         self.queue = queue
         self.backend = backend
+        wm, wb = window if window is not None else (64, 0)
         self.config = LinkConfig(role=P.Role.AGENT, local_mac=AGENT_MAC, peer_mac=HOST_MAC,
                                  max_message_size=max_message_size,
                                  max_reassembly_bytes=max(16 << 20, 2 * max_message_size),
                                  keepalive_interval=keepalive_interval,
-                                 peer_timeout=peer_timeout)
+                                 peer_timeout=peer_timeout,
+                                 window_messages=wm, window_bytes=wb)
         self._clock = clock
         self._on_messages = on_messages
-        self._on_hello = on_hello
-        self._seen_hello: P.Hello | None = None
         self._max_frames = max_frames
         self._loop = asyncio.get_running_loop()
-        self.link = Link(backend, self.config, now=clock())
-        self.hello_sent_at = clock()
-        self.resets = 0
+        self.link = Link(backend, self.config, now=clock(), session=session)
+        self.link.on_peer_hello = lambda h, restarted: on_hello(queue, h, restarted)
         self._closed = False
         self._loop.add_reader(backend.fileno(), self._on_readable)
 
@@ -88,12 +93,8 @@ class LinkPort:
             return
         link = self.link
         now = self._clock()
-        msgs = link.poll(self._max_frames, now)
+        msgs = link.poll(self._max_frames, now)  # may call on_hello first
         link.flush(now)  # new link credit may have come, or our buffers were reposted
-        h = link.peer_hello
-        if h is not self._seen_hello and h is not None:
-            self._seen_hello = h
-            self._on_hello(self.queue, h)
         if msgs:
             self._on_messages(self.queue, msgs)
 
@@ -102,24 +103,12 @@ class LinkPort:
         return self.link.peer_hello
 
     def tick(self, now: float) -> bool:
-        """Keepalive duty; True when the peer is lost."""
+        """Keepalive and HELLO-resend duty; True while the peer is lost."""
         if self._closed:
             return False
         self.link.tick(now)
         self.link.flush(now)
         return self.link.peer_lost
-
-    def reset(self) -> None:
-        """Start the link over (fresh credit state, a new HELLO)."""
-        if self._closed:
-            return
-        self.link.close()
-        now = self._clock()
-        self.link = Link(self.backend, self.config, now=now)
-        self._seen_hello = None
-        self.hello_sent_at = now
-        self.resets += 1
-        self.link.flush(now)
 
     def statistics(self) -> dict[str, object]:
         return self.link.statistics().as_dict()

@@ -113,11 +113,14 @@ class FakeHost:
     """
 
     def __init__(self, backends: Sequence[FrameBackend], *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 window: tuple[int, int] = (64, 0)) -> None:
         self.backends = list(backends)
         self.clock = clock
+        # window: what the host grants the agent per connection (its HELLO)
         self.cfg = LinkConfig(role=P.Role.HOST, local_mac=HOST_MAC, peer_mac=AGENT_MAC,
-                              keepalive_interval=1.0, peer_timeout=30.0)
+                              keepalive_interval=1.0, peer_timeout=30.0,
+                              window_messages=window[0], window_bytes=window[1])
         self.links = [Link(b, self.cfg, now=clock()) for b in self.backends]
         self.inbox: deque[tuple[int, P.Message]] = deque()
         self._event = asyncio.Event()
@@ -128,7 +131,7 @@ class FakeHost:
         self.flush()
 
     def restart(self) -> None:
-        """A new host instance on the same backends (fresh links, new HELLO)."""
+        """A new host instance on the same backends (fresh links: a new session)."""
         self.links = [Link(b, self.cfg, now=self.clock()) for b in self.backends]
         self.inbox.clear()
         self.flush()
@@ -144,7 +147,7 @@ class FakeHost:
 
     async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.02)  # HELLO resends every 50 ms until established
             for link in self.links:
                 link.tick(self.clock())
                 link.flush(self.clock())

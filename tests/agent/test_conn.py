@@ -20,7 +20,7 @@ def make(owner: FakeOwner | None = None, *, window: tuple[int, int] = (4, 1000),
          hold: bool = False, spec: str = "length", outbound: bool = False,
          ) -> tuple[Connection, FakeOwner, FakeTransport]:
     owner = owner or FakeOwner(AgentConfig(initial_window_messages=4, initial_window_bytes=1000,
-                                           max_message_size=4096,
+                                           max_message_size=1000,
                                            max_buffered_per_connection=8192))
     framer = make_framer(spec, owner.config.max_message_size)
     conn = Connection(owner, 7, framer, host_window=window, outbound=outbound)
@@ -61,13 +61,15 @@ def test_byte_credit_limits_too() -> None:
     assert len(owner.data) == 2 and tr.reading
 
 
-def test_message_larger_than_the_window_goes_alone() -> None:
-    conn, owner, tr = make(window=(4, 100))
+def test_largest_message_waits_for_byte_credit_then_goes() -> None:
+    # the host's window is at least its largest message (HELLO, §5.1): a large
+    # message waits for the credit of what is outstanding, then always fits
+    conn, owner, tr = make(window=(4, 310))
     conn.data_received(frame(b"a" * 10) + frame(b"b" * 300))
-    assert len(owner.data) == 1 and not tr.reading  # waits until the pipe is empty
+    assert len(owner.data) == 1 and not tr.reading  # 14 + 304 > 310
     conn.on_credit(1, 14)
     assert len(owner.data) == 2 and tr.reading
-    assert conn.send_window.bytes == 100 - 304
+    assert (conn.send_window.messages, conn.send_window.bytes) == (3, 310 - 14 + 14 - 304)
 
 
 def test_framing_error_closes_only_after_earlier_messages() -> None:
