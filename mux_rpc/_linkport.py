@@ -1,11 +1,16 @@
 """A :class:`~mux_rpc._offload.LinkPort` over an :class:`xport._link.AsyncLink`.
 
-The xport link sends HELLO when it is built, runs keepalive, and consumes the
-peer's HELLO and KEEPALIVE (``Link.peer_hello``, ``Link.peer_lost``): so this
-port is ``link_managed``. Received messages arrive through the AsyncLink's
-``on_messages`` callback (one list per received batch) and wait in a deque
-for the host's reader task; the deque is bounded by the agent's credit windows
-(it never holds more than the windows granted, plus control messages).
+The xport link runs the handshake (docs/protocol.md §3.1: HELLO resent until
+acknowledged, duplicates absorbed, a new agent session resets the link's
+per-peer state) and keepalive (``Link.peer_lost``): so this port is
+``link_managed``. The first HELLO of each agent session is handed to the host
+in-band, as a one-message batch, in order with the other batches (the host
+tells a restart from the session). Received messages arrive through the AsyncLink's
+``on_messages`` callback (one list per received batch) and go straight to the
+receiver the host sets (:meth:`AsyncLinkPort.set_receiver`: handled on the
+read callback, no task hop), or else wait in a deque for the host's reader
+task; the deque is bounded by the agent's credit windows (it never holds more
+than the windows granted, plus control messages).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from xport import _protocol as P
 from xport._backend import FrameBackend
-from xport._link import AsyncLink, Link, LinkConfig, LinkLostError
+from xport._link import AsyncLink, Link, LinkConfig
 
 __all__ = ["AsyncLinkPort", "link_port"]
 
@@ -35,13 +40,36 @@ class AsyncLinkPort:
         self._inbox = inbox
         self._ready = ready
         self._closed = False
+        self.link.on_peer_hello = self._on_peer_hello
+        self._receiver: Callable[[list[P.Message]], None] | None = None
 
     def _on_messages(self, msgs: list[P.Message]) -> None:
+        receiver = self._receiver
+        if receiver is not None:
+            receiver(msgs)
+            return
         self._inbox.append(msgs)
         self._ready.set()
 
+    def set_receiver(self, receiver: Callable[[list[P.Message]], None] | None) -> None:
+        """Hand every received batch to ``receiver(msgs)`` at once, on the link's
+        read callback, instead of queueing it for :meth:`recv` (which then only
+        reports the end of the link). Batches already queued go first."""
+        self._receiver = receiver
+        while receiver is not None and self._inbox:
+            receiver(self._inbox.popleft())
+
+    def _on_peer_hello(self, hello: P.Hello, restarted: bool) -> None:
+        # called inside Link.poll, before that batch's messages are handed on
+        self._on_messages([hello])
+
     def peer_hello(self) -> P.Hello | None:
         return self.link.peer_hello
+
+    def local_window(self) -> tuple[int, int]:
+        """The per-connection window (messages, bytes) this link announces."""
+        cfg = self.link.config
+        return cfg.window_messages, cfg.window_bytes
 
     def tick(self, now: float) -> bool:
         if not self._closed:
@@ -70,21 +98,9 @@ class AsyncLinkPort:
         while not self._inbox:
             if self._closed:
                 raise EOFError("port closed")
-            if self.link.peer_lost:
-                raise LinkLostError("peer lost: keepalive expired")
             self._ready.clear()
             await self._ready.wait()
         return self._inbox.popleft()
-
-    def reset(self) -> None:
-        """Start the link over on the same backend: fresh sequence and credit
-        state and a new HELLO (after the agent restarted: both ends start over)."""
-        if self._closed:
-            return
-        old = self.alink
-        old.close()
-        self.link = Link(old.link.backend, old.link.config, now=self._clock())
-        self.alink = AsyncLink(self.link, on_messages=self._on_messages, clock=self._clock)
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -103,8 +119,15 @@ class AsyncLinkPort:
 def link_port(backend: FrameBackend, *, max_message_size: int = 1 << 20,
               keepalive_interval: float = 1.0, peer_timeout: float = 5.0,
               clock: Callable[[], float] = time.monotonic,
-              link_config: LinkConfig | None = None) -> AsyncLinkPort:
-    """Build the host end of a link over ``backend`` (call inside the event loop)."""
+              link_config: LinkConfig | None = None, session: int | None = None,
+              window_messages: int = 64, window_bytes: int = 0) -> AsyncLinkPort:
+    """Build the host end of a link over ``backend`` (call inside the event loop).
+
+    ``window_messages``/``window_bytes``: the per-connection window the host
+    grants the agent, announced in HELLO (0 bytes: twice ``max_message_size``);
+    pass the HostConfig's. ``session``: the host process's (None: random);
+    give every queue of one host the same one.
+    """
     cfg = link_config or LinkConfig(
         role=P.Role.HOST,
         local_mac=b"\x02\x00\x00\x00\x00\x02",
@@ -112,6 +135,8 @@ def link_port(backend: FrameBackend, *, max_message_size: int = 1 << 20,
         max_message_size=max_message_size,
         keepalive_interval=keepalive_interval,
         peer_timeout=peer_timeout,
+        window_messages=window_messages,
+        window_bytes=window_bytes,
     )
     inbox: collections.deque[list[P.Message]] = collections.deque()
     ready = asyncio.Event()
@@ -121,7 +146,7 @@ def link_port(backend: FrameBackend, *, max_message_size: int = 1 << 20,
         assert port is not None
         port._on_messages(msgs)
 
-    link = Link(backend, cfg, now=clock())
+    link = Link(backend, cfg, now=clock(), session=session)
     alink = AsyncLink(link, on_messages=on_messages, clock=clock)
     port = AsyncLinkPort(alink, inbox, ready, clock)
     return port

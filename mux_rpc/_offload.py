@@ -6,17 +6,24 @@ Theory of operation
 A :class:`Host` owns the link to the agent: one *port* per transport queue
 (an :class:`xport.AsyncLink` over a frame backend, adapted by
 :class:`LinkPort`). Connection ``c`` rides queue ``c % queues``; LISTEN and
-other link-wide messages ride queue 0. One reader task per port hands every
-incoming transport message to :meth:`Host._on_message`, which is synchronous:
+other link-wide messages ride queue 0. Every received batch goes to
+:meth:`Host._on_batch` - on the link's read callback when the port takes a
+receiver, else from one reader task per port - and each message to
+:meth:`Host._on_message` (DATA for open connections inline), which is synchronous:
 it demultiplexes by ``conn_id`` with a dict (aioquic) and drives the
 connection's lifecycle table (:mod:`mux_rpc._connstate`). Messages to the
 agent go through a per-port outbox drained by one writer task, so nothing
 that runs on the receive path ever awaits.
 
-Startup (contract §HELLO): the host sends HELLO on every queue and waits for
-the agent's HELLO on queue 0. A second agent HELLO means the agent restarted:
-every connection breaks with ``peer_restarted``, the host answers with its own
-HELLO and re-issues LISTEN for every open listener. Nothing heard from the
+Startup and restarts (docs/protocol.md §3.1): the links run the handshake
+(HELLO resent until acknowledged, duplicates absorbed) and hand the host the
+first HELLO of each agent session in-band, in order with the messages. The
+host waits for it in :meth:`Host.start`. A HELLO with another session than
+the agent's known one means the agent restarted (the links have reset their
+own state): every connection breaks with ``peer_restarted`` and LISTEN is
+re-issued for every open listener. Nothing is decided by timing. The agent's
+HELLO carries the window it grants per connection: the host's send windows
+start from it. Nothing heard from the
 agent for ``keepalive_timeout`` (checked by :meth:`Host.tick`, time passed in)
 means the link is lost: every connection breaks with ``link_lost`` and every
 waiting call raises :class:`LinkLostError`.
@@ -48,7 +55,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -58,6 +65,7 @@ from typing import Any, Protocol
 
 from xport import _protocol as P
 from xport._flow import FlowControlError, ReceiveWindow, SendWindow
+from xport._link import new_session
 
 from ._conn import ListenerClosedError, Message
 from ._connstate import Action, ConnEvent, ConnState, transition
@@ -113,8 +121,11 @@ class HostConfig:
     window_messages: int = 64
     """Messages per connection the host lets the agent send ahead of the
     application (the most it ever buffers per connection)."""
-    window_bytes: int = 1 << 20
-    """Bytes per connection, likewise (payload plus ULP header)."""
+    window_bytes: int = 2 << 20
+    """Bytes per connection, likewise (payload plus ULP header); at least
+    ``max_message_size`` (docs/protocol.md §5.1). Both windows are announced
+    in HELLO: a link built by :func:`mux_rpc._linkport.link_port` must be
+    given the same values (checked by :class:`Host`)."""
     max_message_size: int = 1 << 20
     """Largest message the host accepts or sends; announced in HELLO."""
     keepalive_interval: float = 1.0
@@ -135,12 +146,6 @@ class HostConfig:
     (possible when they ride another queue); beyond it the oldest is dropped."""
     tick_interval: float = 0.25
     """Seconds between keepalive checks of the host's timer task."""
-    hello_retry: float = 2.5
-    """Seconds without the agent's HELLO after which the host starts its links
-    over (a fresh HELLO), while :meth:`Host.start` waits."""
-    hello_grace: float = 1.0
-    """An agent HELLO within this many seconds of the host's own HELLO is the
-    agent's answer to it, not a restart (the agent answers a HELLO with one)."""
 
     credit_delay: float = 0.002
     """Seconds a connection served inline (the batch fast path, see
@@ -150,6 +155,11 @@ class HostConfig:
     def __post_init__(self) -> None:
         if self.window_messages < 1 or self.window_bytes < 1:
             raise ValueError("windows must be positive")
+        if self.window_bytes < self.max_message_size:
+            raise ValueError(
+                f"window_bytes ({self.window_bytes}) must be >= max_message_size "
+                f"({self.max_message_size}): a largest message from the agent could never "
+                "fit the window (docs/protocol.md §5.1)")
         if not 0 < self.keepalive_interval < self.keepalive_timeout:
             raise ValueError("need 0 < keepalive_interval < keepalive_timeout")
 
@@ -183,11 +193,11 @@ class HostStats:
 class LinkPort(Protocol):
     """What the host needs of one queue's link (an AsyncLink adapter, or a test double).
 
-    ``link_managed`` ports (the xport link) send HELLO when built, run
-    keepalive themselves and swallow the peer's HELLO/KEEPALIVE: the host then
-    reads the peer's HELLO from :meth:`peer_hello` and liveness from
-    :meth:`tick`. Other ports carry HELLO and KEEPALIVE like any message and
-    the host does both itself.
+    ``link_managed`` ports (the xport link) run the handshake and keepalive
+    themselves: they pass the first HELLO of each agent session in-band (as a
+    received message) and report liveness from :meth:`tick`. Other ports
+    carry every HELLO and KEEPALIVE like any message and the host sends its
+    own HELLO and KEEPALIVEs.
     """
 
     link_managed: bool
@@ -198,10 +208,6 @@ class LinkPort(Protocol):
 
     def tick(self, now: float) -> bool:
         """Keepalive duty of a managed link at ``now``; True when the peer is lost."""
-        ...
-
-    def reset(self) -> None:
-        """Managed links: start over (fresh link state, a new HELLO)."""
         ...
 
     async def send(self, msgs: Sequence[P.Message]) -> None:
@@ -690,10 +696,20 @@ class Host:
         self._tasks: list[asyncio.Task[None]] = []
         self._agent_hello: P.Hello | None = None
         self._managed = all(getattr(p, "link_managed", False) for p in self._ports)
-        self._seen_hello: list[P.Hello | None] = [None] * len(self._ports)
-        self._hello_sent_at = clock()  # a managed link sent HELLO when it was built
         self._hello_event: asyncio.Event | None = None
-        self._agent_window = (self.config.window_messages, self.config.window_bytes)
+        #: the host's session, in the HELLOs of ports that are not link-managed
+        self.session = new_session()
+        # §5: until the agent's HELLO (no connection exists before it), one message
+        self._agent_window = (1, self.config.max_message_size)
+        for port in self._ports:
+            announced = getattr(port, "local_window", None)
+            if announced is not None and announced() != (self.config.window_messages,
+                                                         self.config.window_bytes):
+                raise ValueError(
+                    f"the link announces a window of {announced()} (messages, bytes) but "
+                    f"HostConfig grants ({self.config.window_messages}, "
+                    f"{self.config.window_bytes}): build the ports with link_port(..., "
+                    "window_messages=, window_bytes=) from the same HostConfig")
         self.max_send_size = self.config.max_message_size
         self._lost: tuple[str, str] | None = None
         self._closed = False
@@ -725,6 +741,11 @@ class Host:
         loop = asyncio.get_running_loop()
         self._hello_event = asyncio.Event()
         for q, port in enumerate(self._ports):
+            set_receiver = getattr(port, "set_receiver", None)
+            if set_receiver is not None:
+                # batches are handled on the link's read callback (no task
+                # hop); the reader task then only notices the link's end
+                set_receiver(functools.partial(self._on_batch, q))
             self._tasks.append(loop.create_task(self._reader(q, port), name=f"host-rx-{q}"))
             self._tasks.append(loop.create_task(self._writer(q, port), name=f"host-tx-{q}"))
         if self._run_timer:
@@ -741,33 +762,7 @@ class Host:
 
     async def _wait_hello(self) -> None:
         assert self._hello_event is not None
-        if not self._managed:
-            await self._hello_event.wait()
-            return
-        # a managed link consumes HELLO without waking a reader: look for it
-        while not self._hello_event.is_set():
-            self._check_hellos()
-            if self._hello_event.is_set():
-                return
-            if self._clock() - self._hello_sent_at > self.config.hello_retry:
-                # The agent took our HELLO for the answer to its own (which we
-                # never got: it was sent before our sockets existed). Start over:
-                # past its grace, a fresh HELLO makes it start over too.
-                log.info("no HELLO from the agent: saying HELLO again")
-                self._hello_sent_at = self._clock()
-                for port in self._ports:
-                    port.reset()
-            await asyncio.sleep(0.005)
-
-    def _check_hellos(self) -> None:
-        """Managed links: hand a HELLO the link consumed (new or changed) to _on_hello."""
-        for q, port in enumerate(self._ports):
-            h = port.peer_hello()
-            if h is None or h is self._seen_hello[q]:
-                continue
-            self._seen_hello[q] = h
-            if q == 0:  # queue 0 speaks for the agent: first = startup, later = restart
-                self._on_hello(h)
+        await self._hello_event.wait()  # set by _on_hello (in-band on every kind of port)
 
     async def close(self) -> None:
         """Close every connection (best effort: CLOSE sent), stop the tasks, close ports."""
@@ -903,7 +898,6 @@ class Host:
             lost = False
             for port in self._ports:
                 lost = port.tick(now) or lost
-            self._check_hellos()
             if lost and self._lost is None and self._agent_hello is not None:
                 self._link_lost("link_lost", "keepalive expired: nothing from the agent for "
                                              f"{self.config.keepalive_timeout:.1f} s")
@@ -963,10 +957,10 @@ class Host:
             # else: recv() holds messages; their on_consumed grants all pending
 
     def _send_hello(self) -> None:
-        cfg = self.config
-        self._hello_sent_at = self._clock()
+        """Ports that are not link-managed: our HELLO, acknowledging the agent's."""
+        peer = self._agent_hello.session if self._agent_hello is not None else 0
         for q in range(len(self._ports)):
-            self._send_ctl(q, _make_hello(cfg))
+            self._send_ctl(q, _make_hello(self.config, self.session, peer))
 
     async def _writer(self, q: int, port: LinkPort) -> None:
         ob = self._outboxes[q]
@@ -991,22 +985,27 @@ class Host:
             except (OSError, EOFError) as exc:
                 self._link_lost("link_lost", f"link closed: {exc}")
                 return
-            self._last_rx = self._clock()
-            if self._managed:
-                self._check_hellos()
-            # the batch: DATA for OPEN connections (_on_message's hot path) inline
-            get_conn = self._conns.get
-            for m in msgs:
-                try:
-                    if m.__class__ is _Data:
-                        conn = get_conn(m.conn_id)
-                        if conn is not None and conn._state is _OPEN:
-                            conn._deliver(m)
-                            continue
-                    self._on_message(q, m)
-                except Exception:  # a bug in one message's handling must not kill the link
-                    self.stats.protocol_errors += 1
-                    log.exception("handling %r", m)
+            self._on_batch(q, msgs)
+
+    def _on_batch(self, q: int, msgs: Sequence[P.Message]) -> None:
+        """One received batch of queue ``q``: from the reader task, or straight
+        from the link's read callback when the port takes a receiver."""
+        if self._closed:
+            return
+        self._last_rx = self._clock()
+        # the batch: DATA for OPEN connections (_on_message's hot path) inline
+        get_conn = self._conns.get
+        for m in msgs:
+            try:
+                if m.__class__ is _Data:
+                    conn = get_conn(m.conn_id)
+                    if conn is not None and conn._state is _OPEN:
+                        conn._deliver(m)
+                        continue
+                self._on_message(q, m)
+            except Exception:  # a bug in one message's handling must not kill the link
+                self.stats.protocol_errors += 1
+                log.exception("handling %r", m)
 
     def _on_message(self, q: int, m: P.Message) -> None:
         if m.__class__ is P.Data:
@@ -1109,31 +1108,29 @@ class Host:
         if m.role != P.Role.AGENT:
             self.stats.protocol_errors += 1
             return
-        first = self._agent_hello is None
+        prev = self._agent_hello
+        if prev is not None and m.session == prev.session:
+            # the same agent: another queue's link, or (ports that are not
+            # link-managed) a resend; answer one that has not seen ours
+            if not self._managed and m.peer_session != self.session:
+                self._send_hello()
+            return
         self._agent_hello = m
-        self._agent_window = _hello_window(m, self.config)
+        # §5: the agent's window and largest message bound what we send it
+        self._agent_window = (m.window_messages, m.window_bytes)
         self.max_send_size = min(self.config.max_message_size, m.max_message_size)
-        if first:
+        if not self._managed:
+            self._send_hello()  # acknowledges the agent's session (§3.1.2)
+        if prev is None:
             if self._hello_event is not None:
                 self._hello_event.set()
             return
-        if self._lost is None and self._clock() - self._hello_sent_at < self.config.hello_grace:
-            return  # the agent answering our HELLO, not a new agent
-        # the agent restarted (or came back after a lost link)
+        # §3.1.4: a new session: the agent restarted (or came back after a lost link)
         self.stats.peer_restarts += 1
         was_lost = self._lost is not None
         self._lost = None
         if not was_lost:
-            self._break_all("peer_restarted", "the agent sent a new HELLO")
-        if self._managed:
-            # start the links over with the new agent (fresh credit state, our HELLO)
-            self._hello_sent_at = self._clock()
-            self._seen_hello = [None] * len(self._ports)
-            for port in self._ports:
-                port.reset()
-            self._seen_hello[0] = m
-        else:
-            self._send_hello()
+            self._break_all("peer_restarted", "the agent restarted (a new session)")
         for lst in list(self._listeners.values()):
             lst._lost = None
             cert, key = lst.tls or ("", "")
@@ -1190,24 +1187,12 @@ class Host:
 _Data = P.Data
 _OPEN = ConnState.OPEN
 
-_HELLO_FIELDS = {f.name for f in dataclasses.fields(P.Hello)}
-
-
-def _make_hello(cfg: HostConfig) -> P.Hello:
-    extra: dict[str, int] = {}
-    # the initial per-connection window the host grants the agent (contract: HELLO)
-    if "window_messages" in _HELLO_FIELDS:
-        extra["window_messages"] = cfg.window_messages
-    if "window_bytes" in _HELLO_FIELDS:
-        extra["window_bytes"] = cfg.window_bytes
+def _make_hello(cfg: HostConfig, session: int, peer_session: int) -> P.Hello:
+    # the initial per-connection window the host grants the agent (§3.1, §5)
     return P.Hello(P.Role.HOST, keepalive_interval_ms=int(cfg.keepalive_interval * 1000),
-                   max_message_size=cfg.max_message_size, **extra)
-
-
-def _hello_window(m: P.Hello, cfg: HostConfig) -> tuple[int, int]:
-    wm = getattr(m, "window_messages", None)
-    wb = getattr(m, "window_bytes", None)
-    return (int(wm) if wm else cfg.window_messages, int(wb) if wb else cfg.window_bytes)
+                   max_message_size=cfg.max_message_size, session=session,
+                   peer_session=peer_session, window_messages=cfg.window_messages,
+                   window_bytes=cfg.window_bytes)
 
 
 Callback = Callable[..., Awaitable[None]]
