@@ -50,6 +50,10 @@ if [[ ! -f $STAMPS/deps || $(cat "$STAMPS/deps") != "$deps_hash" ]]; then
     echo "$deps_hash" > "$STAMPS/deps"
 fi
 
+# 2b. framing's optional C accelerator (rebuilds only when its source changed;
+#     framing falls back to pure Python without it)
+"$VPY" framing/_speedups_build.py
+
 # 3. cffi extension over libxdp/libbpf ----------------------------------------
 if [[ -f xport/_xsk_build.py ]]; then
     src_hash=$(cat xport/_xsk_build.py bpf/*.h 2>/dev/null | sha256sum | cut -d' ' -f1)
