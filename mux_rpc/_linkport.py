@@ -71,6 +71,10 @@ class AsyncLinkPort:
         cfg = self.link.config
         return cfg.window_messages, cfg.window_bytes
 
+    def set_local_window(self, messages: int, nbytes: int) -> None:
+        """Announce another window; only before the link sent anything (RuntimeError)."""
+        self.link.set_window(messages, nbytes)
+
     def tick(self, now: float) -> bool:
         if not self._closed:
             self.link.tick(now)

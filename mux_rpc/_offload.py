@@ -701,15 +701,7 @@ class Host:
         self.session = new_session()
         # §5: until the agent's HELLO (no connection exists before it), one message
         self._agent_window = (1, self.config.max_message_size)
-        for port in self._ports:
-            announced = getattr(port, "local_window", None)
-            if announced is not None and announced() != (self.config.window_messages,
-                                                         self.config.window_bytes):
-                raise ValueError(
-                    f"the link announces a window of {announced()} (messages, bytes) but "
-                    f"HostConfig grants ({self.config.window_messages}, "
-                    f"{self.config.window_bytes}): build the ports with link_port(..., "
-                    "window_messages=, window_bytes=) from the same HostConfig")
+        self._announce_window()
         self.max_send_size = self.config.max_message_size
         self._lost: tuple[str, str] | None = None
         self._closed = False
@@ -722,6 +714,22 @@ class Host:
             getattr(p, "send_data_nowait", None) for p in self._ports]
         self._credit_dirty: set[OffloadConnection] = set()
         self._credit_timer: asyncio.TimerHandle | None = None
+
+    def _announce_window(self) -> None:
+        """Managed links announce the window in their HELLO (§3.1): make it
+        HostConfig's, or fail clearly if a HELLO with another one went out."""
+        want = (self.config.window_messages, self.config.window_bytes)
+        for port in self._ports:
+            announced = getattr(port, "local_window", None)
+            if announced is None or announced() == want:
+                continue
+            try:
+                port.set_local_window(*want)  # type: ignore[attr-defined]
+            except (RuntimeError, AttributeError):
+                raise ValueError(
+                    f"the link announced a window of {announced()} (messages, bytes) but "
+                    f"HostConfig grants {want}: build the ports with link_port(..., "
+                    "window_messages=, window_bytes=) from the same HostConfig") from None
 
     # -- lifecycle ----------------------------------------------------------------
     @property

@@ -63,7 +63,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ._backend import BackendStats, FrameBackend
 from ._linkcredit import LinkCredit
@@ -299,6 +299,22 @@ class Link:
             )
         )
         self.stats.hellos_out += 1
+
+    def set_window(self, messages: int, nbytes: int) -> None:
+        """Change the per-connection window announced in HELLO (§3.1, §5).
+
+        Only before the link has sent anything (the HELLO still queued): the
+        peer must never see two windows. ``ValueError`` as ``LinkConfig``.
+        """
+        head = self._queue[0] if self._queue else None
+        if self.stats.frames_out or self._backlog or head is None or head[0] != _HELLO:
+            raise RuntimeError("the HELLO was sent already: set the window in LinkConfig")
+        self.config = replace(self.config, window_messages=messages, window_bytes=nbytes)
+        self._queue.popleft()
+        self._queued_bytes -= len(head[3])
+        self._queue_hello()  # the only message queued, or goes first again
+        self._queue.appendleft(self._queue.pop())
+        self.stats.hellos_out -= 1
 
     def _posted(self) -> int:
         """Receive buffers posted, counted from this link's (or the peer session's) origin."""

@@ -86,9 +86,16 @@ class FakeAgent:
     async def send(self, q: int, *msgs: P.Message) -> None:
         await self.ports[q].send(list(msgs))
 
+    #: the fake agent's incarnation (docs/protocol.md §3.1); a restart changes it
+    session = 0xA6E27
+    #: the per-connection window the fake agent grants the host (its HELLO)
+    window = (64, 2 << 20)
+
     async def hello(self) -> None:
         for q in range(len(self.ports)):
-            await self.send(q, P.Hello(P.Role.AGENT))
+            await self.send(q, P.Hello(P.Role.AGENT, session=self.session,
+                                       window_messages=self.window[0],
+                                       window_bytes=self.window[1]))
 
     def of_type(self, t: type) -> list[P.Message]:
         return [m for _, m in self.received if isinstance(m, t)]

@@ -41,10 +41,13 @@ def run(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
 
 
 async def make(queues: int = 1, config: HostConfig | None = None,
-               clock: FakeClock | None = None) -> tuple[Host, FakeAgent, FakeClock]:
+               clock: FakeClock | None = None,
+               agent_window: tuple[int, int] | None = None) -> tuple[Host, FakeAgent, FakeClock]:
     clock = clock or FakeClock()
     pairs = [port_pair() for _ in range(queues)]
     agent = FakeAgent([b for _, b in pairs])
+    if agent_window is not None:
+        agent.window = agent_window  # what the host may send per connection
     host = Host([a for a, _ in pairs], config, clock=clock, run_timer=False)
     start = asyncio.create_task(host.start())
     await agent.wait_for(P.Hello, queues)
@@ -368,17 +371,22 @@ async def test_agent_restart_breaks_connections_and_relistens() -> None:
     host, agent, clock = await make()
     lst, conn = await accepted(host, agent)
     n_listen = len(agent.of_type(P.Listen))
-    # a HELLO right after ours is the agent's answer, not a restart
-    await agent.send(0, P.Hello(P.Role.AGENT))
+    # the same session again (a resend, another queue) is not a restart, at any time
+    await agent.send(0, P.Hello(P.Role.AGENT, session=agent.session))
+    clock.now += 2.0
+    await agent.send(0, P.Hello(P.Role.AGENT, session=agent.session))
     await settle()
     assert conn.state is ConnState.OPEN and host.stats.peer_restarts == 0
-    clock.now += 2.0
-    await agent.send(0, P.Hello(P.Role.AGENT))
+    # a new session is: at once, whatever the time
+    await agent.send(0, P.Hello(P.Role.AGENT, session=agent.session + 1))
     with pytest.raises(LinkLostError) as ei:
         await conn.recv()
-    assert ei.value.reason == "peer_restarted"
+    assert ei.value.reason == "peer_restarted" and host.stats.peer_restarts == 1
     await agent.wait_for(P.Listen, n_listen + 1)
-    assert len(agent.of_type(P.Hello)) == 2
+    # the host's answer acknowledges the new session (§3.1.2)
+    hellos = agent.of_type(P.Hello)
+    assert hellos[-1].peer_session == agent.session + 1  # type: ignore[attr-defined]
+    assert hellos[-1].session == hellos[0].session  # type: ignore[attr-defined]
     # the listener survives and accepts from the new agent
     await agent.send(0, P.NewConnection(1, lst.listener_id, "127.0.0.1", 2))
     conn2 = await lst.accept()

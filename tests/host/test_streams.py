@@ -75,7 +75,7 @@ async def test_reader_raises_asyncio_errors() -> None:
 
 @run
 async def test_writer_drain_waits_for_agent_credit() -> None:
-    host, agent, _ = await make(config=offload.HostConfig(window_messages=2))
+    host, agent, _ = await make(agent_window=(2, 2 << 20))
     done = asyncio.Event()
 
     async def cb(reader: offload.MessageReader, writer: offload.MessageWriter) -> None:

@@ -226,3 +226,16 @@ def test_any_mix_of_restarts_and_traffic_never_overruns(ops: list[object], n: in
     assert events == [False] + [True] * restarts
     assert ab.statistics().rx_fill_empty == 0
     assert all(x.statistics().rx_fill_empty == 0 for x in backends)
+
+
+def test_set_window_only_before_anything_was_sent() -> None:
+    clock = FakeClock()
+    ab, bb = MemoryBackend(), MemoryBackend()
+    wire(ab, bb)
+    a, b = Link(ab, AGENT), Link(bb, HOST)
+    a.set_window(8, 3 << 20)
+    settle(a, b, clock)
+    assert b.peer_hello is not None
+    assert (b.peer_hello.window_messages, b.peer_hello.window_bytes) == (8, 3 << 20)
+    with pytest.raises(RuntimeError):
+        a.set_window(9, 3 << 20)  # the peer has seen a window: never another one
