@@ -95,8 +95,19 @@ class AsyncLinkPort:
 
     def send_data_nowait(self, conn_id: int, payload: bytes, header_length: int) -> bool:
         """Queue one DATA on the link now unless the link pushes back (then
-        False: the caller queues it for :meth:`send`)."""
+        False: the caller queues it for :meth:`send`). The host calls
+        :meth:`direct_senders` instead, on the hot path."""
         return not self._closed and self.alink.try_send_data(conn_id, payload, header_length)
+
+    def send_credit_nowait(self, conn_id: int, messages: int, nbytes: int) -> bool:
+        """Queue one CREDIT on the link now unless it pushes back (then False)."""
+        return not self._closed and self.alink.try_send_credit(conn_id, messages, nbytes)
+
+    def direct_senders(self) -> tuple[Callable[[int, bytes, int], bool],
+                                      Callable[[int, int, int], bool]]:
+        """The link's own ``try_send_data`` and ``try_send_credit`` (what the
+        two methods above call; False as well once the port is closed)."""
+        return self.alink.try_send_data, self.alink.try_send_credit
 
     async def recv(self) -> Sequence[P.Message]:
         while not self._inbox:

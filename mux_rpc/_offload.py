@@ -394,8 +394,7 @@ class OffloadConnection:
             return  # more reports than messages: ignore rather than over-grant
         grant = w.on_consumed(min(nbytes, w.buffered_bytes))
         if grant is not None and self._state in (ConnState.OPEN, ConnState.CONNECTING):
-            self._host._send_ctl(self.queue, P.Credit(self.conn_id, grant[0], grant[1]))
-            self._host.stats.credits_sent += 1
+            self._host._send_credit(self.queue, self.conn_id, grant[0], grant[1])
 
     # -- the batch fast path ------------------------------------------------------
     def set_message_hook(self, hook: Callable[[bytes], int] | None) -> None:
@@ -420,7 +419,14 @@ class OffloadConnection:
             return False
         sw.messages -= 1
         sw.bytes -= n
-        self._host._send_data(self, payload, 0, n)
+        host = self._host
+        st = host.stats
+        st.messages_out += 1
+        st.bytes_out += n
+        q = self.queue
+        direct = host._direct[q]
+        if direct is None or host._outboxes[q].items or not direct(self.conn_id, payload, 0):
+            host._send_ctl(q, P.Data(self.conn_id, payload, 0))  # Host._send_data's slow path
         return True
 
     def _consumed_inline(self, n: int) -> None:
@@ -436,7 +442,7 @@ class OffloadConnection:
         if (pm * 2 >= w.window_messages or pb * 2 >= w.window_bytes
                 or w.outstanding_messages < 1):
             self._grant_pending()
-        else:
+        elif self not in self._host._credit_dirty:
             self._host._credit_later(self)
 
     def _grant_pending(self) -> None:
@@ -447,8 +453,7 @@ class OffloadConnection:
         w.pending_messages = w.pending_bytes = 0
         w.outstanding_messages += m
         w.outstanding_bytes += b
-        self._host._send_ctl(self.queue, P.Credit(self.conn_id, m, b))
-        self._host.stats.credits_sent += 1
+        self._host._send_credit(self.queue, self.conn_id, m, b)
 
     # -- internals ----------------------------------------------------------------
 
@@ -710,8 +715,13 @@ class Host:
         self._last_tx = [now] * len(self._ports)
         # the batch fast path: DATA straight to the link when nothing is queued
         # before it, and consumed credit granted late (HostConfig.credit_delay)
-        self._direct: list[Callable[[int, bytes, int], bool] | None] = [
-            getattr(p, "send_data_nowait", None) for p in self._ports]
+        self._direct: list[Callable[[int, bytes, int], bool] | None] = []
+        self._direct_credit: list[Callable[[int, int, int], bool] | None] = []
+        for p in self._ports:
+            senders = getattr(p, "direct_senders", None)
+            d, c = senders() if senders is not None else (None, None)
+            self._direct.append(d)
+            self._direct_credit.append(c)
         self._credit_dirty: set[OffloadConnection] = set()
         self._credit_timer: asyncio.TimerHandle | None = None
 
@@ -941,6 +951,14 @@ class Host:
                 and direct(conn.conn_id, body, header_length):
             return  # nothing queued before it: order kept
         self._send_ctl(q, P.Data(conn.conn_id, body, header_length))
+
+    def _send_credit(self, q: int, conn_id: int, messages: int, nbytes: int) -> None:
+        self.stats.credits_sent += 1
+        direct = self._direct_credit[q]
+        if direct is not None and not self._outboxes[q].items \
+                and direct(conn_id, messages, nbytes):
+            return  # nothing queued before it: order kept
+        self._send_ctl(q, P.Credit(conn_id, messages, nbytes))
 
     def _credit_later(self, conn: OffloadConnection) -> None:
         self._credit_dirty.add(conn)

@@ -240,11 +240,13 @@ class Server:
         limits, stats = self.limits, self.stats
         inline = self.dispatcher.dispatch_inline
         send_nowait = conn.send_nowait
-        has_room = limits.has_room
         loop = asyncio.get_running_loop()
+        waiters, by_conn = limits._waiters, limits._by_conn
+        total, per_conn = limits.total, limits.per_connection
 
         def hook(payload: bytes) -> int:
-            if not has_room(key):
+            # InflightLimits.has_room(key), inline
+            if waiters or limits._total >= total or by_conn.get(key, 0) >= per_conn:
                 return HOOK_DEFER
             out = inline(payload)
             if out is DEFER:

@@ -844,11 +844,29 @@ class AsyncLink:
         """``send_data`` unless the link pushes back (not ``writable``): then
         queue nothing and return False (the caller waits with ``drain()``)."""
         link = self.link
+        queued = link._queued_bytes
+        if self._closed or queued > self._max_queued:
+            return False
+        n = len(payload)
+        if header_length > n or n > link._max_send:
+            raise ValueError(f"DATA of {n} bytes (header {header_length}) > max {link._max_send}")
+        link._queue.append((_DATA, conn_id, header_length, payload))  # Link.send_data
+        link._queued_bytes = queued = queued + n
+        if queued > self._max_queued:
+            self._writable.clear()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return True
+
+    def try_send_credit(self, conn_id: int, messages: int, nbytes: int) -> bool:
+        """``send(Credit(conn_id, messages, nbytes))`` without the dataclass,
+        unless the link pushes back (then False, nothing queued)."""
+        link = self.link
         if self._closed or link._queued_bytes > self._max_queued:
             return False
-        link.send_data(conn_id, payload, header_length)
-        if link._queued_bytes > self._max_queued:
-            self._writable.clear()
+        link._queue.append((_CREDIT, conn_id, 0, _CREDIT_BODY.pack(messages, nbytes)))
+        link._queued_bytes += 8
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
