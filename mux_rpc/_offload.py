@@ -61,7 +61,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from xport import _protocol as P
 from xport._flow import FlowControlError, ReceiveWindow, SendWindow
@@ -550,7 +550,9 @@ class OffloadConnection:
             w.set_result(None)
 
     def _deliver(self, d: P.Data) -> None:
-        payload = d.payload
+        self._deliver_payload(d.payload, d.header_length)
+
+    def _deliver_payload(self, payload: bytes | bytearray | memoryview, header_length: int) -> None:
         n = len(payload)
         # contract: the agent stays within the window the host granted (§5.3)
         w = self._rwin
@@ -568,7 +570,7 @@ class OffloadConnection:
             w.buffered_bytes += n
         hook = self._hook
         if (hook is not None and self._rx_waiter is not None and not self._rx
-                and not d.header_length):
+                and not header_length):
             if not isinstance(payload, bytes):
                 payload = bytes(payload)  # the link's are bytes already
             st = self._host.stats
@@ -582,11 +584,11 @@ class OffloadConnection:
                 return
             st.messages_in -= 1
             st.bytes_in -= n
-        if d.header_length:
-            mv = memoryview(d.payload)
-            m = Message(bytes(mv[d.header_length:]), bytes(mv[:d.header_length]))
+        if header_length:
+            mv = memoryview(payload)
+            m = Message(bytes(mv[header_length:]), bytes(mv[:header_length]))
         else:
-            m = Message(bytes(d.payload))
+            m = Message(bytes(payload))
         self._host.stats.messages_in += 1
         self._host.stats.bytes_in += n
         self._rx.append(m)
@@ -704,6 +706,10 @@ class Host:
         self._hello_event: asyncio.Event | None = None
         #: the host's session, in the HELLOs of ports that are not link-managed
         self.session = new_session()
+        #: the agent session each queue's HELLO named (0: none yet), and the
+        #: queues that said HELLO anew since the last counted restart
+        self._agent_sessions = [0] * len(self._ports)
+        self._restarted_queues: set[int] = set()
         # §5: until the agent's HELLO (no connection exists before it), one message
         self._agent_window = (1, self.config.max_message_size)
         self._announce_window()
@@ -1023,6 +1029,14 @@ class Host:
         get_conn = self._conns.get
         for m in msgs:
             try:
+                if m.__class__ is tuple:  # raw DATA (Link.raw_data): (conn_id, payload)
+                    cid, payload = cast("tuple[int, bytes]", m)
+                    conn = get_conn(cid)
+                    if conn is not None and conn._state is _OPEN:
+                        conn._deliver_payload(payload, 0)
+                    else:
+                        self._on_message(q, P.Data(cid, payload))
+                    continue
                 if m.__class__ is _Data:
                     conn = get_conn(m.conn_id)
                     if conn is not None and conn._state is _OPEN:
@@ -1074,7 +1088,7 @@ class Host:
                 lst._lost = (reason_code(m.status), m.text)
                 lst._wake()
         elif isinstance(m, P.Hello):
-            self._on_hello(m)
+            self._on_hello(q, m)
         elif isinstance(m, P.Keepalive):
             pass
         elif isinstance(m, P.Error):
@@ -1130,17 +1144,19 @@ class Host:
             return
         self.stats.connections_accepted += 1
 
-    def _on_hello(self, m: P.Hello) -> None:
+    def _on_hello(self, q: int, m: P.Hello) -> None:
+        """The agent's HELLO on queue ``q`` (managed links: the first of each session)."""
         if m.role != P.Role.AGENT:
             self.stats.protocol_errors += 1
             return
-        prev = self._agent_hello
-        if prev is not None and m.session == prev.session:
-            # the same agent: another queue's link, or (ports that are not
-            # link-managed) a resend; answer one that has not seen ours
+        known = self._agent_sessions[q]
+        if m.session == known:
+            # a resend (ports that are not link-managed): answer one that has not seen ours
             if not self._managed and m.peer_session != self.session:
                 self._send_hello()
             return
+        self._agent_sessions[q] = m.session
+        prev = self._agent_hello
         self._agent_hello = m
         # §5: the agent's window and largest message bound what we send it
         self._agent_window = (m.window_messages, m.window_bytes)
@@ -1151,7 +1167,14 @@ class Host:
             if self._hello_event is not None:
                 self._hello_event.set()
             return
-        # §3.1.4: a new session: the agent restarted (or came back after a lost link)
+        if known == 0:
+            return  # another queue's first HELLO
+        # §3.1.4: a new session on a queue: the agent restarted (or came back after a
+        # lost link); it says HELLO anew on every queue: handle it once
+        if self._restarted_queues and q not in self._restarted_queues:
+            self._restarted_queues.add(q)
+            return
+        self._restarted_queues = {q}
         self.stats.peer_restarts += 1
         was_lost = self._lost is not None
         self._lost = None

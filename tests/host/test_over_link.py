@@ -12,8 +12,8 @@ from mux_rpc._linkport import link_port
 from mux_rpc._offload import Host, HostConfig
 from mux_rpc._offload_errors import LinkLostError
 from xport import _protocol as P
-from xport._link import LinkConfig
-from xport.testing import memory_backend_pair
+from xport._link import LinkConfig, new_session
+from xport.testing import MemoryBackend, memory_backend_pair
 
 from ._fake import FakeAgent
 from .test_offload import FakeClock, run, settle
@@ -100,3 +100,60 @@ async def test_link_keepalive_expiry_breaks_waiters() -> None:
     assert ei.value.reason == "link_lost"
     await host.close()
     await agent.close()
+
+
+@run
+async def test_agent_binds_late_and_the_handshake_completes() -> None:
+    clock = FakeClock()
+    hb, ab = MemoryBackend(), MemoryBackend()
+    ab._connect(hb)  # the host's HELLO goes nowhere: the agent's socket is not bound
+    host_port = link_port(hb, clock=clock)
+    host = Host([host_port], None, clock=clock, run_timer=False)
+    start = asyncio.create_task(host.start())
+    await settle()
+    assert not start.done() and hb.statistics().tx_frames >= 1
+    hb._connect(ab)  # the agent binds and says HELLO: answered at once (§3.1.2)
+    agent = FakeAgent([link_port(ab, clock=clock, link_config=agent_cfg())])  # type: ignore[list-item]
+    await asyncio.wait_for(start, 2)
+    await settle()
+    assert host_port.link.established and agent.ports[0].link.established  # type: ignore[attr-defined]
+    assert host.stats.peer_restarts == 0
+    await host.close()
+    await agent.close()
+
+
+@run
+async def test_agent_restart_over_the_link_is_one_restart() -> None:
+    host, agent, clock, backends = await make_linked(queues=2)
+    lst = await host.listen(0, "length")
+    await agent.send(0, P.NewConnection(3, lst.listener_id, "127.0.0.1", 1))
+    conn = await lst.accept()
+    n_listen = len(agent.of_type(P.Listen))
+    for p in agent.ports:
+        await p.aclose()  # the agent dies
+    # a new agent process: new sockets (backends) on the same host ends, one session
+    session = new_session()
+    new_ports = []
+    for hb in backends[:2]:
+        nb = MemoryBackend(rx_buffers=16)
+        hb._connect(nb)
+        nb._connect(hb)
+        new_ports.append(link_port(nb, clock=clock, link_config=agent_cfg(), session=session))
+    agent2 = FakeAgent(new_ports)  # type: ignore[arg-type]
+    with pytest.raises(LinkLostError) as ei:
+        await asyncio.wait_for(conn.recv(), 2)
+    assert ei.value.reason == "peer_restarted"
+    await agent2.wait_for(P.Listen, 1)  # re-issued to the new agent
+    await settle()
+    assert host.stats.peer_restarts == 1
+    assert [p.link.peer_restarts for p in host._ports] == [1, 1]  # type: ignore[attr-defined]
+    assert len(agent.of_type(P.Listen)) == n_listen
+    # the listener accepts from the new agent; nothing was dropped for lack of buffers
+    await agent2.send(0, P.NewConnection(1, lst.listener_id, "127.0.0.1", 2))
+    assert (await lst.accept()).conn_id == 1
+    assert all(b.statistics().rx_fill_empty == 0 for b in backends)
+    for p in host._ports:  # the links started over cleanly: no gap, no stale credit
+        assert p.link.statistics().dropped == {}  # type: ignore[attr-defined]
+    await host.close()
+    await agent.close()
+    await agent2.close()
