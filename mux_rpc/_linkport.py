@@ -54,8 +54,12 @@ class AsyncLinkPort:
     def set_receiver(self, receiver: Callable[[list[P.Message]], None] | None) -> None:
         """Hand every received batch to ``receiver(msgs)`` at once, on the link's
         read callback, instead of queueing it for :meth:`recv` (which then only
-        reports the end of the link). Batches already queued go first."""
+        reports the end of the link). Batches already queued go first. From
+        now on whole DATA messages without a ULP header come as ``(conn_id,
+        payload)`` tuples (``Link.raw_data``)."""
         self._receiver = receiver
+        # the receiver takes DATA without a ULP header as (conn_id, payload)
+        self.link.raw_data = receiver is not None
         while receiver is not None and self._inbox:
             receiver(self._inbox.popleft())
 

@@ -1029,7 +1029,7 @@ class Host:
         get_conn = self._conns.get
         for m in msgs:
             try:
-                if m.__class__ is tuple:  # raw DATA (Link.raw_data): (conn_id, payload)
+                if m.__class__ is tuple:  # type: ignore[comparison-overlap]  # Link.raw_data
                     cid, payload = cast("tuple[int, bytes]", m)
                     conn = get_conn(cid)
                     if conn is not None and conn._state is _OPEN:

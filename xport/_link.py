@@ -266,6 +266,10 @@ class Link:
         self._acked = False  # the peer acknowledged our HELLO
         #: called with (hello, restarted) on the first HELLO of each peer session
         self.on_peer_hello: Callable[[Hello, bool], None] | None = None
+        #: when True, ``poll`` returns each whole DATA message without a ULP
+        #: header as a ``(conn_id, payload)`` tuple instead of a :class:`Data`
+        #: (a consumer's hot path: no object per message); others are unchanged
+        self.raw_data = False
         # the largest message sendable: ours, then min(ours, the peer's HELLO)
         self._max_send = cfg.max_message_size
         self.peer_lost = False
@@ -523,6 +527,8 @@ class Link:
         unpack_msg = COMMON_HEADER.unpack_from
         append = out.append
         new = object.__new__
+        raw = self.raw_data
+        push: Callable[[object], None] = out.append  # type: ignore[assignment]  # raw DATA
         set_conn = vars(Data)["conn_id"].__set__
         set_payload = vars(Data)["payload"].__set__
         set_hlen = vars(Data)["header_length"].__set__
@@ -601,6 +607,8 @@ class Link:
                     if mtype == _DATA:
                         if aux > length:
                             self._drop("bad_body")
+                        elif raw and not aux:
+                            push((conn_id, data[off:mend]))
                         else:
                             d = new(Data)
                             set_conn(d, conn_id)
