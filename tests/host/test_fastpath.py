@@ -205,3 +205,34 @@ async def test_close_cancels_pending_replies() -> None:
     assert server.limits.inflight() == 0
     assert conn._hook is None
     await finish(host, agent, server, task)
+
+
+def test_link_raw_data_gives_tuples_for_headerless_data_only() -> None:
+    from xport._link import Link
+    from xport.testing import memory_link_pair
+
+    a, b = memory_link_pair()
+
+    def pump() -> list[object]:
+        got: list[object] = []
+        for _ in range(100):
+            moved = a.flush() + b.flush()
+            a.poll()
+            rb = b.poll()
+            got += rb
+            if not moved and not rb:
+                break
+        return got
+
+    pump()  # the handshake
+    b.raw_data = True
+    a.send(P.Data(7, b"plain"))
+    a.send(P.Data(8, b"hdrbody", 3))
+    a.send(P.Credit(7, 1, 5))
+    a.send(P.Data(9, b"x" * 5000))  # fragmented: reassembled, a Data as before
+    got = pump()
+    assert got[0] == (7, b"plain")
+    assert got[1] == P.Data(8, b"hdrbody", 3)
+    assert got[2] == P.Credit(7, 1, 5)
+    assert isinstance(got[3], P.Data) and bytes(got[3].payload) == b"x" * 5000
+    assert isinstance(b, Link) and sum(b.stats.dropped.values()) == 0
