@@ -77,3 +77,15 @@ def test_acquire_waits_and_cancel_returns_the_slot() -> None:
         assert lim.inflight() == 0
 
     asyncio.run(main())
+
+
+def test_has_room_respects_both_ceilings_and_the_queue() -> None:
+    lim = InflightLimits(per_connection=1, total=2)
+    assert lim.has_room(1)
+    lim.start(1)
+    assert not lim.has_room(1) and lim.has_room(2)  # per connection
+    lim.start(2)
+    assert not lim.has_room(3)  # total
+    lim.wait(3, lambda: None)
+    lim.finish(2)  # the slot goes to the waiter, not to a newcomer
+    assert not lim.has_room(4)
