@@ -227,7 +227,12 @@ class Dispatcher:
             return self.fail_call(spec, msgid, exc)
         if msgid is None:
             return None
-        return encode_response(msgid, result, self._packer)
+        try:
+            data: bytes = self._packer.pack([RESPONSE, msgid, None, result])
+        except (TypeError, ValueError, OverflowError):
+            self._packer.reset()
+            return encode_response(msgid, result, self._packer)  # BAD_RESULT
+        return data
 
     def dispatch_obj(self, msg: Any) -> bytes | PendingCall | None:
         """Dispatch one already-decoded msgpack value."""

@@ -144,3 +144,45 @@ def test_remote_error_from_wire_shapes() -> None:
     assert (e.code, e.message) == ("ERROR", "plain string")
     e = mux_rpc.RemoteError.from_wire([7, "seven"])
     assert (e.code, e.message) == ("7", "seven")
+
+
+def test_dispatch_inline_runs_sync_calls_and_defers_the_rest() -> None:
+    import msgpack
+
+    from mux_rpc import App
+    from mux_rpc._dispatch import DEFER, Dispatcher
+
+    app = App()
+
+    @app.method
+    def echo(x: object) -> object:
+        return x
+
+    @app.method
+    def bad() -> object:
+        return object()
+
+    @app.method
+    async def later() -> None:
+        return None
+
+    seen = []
+
+    @app.notification
+    def note(x: object) -> None:
+        seen.append(x)
+
+    d = Dispatcher(app)
+    assert msgpack.unpackb(d.dispatch_inline(msgpack.packb([0, 1, "echo", ["hi"]]))) == \
+        [1, 1, None, "hi"]
+    out = d.dispatch_inline(msgpack.packb([0, 2, "bad", []]))
+    assert isinstance(out, bytes) and msgpack.unpackb(out)[2]["code"] == "BAD_RESULT"
+    # the packer is usable after the failure
+    assert msgpack.unpackb(d.dispatch_inline(msgpack.packb([0, 3, "echo", [3]])))[3] == 3
+    assert d.dispatch_inline(msgpack.packb([2, "note", [1]])) is None and seen == [1]
+    for payload in (msgpack.packb([0, 4, "later", []]), msgpack.packb([0, 5, "nope", []]),
+                    msgpack.packb([2, "echo", [1]]),
+                    msgpack.packb([0, 6, "echo", []]), msgpack.packb([0, 7, b"echo", [1]]),
+                    msgpack.packb([0, -1, "echo", [1]]), msgpack.packb({"a": 1}), b"\xc1",
+                    msgpack.packb([0, 8, "echo", {"x": 1}])):
+        assert d.dispatch_inline(payload) is DEFER
