@@ -152,6 +152,7 @@ class FrameBackend(abc.ABC):
     # -- optional, with portable defaults ------------------------------------
     def flush(self) -> None:
         """Kick pending TX (needed after ``send_batch`` only if it returned early)."""
+        return None  # backends whose send_batch always kicks need nothing more
 
     def tx_pending(self) -> int:
         """Frames queued for TX that the kernel has not completed yet."""

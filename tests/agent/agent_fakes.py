@@ -177,7 +177,7 @@ class FakeHost:
                      timeout: float = 5.0) -> Any:
         deadline = self._loop.time() + timeout
         while True:
-            for i, (q, m) in enumerate(self.inbox):
+            for i, (_q, m) in enumerate(self.inbox):
                 if isinstance(m, kind) and (conn_id is None or m.conn_id == conn_id):
                     del self.inbox[i]
                     return m

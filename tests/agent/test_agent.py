@@ -151,7 +151,7 @@ def test_out_of_credit_connection_stops_reading_others_continue() -> None:
             # bounded: the agent holds at most one read's worth for A
             assert conn_a.accounted <= 256 * 1024 + 2 * 1004
             # credit resumes A, in order, exactly once
-            for k in range(8, 2000, 8):
+            for _k in range(8, 2000, 8):
                 host.send(P.Credit(a, 8, 8 * 1008))
                 got_a += await host.collect(P.Data, a, 8)
             host.send(P.Credit(a, 8, 8 * 1008))
@@ -375,7 +375,7 @@ def test_host_restart_resets_connections_and_listeners() -> None:
             conns = [await client(port) for _ in range(4)]
             await host.collect(P.NewConnection, None, 4)  # type: ignore[arg-type]
             host.restart()
-            for r, w in conns:
+            for r, _w in conns:
                 with contextlib.suppress(ConnectionError):
                     assert await asyncio.wait_for(r.read(), 5) == b""
             st = agent.statistics()

@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     while not stop and time.monotonic() < deadline:
         r, _, _ = select.select([l.fileno() for l in links], [], [], 0.05)
         now = time.monotonic()
-        for q, link in enumerate(links):
+        for link in links:
             for m in link.poll(64, now):
                 if isinstance(m, P.Listen):
                     links[0].send(P.ListenResult(m.listener_id, P.Status.OK, m.port or 40000))

@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python tests/host/measure_echo.py afxdp|shm CONNS PIPELINE SECONDS [prof]
 """
-import asyncio, struct, sys, time, subprocess, cProfile, pstats, os
+import asyncio, struct, sys, time, cProfile, pstats
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 LEN = struct.Struct("!I")
 

@@ -253,7 +253,7 @@ async def test_auto_consume_returns_credit_on_recv() -> None:
     lst = await host.listen(0, "length", auto_consume=True)
     await agent.send(0, P.NewConnection(5, lst.listener_id, "127.0.0.1", 1))
     conn = await lst.accept()
-    for i in range(6):  # three windows' worth, each returned as it is received
+    for _i in range(6):  # three windows' worth, each returned as it is received
         await agent.send(0, P.Data(5, b"x"))
         assert await conn.recv() == Message(b"x")
         await settle()

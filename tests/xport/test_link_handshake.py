@@ -134,7 +134,7 @@ def test_new_session_is_one_restart_and_resets_credit() -> None:
     a.on_peer_hello = lambda h, restarted: events.append((h.session, restarted))
     settle(a, b, clock)
     # many frames from b to a: a's cumulative posted count grows far beyond n
-    for i in range(500):
+    for _i in range(500):
         b.send(Data(1, bytes(600)))
     settle(a, b, clock)
     assert ab.statistics().rx_frames > 5 * n
@@ -143,7 +143,7 @@ def test_new_session_is_one_restart_and_resets_credit() -> None:
     b2, bb2 = _restart_b(a, ab, n, clock)
     assert b2.session != b.session
     # the new b floods a while a does not poll: only a's real free buffers may be used
-    for i in range(300):
+    for _i in range(300):
         b2.send(Data(1, bytes(600)))
     got_a, got_b2 = settle(a, b2, clock)
     assert events == [(b.session, False), (b2.session, True)]
@@ -214,7 +214,7 @@ def test_any_mix_of_restarts_and_traffic_never_overruns(ops: list[object], n: in
             b._queue_hello()
         else:
             assert isinstance(op, int)
-            for i in range(op):
+            for _i in range(op):
                 a.send(Data(1, bytes(300)))
                 b.send(Data(2, bytes(300)))
         got_a, got_b = settle(a, b, clock, steps=5)
