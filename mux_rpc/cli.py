@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import signal
 import sys
+import types
 from collections.abc import Callable, Sequence
 
 __all__ = ["build_parser", "main"]
@@ -26,6 +29,10 @@ subcommands:
   demo    end-to-end demo: veth pair, agent process, host echo service, TCP clients
   bench   benchmarks of the offload path against plain asyncio TCP
   stats   print the counters of running agents and hosts
+
+Ctrl-C (SIGINT) or SIGTERM tears down whatever a command brought up (agent,
+host processes, XDP program, veth pair, namespace); the exit status is then
+130 (SIGINT) or 143 (SIGTERM).
 """
 
 SERVE_EPILOG = """\
@@ -195,11 +202,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.verbose)
+    _terminate_on_sigterm()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except KeyboardInterrupt:
         return 130
+
+
+def _terminate_on_sigterm() -> None:
+    """SIGTERM raises SystemExit(143), so that ``with``/``finally`` teardown runs
+    (host process, agent, veth pair, stats directory) as it does on Ctrl-C,
+    instead of the process dying on the spot and orphaning its children.
+
+    A process forked from this one (pyroute2's netns helpers) inherits the
+    handler; there it exits at once without unwinding the parent's state."""
+    owner = os.getpid()
+
+    def on_term(signum: int, frame: types.FrameType | None) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        raise SystemExit(128 + signum)
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, on_term)
 
 
 def _setup_logging(verbose: int) -> None:
