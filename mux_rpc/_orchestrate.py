@@ -35,7 +35,6 @@ demo and ``mux-rpc serve``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import importlib
 import inspect
@@ -604,6 +603,8 @@ def serve_main(args: Any) -> int:
         print(f"serving on {bind}:{listener.port} ({framer})", flush=True)
         await serve_listener(app, listener)
 
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         run_offloaded(main, options=opts)
+    except KeyboardInterrupt:  # torn down on the way out, like SIGTERM (143)
+        return 130
     return 0

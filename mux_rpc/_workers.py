@@ -361,8 +361,8 @@ def serve_workers(args: Any, framer: str) -> int:
             print(f"serving on {bind}:{pool.port} ({framer}), {n} workers "
                   f"(pids {' '.join(str(w.proc.pid) for w in pool.workers)})", flush=True)
             return pool.wait()
-    except KeyboardInterrupt:
-        return 0
+    except KeyboardInterrupt:  # the pool is torn down by then
+        return 130
     except (RuntimeError, TimeoutError, OSError) as exc:
         print(f"mux-rpc serve: {exc}", file=sys.stderr)
         return 1

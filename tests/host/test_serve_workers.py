@@ -98,7 +98,7 @@ def test_serve_workers_spread_connections(tmp_path: Path) -> None:
         assert all(h["queues"] == 1 for h in hosts)  # each worker owns one queue
         assert len(agents) == 1 and agents[0]["queues"] == 2
         p.send_signal(signal.SIGINT)
-        assert p.wait(30) == 0
+        assert p.wait(30) == 130
     finally:
         if p.poll() is None:
             p.kill()
