@@ -778,7 +778,15 @@ def host_child_main() -> None:
         loop_holder[0].call_soon_threadsafe(commands.put_nowait, "stop")  # type: ignore[union-attr]
 
     def answer(obj: dict[str, Any]) -> None:
-        out.write(json.dumps(obj, default=str) + "\n")
+        try:
+            out.write(json.dumps(obj, default=str) + "\n")
+        except BrokenPipeError:
+            # the parent is gone (killed): nobody reads the answers any more, and
+            # the EOF on stdin stops us. Later writes and the final flush go to
+            # /dev/null instead of failing again with a traceback.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, out.fileno())
+            os.close(devnull)
 
     async def main() -> None:
         nonlocal commands
