@@ -241,7 +241,10 @@ class Connection(asyncio.Protocol):
             self.event(E.LIMIT_EXCEEDED, exc.code, f"host reply cannot be encoded: {exc}")
             return
         transport = self.transport
-        if transport is None:  # client already gone, CLOSED on its way
+        if transport is None or transport.is_closing():
+            # client already gone, CLOSED on its way; or a send to it failed and
+            # the transport closed itself, connection_lost not delivered yet
+            # (asyncio warns "socket.send() raised exception." on every write then)
             return
         transport.write(wire)
         self.tracker.wrote(len(wire), size)

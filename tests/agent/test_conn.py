@@ -181,6 +181,17 @@ def test_data_after_close_is_counted_not_written() -> None:
     assert owner.stats.host_errors["data_in_closed"] == 1
 
 
+def test_no_write_to_a_transport_that_closed_itself() -> None:
+    # a send to the client failed (reset): asyncio closed the transport and will
+    # call connection_lost soon; replies arriving meanwhile are not written
+    conn, owner, tr = make()
+    tr.aborted = True
+    conn.host_data(b"reply")
+    assert tr.written == b""
+    conn.connection_lost(ConnectionResetError("boom"))
+    assert owner.closed[0][:2] == (7, "peer_reset")
+
+
 def test_outbound_connect_reports_connected() -> None:
     conn, owner, _tr = make(outbound=True)
     assert owner.connected == [(7, True, "")] and owner.new == []
