@@ -373,7 +373,15 @@ class OffloadRuntime:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         log.info("starting agent: %s", " ".join(cmd))
-        self.agent_proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        from ._workers import _die_with_parent
+
+        # its own session: a Ctrl-C on the terminal reaches only us, and the
+        # teardown stops the agent after the host closed its connections (a
+        # SIGINT in the middle of the agent's imports was a traceback); it
+        # still dies with us if we are killed
+        self.agent_proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
+                                           start_new_session=True,
+                                           preexec_fn=_die_with_parent)  # noqa: PLW1509
 
     # -- exit ---------------------------------------------------------------------
     async def _stop(self) -> None:
