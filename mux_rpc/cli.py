@@ -202,30 +202,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.verbose)
-    _terminate_on_sigterm()
+    terminated = _terminate_on_sigterm()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        rc = func(args)
     except KeyboardInterrupt:
-        return 130
+        rc = 130
+    return 128 + signal.SIGTERM if terminated else rc
 
 
-def _terminate_on_sigterm() -> None:
-    """SIGTERM raises SystemExit(143), so that ``with``/``finally`` teardown runs
-    (host process, agent, veth pair, stats directory) as it does on Ctrl-C,
-    instead of the process dying on the spot and orphaning its children.
+def _terminate_on_sigterm() -> list[int]:
+    """Make SIGTERM do what Ctrl-C does, so that the same teardown runs (host
+    process, agent, veth pair, stats directory) instead of the process dying on
+    the spot and orphaning its children: the current SIGINT handler is called
+    (asyncio.Runner's cancels its main task; Python's raises KeyboardInterrupt).
+    Raising from the handler instead would not do: uvloop reports an exception
+    raised inside a protocol callback as a transport error and goes on.
 
+    Returns a list that is non-empty once SIGTERM came (exit status 143 then).
     A process forked from this one (pyroute2's netns helpers) inherits the
     handler; there it exits at once without unwinding the parent's state."""
     owner = os.getpid()
+    terminated: list[int] = []
 
     def on_term(signum: int, frame: types.FrameType | None) -> None:
         if os.getpid() != owner:
             os._exit(128 + signum)
-        raise SystemExit(128 + signum)
+        terminated.append(signum)
+        on_int = signal.getsignal(signal.SIGINT)
+        if callable(on_int):
+            on_int(signal.SIGINT, frame)
+        else:  # SIGINT ignored (a background job) or default: terminate all the same
+            raise KeyboardInterrupt
 
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, on_term)
+    return terminated
 
 
 def _setup_logging(verbose: int) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +72,53 @@ def test_bench_quick_json_has_every_cell(tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "host CPU per RPC, ratios" in p.stderr
 
+
+
+def _reset_signals() -> None:
+    # a shell that started pytest in the background leaves SIGINT ignored, and
+    # an ignored signal stays ignored across exec
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_demo_interrupted_under_load_leaves_nothing(tmp_path: Path, sig: int,
+                                                    status: int) -> None:
+    """Ctrl-C (or SIGTERM) in the middle of the load: exit 130 (143), no
+    traceback, and the host process, the agent, the veth pair and the stats
+    directory are all gone."""
+    afxdp_required()
+    from xport._topology import link_exists
+
+    env = dict(os.environ, MUX_RPC_STATS_DIR=str(tmp_path / "stats"), TMPDIR=str(tmp_path))
+    p = subprocess.Popen([sys.executable, "-m", "mux_rpc", "demo", "--short", "--backend",
+                          "afxdp", "--duration", "30"], cwd=REPO, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, preexec_fn=_reset_signals)  # noqa: PLW1509
+    pids: list[int] = []
+    ifname = ""
+    err = ""
+    try:
+        assert p.stderr is not None
+        for line in p.stderr:
+            err += line
+            if m := re.search(r"host pid (\d+), agent pid (\d+)", line):
+                pids = [int(m.group(1)), int(m.group(2))]
+                cmdline = Path(f"/proc/{pids[1]}/cmdline").read_bytes().split(b"\0")
+                ifname = cmdline[cmdline.index(b"--ifname") + 1].decode()
+            if "load " in line:  # the progress line: the clients are running
+                break
+        assert pids and ifname and link_exists(ifname), err
+        os.killpg(p.pid, sig)  # what the terminal does with Ctrl-C: the whole group
+        err += p.stderr.read()
+        assert p.wait(30) == status, err
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert "Traceback" not in err, err
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(
+            f"/proc/{pid}/status").read_bytes(), (pid, err)
+    assert not link_exists(ifname)
+    assert not list(tmp_path.glob("mux-rpc-stats-*")), err  # the host's stats directory
