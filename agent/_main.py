@@ -71,20 +71,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shm-name", metavar="BASE", help="shared-memory link name (backend shm)")
     p.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default=None,
                    help="XDP attach mode (default: native with several queues, else auto)")
-    p.add_argument("--max-connections", type=int, default=_D.max_connections)
+    p.add_argument("--max-connections", type=int, default=_D.max_connections, metavar="N",
+                   help="live TCP connections at most; a client beyond is closed at once "
+                        "(default %(default)s)")
     p.add_argument("--max-message-size", type=int, default=_D.max_message_size,
-                   metavar="BYTES")
+                   metavar="BYTES", help="largest message from a client or the host, "
+                                         "header included (default %(default)s)")
     p.add_argument("--window-messages", type=int, default=_D.initial_window_messages,
-                   help="per-connection window granted to the host, messages")
+                   metavar="N", help="per-connection window granted to the host, messages "
+                                     "(default %(default)s)")
     p.add_argument("--window-bytes", type=int, default=_D.initial_window_bytes,
+                   metavar="BYTES",
                    help="per-connection window granted to the host, bytes (announced in "
-                        "HELLO; >= --max-message-size)")
+                        "HELLO; >= --max-message-size; default %(default)s)")
     p.add_argument("--max-buffered", type=int, default=_D.max_buffered_total,
                    metavar="BYTES", help="client bytes buffered over all connections")
     p.add_argument("--keepalive", type=float, default=_D.keepalive_interval,
-                   metavar="SECONDS")
+                   metavar="SECONDS",
+                   help="KEEPALIVE interval on an idle link (default %(default)s)")
     p.add_argument("--keepalive-timeout", type=float, default=_D.keepalive_timeout,
-                   metavar="SECONDS")
+                   metavar="SECONDS",
+                   help="silence from the host after which its link is lost and its "
+                        "connections reset (default %(default)s)")
     p.add_argument("--tls-cert", metavar="PEM", help="default TLS certificate for LISTEN")
     p.add_argument("--tls-key", metavar="PEM", help="default TLS key for LISTEN")
     p.add_argument("--allow-non-loopback", action="store_true",

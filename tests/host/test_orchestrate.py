@@ -34,6 +34,7 @@ async def _bring_up_and_echo(rt: OffloadRuntime) -> dict[str, object]:
             await asyncio.sleep(0.01)
         seen["echo"] = [bytes(m.payload) for m in rt.host._early.get(7, [])]  # type: ignore[attr-defined]
         seen["agent_pid"] = rt.agent_proc.pid if rt.agent_proc else None
+        seen["shm_base"] = rt._shm_base
         proc = rt.agent_proc
     seen["agent_rc"] = proc.poll() if proc else None
     return seen
@@ -67,7 +68,8 @@ def test_shm_runtime_up_and_down() -> None:
     seen = asyncio.run(_bring_up_and_echo(OffloadRuntime(opts)))
     assert seen["backend"] == "shm" and seen["echo"] == [b"ping"]
     assert seen["agent_rc"] is not None
-    assert not list(Path("/dev/shm").glob("muxshm-mux*"))
+    # this runtime's ring files only: another test run may have its own meanwhile
+    assert seen["shm_base"] and not list(Path("/dev/shm").glob(f"muxshm-{seen['shm_base']}*"))
 
 
 def test_agent_that_dies_fails_startup_fast() -> None:
