@@ -527,14 +527,25 @@ async def _run_app(main: Any, host: Host, port: int, framer: str | None) -> Any:
     raise TypeError(f"cannot run {main!r} offloaded")
 
 
+class AppSpecError(Exception):
+    """``mux-rpc serve APP``: APP cannot be loaded or is not servable."""
+
+
 def _load_app(spec: str) -> Any:
     mod_name, _, attr = spec.partition(":")
     if not mod_name or not attr:
-        raise SystemExit(f"APP must be module:attribute, got {spec!r}")
+        raise AppSpecError(f"APP must be module:attribute, got {spec!r}")
     sys.path.insert(0, os.getcwd())
-    obj: Any = importlib.import_module(mod_name)
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except ImportError as exc:  # the module, or something it imports, is missing
+        raise AppSpecError(f"cannot import {mod_name!r} (APP {spec!r}): {exc}") from exc
     for part in attr.split("."):
-        obj = getattr(obj, part)
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AppSpecError(f"{mod_name!r} has no attribute {attr!r} (APP {spec!r})"
+                               ) from None
     return obj
 
 
@@ -587,13 +598,17 @@ def _resolve_app(app: Any) -> tuple[str, Any]:
             app = app()
             continue
         break
-    raise SystemExit(f"mux-rpc serve: {app!r} is neither an App, an object with "
-                     "async serve(listener), an async callable per connection, nor a factory")
+    raise AppSpecError(f"{app!r} is neither an App, an object with async serve(listener), "
+                       "an async callable per connection, nor a factory")
 
 
 def serve_main(args: Any) -> int:
     """``mux-rpc serve``."""
-    _, app = _resolve_app(_load_app(args.app))
+    try:
+        _, app = _resolve_app(_load_app(args.app))
+    except AppSpecError as exc:  # before anything is brought up: nothing to tear down
+        print(f"mux-rpc serve: {exc}", file=sys.stderr)
+        return 2
     framer = args.framer or default_framer(app)
     if args.workers < 1:
         print(f"mux-rpc serve: --workers must be >= 1, got {args.workers}", file=sys.stderr)

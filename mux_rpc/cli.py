@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import types
 from collections.abc import Callable, Sequence
 
@@ -202,16 +203,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.verbose)
-    terminated = _terminate_on_sigterm()
+    terminated, restore = _terminate_on_sigterm()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         rc = func(args)
     except KeyboardInterrupt:
         rc = 130
+    finally:
+        restore()  # main() called as a function (tests) leaves SIGTERM as it was
     return 128 + signal.SIGTERM if terminated else rc
 
 
-def _terminate_on_sigterm() -> list[int]:
+def _terminate_on_sigterm() -> tuple[list[int], Callable[[], object]]:
     """Make SIGTERM do what Ctrl-C does, so that the same teardown runs (host
     process, agent, veth pair, stats directory) instead of the process dying on
     the spot and orphaning its children: the current SIGINT handler is called
@@ -219,7 +222,8 @@ def _terminate_on_sigterm() -> list[int]:
     Raising from the handler instead would not do: uvloop reports an exception
     raised inside a protocol callback as a transport error and goes on.
 
-    Returns a list that is non-empty once SIGTERM came (exit status 143 then).
+    Returns a list that is non-empty once SIGTERM came (exit status 143 then)
+    and a function that puts the previous handler back.
     A process forked from this one (pyroute2's netns helpers) inherits the
     handler; there it exits at once without unwinding the parent's state."""
     owner = os.getpid()
@@ -235,9 +239,11 @@ def _terminate_on_sigterm() -> list[int]:
         else:  # SIGINT ignored (a background job) or default: terminate all the same
             raise KeyboardInterrupt
 
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, on_term)
-    return terminated
+    prev = signal.getsignal(signal.SIGTERM)
+    if prev is not signal.SIG_DFL or threading.current_thread() is not threading.main_thread():
+        return terminated, lambda: None
+    signal.signal(signal.SIGTERM, on_term)
+    return terminated, lambda: signal.signal(signal.SIGTERM, prev)
 
 
 def _setup_logging(verbose: int) -> None:

@@ -47,6 +47,18 @@ def test_serve_workers_bad_arguments_exit_2(extra: list[str],
     assert "mux-rpc serve:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("app", "said"), [
+    ("nonexistent.module:app", "cannot import 'nonexistent.module'"),
+    ("tests.host._echo_app:nope", "has no attribute 'nope'"),
+    ("tests.host._echo_app", "APP must be module:attribute"),
+])
+def test_serve_bad_app_is_one_line_exit_2(app: str, said: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", app]) == 2  # before any veth pair or agent exists
+    err = capsys.readouterr().err
+    assert err.startswith("mux-rpc serve: ") and said in err and err.count("\n") == 1, err
+
+
 async def _calls(port: int, conns: int, calls: int) -> list[list[object]]:
     async def one(i: int) -> list[object]:
         async with await mux_rpc.Client.connect("127.0.0.1", port) as c:
