@@ -18,10 +18,13 @@ Layers, bottom up:
 
 The AF_XDP names need the compiled extension ``xport._xsk_cffi`` (built by
 ``scripts/setup.sh``); without it they are absent and
-:data:`AFXDP_IMPORT_ERROR` says why, while everything else works.
+:data:`AFXDP_IMPORT_ERROR` says why, while everything else works. They and the
+topology names (pyroute2) are imported on first use, not by ``import xport``.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from ._afpacket import ETH_P_MUX, AfPacketBackend
 from ._backend import BackendStats, BufferReleasedError, FrameBackend, RxFrame, TxSlot
@@ -49,17 +52,40 @@ from ._protocol import (
     make_data,
 )
 from ._shm import ShmBackend
-from ._topology import LinkEnd, VethPair, install_cleanup_handlers
 from ._wire import ETHERTYPE, WireError
 
-AFXDP_IMPORT_ERROR: str | None
-try:
+if TYPE_CHECKING:
     from ._afxdp import AfXdpBackend
     from ._bpfload import XdpProgram
-except ImportError as _exc:  # extension not built, or libxdp missing
-    AFXDP_IMPORT_ERROR = f"{type(_exc).__name__}: {_exc}"
-else:
-    AFXDP_IMPORT_ERROR = None
+    from ._topology import LinkEnd, VethPair, install_cleanup_handlers
+
+    AFXDP_IMPORT_ERROR: str | None
+
+_TOPOLOGY_NAMES = frozenset({"LinkEnd", "VethPair", "install_cleanup_handlers"})
+_AFXDP_NAMES = frozenset({"AfXdpBackend", "XdpProgram", "AFXDP_IMPORT_ERROR"})
+
+
+def __getattr__(name: str) -> Any:
+    """The names that need pyroute2 (topology) or the cffi extension (AF_XDP)
+    are imported on first use: ``import xport`` - and so ``import mux_rpc`` and
+    ``mux-rpc --help`` - loads neither."""
+    g = globals()
+    if name in _TOPOLOGY_NAMES:
+        from . import _topology
+
+        g.update({n: getattr(_topology, n) for n in _TOPOLOGY_NAMES})
+    elif name in _AFXDP_NAMES:
+        try:
+            from ._afxdp import AfXdpBackend
+            from ._bpfload import XdpProgram
+        except ImportError as exc:  # extension not built, or libxdp missing
+            g["AFXDP_IMPORT_ERROR"] = f"{type(exc).__name__}: {exc}"
+        else:
+            g.update(AfXdpBackend=AfXdpBackend, XdpProgram=XdpProgram, AFXDP_IMPORT_ERROR=None)
+    if name in g:
+        return g[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AFXDP_IMPORT_ERROR",

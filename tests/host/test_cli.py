@@ -91,3 +91,18 @@ def test_stats_reads_a_running_host(tmp_path, monkeypatch, capsys) -> None:  # t
     assert "messages_in" in out and "42" in out and "close_reasons.peer_reset" in out
     assert '"messages_in": 42' in out
     assert not list(tmp_path.glob("*.sock"))
+
+
+def test_help_loads_neither_cffi_nor_pyroute2() -> None:
+    """``import mux_rpc`` and ``mux-rpc --help`` (fresh interpreter) import no cffi
+    extension, no pyroute2 and no agent: those come with the commands that use them."""
+    code = ("import sys\nfrom mux_rpc import cli\ntry:\n    cli.main(['--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=30, check=True)
+    loaded = set(r.stderr.split())
+    banned = {m for m in loaded if m.split(".")[0] in ("pyroute2", "_cffi_backend", "cffi",
+                                                       "agent")
+              or m.startswith(("xport._xsk", "xport._afxdp", "xport._topology"))}
+    assert not banned, sorted(banned)
