@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from conftest import afxdp_required
 
+from mux_rpc._workers import _die_with_parent as die_with_parent
+
 pytestmark = pytest.mark.afxdp  # root and a veth pair, like the AF_XDP tests
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +30,8 @@ def test_agent_over_afpacket() -> None:
         backend = AfPacketBackend.open(veth.host.ifname)
         agent = subprocess.Popen(
             [sys.executable, "-m", "agent", "--ifname", veth.agent.ifname, "--backend",
-             "afpacket", "--no-stats-socket"], cwd=REPO, stdin=subprocess.DEVNULL)
+             "afpacket", "--no-stats-socket"], cwd=REPO, stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent)  # noqa: PLW1509 - no agent outlives a killed pytest
         try:
             asyncio.run(asyncio.wait_for(_echo(backend), 30))
             agent.terminate()

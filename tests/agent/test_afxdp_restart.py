@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 from conftest import afxdp_required
 
+from mux_rpc._workers import _die_with_parent as die_with_parent
+
 pytestmark = pytest.mark.afxdp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +69,8 @@ class Topo:
         self.agent = subprocess.Popen(
             [sys.executable, "-m", "agent", "--ifname", self.veth.agent.ifname,
              "--queues", str(self.queues), "--backend", "afxdp", "--keepalive", str(KA),
-             "--keepalive-timeout", str(KA_TIMEOUT)], env=env, stdin=subprocess.DEVNULL)
+             "--keepalive-timeout", str(KA_TIMEOUT)], env=env, stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent)  # noqa: PLW1509 - no agent outlives a killed pytest
         return self.agent
 
     def agent_stats(self) -> dict[str, Any]:

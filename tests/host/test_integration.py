@@ -15,6 +15,7 @@ from mux_rpc._offload import Host, OffloadConnection
 from mux_rpc._offload_errors import ConnectionClosedError
 from mux_rpc._orchestrate import OffloadOptions, OffloadRuntime
 from mux_rpc._stats import read_stats
+from mux_rpc._workers import _die_with_parent as die_with_parent
 from tests.conftest import afxdp_required
 
 LEN = struct.Struct("!I")
@@ -166,7 +167,8 @@ def _serve_cli(backend: str, app: str, tmp_path: Path) -> str:
     log = open(tmp_path / "serve.log", "w")
     p = subprocess.Popen([sys.executable, "-m", "mux_rpc", "-v", "serve", app, "--port", "0",
                           "--backend", backend, "--queues", "2"],
-                         stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+                         stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                         preexec_fn=die_with_parent)  # noqa: PLW1509
     try:
         assert p.stdout is not None
         line = p.stdout.readline()  # "serving on 127.0.0.1:PORT (length)"
@@ -213,7 +215,8 @@ def test_attach_to_existing_interface(tmp_path: Path) -> None:
 
     with VethPair(queues=2) as pair:
         agent = subprocess.Popen([sys.executable, "-m", "agent", "--ifname", pair.agent.ifname,
-                                  "--queues", "2", "--no-stats-socket"])
+                                  "--queues", "2", "--no-stats-socket"],
+                                 preexec_fn=die_with_parent)  # noqa: PLW1509
         try:
             async def main() -> None:
                 await asyncio.sleep(1.0)  # the agent is up and has said HELLO long ago

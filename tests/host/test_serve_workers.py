@@ -19,6 +19,7 @@ import pytest
 import mux_rpc
 from mux_rpc._orchestrate import OffloadOptions, OffloadRuntime, default_framer
 from mux_rpc._stats import read_stats
+from mux_rpc._workers import _die_with_parent
 from mux_rpc.cli import build_parser, main
 from tests.conftest import afxdp_required
 from tests.host import _echo_app
@@ -90,7 +91,8 @@ def test_serve_workers_spread_connections(tmp_path: Path) -> None:
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
     p = subprocess.Popen([sys.executable, "-m", "mux_rpc", "-v", "serve",
                           "examples.kv_service:app", "--workers", "2", "--port", "0"],
-                         cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                         preexec_fn=_die_with_parent)  # noqa: PLW1509
     worker_pids: list[int] = []
     try:
         assert p.stdout is not None
