@@ -56,8 +56,9 @@ class AgentConfig:
     """Seconds without anything from the host before its link is declared lost
     and every connection on it is reset with reason ``link_lost``."""
 
-    use_uvloop: bool = False
-    """Run the entry point's event loop on uvloop when it is installed."""
+    use_uvloop: bool = True
+    """Run the entry point's event loop on uvloop when it is installed (the
+    standard asyncio loop otherwise)."""
 
     allow_non_loopback: bool = False
     """Allow LISTEN/CONNECT on addresses other than loopback. Off by default:

@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="PEM", help="default TLS key for LISTEN")
     p.add_argument("--allow-non-loopback", action="store_true",
                    help="allow LISTEN/CONNECT on addresses other than loopback")
-    p.add_argument("--uvloop", action="store_true", help="run on uvloop if installed")
+    p.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the event loop on uvloop when it is installed (default: yes; "
+                        "--no-uvloop for the standard asyncio loop)")
     p.add_argument("--no-stats-socket", dest="stats_socket", action="store_false",
                    help="do not serve counters on a UNIX socket")
     p.add_argument("-v", "--verbose", action="count", default=0,
@@ -308,10 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cfg.use_uvloop:
             try:
                 import uvloop
-
-                return int(uvloop.run(_run(args, cfg, links)))
             except ImportError:
-                log.warning("uvloop not installed: using asyncio")
+                log.info("uvloop not installed: using the asyncio event loop")
+            else:
+                return int(uvloop.run(_run(args, cfg, links)))
         return asyncio.run(_run(args, cfg, links))
     except KeyboardInterrupt:
         return 130
