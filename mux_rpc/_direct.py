@@ -29,6 +29,7 @@ from typing import Any, Literal, Self, cast
 
 import msgpack
 
+from ._calls import finish_pending
 from ._dispatch import Dispatcher, PendingCall, ProtocolError
 from ._limits import InflightLimits
 from ._server import ServerConfig, ServerStats
@@ -189,18 +190,10 @@ class _DirectProtocol(asyncio.Protocol):
     async def _run_call(self, call: PendingCall) -> None:
         server = self.server
         try:
-            timeout = call.spec.timeout if call.spec.timeout is not None else server.config.call_timeout
-            try:
-                if timeout is None:
-                    result = await call.coro
-                else:
-                    async with asyncio.timeout(timeout):
-                        result = await call.coro
-            except Exception as exc:  # noqa: BLE001 - becomes the error response
+            reply, failed = await finish_pending(server.dispatcher, call,
+                                                 server.config.call_timeout)
+            if failed:
                 server.stats.handler_failures += 1
-                reply = server.dispatcher.fail(call, exc)
-            else:
-                reply = server.dispatcher.complete(call, result)
             if reply is not None and not self.closed:
                 self.out.append(reply)
                 if not self.flush_scheduled:

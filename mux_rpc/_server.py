@@ -38,6 +38,7 @@ from ._conn import (
     MessageConnection,
     MessageListener,
 )
+from ._calls import finish_pending
 from ._dispatch import DEFER, Dispatcher, PendingCall, ProtocolError
 from ._limits import InflightLimits
 from ._offload import HOOK_DEFER, HOOK_DONE, HOOK_OWNED
@@ -279,18 +280,9 @@ class Server:
         nbytes: int,
     ) -> None:
         try:
-            timeout = call.spec.timeout if call.spec.timeout is not None else self.config.call_timeout
-            try:
-                if timeout is None:
-                    result = await call.coro
-                else:
-                    async with asyncio.timeout(timeout):
-                        result = await call.coro
-            except Exception as exc:  # noqa: BLE001 - becomes the error response
+            reply, failed = await finish_pending(self.dispatcher, call, self.config.call_timeout)
+            if failed:
                 self.stats.handler_failures += 1
-                reply = self.dispatcher.fail(call, exc)
-            else:
-                reply = self.dispatcher.complete(call, result)
             if reply is not None:
                 try:
                     await conn.send(reply)

@@ -437,9 +437,7 @@ class AfPacketBackend(FrameBackend):
 
     def statistics(self) -> BackendStats:
         self._poll_kernel_stats()
-        st = self._stats
-        return BackendStats(st.tx_frames, st.tx_bytes, st.rx_frames, st.rx_bytes,
-                            st.tx_ring_full, st.rx_dropped, st.rx_fill_empty, dict(st.extra))
+        return self._stats.snapshot()
 
     @property
     def mode(self) -> str:

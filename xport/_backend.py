@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import abc
 import select
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 __all__ = ["BackendStats", "FrameBackend", "RxFrame", "TxSlot", "BufferReleasedError"]
@@ -59,6 +59,10 @@ class BackendStats:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def snapshot(self) -> "BackendStats":
+        """A copy the caller may keep while the backend goes on counting."""
+        return replace(self, extra=dict(self.extra))
 
 
 class RxFrame:

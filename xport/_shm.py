@@ -495,9 +495,7 @@ class ShmBackend(FrameBackend):
         return self._tx.in_flight()
 
     def statistics(self) -> BackendStats:
-        st = self._stats
-        return BackendStats(st.tx_frames, st.tx_bytes, st.rx_frames, st.rx_bytes,
-                            st.tx_ring_full, st.rx_dropped, st.rx_fill_empty, dict(st.extra))
+        return self._stats.snapshot()
 
     @property
     def mode(self) -> str:
