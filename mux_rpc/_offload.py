@@ -242,23 +242,11 @@ class _HostReceiveWindow(ReceiveWindow):
 
     __slots__ = ()
 
-    def on_consumed(self, nbytes: int) -> tuple[int, int] | None:
-        if self.buffered_messages < 1 or nbytes > self.buffered_bytes:
-            raise ValueError("consumed more than was received")
-        self.buffered_messages -= 1
-        self.buffered_bytes -= nbytes
-        self.pending_messages += 1
-        self.pending_bytes += nbytes
-        if (self.buffered_messages == 0
+    def _grant_due(self) -> bool:
+        return (self.buffered_messages == 0
                 or self.pending_messages * 2 >= self.window_messages
                 or self.pending_bytes * 2 >= self.window_bytes
-                or self.outstanding_messages < 1):
-            m, b = self.pending_messages, self.pending_bytes
-            self.pending_messages = self.pending_bytes = 0
-            self.outstanding_messages += m
-            self.outstanding_bytes += b
-            return m, b
-        return None
+                or self.outstanding_messages < 1)
 
 
 
@@ -446,14 +434,9 @@ class OffloadConnection:
             self._host._credit_later(self)
 
     def _grant_pending(self) -> None:
-        w = self._rwin
-        m, b = w.pending_messages, w.pending_bytes
-        if not m and not b:
-            return
-        w.pending_messages = w.pending_bytes = 0
-        w.outstanding_messages += m
-        w.outstanding_bytes += b
-        self._host._send_credit(self.queue, self.conn_id, m, b)
+        m, b = self._rwin.take_pending()
+        if m or b:
+            self._host._send_credit(self.queue, self.conn_id, m, b)
 
     # -- internals ----------------------------------------------------------------
 

@@ -48,11 +48,10 @@ import math
 import mmap
 import socket
 import struct
-import threading
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 from ._backend import BackendStats, Buffer, FrameBackend, RxFrame, TxSlot
+from ._netns import run_in_netns
 from ._ring import U32_MASK, ReleaseTracker
 
 log = logging.getLogger("xport.afpacket")
@@ -102,31 +101,6 @@ def _ring_geometry(frame_size: int, frame_count: int) -> tuple[int, int]:
     return block, frame_count // per
 
 
-_T = TypeVar("_T")
-
-
-def _in_netns(ns: str | None, fn: Callable[[], _T]) -> _T:
-    """Run ``fn()`` in network namespace ``ns`` (None: here) and return its result."""
-    if ns is None:
-        return fn()
-    from pyroute2 import netns as _netns
-
-    out: list[_T] = []
-    err: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            _netns.setns(ns)
-            out.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            err.append(exc)
-
-    t = threading.Thread(target=run, name=f"afpacket-setns-{ns}")
-    t.start()
-    t.join()
-    if err:
-        raise err[0]
-    return out[0]
 
 
 class AfPacketBackend(FrameBackend):
@@ -206,7 +180,7 @@ class AfPacketBackend(FrameBackend):
                 raise
             return s, mtu
 
-        sock, mtu = _in_netns(netns, make)
+        sock, mtu = run_in_netns(netns, make)
         try:
             return cls(sock, ifname=ifname, mtu=mtu, frame_size=frame_size,
                        rx_frames=frame_count, tx_frames=txn)

@@ -30,14 +30,14 @@ import logging
 import select
 import socket
 import struct
-import threading
 import time
 from array import array
-from collections.abc import Callable, Sequence
-from typing import Literal, TypeVar
+from collections.abc import Sequence
+from typing import Literal
 
 from xport._backend import BackendStats, Buffer, FrameBackend, RxFrame, TxSlot
 from xport._bpfload import AttachMode, XdpProgram
+from xport._netns import run_in_netns
 from xport._umem import Umem, UmemLayout, XskSocket
 from xport._xsk import ffi
 
@@ -45,7 +45,6 @@ __all__ = ["AfXdpBackend"]
 
 log = logging.getLogger("xport.afxdp")
 
-_T = TypeVar("_T")
 
 ETH_HLEN = 14
 _SIOCGIFMTU = 0x8921
@@ -58,28 +57,6 @@ def interface_mtu(ifname: str) -> int:
         req = struct.pack("16si", ifname.encode()[:15], 0)
         res = fcntl.ioctl(s.fileno(), _SIOCGIFMTU, req)
     return int(struct.unpack("16si", res)[1])
-
-
-def _in_netns(ns: str, fn: Callable[[], _T]) -> _T:
-    """``fn()`` run by a throwaway thread inside namespace ``ns`` (setns moves one thread)."""
-    from pyroute2 import netns as _netns
-
-    out: list[_T] = []
-    err: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            _netns.setns(ns, flags=0)  # never create it
-            out.append(fn())
-        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller)
-            err.append(exc)
-
-    t = threading.Thread(target=run, name=f"afxdp-open-{ns}")
-    t.start()
-    t.join()
-    if err:
-        raise err[0]
-    return out[0]
 
 
 class AfXdpBackend(FrameBackend):
@@ -147,7 +124,7 @@ class AfXdpBackend(FrameBackend):
         namespace. (A process that has itself entered the namespace passes None.)
         """
         if netns is not None:
-            return _in_netns(netns, lambda: cls.open(
+            return run_in_netns(netns, lambda: cls.open(
                 ifname, queue_id, frame_count=frame_count, frame_size=frame_size,
                 rx_size=rx_size, tx_size=tx_size, mode=mode, zerocopy=zerocopy,
                 busy_poll=busy_poll, xskmap_fd=xskmap_fd, bpf=bpf))

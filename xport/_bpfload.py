@@ -34,12 +34,11 @@ import logging
 import os
 import pathlib
 import socket
-import threading
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Self
 
+from xport._netns import run_in_netns
 from xport._xsk import check, check_ptr, ffi, lib, libbpf_log, oserror
 
 __all__ = ["DEFAULT_OBJECT", "AttachMode", "XdpAttachment", "XdpProgram", "attached_prog_id"]
@@ -76,29 +75,6 @@ _THREAD_NETNS = "/proc/thread-self/ns/net"
 
 def _current_netns_ino() -> int:
     return os.stat(_THREAD_NETNS).st_ino
-
-
-def _in_netns(fd: int, fn: Callable[[], None]) -> None:
-    """Run ``fn`` in a throwaway thread that entered the namespace ``fd``.
-
-    setns(2) moves only the calling thread, so the rest of the process stays put.
-    """
-    from pyroute2 import netns
-
-    err: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            netns.setns(fd)
-            fn()
-        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller below)
-            err.append(exc)
-
-    t = threading.Thread(target=run, name="xdp-detach-netns")
-    t.start()
-    t.join()
-    if err:
-        raise err[0]
 
 
 def _ifindex(ifname_or_index: str | int) -> tuple[int, str]:
@@ -147,7 +123,7 @@ def _detach(att: XdpAttachment, prog_id: int) -> None:
     try:
         if att.netns_fd >= 0 and _current_netns_ino() != att.netns_ino:
             # an ifindex means nothing in another namespace: go back to the original one
-            _in_netns(att.netns_fd, lambda: _detach_here(att, prog_id))
+            run_in_netns(att.netns_fd, lambda: _detach_here(att, prog_id))
         else:
             _detach_here(att, prog_id)
     finally:

@@ -175,7 +175,7 @@ class ReceiveWindow:
 
     def initial_grant(self) -> tuple[int, int]:
         """The first CREDIT for a new connection: everything pending (the whole window)."""
-        return self._take()
+        return self.take_pending()
 
     def on_received(self, nbytes: int) -> None:
         """A message of ``nbytes`` arrived; raise if the sender exceeded its credit (§5.3)."""
@@ -200,17 +200,26 @@ class ReceiveWindow:
         self.buffered_bytes -= nbytes
         self.pending_messages += 1
         self.pending_bytes += nbytes
-        if (
+        if self._grant_due():
+            return self.take_pending()
+        return None
+
+    def _grant_due(self) -> bool:
+        """The grant rule: is what is pending worth a CREDIT now?
+
+        Subclasses may batch differently; every rule must still grant when
+        the sender may be blocked, or the window could deadlock.
+        """
+        return (
             self.pending_messages >= self._threshold_m
             or self.pending_bytes >= self._threshold_b
             # §5.2: the sender may be blocked: return what is pending now
             or self.outstanding_messages < 1
             or self.outstanding_bytes < self.max_message_size
-        ):
-            return self._take()
-        return None
+        )
 
-    def _take(self) -> tuple[int, int]:
+    def take_pending(self) -> tuple[int, int]:
+        """Grant everything pending now: ``(messages, bytes)``, possibly ``(0, 0)``."""
         m, b = self.pending_messages, self.pending_bytes
         self.pending_messages = self.pending_bytes = 0
         self.outstanding_messages += m

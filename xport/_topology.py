@@ -33,6 +33,8 @@ from typing import Any, Callable
 
 from pyroute2 import IPRoute, NetNS, netns
 
+from ._netns import run_in_netns
+
 log = logging.getLogger("xport.topology")
 
 __all__ = ["VethPair", "LinkEnd", "install_cleanup_handlers", "link_exists", "random_suffix"]
@@ -65,49 +67,8 @@ def _disable_ipv6(ifname: str, ns: str | None) -> None:
     if ns is None:
         _write_sysctl(path)
         return
-    # /proc/sys/net reflects the namespace of the process reading it: write it
-    # from a short-lived thread that has entered the namespace.
-    err: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            netns.setns(ns)
-            _write_sysctl(path)
-        except BaseException as exc:  # reported to the caller below
-            err.append(exc)
-
-    # A thread that called setns stays in that namespace; a throwaway thread
-    # keeps the rest of the process where it was.
-    t = threading.Thread(target=run, name=f"setns-{ns}")
-    t.start()
-    t.join()
-    if err:
-        raise err[0]
-
-
-def _in_namespace(ns_fd: int | None, fn: Callable[[], None]) -> None:
-    """Run ``fn`` in a throwaway thread that entered the namespace ``ns_fd``.
-
-    setns(2) moves only the calling thread; using a new thread leaves the
-    caller where it is. ``None`` runs ``fn`` right here.
-    """
-    if ns_fd is None:
-        fn()
-        return
-    err: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            netns.setns(ns_fd)
-            fn()
-        except BaseException as exc:  # re-raised in the caller below
-            err.append(exc)
-
-    t = threading.Thread(target=run, name="veth-home-ns")
-    t.start()
-    t.join()
-    if err:
-        raise err[0]
+    # /proc/sys/net reflects the namespace of the thread reading it
+    run_in_netns(ns, lambda: _write_sysctl(path))
 
 
 def _write_sysctl(path: str) -> None:
@@ -202,7 +163,7 @@ class VethPair:
         """Remove the pair and the namespace. Idempotent; never raises."""
         if self._created_link:
             try:
-                _in_namespace(self._home_ns_fd, self._delete_agent_end)
+                run_in_netns(self._home_ns_fd, self._delete_agent_end)
             except Exception as exc:  # teardown must go on with the netns
                 log.warning("removing veth %s: %s", self._agent_name, exc)
             self._created_link = False
