@@ -73,7 +73,7 @@ def test_accept_forward_reply_close() -> None:
 
 
 def test_accept_forward_reply_close_on_uvloop() -> None:
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop  # installed by scripts/setup.sh; the agent's default loop
 
     async def main() -> None:
         await asyncio.wait_for(_accept_forward_reply_close(), 30)

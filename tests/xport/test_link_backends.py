@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import tempfile
 
-import pytest
 
 from xport._link import Link, LinkConfig
 from xport._protocol import Data, Role
 
 
 def test_link_over_shm_backend() -> None:
-    shm = pytest.importorskip("xport._shm")
+    from xport import _shm as shm
     with tempfile.TemporaryDirectory() as d:
         name = f"linktest{os.getpid()}"
         a_be = shm.ShmBackend.create(name, slots=8, frame_size=2048, directory=d)
