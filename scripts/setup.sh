@@ -53,6 +53,11 @@ fi
 # 2b. framing's optional C accelerator (rebuilds only when its source changed;
 #     framing falls back to pure Python without it)
 "$VPY" framing/_speedups_build.py
+# 2c. the link's and the RPC dispatcher's C accelerators (same rules: rebuilt
+#     when their source changed; pure-Python fallbacks without them)
+for accel in xport/_linkfast_build.py mux_rpc/_rpcfast_build.py; do
+    if [[ -f $accel ]]; then "$VPY" "$accel"; fi
+done
 
 # 3. cffi extension over libxdp/libbpf ----------------------------------------
 if [[ -f xport/_xsk_build.py ]]; then
