@@ -43,7 +43,7 @@ on ``code`` and show ``message``. Codes:
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -184,6 +184,8 @@ class Dispatcher:
         self._methods = app.methods
         self._notifications = app.notifications
         self._packer = _new_packer()  # one per dispatcher: a Packer is not thread-safe
+        self.inline_handled = 0
+        """Messages :meth:`dispatch_many` handled inline, over this dispatcher's life."""
 
     def dispatch(self, payload: bytes) -> bytes | PendingCall | None:
         """Decode and dispatch one whole message (see the module doc)."""
@@ -233,6 +235,33 @@ class Dispatcher:
             self._packer.reset()
             return encode_response(msgid, result, self._packer)  # BAD_RESULT
         return data
+
+    def dispatch_many(
+        self, payloads: Sequence[bytes], start: int = 0
+    ) -> tuple[list[bytes], int]:
+        """:meth:`dispatch_inline` over ``payloads[start:]``, in order, for a batch.
+
+        Returns ``(replies, stop)``: the replies of the messages handled (in
+        order; notifications add none) and the index of the first message that
+        :meth:`dispatch_inline` would have answered with :data:`DEFER` — nothing
+        was called for it, and the caller sends ``payloads[stop:]`` down the
+        slow path (then may call again with ``start=stop + 1``). ``stop`` is
+        ``len(payloads)`` when none deferred; ``stop - start`` messages were
+        handled (:attr:`inline_handled` counts them all)."""
+        replies: list[bytes] = []
+        inline = self.dispatch_inline
+        append = replies.append
+        n = len(payloads)
+        i = start
+        while i < n:
+            out = inline(payloads[i])
+            if out is DEFER:
+                break
+            if out is not None:
+                append(out)  # type: ignore[arg-type]
+            i += 1
+        self.inline_handled += i - start
+        return replies, i
 
     def dispatch_obj(self, msg: Any) -> bytes | PendingCall | None:
         """Dispatch one already-decoded msgpack value."""

@@ -186,3 +186,34 @@ def test_dispatch_inline_runs_sync_calls_and_defers_the_rest() -> None:
                     msgpack.packb([0, -1, "echo", [1]]), msgpack.packb({"a": 1}), b"\xc1",
                     msgpack.packb([0, 8, "echo", {"x": 1}])):
         assert d.dispatch_inline(payload) is DEFER
+
+
+def test_dispatch_many_handles_in_order_and_stops_at_the_first_defer() -> None:
+    from mux_rpc import App
+    from mux_rpc._dispatch import Dispatcher
+
+    app = App()
+    calls: list[object] = []
+
+    @app.method
+    def echo(x: object) -> object:
+        calls.append(x)
+        return x
+
+    @app.notification
+    def note(x: object) -> None:
+        calls.append(("note", x))
+
+    d = Dispatcher(app)
+    batch = [msgpack.packb([0, 1, "echo", ["a"]]), msgpack.packb([2, "note", [1]]),
+             msgpack.packb([0, 2, "echo", ["b"]]), msgpack.packb([0, 3, "nope", []]),
+             msgpack.packb([0, 4, "echo", ["c"]])]
+    replies, stop = d.dispatch_many(batch)
+    assert stop == 3 and calls == ["a", ("note", 1), "b"] and d.inline_handled == 3
+    assert [msgpack.unpackb(r) for r in replies] == [[1, 1, None, "a"], [1, 2, None, "b"]]
+    replies, stop = d.dispatch_many(batch, stop + 1)
+    assert stop == 5 and calls[-1] == "c" and d.inline_handled == 4
+    assert [msgpack.unpackb(r) for r in replies] == [[1, 4, None, "c"]]
+    assert d.dispatch_many(batch, 5) == ([], 5) and d.dispatch_many([]) == ([], 0)
+    # the deferred message itself is never touched
+    assert d.dispatch_many(batch, 3) == ([], 3) and len(calls) == 4
