@@ -58,12 +58,15 @@ and ``AsyncLink`` (asyncio).
 from __future__ import annotations
 
 import asyncio
+import importlib
+import os
 import secrets
 import struct
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from ._backend import BackendStats, FrameBackend
 from ._linkcredit import LinkCredit
@@ -105,6 +108,40 @@ _FIRST = 0x01
 _LAST = 0x02
 _CREDIT_ONLY = int(FrameFlags.CREDIT_ONLY)
 _MASK = 0xFFFFFFFF
+
+# The optional C accelerator (xport/_linkfast.c, built by
+# ``python xport/_linkfast_build.py``) runs the two per-message loops, once per
+# frame: the whole DATA/CREDIT messages of a received frame (``rx_whole``) and
+# the whole messages packed into a frame to send (``pack_whole``). Everything
+# else (fragments, control messages, malformed input, frame headers, credit)
+# stays in Python, and the pure-Python loops are the reference and the
+# fallback (tests/xport/test_linkfast.py compares the two).
+# ``XPORT_PURE_PYTHON=1`` turns it off for the process.
+_linkfast: Any
+try:
+    if os.environ.get("XPORT_PURE_PYTHON"):
+        raise ImportError("XPORT_PURE_PYTHON is set")
+    _linkfast = importlib.import_module(__name__.rpartition(".")[0] + "._linkfast")
+    # the C side hard-codes the wire constants: a stale build must not be used
+    if (_linkfast.PROTOCOL_VERSION, _linkfast.HEADER_SIZE, _linkfast.DATA, _linkfast.CREDIT) != (
+        PROTOCOL_VERSION,
+        HEADER_SIZE,
+        _DATA,
+        _CREDIT,
+    ):
+        raise ImportError("xport._linkfast was built for other wire constants")
+    _linkfast.init(Data, Credit)
+except ImportError:
+    _linkfast = None
+
+ACCELERATED: bool = _linkfast is not None
+"""The C accelerator is in use (``XPORT_PURE_PYTHON=1`` turns it off)."""
+_rx_whole: Callable[[bytes, int, int, int, bool, list[Any]], tuple[int, int]] | None = (
+    _linkfast.rx_whole if ACCELERATED else None
+)
+_pack_whole: Callable[[deque[Any], bytearray, int, int, int], tuple[int, int, int]] | None = (
+    _linkfast.pack_whole if ACCELERATED else None
+)
 
 
 def new_session() -> int:
@@ -270,6 +307,9 @@ class Link:
         #: header as a ``(conn_id, payload)`` tuple instead of a :class:`Data`
         #: (a consumer's hot path: no object per message); others are unchanged
         self.raw_data = False
+        #: run the per-message loops in C (``ACCELERATED``); False forces the
+        #: pure-Python loops for this link (the tests compare the two)
+        self.accelerated = ACCELERATED
         # the largest message sendable: ours, then min(ours, the peer's HELLO)
         self._max_send = cfg.max_message_size
         self.peer_lost = False
@@ -406,11 +446,20 @@ class Link:
         popleft = queue.popleft
         limit = frame_size - HEADER_SIZE  # room test: remaining <= limit - off
         frag_room = frame_size - FRAME_HEADER_SIZE - HEADER_SIZE
+        pack_whole = _pack_whole if self.accelerated else None
         while queue and len(frames) < nframes:
             buf = bufs[len(frames)]
             off = FRAME_HEADER_SIZE
             count = 0
             while queue:
+                if pack_whole is not None and not head_sent:
+                    # C: the whole messages that fit, as the branch below packs them
+                    off, n, nbytes = pack_whole(queue, buf, off, count, frame_size)
+                    count += n
+                    msgs_out += n
+                    bytes_out += nbytes
+                    if not queue or count == 0xFFFF:
+                        break
                 mtype, conn_id, aux, payload = entry = popleft()
                 total = len(payload)
                 remaining = total - head_sent
@@ -536,6 +585,7 @@ class Link:
         set_cconn = vars(Credit)["conn_id"].__set__
         set_cmsgs = vars(Credit)["messages"].__set__
         set_cbytes = vars(Credit)["bytes"].__set__
+        rx_whole = _rx_whole if self.accelerated else None
         st = self.stats
         st.frames_in += len(rx)
         fresh = not self.peer_session  # §3.1: no peer session yet
@@ -587,7 +637,15 @@ class Link:
                 st.credit_only_in += 1
                 continue
             off = FRAME_HEADER_SIZE
-            for _ in range(count):
+            left = count
+            while left:
+                if rx_whole is not None:
+                    # C: the whole DATA and CREDIT messages from here, as the
+                    # branches below handle them; the loop goes on at the rest
+                    off, left = rx_whole(data, off, end, left, raw, out)
+                    if not left:
+                        break
+                left -= 1
                 # §2: bounds check before reading each message header
                 if off + HEADER_SIZE > end:
                     self._drop("truncated_message")

@@ -1,0 +1,387 @@
+/* Optional accelerator for the link's per-message loops (xport._link.Link).
+ * Built in place by `python xport/_linkfast_build.py`; without it (or with
+ * XPORT_PURE_PYTHON=1) the link runs its pure-Python loops, which are the
+ * reference: tests/xport/test_linkfast.py compares the two.
+ *
+ * Two functions, each called once per frame, never once per message. Both do
+ * only the hot, common case and stop at anything else, leaving it to the one
+ * Python statement of the rare path in xport/_link.py:
+ *
+ *   rx_whole(data, off, end, left, raw, out) -> (off, left)
+ *       Walk the messages of one received frame from `off` (a message header)
+ *       while they are whole version-1 DATA (aux <= length) or whole 8-byte
+ *       CREDIT, appending to `out` exactly what Link.poll appends for them:
+ *       `(conn_id, payload)` when `raw` and aux == 0, else a Data; a Credit.
+ *       Stops, without consuming it, at the first message that is anything
+ *       else (truncated, other version, fragment, control type, bad aux):
+ *       returns the offset of that message and the messages still left.
+ *
+ *   pack_whole(queue, buf, off, count, frame_size) -> (off, n, nbytes)
+ *       Pop whole messages `(mtype, conn_id, aux, payload)` from the deque
+ *       `queue` and write COMMON_HEADER + payload at `off` in the bytearray
+ *       `buf` while they fit in `frame_size` bytes and the frame holds fewer
+ *       than 0xFFFF messages (`count` already in it). Stops, leaving the entry
+ *       queued, at one that does not fit (Python fragments it or closes the
+ *       frame) or that it cannot pack bit-identically (odd payload types,
+ *       fields out of range: Python packs them, or raises as before).
+ *       Returns the new offset, the messages packed and their payload bytes.
+ *
+ *   init(Data, Credit) stores the message classes (once, at import).
+ *
+ * Data and Credit are frozen slotted dataclasses: they are built as
+ * object.__new__ + the slot descriptors' __set__ would build them (what the
+ * Python loop does), by writing the three slots at their member offsets,
+ * found and checked once in init(). Wire layout: docs/protocol.md §2.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+/* docs/protocol.md §2 and §3; xport._link checks them against _protocol.py */
+#define PROTOCOL_VERSION 1
+#define HEADER_SIZE 16
+#define TYPE_DATA 8
+#define TYPE_CREDIT 11
+#define FLAGS_WHOLE 0x03 /* FIRST | LAST */
+#define CREDIT_BODY 8    /* §3.11: messages u32, bytes u32 */
+#define MAX_COUNT 0xFFFF /* msg_count is a u16 (§1) */
+
+/* A slotted class and the offsets of its three object slots, in field order. */
+typedef struct {
+    PyTypeObject *cls;
+    Py_ssize_t off[3];
+} SlotClass;
+
+static SlotClass data_cls;   /* Data(conn_id, payload, header_length) */
+static SlotClass credit_cls; /* Credit(conn_id, messages, bytes) */
+
+static int
+slot_class_init(SlotClass *sc, PyObject *cls, const char *const names[3])
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "init: a class expected");
+        return -1;
+    }
+    PyTypeObject *tp = (PyTypeObject *)cls;
+    /* instances must be plain heap objects that tp_alloc fully sets up */
+    if (!(tp->tp_flags & Py_TPFLAGS_HEAPTYPE) || tp->tp_alloc != PyType_GenericAlloc
+        || tp->tp_itemsize != 0) {
+        PyErr_Format(PyExc_TypeError, "init: %s is not a plain slotted class", tp->tp_name);
+        return -1;
+    }
+    Py_ssize_t off[3];
+    for (int i = 0; i < 3; i++) {
+        PyObject *d = PyDict_GetItemString(tp->tp_dict, names[i]); /* borrowed */
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
+            || ((PyDescrObject *)d)->d_type != tp) {
+            PyErr_Format(PyExc_TypeError, "init: %s has no slot %s", tp->tp_name, names[i]);
+            return -1;
+        }
+        PyMemberDef *def = ((PyMemberDescrObject *)d)->d_member;
+        if (def->type != T_OBJECT_EX || (def->flags & READONLY) || def->offset <= 0
+            || def->offset + (Py_ssize_t)sizeof(PyObject *) > tp->tp_basicsize) {
+            PyErr_Format(PyExc_TypeError, "init: %s.%s is not an object slot", tp->tp_name,
+                         names[i]);
+            return -1;
+        }
+        off[i] = def->offset;
+    }
+    Py_INCREF(tp);
+    Py_XSETREF(sc->cls, tp);
+    memcpy(sc->off, off, sizeof off);
+    return 0;
+}
+
+/* A new instance of sc->cls with its slots set to a, b, c (references stolen;
+ * any of them NULL means an earlier allocation failed: clean up, return NULL). */
+static PyObject *
+slot_class_new(SlotClass *sc, PyObject *a, PyObject *b, PyObject *c)
+{
+    PyObject *obj = NULL;
+    if (a != NULL && b != NULL && c != NULL)
+        obj = sc->cls->tp_alloc(sc->cls, 0);
+    if (obj == NULL) {
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        Py_XDECREF(c);
+        return NULL;
+    }
+    /* tp_alloc zeroed the slots: nothing to release before writing them */
+    *(PyObject **)((char *)obj + sc->off[0]) = a;
+    *(PyObject **)((char *)obj + sc->off[1]) = b;
+    *(PyObject **)((char *)obj + sc->off[2]) = c;
+    return obj;
+}
+
+static inline uint32_t
+be32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline unsigned
+be16(const unsigned char *p)
+{
+    return ((unsigned)p[0] << 8) | p[1];
+}
+
+static inline void
+put32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static inline void
+put16(unsigned char *p, unsigned v)
+{
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
+/* The message at p (HEADER_SIZE + length bytes, all in bounds) as Link.poll
+ * builds it; NULL with an exception set on failure. */
+static PyObject *
+rx_message(const unsigned char *p, unsigned mtype, unsigned length, unsigned aux, int raw)
+{
+    PyObject *conn = PyLong_FromUnsignedLong(be32(p + 4));
+    const char *body = (const char *)p + HEADER_SIZE;
+    if (mtype == TYPE_CREDIT) {
+        return slot_class_new(&credit_cls, conn, PyLong_FromUnsignedLong(be32((const unsigned char *)body)),
+                              PyLong_FromUnsignedLong(be32((const unsigned char *)body + 4)));
+    }
+    PyObject *payload = PyBytes_FromStringAndSize(body, length); /* data[off:mend] */
+    if (raw && aux == 0) {
+        if (conn == NULL || payload == NULL) {
+            Py_XDECREF(conn);
+            Py_XDECREF(payload);
+            return NULL;
+        }
+        PyObject *t = PyTuple_New(2);
+        if (t == NULL) {
+            Py_DECREF(conn);
+            Py_DECREF(payload);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, 0, conn);
+        PyTuple_SET_ITEM(t, 1, payload);
+        return t;
+    }
+    return slot_class_new(&data_cls, conn, payload, PyLong_FromLong((long)aux));
+}
+
+static PyObject *
+rx_whole(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || !PyBytes_CheckExact(args[0]) || !PyList_CheckExact(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "rx_whole(data: bytes, off, end, left, raw, out: list)");
+        return NULL;
+    }
+    if (data_cls.cls == NULL || credit_cls.cls == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "rx_whole: init(Data, Credit) not called");
+        return NULL;
+    }
+    Py_ssize_t off = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t left = PyLong_AsSsize_t(args[3]);
+    int raw = PyObject_IsTrue(args[4]);
+    if (PyErr_Occurred() || raw < 0)
+        return NULL;
+    PyObject *out = args[5];
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    /* the caller checked end against the frame; never trust it for memory safety */
+    if (off < 0 || end > PyBytes_GET_SIZE(args[0])) {
+        PyErr_SetString(PyExc_ValueError, "rx_whole: off/end outside data");
+        return NULL;
+    }
+    while (left > 0) {
+        /* §2: bounds check before reading each message header */
+        if (off > end - HEADER_SIZE)
+            break;
+        const unsigned char *p = data + off;
+        unsigned mtype = p[1];
+        unsigned length = be16(p + 8);
+        unsigned aux = be16(p + 10);
+        Py_ssize_t mend = off + HEADER_SIZE + (Py_ssize_t)length;
+        if (mend > end || p[0] != PROTOCOL_VERSION)
+            break; /* truncated or another version: Python counts and drops */
+        /* whole (§2: FIRST|LAST, length == total) and one of the hot types */
+        if ((p[2] & FLAGS_WHOLE) != FLAGS_WHOLE || be32(p + 12) != length)
+            break;
+        if (!(mtype == TYPE_DATA && aux <= length)
+            && !(mtype == TYPE_CREDIT && length == CREDIT_BODY))
+            break;
+        PyObject *msg = rx_message(p, mtype, length, aux, raw);
+        if (msg == NULL)
+            return NULL;
+        int rc = PyList_Append(out, msg);
+        Py_DECREF(msg);
+        if (rc < 0)
+            return NULL;
+        off = mend;
+        left--;
+    }
+    return Py_BuildValue("(nn)", off, left);
+}
+
+/* An unsigned int field of a queue entry in [0, max], or -1 (no exception). */
+static long long
+entry_uint(PyObject *v, unsigned long max)
+{
+    if (!PyLong_Check(v))
+        return -1;
+    unsigned long x = PyLong_AsUnsignedLong(v);
+    if (x == (unsigned long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    return x <= max ? (long long)x : -1;
+}
+
+static PyObject *
+pack_whole(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyByteArray_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "pack_whole(queue: deque, buf: bytearray, off, count, frame_size)");
+        return NULL;
+    }
+    PyObject *queue = args[0], *buf = args[1];
+    Py_ssize_t off = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t count = PyLong_AsSsize_t(args[3]);
+    Py_ssize_t frame_size = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    /* room is tested against frame_size; the buffer must really be that large */
+    if (off < 0 || frame_size > PyByteArray_GET_SIZE(buf)) {
+        PyErr_SetString(PyExc_ValueError, "pack_whole: frame_size exceeds the buffer");
+        return NULL;
+    }
+    PyObject *popleft = PyObject_GetAttrString(queue, "popleft");
+    if (popleft == NULL)
+        return NULL;
+    Py_ssize_t n = 0, nbytes = 0;
+    while (count + n < MAX_COUNT) {
+        Py_ssize_t qlen = PySequence_Size(queue);
+        if (qlen < 0)
+            goto error;
+        if (qlen == 0)
+            break;
+        PyObject *entry = PySequence_GetItem(queue, 0); /* peek; popped once packed */
+        if (entry == NULL)
+            goto error;
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4) {
+            Py_DECREF(entry);
+            break;
+        }
+        long long mtype = entry_uint(PyTuple_GET_ITEM(entry, 0), 0xFF);
+        long long conn = entry_uint(PyTuple_GET_ITEM(entry, 1), 0xFFFFFFFFUL);
+        long long aux = entry_uint(PyTuple_GET_ITEM(entry, 2), 0xFFFF);
+        PyObject *payload = PyTuple_GET_ITEM(entry, 3);
+        if (mtype < 0 || conn < 0 || aux < 0) {
+            Py_DECREF(entry);
+            break; /* Python's struct.pack_into raises for these, as before */
+        }
+        /* the payload's bytes; anything but 1-byte contiguous items goes to Python */
+        Py_buffer view;
+        if (PyBytes_CheckExact(payload) || PyByteArray_CheckExact(payload)
+            || PyMemoryView_Check(payload)) {
+            if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0) {
+                PyErr_Clear();
+                Py_DECREF(entry);
+                break;
+            }
+        }
+        else {
+            Py_DECREF(entry);
+            break;
+        }
+        Py_ssize_t total = view.len;
+        if ((PyMemoryView_Check(payload) && PyObject_Size(payload) != total)
+            || total > 0xFFFF || off + HEADER_SIZE + total > frame_size) {
+            PyErr_Clear();
+            PyBuffer_Release(&view);
+            Py_DECREF(entry);
+            break; /* needs fragments (§2.2) or the next frame: Python decides */
+        }
+        unsigned char *p = (unsigned char *)PyByteArray_AS_STRING(buf) + off;
+        p[0] = PROTOCOL_VERSION;
+        p[1] = (unsigned char)mtype;
+        p[2] = FLAGS_WHOLE;
+        p[3] = 0;
+        put32(p + 4, (uint32_t)conn);
+        put16(p + 8, (unsigned)total);
+        put16(p + 10, (unsigned)aux);
+        put32(p + 12, (uint32_t)total);
+        memcpy(p + HEADER_SIZE, view.buf, (size_t)total);
+        PyBuffer_Release(&view);
+        Py_DECREF(entry);
+        PyObject *popped = PyObject_CallNoArgs(popleft);
+        if (popped == NULL)
+            goto error;
+        Py_DECREF(popped);
+        off += HEADER_SIZE + total;
+        nbytes += total;
+        n++;
+    }
+    Py_DECREF(popleft);
+    return Py_BuildValue("(nnn)", off, n, nbytes);
+error:
+    Py_DECREF(popleft);
+    return NULL;
+}
+
+static PyObject *
+init(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char *const data_names[3] = {"conn_id", "payload", "header_length"};
+    static const char *const credit_names[3] = {"conn_id", "messages", "bytes"};
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "init(Data, Credit)");
+        return NULL;
+    }
+    if (slot_class_init(&data_cls, args[0], data_names) < 0
+        || slot_class_init(&credit_cls, args[1], credit_names) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"init", (PyCFunction)(void (*)(void))init, METH_FASTCALL,
+     "init(Data, Credit): the message classes rx_whole builds."},
+    {"rx_whole", (PyCFunction)(void (*)(void))rx_whole, METH_FASTCALL,
+     "rx_whole(data, off, end, left, raw, out) -> (off, left): whole DATA and CREDIT "
+     "messages of one frame (the hot path of xport._link.Link.poll)."},
+    {"pack_whole", (PyCFunction)(void (*)(void))pack_whole, METH_FASTCALL,
+     "pack_whole(queue, buf, off, count, frame_size) -> (off, n, nbytes): pack whole "
+     "queued messages into one frame (the hot path of Link._send_data_frames)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "xport._linkfast",
+    .m_doc = "Optional accelerator for xport._link's per-message loops.",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__linkfast(void)
+{
+    PyObject *mod = PyModule_Create(&moduledef);
+    if (mod == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(mod, "PROTOCOL_VERSION", PROTOCOL_VERSION) < 0
+        || PyModule_AddIntConstant(mod, "HEADER_SIZE", HEADER_SIZE) < 0
+        || PyModule_AddIntConstant(mod, "DATA", TYPE_DATA) < 0
+        || PyModule_AddIntConstant(mod, "CREDIT", TYPE_CREDIT) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
+}
