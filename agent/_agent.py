@@ -64,6 +64,7 @@ from xport import _protocol as P
 from xport._backend import FrameBackend
 from xport._link import new_session
 
+from ._accept import Listener
 from ._codec import make_framer
 from ._config import AgentConfig
 from ._conn import Budget, Connection
@@ -116,7 +117,7 @@ class _Listener:
         self.tls = tls
         self.queue = queue
         #: the TCP server, shared by every member of the group
-        self.server: asyncio.AbstractServer | None = None
+        self.server: Listener | None = None
         self.group: _ListenGroup | None = None
 
 
@@ -605,11 +606,11 @@ class Agent:
             self._send(q, P.ListenResult(m.listener_id, P.Status.OK, lst.port, ""))
             return
         group = lst.group = _ListenGroup(lst)
-        loop = asyncio.get_running_loop()
         try:
-            server = await loop.create_server(
-                lambda: self._accept(group), bind, m.port, ssl=ctx, reuse_address=True,
-                backlog=1024,
+            # not loop.create_server: uvloop accepts one connection per loop
+            # iteration there, which starves bursts of clients (agent/_accept.py)
+            server = await Listener.start(
+                lambda: self._accept(group), bind, m.port, ssl_context=ctx, backlog=1024,
                 ssl_handshake_timeout=cfg.tls_handshake_timeout if ctx is not None else None)
         except OSError as exc:
             fail(P.Status.OS_ERROR, f"bind {bind}:{m.port}: {exc.strerror or exc}")
