@@ -42,7 +42,10 @@ on ``code`` and show ``message``. Codes:
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+import types
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -53,6 +56,7 @@ from ._conn import MuxRpcError
 from ._service import App, MethodSpec
 
 __all__ = [
+    "ACCELERATED",
     "DEFER",
     "Dispatcher",
     "ErrorCode",
@@ -138,6 +142,21 @@ DEFER: Final = _Deferred()
 
 _unpackb = msgpack.unpackb
 
+# The optional C fast path (mux_rpc/_rpcfast.c, built by scripts/setup.sh via
+# mux_rpc/_rpcfast_build.py): the hot case of dispatch_inline / dispatch_many /
+# dispatch_obj, deferring everything else to the Python code below, which
+# stays the one statement of the rules. MUX_RPC_PURE_PYTHON=1 turns it off.
+_rpcfast: Any
+try:
+    if os.environ.get("MUX_RPC_PURE_PYTHON"):
+        raise ImportError("MUX_RPC_PURE_PYTHON is set")
+    _rpcfast = importlib.import_module(__name__.rpartition(".")[0] + "._rpcfast")
+except ImportError:
+    _rpcfast = None
+
+#: True when Dispatchers use the C fast path by default (built, not forced off).
+ACCELERATED: Final = _rpcfast is not None
+
 
 def decode_message(payload: bytes) -> Any:
     """Decode one whole msgpack value; :class:`ProtocolError` if it is not one."""
@@ -177,15 +196,44 @@ def encode_error(msgid: int, code: str, message: str,
 
 
 class Dispatcher:
-    """Routes decoded msgpack-rpc messages of one :class:`App` to its handlers."""
+    """Routes decoded msgpack-rpc messages of one :class:`App` to its handlers.
 
-    def __init__(self, app: App) -> None:
+    ``accelerated``: None (default) uses the C fast path when it is built and
+    not forced off (:data:`ACCELERATED`); False forces pure Python (the
+    floor benchmark measures that); True requires the C path (RuntimeError
+    without it). Either way the replies are byte-identical: the C path takes
+    only the hot case and hands everything else to the Python methods."""
+
+    def __init__(self, app: App, *, accelerated: bool | None = None) -> None:
         self.app = app
         self._methods = app.methods
         self._notifications = app.notifications
         self._packer = _new_packer()  # one per dispatcher: a Packer is not thread-safe
-        self.inline_handled = 0
+        self._inline_handled = 0
+        if accelerated is None:
+            accelerated = ACCELERATED
+        elif accelerated and _rpcfast is None:
+            raise RuntimeError("mux_rpc._rpcfast is not available: build it with "
+                               "scripts/setup.sh (and unset MUX_RPC_PURE_PYTHON)")
+        self.accelerated: bool = accelerated
+        """Whether this dispatcher runs the hot case in C."""
+        self._core: Any = None
+        if accelerated:
+            # Bound to this dispatcher's own tables and packer; the C methods
+            # replace the Python ones on the instance (no wrapper per message).
+            core = _rpcfast.Core(
+                self._methods, self._notifications, self.fail_call, encode_response,
+                self._packer, DEFER, types.MethodType(Dispatcher.dispatch_obj, self),
+            )
+            self._core = core
+            self.dispatch_inline = core.dispatch_inline  # type: ignore[method-assign]
+            self.dispatch_many = core.dispatch_many  # type: ignore[method-assign]
+            self.dispatch_obj = core.dispatch_obj  # type: ignore[method-assign]
+
+    @property
+    def inline_handled(self) -> int:
         """Messages :meth:`dispatch_many` handled inline, over this dispatcher's life."""
+        return self._inline_handled + (self._core.handled if self._core is not None else 0)
 
     def dispatch(self, payload: bytes) -> bytes | PendingCall | None:
         """Decode and dispatch one whole message (see the module doc)."""
@@ -252,6 +300,8 @@ class Dispatcher:
         inline = self.dispatch_inline
         append = replies.append
         n = len(payloads)
+        if not 0 <= start <= n:
+            raise ValueError(f"start {start} is not in [0, {n}]")
         i = start
         while i < n:
             out = inline(payloads[i])
@@ -260,7 +310,7 @@ class Dispatcher:
             if out is not None:
                 append(out)  # type: ignore[arg-type]
             i += 1
-        self.inline_handled += i - start
+        self._inline_handled += i - start
         return replies, i
 
     def dispatch_obj(self, msg: Any) -> bytes | PendingCall | None:

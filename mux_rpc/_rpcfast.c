@@ -1,0 +1,920 @@
+/* Optional accelerator for mux_rpc's dispatcher (built by
+ * `python mux_rpc/_rpcfast_build.py`; mux_rpc._dispatch falls back to pure
+ * Python without it, or when MUX_RPC_PURE_PYTHON=1).
+ *
+ * Theory of operation
+ * -------------------
+ * mux_rpc._dispatch.Dispatcher is the reference: every rule (the envelope
+ * checks, the error replies, BAD_RESULT, logging) is stated there, in Python.
+ * This module only runs the hot case, and answers DEFER ("not mine") for
+ * everything else *before calling anything*, so the Python path then handles
+ * the message exactly as if C had never seen it:
+ *
+ *   Core(methods, notifications, fail_call, encode_response, packer, defer,
+ *        slow_obj)
+ *       bound per Dispatcher (the two spec dicts are the Dispatcher's own
+ *       objects, looked up on every call: no stale tables).
+ *
+ *   Core.dispatch_inline(payload)      == Dispatcher.dispatch_inline
+ *   Core.dispatch_many(payloads, start=0) -> (replies, stop)
+ *                                      == Dispatcher.dispatch_many, minus the
+ *                                         handled counter (Core.handled)
+ *   Core.dispatch_obj(msg)             == Dispatcher.dispatch_obj: [0, id, str,
+ *       list] / [2, str, list] for a sync handler with the right arity is
+ *       called here; anything else goes to slow_obj(msg) (the Python method).
+ *
+ * The hot case: a msgpack array of 4 (request) or 3 (notification) whose kind
+ * is the integer 0 / 2, msgid an integer in [0, 2**32), method a str naming a
+ * sync handler, params an array whose length fits [min_args, max_args], the
+ * whole payload one valid msgpack value with no trailing bytes.
+ *
+ *   decode   a subset of msgpack (nil, bool, ints, float32/64, str, bin,
+ *            array, map), building what msgpack.unpackb(raw=False,
+ *            strict_map_key=False) builds; ext types, invalid UTF-8,
+ *            unhashable keys, truncation, nesting deeper than MAX_DEPTH -> DEFER.
+ *   call     func(*params) by vectorcall; an Exception becomes
+ *            fail_call(spec, msgid, exc) (the handler ran: not deferred), any
+ *            other BaseException propagates, as in Python.
+ *   encode   [1, msgid, nil, result] byte-identical to
+ *            msgpack.Packer(use_bin_type=True) for exact None, bool, int
+ *            (-2**63 .. 2**64-1), float, str, bytes, bytearray, list, tuple,
+ *            dict, nested up to MAX_DEPTH; any other value (or a str that is
+ *            not encodable) -> encode_response(msgid, result, packer), the
+ *            Python encoder with its BAD_RESULT rule.
+ *
+ * Spec fields (func, is_async, min_args, max_args) of the frozen MethodSpec
+ * are cached per spec object, keyed by identity with a strong reference; the
+ * spec itself is looked up in the dict on every message.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_DEPTH 64      /* deeper values: the Python path (msgpack's limits) */
+#define STACK_ARGS 16     /* params decoded onto the C stack up to this count */
+#define CACHE_SIZE 32     /* spec field cache entries (power of two) */
+
+/* ---- output buffer ------------------------------------------------------------ */
+
+typedef struct {
+    char *p;
+    Py_ssize_t len, cap;
+} Out;
+
+static int
+out_grow(Out *o, Py_ssize_t need)
+{
+    Py_ssize_t cap = o->cap ? o->cap : 256;
+    while (cap < o->len + need) {
+        if (cap > PY_SSIZE_T_MAX / 2)
+            return -1;
+        cap *= 2;
+    }
+    char *p = PyMem_Realloc(o->p, (size_t)cap);
+    if (p == NULL)
+        return -1;
+    o->p = p;
+    o->cap = cap;
+    return 0;
+}
+
+#define RESERVE(o, n) do { if ((o)->len + (Py_ssize_t)(n) > (o)->cap && out_grow((o), (n)) < 0) return 1; } while (0)
+
+static inline void put1(Out *o, uint8_t b) { o->p[o->len++] = (char)b; }
+static inline void put2(Out *o, uint16_t v) { put1(o, (uint8_t)(v >> 8)); put1(o, (uint8_t)v); }
+static inline void put4(Out *o, uint32_t v) { put2(o, (uint16_t)(v >> 16)); put2(o, (uint16_t)v); }
+static inline void put8(Out *o, uint64_t v) { put4(o, (uint32_t)(v >> 32)); put4(o, (uint32_t)v); }
+
+/* msgpack's pack_template.h rules: the smallest form for the value. */
+static inline void
+enc_uint(Out *o, uint64_t u)   /* RESERVE(9) done by the caller */
+{
+    if (u < 0x80) put1(o, (uint8_t)u);
+    else if (u < 0x100) { put1(o, 0xcc); put1(o, (uint8_t)u); }
+    else if (u < 0x10000) { put1(o, 0xcd); put2(o, (uint16_t)u); }
+    else if (u < 0x100000000ULL) { put1(o, 0xce); put4(o, (uint32_t)u); }
+    else { put1(o, 0xcf); put8(o, u); }
+}
+
+static inline void
+enc_int(Out *o, long long x)
+{
+    if (x >= 0) { enc_uint(o, (uint64_t)x); return; }
+    if (x >= -32) put1(o, (uint8_t)(int8_t)x);
+    else if (x >= -128) { put1(o, 0xd0); put1(o, (uint8_t)(int8_t)x); }
+    else if (x >= -32768) { put1(o, 0xd1); put2(o, (uint16_t)(int16_t)x); }
+    else if (x >= -2147483648LL) { put1(o, 0xd2); put4(o, (uint32_t)(int32_t)x); }
+    else { put1(o, 0xd3); put8(o, (uint64_t)x); }
+}
+
+static inline void
+enc_head(Out *o, Py_ssize_t n, uint8_t fix, Py_ssize_t fixmax, uint8_t b8, uint8_t b16)
+{   /* b8 == 0: no 8-bit form (arrays, maps); b16 + 1 is the 32-bit form */
+    if (n < fixmax) put1(o, (uint8_t)(fix | n));
+    else if (b8 && n < 0x100) { put1(o, b8); put1(o, (uint8_t)n); }
+    else if (n < 0x10000) { put1(o, b16); put2(o, (uint16_t)n); }
+    else { put1(o, (uint8_t)(b16 + 1)); put4(o, (uint32_t)n); }
+}
+
+/* 0: encoded; 1: not encodable here (no exception left set; o->len is junk). */
+static int
+enc(Out *o, PyObject *v, int depth)
+{
+    PyTypeObject *t = Py_TYPE(v);
+    RESERVE(o, 9);
+    if (v == Py_None) { put1(o, 0xc0); return 0; }
+    if (v == Py_True) { put1(o, 0xc3); return 0; }
+    if (v == Py_False) { put1(o, 0xc2); return 0; }
+    if (t == &PyLong_Type) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow == 0) {
+            if (x == -1 && PyErr_Occurred()) { PyErr_Clear(); return 1; }
+            enc_int(o, x);
+            return 0;
+        }
+        if (overflow < 0)
+            return 1;
+        unsigned long long u = PyLong_AsUnsignedLongLong(v);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) { PyErr_Clear(); return 1; }
+        enc_uint(o, u);
+        return 0;
+    }
+    if (t == &PyFloat_Type) {
+        double d = PyFloat_AS_DOUBLE(v);
+        uint64_t bits;
+        memcpy(&bits, &d, 8);
+        put1(o, 0xcb);
+        put8(o, bits);
+        return 0;
+    }
+    const char *s;
+    Py_ssize_t n;
+    if (t == &PyUnicode_Type) {
+        s = PyUnicode_AsUTF8AndSize(v, &n);
+        if (s == NULL) { PyErr_Clear(); return 1; }
+        if (n > 0xFFFFFFFFLL) return 1;
+        enc_head(o, n, 0xa0, 32, 0xd9, 0xda);
+        goto raw;
+    }
+    if (t == &PyBytes_Type) {
+        s = PyBytes_AS_STRING(v);
+        n = PyBytes_GET_SIZE(v);
+        goto bin;
+    }
+    if (t == &PyByteArray_Type) {
+        s = PyByteArray_AS_STRING(v);
+        n = PyByteArray_GET_SIZE(v);
+        goto bin;
+    }
+    if (depth >= MAX_DEPTH)
+        return 1;
+    if (t == &PyList_Type || t == &PyTuple_Type) {
+        PyObject **items = t == &PyList_Type ? ((PyListObject *)v)->ob_item
+                                             : ((PyTupleObject *)v)->ob_item;
+        n = Py_SIZE(v);
+        if (n > 0xFFFFFFFFLL) return 1;
+        enc_head(o, n, 0x90, 16, 0, 0xdc);
+        for (Py_ssize_t i = 0; i < n; i++)   /* no Python code runs here: no mutation */
+            if (enc(o, items[i], depth + 1))
+                return 1;
+        return 0;
+    }
+    if (t == &PyDict_Type) {
+        n = PyDict_GET_SIZE(v);
+        if (n > 0xFFFFFFFFLL) return 1;
+        enc_head(o, n, 0x80, 16, 0, 0xde);
+        Py_ssize_t pos = 0;
+        PyObject *k, *val;
+        while (PyDict_Next(v, &pos, &k, &val))
+            if (enc(o, k, depth + 1) || enc(o, val, depth + 1))
+                return 1;
+        return 0;
+    }
+    return 1;
+bin:
+    if (n > 0xFFFFFFFFLL) return 1;
+    enc_head(o, n, 0, 0, 0xc4, 0xc5);   /* fixmax 0: never the fix form */
+raw:
+    RESERVE(o, n);
+    memcpy(o->p + o->len, s, (size_t)n);
+    o->len += n;
+    return 0;
+}
+
+/* ---- decoder -------------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *p, *end;
+} In;
+
+static inline uint16_t ld2(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+static inline uint32_t ld4(const uint8_t *p) { return ((uint32_t)ld2(p) << 16) | ld2(p + 2); }
+static inline uint64_t ld8(const uint8_t *p) { return ((uint64_t)ld4(p) << 32) | ld4(p + 4); }
+
+#define NEED(in, n) ((in)->end - (in)->p >= (Py_ssize_t)(n))
+
+/* Array header: 1 and *n set; 0 if the next value is not an array (or truncated). */
+static int
+read_array(In *in, Py_ssize_t *n)
+{
+    if (!NEED(in, 1)) return 0;
+    uint8_t b = *in->p;
+    if ((b & 0xf0) == 0x90) { *n = b & 0x0f; in->p += 1; return 1; }
+    if (b == 0xdc && NEED(in, 3)) { *n = ld2(in->p + 1); in->p += 3; return 1; }
+    if (b == 0xdd && NEED(in, 5)) { *n = ld4(in->p + 1); in->p += 5; return 1; }
+    return 0;
+}
+
+/* Integer: 1 (value in *v), 2 (a uint64 above INT64_MAX), 0 not an integer. */
+static int
+read_int(In *in, long long *v)
+{
+    if (!NEED(in, 1)) return 0;
+    const uint8_t *p = in->p;
+    uint8_t b = p[0];
+    if (b < 0x80) { *v = b; in->p += 1; return 1; }
+    if (b >= 0xe0) { *v = (int8_t)b; in->p += 1; return 1; }
+    static const uint8_t size[] = {1, 2, 4, 8, 1, 2, 4, 8};   /* cc..d3 */
+    if (b < 0xcc || b > 0xd3 || !NEED(in, 1 + size[b - 0xcc])) return 0;
+    in->p += 1 + size[b - 0xcc];
+    switch (b) {
+    case 0xcc: *v = p[1]; return 1;
+    case 0xcd: *v = ld2(p + 1); return 1;
+    case 0xce: *v = ld4(p + 1); return 1;
+    case 0xcf: { uint64_t u = ld8(p + 1); if (u > INT64_MAX) return 2; *v = (long long)u; return 1; }
+    case 0xd0: *v = (int8_t)p[1]; return 1;
+    case 0xd1: *v = (int16_t)ld2(p + 1); return 1;
+    case 0xd2: *v = (int32_t)ld4(p + 1); return 1;
+    default:   *v = (long long)(int64_t)ld8(p + 1); return 1;
+    }
+}
+
+/* A str value: 1 and (*s, *n) set; 0 when the next value is not a str (or truncated). */
+static int
+read_str(In *in, const char **s, Py_ssize_t *n)
+{
+    if (!NEED(in, 1)) return 0;
+    const uint8_t *p = in->p;
+    uint8_t b = p[0];
+    Py_ssize_t h, len;
+    if ((b & 0xe0) == 0xa0) { h = 1; len = b & 0x1f; }
+    else if (b == 0xd9 && NEED(in, 2)) { h = 2; len = p[1]; }
+    else if (b == 0xda && NEED(in, 3)) { h = 3; len = ld2(p + 1); }
+    else if (b == 0xdb && NEED(in, 5)) { h = 5; len = ld4(p + 1); }
+    else return 0;
+    if (!NEED(in, h + len)) return 0;
+    *s = (const char *)p + h;
+    *n = len;
+    in->p += h + len;
+    return 1;
+}
+
+/* One msgpack value as msgpack.unpackb(raw=False, strict_map_key=False) builds
+ * it; NULL when this decoder defers (a Python error may be set: callers clear). */
+static PyObject *
+dec(In *in, int depth)
+{
+    if (!NEED(in, 1)) return NULL;
+    const uint8_t *p = in->p;
+    uint8_t b = p[0];
+    long long iv;
+    if (b < 0x80 || b >= 0xe0 || (b >= 0xcc && b <= 0xd3)) {
+        int r = read_int(in, &iv);
+        if (r == 1) return PyLong_FromLongLong(iv);
+        if (r == 2) return PyLong_FromUnsignedLongLong(ld8(p + 1));
+        return NULL;
+    }
+    if ((b & 0xe0) == 0xa0 || (b >= 0xd9 && b <= 0xdb)) {
+        const char *s;
+        Py_ssize_t n;
+        if (!read_str(in, &s, &n)) return NULL;
+        return PyUnicode_DecodeUTF8(s, n, NULL);
+    }
+    Py_ssize_t n, h;
+    switch (b) {
+    case 0xc0: in->p++; Py_RETURN_NONE;
+    case 0xc2: in->p++; Py_RETURN_FALSE;
+    case 0xc3: in->p++; Py_RETURN_TRUE;
+    case 0xca: {
+        if (!NEED(in, 5)) return NULL;
+        uint32_t bits = ld4(p + 1);
+        float f;
+        memcpy(&f, &bits, 4);
+        in->p += 5;
+        return PyFloat_FromDouble((double)f);
+    }
+    case 0xcb: {
+        if (!NEED(in, 9)) return NULL;
+        uint64_t bits = ld8(p + 1);
+        double d;
+        memcpy(&d, &bits, 8);
+        in->p += 9;
+        return PyFloat_FromDouble(d);
+    }
+    case 0xc4: if (!NEED(in, 2)) return NULL; h = 2; n = p[1]; goto bin;
+    case 0xc5: if (!NEED(in, 3)) return NULL; h = 3; n = ld2(p + 1); goto bin;
+    case 0xc6: if (!NEED(in, 5)) return NULL; h = 5; n = ld4(p + 1); goto bin;
+    default: break;
+    }
+    if (depth >= MAX_DEPTH) return NULL;
+    if ((b & 0xf0) == 0x90 || b == 0xdc || b == 0xdd) {
+        if (!read_array(in, &n)) return NULL;
+        if (n > in->end - in->p) return NULL;   /* each item takes a byte at least */
+        PyObject *list = PyList_New(n);
+        if (list == NULL) return NULL;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *item = dec(in, depth + 1);
+            if (item == NULL) { Py_DECREF(list); return NULL; }
+            PyList_SET_ITEM(list, i, item);
+        }
+        return list;
+    }
+    if ((b & 0xf0) == 0x80) { h = 1; n = b & 0x0f; }
+    else if (b == 0xde && NEED(in, 3)) { h = 3; n = ld2(p + 1); }
+    else if (b == 0xdf && NEED(in, 5)) { h = 5; n = ld4(p + 1); }
+    else return NULL;   /* c1, ext, fixext, truncated */
+    in->p += h;
+    if (n > (in->end - in->p) / 2) return NULL;
+    PyObject *dict = PyDict_New();
+    if (dict == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = dec(in, depth + 1);
+        if (k == NULL) { Py_DECREF(dict); return NULL; }
+        PyObject *v = dec(in, depth + 1);
+        if (v == NULL) { Py_DECREF(k); Py_DECREF(dict); return NULL; }
+        int r = PyDict_SetItem(dict, k, v);   /* unhashable key: error -> defer */
+        Py_DECREF(k);
+        Py_DECREF(v);
+        if (r < 0) { Py_DECREF(dict); return NULL; }
+    }
+    return dict;
+bin:
+    if (!NEED(in, h + n)) return NULL;
+    in->p += h + n;
+    return PyBytes_FromStringAndSize((const char *)p + h, n);
+}
+
+/* ---- the per-Dispatcher object ----------------------------------------------------- */
+
+typedef struct {
+    PyObject *spec;       /* strong; NULL: empty slot */
+    PyObject *func;       /* strong */
+    Py_ssize_t min_args;
+    Py_ssize_t max_args;  /* -1: no maximum */
+    int is_async;
+} SpecFields;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *methods;          /* dict: name -> MethodSpec (the Dispatcher's own) */
+    PyObject *notifications;    /* dict */
+    PyObject *fail_call;        /* Dispatcher.fail_call(spec, msgid, exc) */
+    PyObject *encode_response;  /* _dispatch.encode_response(msgid, result, packer) */
+    PyObject *packer;           /* the Dispatcher's msgpack.Packer */
+    PyObject *defer;            /* _dispatch.DEFER */
+    PyObject *slow_obj;         /* the pure Dispatcher.dispatch_obj, bound */
+    unsigned long long handled; /* messages dispatch_many handled */
+    Out out;
+    SpecFields cache[CACHE_SIZE];
+} CoreObject;
+
+static PyTypeObject Core_Type;
+static PyObject *s_func, *s_is_async, *s_min_args, *s_max_args;
+
+/* The spec's fields, cached by identity; NULL (error cleared) if they are not
+ * what the fast path understands: the caller defers. */
+static SpecFields *
+spec_fields(CoreObject *c, PyObject *spec)
+{
+    SpecFields *e = &c->cache[((uintptr_t)spec >> 4) & (CACHE_SIZE - 1)];
+    if (e->spec == spec)
+        return e;
+    PyObject *func = NULL, *is_async = NULL, *mn = NULL, *mx = NULL;
+    SpecFields f = {0};
+    func = PyObject_GetAttr(spec, s_func);
+    if (func == NULL) goto fail;
+    is_async = PyObject_GetAttr(spec, s_is_async);
+    if (is_async == NULL || !PyBool_Check(is_async)) goto fail;
+    mn = PyObject_GetAttr(spec, s_min_args);
+    if (mn == NULL || !PyLong_CheckExact(mn)) goto fail;
+    mx = PyObject_GetAttr(spec, s_max_args);
+    if (mx == NULL || (mx != Py_None && !PyLong_CheckExact(mx))) goto fail;
+    f.min_args = PyLong_AsSsize_t(mn);
+    f.max_args = mx == Py_None ? -1 : PyLong_AsSsize_t(mx);
+    if (f.min_args < 0 || (mx != Py_None && f.max_args < 0)) goto fail;
+    f.is_async = is_async == Py_True;
+    Py_DECREF(is_async);
+    Py_DECREF(mn);
+    Py_DECREF(mx);
+    PyObject *old_spec = e->spec, *old_func = e->func;
+    Py_INCREF(spec);
+    f.spec = spec;
+    f.func = func;
+    *e = f;
+    Py_XDECREF(old_spec);
+    Py_XDECREF(old_func);
+    return e;
+fail:
+    PyErr_Clear();
+    Py_XDECREF(func);
+    Py_XDECREF(is_async);
+    Py_XDECREF(mn);
+    Py_XDECREF(mx);
+    return NULL;
+}
+
+static PyObject *
+msgid_obj(long long msgid)
+{
+    if (msgid < 0) Py_RETURN_NONE;
+    return PyLong_FromLongLong(msgid);
+}
+
+/* Call the handler (its fields f, of spec) with args; the reply as
+ * dispatch_inline returns it: bytes, or None (notification, msgid < 0).
+ * NULL: an exception that is not an Exception (it propagates). */
+static PyObject *
+call_and_reply(CoreObject *c, PyObject *spec, SpecFields *f, PyObject *const *args,
+               Py_ssize_t nargs, long long msgid)
+{
+    PyObject *func = f->func;   /* the caller holds spec; f is its own copy */
+    Py_INCREF(func);
+    PyObject *result = PyObject_Vectorcall(func, args, (size_t)nargs, NULL);
+    Py_DECREF(func);
+    if (result == NULL) {
+        PyObject *reply = NULL;
+        if (PyErr_ExceptionMatches(PyExc_Exception)) {
+            PyObject *type, *exc, *tb;
+            PyErr_Fetch(&type, &exc, &tb);
+            PyErr_NormalizeException(&type, &exc, &tb);
+            if (tb != NULL)
+                PyException_SetTraceback(exc, tb);
+            PyObject *mid = msgid_obj(msgid);
+            if (mid != NULL) {
+                reply = PyObject_CallFunctionObjArgs(c->fail_call, spec, mid, exc, NULL);
+                Py_DECREF(mid);
+            }
+            Py_XDECREF(type);
+            Py_XDECREF(exc);
+            Py_XDECREF(tb);
+        }
+        return reply;
+    }
+    if (msgid < 0) {
+        Py_DECREF(result);
+        Py_RETURN_NONE;
+    }
+    Out *o = &c->out;
+    o->len = 0;
+    PyObject *reply = NULL;
+    if (out_grow(o, 16) == 0) {
+        put1(o, 0x94);
+        put1(o, 0x01);
+        enc_uint(o, (uint64_t)msgid);
+        put1(o, 0xc0);
+        if (enc(o, result, 1) == 0)
+            reply = PyBytes_FromStringAndSize(o->p, o->len);
+    }
+    if (o->cap > (1 << 20)) {   /* a big reply went by: give the memory back */
+        PyMem_Free(o->p);
+        o->p = NULL;
+        o->cap = 0;
+    }
+    if (reply == NULL) {   /* not encodable here: msgpack's Packer (BAD_RESULT) decides */
+        PyErr_Clear();
+        PyObject *mid = msgid_obj(msgid);
+        if (mid != NULL) {
+            PyObject *argv[3] = {mid, result, c->packer};
+            reply = PyObject_Vectorcall(c->encode_response, argv, 3, NULL);
+            Py_DECREF(mid);
+        }
+    }
+    Py_DECREF(result);
+    return reply;
+}
+
+static int
+core_alive(CoreObject *c)
+{
+    if (c->methods == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "mux_rpc._rpcfast.Core was cleared");
+        return 0;
+    }
+    return 1;
+}
+
+#define DEFERRED ((PyObject *)1)   /* inline_bytes: "not mine", nothing called */
+
+/* dispatch_inline over raw bytes: bytes / None (new refs), DEFERRED, or NULL. */
+static PyObject *
+inline_bytes(CoreObject *c, const uint8_t *data, Py_ssize_t len)
+{
+    In in = {data, data + len};
+    Py_ssize_t n, np;
+    long long kind, msgid = -1;
+    PyObject *table;
+    if (!read_array(&in, &n) || read_int(&in, &kind) != 1)
+        return DEFERRED;
+    if (n == 4 && kind == 0) {
+        if (read_int(&in, &msgid) != 1 || msgid < 0 || msgid > 0xFFFFFFFFLL)
+            return DEFERRED;
+        table = c->methods;
+    }
+    else if (n == 3 && kind == 2)
+        table = c->notifications;
+    else
+        return DEFERRED;
+    const char *s;
+    Py_ssize_t slen;
+    if (!read_str(&in, &s, &slen))
+        return DEFERRED;
+    PyObject *name = PyUnicode_DecodeUTF8(s, slen, NULL);
+    if (name == NULL) { PyErr_Clear(); return DEFERRED; }
+    PyObject *spec = PyDict_GetItemWithError(table, name);
+    Py_DECREF(name);
+    if (spec == NULL) { PyErr_Clear(); return DEFERRED; }
+    Py_INCREF(spec);   /* held until the end: the handler may change the tables */
+    SpecFields *f = spec_fields(c, spec);
+    if (f == NULL || f->is_async || !read_array(&in, &np)
+        || np < f->min_args || (f->max_args >= 0 && np > f->max_args)
+        || np > in.end - in.p) {
+        Py_DECREF(spec);
+        return DEFERRED;
+    }
+    SpecFields fc = *f;   /* the cache slot may change during the call: use a copy */
+    PyObject *stack[STACK_ARGS];
+    PyObject *list = NULL;
+    PyObject **args = stack;
+    if (np > STACK_ARGS) {
+        list = PyList_New(np);
+        if (list == NULL) { PyErr_Clear(); Py_DECREF(spec); return DEFERRED; }
+        args = ((PyListObject *)list)->ob_item;
+    }
+    Py_ssize_t i;
+    for (i = 0; i < np; i++) {
+        PyObject *v = dec(&in, 2);
+        if (v == NULL) break;
+        args[i] = v;
+    }
+    PyObject *reply = DEFERRED;
+    if (i < np || in.p != in.end) {   /* bad or trailing bytes: unpackb would raise */
+        PyErr_Clear();
+    }
+    else
+        reply = call_and_reply(c, spec, &fc, args, np, msgid);
+    Py_DECREF(spec);
+    if (list != NULL) {
+        for (Py_ssize_t j = i; j < np; j++)   /* undecoded tail: NULL for the list dealloc */
+            args[j] = NULL;
+        Py_DECREF(list);
+    }
+    else {
+        for (Py_ssize_t j = 0; j < i; j++)
+            Py_DECREF(args[j]);
+    }
+    return reply;
+}
+
+static PyObject *
+inline_obj(CoreObject *c, PyObject *payload)
+{
+    if (PyBytes_CheckExact(payload))
+        return inline_bytes(c, (const uint8_t *)PyBytes_AS_STRING(payload),
+                            PyBytes_GET_SIZE(payload));
+    Py_buffer view;
+    if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();   /* unpackb raises on it: the Python path reports */
+        return DEFERRED;
+    }
+    /* decoded before any call: a bytearray the handler changes is not read again */
+    PyObject *r = inline_bytes(c, view.buf, view.len);
+    PyBuffer_Release(&view);
+    return r;
+}
+
+static PyObject *
+Core_dispatch_inline(CoreObject *c, PyObject *payload)
+{
+    if (!core_alive(c)) return NULL;
+    PyObject *r = inline_obj(c, payload);
+    if (r == DEFERRED) {
+        Py_INCREF(c->defer);
+        return c->defer;
+    }
+    return r;
+}
+
+static PyObject *
+Core_dispatch_many(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *payloads, *start_obj = NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs + nkw < 1 || nargs + nkw > 2 || nargs < 1) goto usage;
+    payloads = args[0];
+    if (nargs == 2) start_obj = args[1];
+    if (nkw == 1) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0))
+            || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "start") != 0
+            || start_obj)
+            goto usage;
+        start_obj = args[1];
+    }
+    if (!core_alive(c)) return NULL;
+    Py_ssize_t start = 0;
+    if (start_obj != NULL) {
+        start = PyNumber_AsSsize_t(start_obj, PyExc_OverflowError);
+        if (start == -1 && PyErr_Occurred()) return NULL;
+    }
+    Py_ssize_t n = PyObject_Length(payloads);
+    if (n < 0) return NULL;
+    if (start < 0 || start > n) {
+        PyErr_Format(PyExc_ValueError, "start %zd is not in [0, %zd]", start, n);
+        return NULL;
+    }
+    PyObject *replies = PyList_New(0);
+    if (replies == NULL) return NULL;
+    int fast = PyList_CheckExact(payloads) || PyTuple_CheckExact(payloads);
+    Py_ssize_t i;
+    for (i = start; i < n; i++) {
+        PyObject *p;
+        if (fast) {
+            if (i >= Py_SIZE(payloads)) {   /* a handler shortened the list */
+                PyErr_SetString(PyExc_IndexError, "list index out of range");
+                goto error;
+            }
+            p = PySequence_Fast_ITEMS(payloads)[i];
+            Py_INCREF(p);
+        }
+        else if ((p = PySequence_GetItem(payloads, i)) == NULL)
+            goto error;
+        PyObject *r = inline_obj(c, p);
+        Py_DECREF(p);
+        if (r == DEFERRED) break;
+        if (r == NULL) goto error;
+        if (r != Py_None && PyList_Append(replies, r) < 0) {
+            Py_DECREF(r);
+            goto error;
+        }
+        Py_DECREF(r);
+    }
+    c->handled += (unsigned long long)(i - start);
+    PyObject *stop = PyLong_FromSsize_t(i);
+    if (stop == NULL) goto error;
+    PyObject *t = PyTuple_New(2);
+    if (t == NULL) { Py_DECREF(stop); goto error; }
+    PyTuple_SET_ITEM(t, 0, replies);
+    PyTuple_SET_ITEM(t, 1, stop);
+    return t;
+error:
+    Py_DECREF(replies);
+    return NULL;
+usage:
+    PyErr_SetString(PyExc_TypeError, "dispatch_many(payloads, start=0)");
+    return NULL;
+}
+
+static PyObject *
+Core_dispatch_obj(CoreObject *c, PyObject *msg)
+{
+    if (!core_alive(c)) return NULL;
+    if (!PyList_CheckExact(msg)) goto slow;
+    Py_ssize_t n = PyList_GET_SIZE(msg);
+    PyObject *kind = n ? PyList_GET_ITEM(msg, 0) : NULL;
+    if (kind == NULL || !PyLong_CheckExact(kind)) goto slow;
+    int overflow;
+    long long k = PyLong_AsLongLongAndOverflow(kind, &overflow), msgid = -1;
+    PyObject *table, *method, *params;
+    if (n == 4 && k == 0 && !overflow) {
+        PyObject *id = PyList_GET_ITEM(msg, 1);
+        if (!PyLong_CheckExact(id)) goto slow;
+        msgid = PyLong_AsLongLongAndOverflow(id, &overflow);
+        if (overflow || msgid < 0 || msgid > 0xFFFFFFFFLL) goto slow;
+        table = c->methods;
+        method = PyList_GET_ITEM(msg, 2);
+        params = PyList_GET_ITEM(msg, 3);
+    }
+    else if (n == 3 && k == 2 && !overflow) {
+        table = c->notifications;
+        method = PyList_GET_ITEM(msg, 1);
+        params = PyList_GET_ITEM(msg, 2);
+    }
+    else goto slow;
+    if (!PyUnicode_CheckExact(method) || !PyList_CheckExact(params)) goto slow;
+    PyObject *spec = PyDict_GetItemWithError(table, method);
+    if (spec == NULL) { if (PyErr_Occurred()) return NULL; goto slow; }
+    Py_INCREF(spec);
+    SpecFields *f = spec_fields(c, spec);
+    Py_ssize_t np = PyList_GET_SIZE(params);
+    if (f == NULL || f->is_async || np < f->min_args || (f->max_args >= 0 && np > f->max_args)) {
+        Py_DECREF(spec);
+        goto slow;
+    }
+    SpecFields fc = *f;
+    /* the caller owns the list: call with a copy, as func(*params) does */
+    PyObject *stack[STACK_ARGS], *tuple = NULL, **args = stack;
+    if (np > STACK_ARGS) {
+        tuple = PyList_AsTuple(params);
+        if (tuple == NULL) { Py_DECREF(spec); return NULL; }
+        args = ((PyTupleObject *)tuple)->ob_item;
+    }
+    else
+        for (Py_ssize_t i = 0; i < np; i++) {
+            args[i] = PyList_GET_ITEM(params, i);
+            Py_INCREF(args[i]);
+        }
+    PyObject *reply = call_and_reply(c, spec, &fc, args, np, msgid);
+    Py_DECREF(spec);
+    if (tuple != NULL)
+        Py_DECREF(tuple);
+    else
+        for (Py_ssize_t i = 0; i < np; i++)
+            Py_DECREF(args[i]);
+    return reply;
+slow:
+    return PyObject_CallOneArg(c->slow_obj, msg);
+}
+
+static PyObject *
+Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *methods, *notifications, *fail_call, *encode_response, *packer, *defer, *slow_obj;
+    static char *kwlist[] = {"methods", "notifications", "fail_call", "encode_response",
+                             "packer", "defer", "slow_obj", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOOO:Core", kwlist,
+                                     &PyDict_Type, &methods, &PyDict_Type, &notifications,
+                                     &fail_call, &encode_response, &packer, &defer, &slow_obj))
+        return NULL;
+    CoreObject *c = PyObject_GC_New(CoreObject, type);
+    if (c == NULL) return NULL;
+    c->handled = 0;
+    c->out.p = NULL;
+    c->out.len = c->out.cap = 0;
+    memset(c->cache, 0, sizeof(c->cache));
+#define SETREF(field) do { Py_INCREF(field); c->field = field; } while (0)
+    SETREF(methods);
+    SETREF(notifications);
+    SETREF(fail_call);
+    SETREF(encode_response);
+    SETREF(packer);
+    SETREF(defer);
+    SETREF(slow_obj);
+#undef SETREF
+    PyObject_GC_Track(c);
+    return (PyObject *)c;
+}
+
+static int
+Core_traverse(CoreObject *c, visitproc visit, void *arg)
+{
+    Py_VISIT(c->methods);
+    Py_VISIT(c->notifications);
+    Py_VISIT(c->fail_call);
+    Py_VISIT(c->encode_response);
+    Py_VISIT(c->packer);
+    Py_VISIT(c->defer);
+    Py_VISIT(c->slow_obj);
+    for (int i = 0; i < CACHE_SIZE; i++) {
+        Py_VISIT(c->cache[i].spec);
+        Py_VISIT(c->cache[i].func);
+    }
+    return 0;
+}
+
+static int
+Core_clear(CoreObject *c)
+{
+    Py_CLEAR(c->methods);
+    Py_CLEAR(c->notifications);
+    Py_CLEAR(c->fail_call);
+    Py_CLEAR(c->encode_response);
+    Py_CLEAR(c->packer);
+    Py_CLEAR(c->defer);
+    Py_CLEAR(c->slow_obj);
+    for (int i = 0; i < CACHE_SIZE; i++) {
+        Py_CLEAR(c->cache[i].spec);
+        Py_CLEAR(c->cache[i].func);
+    }
+    return 0;
+}
+
+static void
+Core_dealloc(CoreObject *c)
+{
+    PyObject_GC_UnTrack(c);
+    Core_clear(c);
+    PyMem_Free(c->out.p);
+    PyObject_GC_Del(c);
+}
+
+static PyObject *
+Core_get_handled(CoreObject *c, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(c->handled);
+}
+
+static PyMethodDef Core_methods[] = {
+    {"dispatch_inline", (PyCFunction)Core_dispatch_inline, METH_O,
+     "dispatch_inline(payload) -> bytes | None | DEFER (see Dispatcher.dispatch_inline)"},
+    {"dispatch_many", (PyCFunction)(void (*)(void))Core_dispatch_many,
+     METH_FASTCALL | METH_KEYWORDS,
+     "dispatch_many(payloads, start=0) -> (replies, stop) (see Dispatcher.dispatch_many)"},
+    {"dispatch_obj", (PyCFunction)Core_dispatch_obj, METH_O,
+     "dispatch_obj(msg): the hot case here, anything else through slow_obj(msg)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Core_getset[] = {
+    {"handled", (getter)Core_get_handled, NULL, "messages dispatch_many handled", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject Core_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mux_rpc._rpcfast.Core",
+    .tp_basicsize = sizeof(CoreObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Core_new,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_traverse = (traverseproc)Core_traverse,
+    .tp_clear = (inquiry)Core_clear,
+    .tp_methods = Core_methods,
+    .tp_getset = Core_getset,
+    .tp_doc = "Core(methods, notifications, fail_call, encode_response, packer, defer, "
+              "slow_obj): one Dispatcher's C fast path.",
+};
+
+/* ---- module functions (the tests compare them with msgpack) ------------------------ */
+
+static PyObject *
+mod_packb(PyObject *mod, PyObject *obj)
+{
+    Out o = {NULL, 0, 0};
+    PyObject *r = NULL;
+    if (enc(&o, obj, 0) == 0)
+        r = PyBytes_FromStringAndSize(o.p ? o.p : "", o.len);
+    else
+        r = Py_NewRef(Py_None);
+    PyMem_Free(o.p);
+    return r;
+}
+
+static PyObject *
+mod_unpackb(PyObject *mod, PyObject *data)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
+    In in = {view.buf, (const uint8_t *)view.buf + view.len};
+    PyObject *r = dec(&in, 0);
+    if (r != NULL && in.p != in.end)
+        Py_CLEAR(r);
+    PyBuffer_Release(&view);
+    if (r == NULL) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "deferred");
+    }
+    return r;
+}
+
+static PyMethodDef module_methods[] = {
+    {"packb", mod_packb, METH_O,
+     "packb(obj) -> bytes, as msgpack.packb(obj, use_bin_type=True); None when this "
+     "encoder leaves obj to msgpack."},
+    {"unpackb", mod_unpackb, METH_O,
+     "unpackb(data) -> obj, as msgpack.unpackb(data, raw=False, strict_map_key=False); "
+     "ValueError('deferred') when this decoder leaves data to msgpack."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "mux_rpc._rpcfast",
+    .m_doc = "C fast path of mux_rpc's dispatcher (see mux_rpc/_rpcfast.c).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__rpcfast(void)
+{
+    if (PyType_Ready(&Core_Type) < 0) return NULL;
+    if (!(s_func = PyUnicode_InternFromString("func"))
+        || !(s_is_async = PyUnicode_InternFromString("is_async"))
+        || !(s_min_args = PyUnicode_InternFromString("min_args"))
+        || !(s_max_args = PyUnicode_InternFromString("max_args")))
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&Core_Type);
+    if (PyModule_AddObject(m, "Core", (PyObject *)&Core_Type) < 0) {
+        Py_DECREF(&Core_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "MAX_DEPTH", MAX_DEPTH) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
