@@ -43,6 +43,10 @@ Hot path: received frames are copied once (``recv_batch(copy=True)``) and
 message payloads are ``bytes`` slices of that copy; outgoing frames are
 built with ``struct.pack_into`` into preallocated ``bytearray`` buffers that
 ``send_batch`` copies (every backend copies into its TX ring on the call).
+With the optional C accelerator (``xport._linkfast``, see below) the whole
+DATA and CREDIT messages of a frame are parsed, and the whole queued messages
+that fit in a frame are packed, in one C call per frame; the Python loops
+take over at anything else and are the reference.
 
 Public API
 ----------
@@ -51,8 +55,8 @@ Public API
 ``flush(now=None) -> int``, ``poll(max_frames=64, now=None) -> list[Message]``,
 ``tick(now)``, ``writable``, ``queued_bytes``, ``peer_lost``, ``peer_hello``,
 ``session``, ``peer_session``, ``established``, ``peer_restarts``,
-``on_peer_hello``, ``fileno()``, ``statistics()``, ``close()``; ``new_session()``;
-and ``AsyncLink`` (asyncio).
+``on_peer_hello``, ``raw_data``, ``accelerated``, ``fileno()``, ``statistics()``,
+``close()``; ``new_session()``; ``ACCELERATED``; and ``AsyncLink`` (asyncio).
 """
 
 from __future__ import annotations
@@ -123,15 +127,11 @@ try:
         raise ImportError("XPORT_PURE_PYTHON is set")
     _linkfast = importlib.import_module(__name__.rpartition(".")[0] + "._linkfast")
     # the C side hard-codes the wire constants: a stale build must not be used
-    if (_linkfast.PROTOCOL_VERSION, _linkfast.HEADER_SIZE, _linkfast.DATA, _linkfast.CREDIT) != (
-        PROTOCOL_VERSION,
-        HEADER_SIZE,
-        _DATA,
-        _CREDIT,
-    ):
-        raise ImportError("xport._linkfast was built for other wire constants")
-    _linkfast.init(Data, Credit)
-except ImportError:
+    _c_wire = (_linkfast.PROTOCOL_VERSION, _linkfast.HEADER_SIZE, _linkfast.DATA, _linkfast.CREDIT)
+    if _c_wire != (PROTOCOL_VERSION, HEADER_SIZE, _DATA, _CREDIT):
+        raise ImportError(f"xport._linkfast was built for other wire constants {_c_wire}")
+    _linkfast.init(Data, Credit)  # TypeError if they stopped being slotted classes
+except (ImportError, TypeError):
     _linkfast = None
 
 ACCELERATED: bool = _linkfast is not None
@@ -800,9 +800,7 @@ class Link:
             self._undrop(anomaly)
         # our receive buffers the old peer's frames used are free again (released
         # right after parsing): advertise from here on, as a fresh end would
-        self._posted_base = self.backend.statistics().rx_frames - (
-            self.stats.frames_in - consumed
-        )
+        self._posted_base = self.backend.statistics().rx_frames - (self.stats.frames_in - consumed)
         self.credit = lc = LinkCredit(
             reserve=cfg.credit_reserve,
             initial_peer_credit=cfg.initial_peer_credit,
