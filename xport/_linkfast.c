@@ -148,30 +148,38 @@ put16(unsigned char *p, unsigned v)
 static PyObject *
 rx_message(const unsigned char *p, unsigned mtype, unsigned length, unsigned aux, int raw)
 {
+    const unsigned char *body = p + HEADER_SIZE;
     PyObject *conn = PyLong_FromUnsignedLong(be32(p + 4));
-    const char *body = (const char *)p + HEADER_SIZE;
+    if (conn == NULL)
+        return NULL;
     if (mtype == TYPE_CREDIT) {
-        return slot_class_new(&credit_cls, conn, PyLong_FromUnsignedLong(be32((const unsigned char *)body)),
-                              PyLong_FromUnsignedLong(be32((const unsigned char *)body + 4)));
+        PyObject *msgs = PyLong_FromUnsignedLong(be32(body));
+        PyObject *nbytes = msgs ? PyLong_FromUnsignedLong(be32(body + 4)) : NULL;
+        return slot_class_new(&credit_cls, conn, msgs, nbytes);
     }
-    PyObject *payload = PyBytes_FromStringAndSize(body, length); /* data[off:mend] */
-    if (raw && aux == 0) {
-        if (conn == NULL || payload == NULL) {
-            Py_XDECREF(conn);
-            Py_XDECREF(payload);
-            return NULL;
-        }
-        PyObject *t = PyTuple_New(2);
-        if (t == NULL) {
-            Py_DECREF(conn);
-            Py_DECREF(payload);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(t, 0, conn);
-        PyTuple_SET_ITEM(t, 1, payload);
-        return t;
+    /* data[off:mend] */
+    PyObject *payload = PyBytes_FromStringAndSize((const char *)body, length);
+    if (payload == NULL || !raw || aux != 0) {
+        PyObject *hlen = payload ? PyLong_FromLong((long)aux) : NULL;
+        return slot_class_new(&data_cls, conn, payload, hlen);
     }
-    return slot_class_new(&data_cls, conn, payload, PyLong_FromLong((long)aux));
+    PyObject *t = PyTuple_New(2); /* Link.raw_data: (conn_id, payload) */
+    if (t == NULL) {
+        Py_DECREF(conn);
+        Py_DECREF(payload);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, conn);
+    PyTuple_SET_ITEM(t, 1, payload);
+    return t;
+}
+
+/* A Py_ssize_t argument; -1 with an exception set if it is not one. */
+static int
+ssize_arg(PyObject *v, Py_ssize_t *out)
+{
+    *out = PyLong_AsSsize_t(v);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
 static PyObject *
@@ -185,11 +193,12 @@ rx_whole(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "rx_whole: init(Data, Credit) not called");
         return NULL;
     }
-    Py_ssize_t off = PyLong_AsSsize_t(args[1]);
-    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
-    Py_ssize_t left = PyLong_AsSsize_t(args[3]);
+    Py_ssize_t off, end, left;
+    if (ssize_arg(args[1], &off) < 0 || ssize_arg(args[2], &end) < 0
+        || ssize_arg(args[3], &left) < 0)
+        return NULL;
     int raw = PyObject_IsTrue(args[4]);
-    if (PyErr_Occurred() || raw < 0)
+    if (raw < 0)
         return NULL;
     PyObject *out = args[5];
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
@@ -251,10 +260,9 @@ pack_whole(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *queue = args[0], *buf = args[1];
-    Py_ssize_t off = PyLong_AsSsize_t(args[2]);
-    Py_ssize_t count = PyLong_AsSsize_t(args[3]);
-    Py_ssize_t frame_size = PyLong_AsSsize_t(args[4]);
-    if (PyErr_Occurred())
+    Py_ssize_t off, count, frame_size;
+    if (ssize_arg(args[2], &off) < 0 || ssize_arg(args[3], &count) < 0
+        || ssize_arg(args[4], &frame_size) < 0)
         return NULL;
     /* room is tested against frame_size; the buffer must really be that large */
     if (off < 0 || frame_size > PyByteArray_GET_SIZE(buf)) {
