@@ -58,6 +58,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import operator
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -97,6 +98,10 @@ HOST_CONN_ID_BASE = 0x8000_0000
 HOOK_DEFER = 0
 HOOK_DONE = 1
 HOOK_OWNED = 2
+
+#: :meth:`OffloadConnection.set_batch_hook`'s hook: ``hook(payloads) -> (taken,
+#: owned, owned_bytes)``
+BatchHook = Callable[[list[bytes]], tuple[int, int, int]]
 
 
 def reason_code(status: int) -> str:
@@ -284,6 +289,7 @@ class OffloadConnection:
         self._send_lock = asyncio.Lock()
         self._send_waiter: asyncio.Future[None] | None = None
         self._hook: Callable[[bytes], int] | None = None
+        self._batch_hook: BatchHook | None = None
         self._cause: tuple[str, str] | None = None
         self._done = self._loop.create_future()  # set when CLOSED/BROKEN
         self._opened = self._loop.create_future()  # CONNECTING -> OPEN
@@ -396,6 +402,24 @@ class OffloadConnection:
         :meth:`on_consumed` later itself)."""
         self._hook = hook
 
+    def set_batch_hook(self, hook: BatchHook | None) -> None:
+        """Let ``hook(payloads)`` see a *run* first: two or more consecutive
+        messages of this connection, without ULP header, from one received
+        batch (``None`` removes it; a run of one goes to the message hook of
+        :meth:`set_message_hook`). Same conditions as the message hook: only
+        while the receiver is parked in ``recv()`` with nothing queued, and
+        the run's messages have been counted against the receive window
+        first (a run that would overrun it is delivered message by message,
+        so the same message breaks the connection).
+
+        ``hook`` returns ``(taken, owned, owned_bytes)``: it handled the first
+        ``taken`` messages; ``owned`` of them (``owned_bytes`` in all) it
+        reports later itself with :meth:`on_consumed`, the others are finished
+        and their credit goes back with one update for the run (the rule of
+        :meth:`set_message_hook`). ``payloads[taken:]`` are queued for
+        ``recv()`` in order, as if no hook were set."""
+        self._batch_hook = hook
+
     def send_nowait(self, payload: bytes) -> bool:
         """Send ``payload`` at once if nothing waits to send on this connection
         and the agent's window allows it; else send nothing and return False
@@ -417,15 +441,67 @@ class OffloadConnection:
             host._send_ctl(q, P.Data(self.conn_id, payload, 0))  # Host._send_data's slow path
         return True
 
-    def _consumed_inline(self, n: int) -> None:
-        # on_consumed for a message the hook finished: grant at half a window
-        # or when the agent is out of message credit; the rest goes back after
-        # HostConfig.credit_delay (Host._credit_sweep), so a sender blocked on
-        # a large message never waits for a batch that cannot fill
+    def send_many_nowait(self, payloads: Sequence[bytes]) -> int:
+        """:meth:`send_nowait` over ``payloads`` in order, with one window
+        update: send the longest prefix the agent's window allows (all of them
+        usually) and return its length; the caller sends ``payloads[sent:]``
+        with ``await send()``. 0 when anything else waits to send."""
+        sw = self._swin
+        if self._state is not _OPEN or self._send_lock.locked():
+            return 0
+        host = self._host
+        mx = host.max_send_size
+        k = len(payloads)
+        nb = sum(map(len, payloads))
+        if k > sw.messages or nb > sw.bytes or (nb > mx and max(map(len, payloads)) > mx):
+            # only a prefix fits: the same test as send_nowait's, message by message
+            m, b, k, nb = sw.messages, sw.bytes, 0, 0
+            for p in payloads:
+                n = len(p)
+                if m < 1 or n > b or n > mx:
+                    break
+                m -= 1
+                b -= n
+                k += 1
+                nb += n
+            if not k:
+                return 0
+            payloads = payloads[:k]
+        sw.messages -= k
+        sw.bytes -= nb
+        st = host.stats
+        st.messages_out += k
+        st.bytes_out += nb
+        q = self.queue
+        cid = self.conn_id
+        direct = host._direct[q]
+        ob = host._outboxes[q]
+        i = 0
+        if direct is not None and not ob.items:
+            # TODO(xport): one AsyncLink.try_send_many(conn_id, payloads) call
+            for p in payloads:
+                if not direct(cid, p, 0):
+                    break
+                i += 1
+            if i == k:
+                return k
+        # the link pushes back (or something is queued before): the rest, in
+        # order, through the writer task (Host._send_data's slow path)
+        ob.items.extend([P.Data(cid, p, 0) for p in payloads[i:]])
+        ob.event.set()
+        host._last_tx[q] = host._clock()
+        return k
+
+    def _consumed_inline(self, n: int, count: int = 1) -> None:
+        # on_consumed for ``count`` messages (``n`` bytes) the hook finished:
+        # grant at half a window or when the agent is out of message credit;
+        # the rest goes back after HostConfig.credit_delay (Host._credit_sweep),
+        # so a sender blocked on a large message never waits for a batch that
+        # cannot fill
         w = self._rwin
-        w.buffered_messages -= 1
+        w.buffered_messages -= count
         w.buffered_bytes -= n
-        pm = w.pending_messages = w.pending_messages + 1
+        pm = w.pending_messages = w.pending_messages + count
         pb = w.pending_bytes = w.pending_bytes + n
         if (pm * 2 >= w.window_messages or pb * 2 >= w.window_bytes
                 or w.outstanding_messages < 1):
@@ -576,6 +652,63 @@ class OffloadConnection:
         self._host.stats.bytes_in += n
         self._rx.append(m)
         self._wake_rx()
+
+    def _deliver_run(self, payloads: list[bytes]) -> None:
+        """A run of headerless DATA (two or more, in order) for an OPEN
+        connection, from :meth:`Host._on_batch`: one window check and update,
+        one batch hook call, one credit update, one queue extend."""
+        hook = self._batch_hook
+        k = len(payloads)
+        nb = sum(map(len, payloads))
+        w = self._rwin
+        # contract: the agent stays within the window the host granted (§5.3);
+        # a run that would overrun it goes message by message, so the same
+        # message breaks the connection as without runs (and so does a run
+        # for a message hook without a batch hook)
+        if (k > w.outstanding_messages or nb > w.outstanding_bytes
+                or (hook is None and self._hook is not None)
+                or (nb > w.max_message_size
+                    and max(map(len, payloads)) > w.max_message_size)):
+            self._deliver_each(payloads)
+            return
+        w.outstanding_messages -= k
+        w.outstanding_bytes -= nb
+        w.buffered_messages += k
+        w.buffered_bytes += nb
+        st = self._host.stats
+        st.messages_in += k
+        st.bytes_in += nb
+        if hook is None or self._rx_waiter is None or self._rx:
+            self._rx.extend(map(Message, payloads))
+            self._wake_rx()
+            return
+        taken, owned, owned_bytes = hook(payloads)
+        if taken:
+            done = taken - owned
+            if done:
+                tb = nb if taken == k else sum(map(len, payloads[:taken]))
+                self._consumed_inline(tb - owned_bytes, done)
+            if taken == k:
+                return
+            payloads = payloads[taken:]
+        if self._state is _OPEN:
+            self._rx.extend(map(Message, payloads))
+            self._wake_rx()
+            return
+        # the hook closed the connection: the rest meets the state table, as
+        # each would have without runs
+        st.messages_in -= len(payloads)
+        st.bytes_in -= sum(map(len, payloads))
+        for p in payloads:
+            self._event(ConnEvent.DATA, P.Data(self.conn_id, p))
+
+    def _deliver_each(self, payloads: list[bytes]) -> None:
+        # a run, message by message, as Host._on_batch delivers single messages
+        for p in payloads:
+            if self._state is _OPEN:
+                self._deliver_payload(p, 0)
+            else:
+                self._host._on_message(self.queue, P.Data(self.conn_id, p))
 
 
 class OffloadListener:
@@ -1008,12 +1141,32 @@ class Host:
         if self._closed:
             return
         self._last_rx = self._clock()
-        # the batch: DATA for OPEN connections (_on_message's hot path) inline
+        # the batch: DATA for OPEN connections (_on_message's hot path) inline;
+        # consecutive raw DATA of one connection as one run (_deliver_run): per
+        # connection, order with every other message is kept
         get_conn = self._conns.get
-        for m in msgs:
+        n = len(msgs)
+        i = 0
+        while i < n:
+            m = msgs[i]
+            i += 1
             try:
                 if m.__class__ is tuple:  # type: ignore[comparison-overlap]  # Link.raw_data
                     cid, payload = cast("tuple[int, bytes]", m)
+                    if i < n and msgs[i].__class__ is tuple \
+                            and msgs[i][0] == cid:
+                        j = i + 1
+                        while j < n and msgs[j].__class__ is tuple \
+                                and msgs[j][0] == cid:
+                            j += 1
+                        run = list(map(_second, msgs[i - 1:j]))
+                        i = j
+                        conn = get_conn(cid)
+                        if conn is not None and conn._state is _OPEN:
+                            conn._deliver_run(run)
+                        else:
+                            self._deliver_run(q, cid, run)
+                        continue
                     conn = get_conn(cid)
                     if conn is not None and conn._state is _OPEN:
                         conn._deliver_payload(payload, 0)
@@ -1029,6 +1182,16 @@ class Host:
             except Exception:  # a bug in one message's handling must not kill the link
                 self.stats.protocol_errors += 1
                 log.exception("handling %r", m)
+
+    def _deliver_run(self, q: int, cid: int, run: list[bytes]) -> None:
+        """A run of raw DATA payloads for a connection that is not OPEN (or
+        unknown): each through the state table, as without runs."""
+        for payload in run:
+            try:
+                self._on_message(q, P.Data(cid, payload))
+            except Exception:  # a bug in one message's handling must not kill the link
+                self.stats.protocol_errors += 1
+                log.exception("handling DATA of connection %#x", cid)
 
     def _on_message(self, q: int, m: P.Message) -> None:
         if m.__class__ is P.Data:
@@ -1218,6 +1381,7 @@ class Host:
 
 _Data = P.Data
 _OPEN = ConnState.OPEN
+_second = operator.itemgetter(1)
 
 def _make_hello(cfg: HostConfig, session: int, peer_session: int) -> P.Hello:
     # the initial per-connection window the host grants the agent (§3.1, §5)

@@ -177,8 +177,12 @@ class Server:
         limits, dispatcher, stats = self.limits, self.dispatcher, self.stats
         own = asyncio.Semaphore(self.config.max_inflight_per_connection)
         set_hook = getattr(conn, "set_message_hook", None)
+        set_batch_hook = getattr(conn, "set_batch_hook", None)
         if set_hook is not None:
-            set_hook(self._inline_hook(conn, key, calls))
+            hook = self._inline_hook(conn, key, calls)
+            set_hook(hook)
+            if set_batch_hook is not None:
+                set_batch_hook(self._batch_hook(conn, key, calls, hook))
         try:
             while True:
                 # a slot of this connection before reading; the overall slot after,
@@ -227,6 +231,8 @@ class Server:
         finally:
             if set_hook is not None:
                 set_hook(None)
+                if set_batch_hook is not None:
+                    set_batch_hook(None)
             await self._end_connection(conn, calls)
 
     def _inline_hook(
@@ -264,6 +270,67 @@ class Server:
             return HOOK_OWNED
 
         return hook
+
+    def _batch_hook(
+        self, conn: Any, key: int, calls: set[asyncio.Task[None]], hook: Callable[[bytes], int]
+    ) -> Callable[[list[bytes]], tuple[int, int, int]]:
+        """:meth:`_inline_hook` for a run of messages of one connection
+        (``OffloadConnection.set_batch_hook``): one limits check, one
+        ``Dispatcher.dispatch_many``, the replies sent with one
+        ``send_many_nowait``. The same outcome as ``hook`` on each message in
+        turn: calls start in arrival order, the first message that needs the
+        task path and all after it are left to ``recv()``, a reply the
+        agent's window refuses goes from a task (and so do all after it, in
+        order). Without room in the limits for the whole run, ``hook`` runs
+        on each message (some may then need a slot)."""
+        limits, stats = self.limits, self.stats
+        many = self.dispatcher.dispatch_many
+        send_many = conn.send_many_nowait
+        loop = asyncio.get_running_loop()
+        waiters, by_conn = limits._waiters, limits._by_conn
+        total, per_conn = limits.total, limits.per_connection
+
+        def each(payloads: list[bytes]) -> tuple[int, int, int]:
+            owned = owned_bytes = 0
+            for i, payload in enumerate(payloads):
+                r = hook(payload)
+                if r == HOOK_DEFER:
+                    return i, owned, owned_bytes
+                if r == HOOK_OWNED:
+                    owned += 1
+                    owned_bytes += len(payload)
+            return len(payloads), owned, owned_bytes
+
+        def batch(payloads: list[bytes]) -> tuple[int, int, int]:
+            k = len(payloads)
+            # room for every message of the run to hold a slot (a late reply
+            # takes one): then no message would have found the limits full
+            if waiters or limits._total + k > total or by_conn.get(key, 0) + k > per_conn:
+                return each(payloads)
+            replies, stop = many(payloads)
+            stats.messages += stop
+            if not replies:
+                return stop, 0, 0
+            sent = send_many(replies)
+            late = len(replies) - sent
+            if not late:
+                return stop, 0, 0
+            # the agent's window is full (or a reply waits): the rest go from
+            # tasks, in order, each holding the credit of one request (the
+            # last ones handled: replies carry no request index; the run's
+            # total credit is exact either way)
+            held = payloads[stop - late:stop]
+            owned_bytes = 0
+            for reply, request in zip(replies[sent:], held, strict=True):
+                n = len(request)
+                owned_bytes += n
+                limits.start(key)
+                task = loop.create_task(self._late_reply(conn, key, reply, n))
+                calls.add(task)
+                task.add_done_callback(calls.discard)
+            return stop, late, owned_bytes
+
+        return batch
 
     async def _late_reply(self, conn: MessageConnection, key: int, reply: bytes,
                           nbytes: int) -> None:
