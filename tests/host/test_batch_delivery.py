@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -437,6 +438,7 @@ async def _credit_run(raw: bool, window_messages: int, window_bytes: int,
     loop = asyncio.get_running_loop()
     conns: dict[int, OffloadConnection] = {}
     plan: dict[bytes, int] = {}  # what the hook does with each (unique) payload
+    seq = itertools.count()
     sent = {cid: (0, 0) for cid in (5, 6, 7)}
     owned: dict[int, list[int]] = {}
     for cid in (5, 6, 7):
@@ -509,7 +511,7 @@ async def _credit_run(raw: bool, window_messages: int, window_bytes: int,
                 continue
             credit[cid][0] -= 1
             credit[cid][1] -= size
-            payload = len(plan).to_bytes(4, "big") + bytes(size - 4)
+            payload = next(seq).to_bytes(4, "big") + bytes(size - 4)
             plan[payload] = action
             sent[cid] = (sent[cid][0] + 1, sent[cid][1] + size)
             msgs.append((cid, payload) if raw else P.Data(cid, payload))
@@ -539,7 +541,7 @@ async def _credit_run(raw: bool, window_messages: int, window_bytes: int,
     return granted
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(_script(), st.integers(1, 3))
 def test_run_credit_never_over_grants_and_everything_comes_back(
         script: tuple[int, int, list[list[tuple[int, int, int]]]], consume_every: int) -> None:
