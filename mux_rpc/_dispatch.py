@@ -224,6 +224,7 @@ class Dispatcher:
             core = _rpcfast.Core(
                 self._methods, self._notifications, self.fail_call, encode_response,
                 self._packer, DEFER, types.MethodType(Dispatcher.dispatch_obj, self),
+                types.MethodType(Dispatcher.dispatch_inline, self),
             )
             self._core = core
             self.dispatch_inline = core.dispatch_inline  # type: ignore[method-assign]

@@ -11,7 +11,7 @@
  * the message exactly as if C had never seen it:
  *
  *   Core(methods, notifications, fail_call, encode_response, packer, defer,
- *        slow_obj)
+ *        slow_obj, slow_inline)
  *       bound per Dispatcher (the two spec dicts are the Dispatcher's own
  *       objects, looked up on every call: no stale tables).
  *
@@ -30,8 +30,10 @@
  *
  *   decode   a subset of msgpack (nil, bool, ints, float32/64, str, bin,
  *            array, map), building what msgpack.unpackb(raw=False,
- *            strict_map_key=False) builds; ext types, invalid UTF-8,
- *            unhashable keys, truncation, nesting deeper than MAX_DEPTH -> DEFER.
+ *            strict_map_key=False) builds. A malformed envelope or payload ->
+ *            DEFER, as in Python; params it cannot build (ext types, nesting
+ *            deeper than MAX_DEPTH, ...) -> that one payload goes through
+ *            slow_inline(payload), the Python method, which decides.
  *   call     func(*params) by vectorcall; an Exception becomes
  *            fail_call(spec, msgid, exc) (the handler ran: not deferred), any
  *            other BaseException propagates, as in Python.
@@ -375,6 +377,7 @@ typedef struct {
     PyObject *packer;           /* the Dispatcher's msgpack.Packer */
     PyObject *defer;            /* _dispatch.DEFER */
     PyObject *slow_obj;         /* the pure Dispatcher.dispatch_obj, bound */
+    PyObject *slow_inline;      /* the pure Dispatcher.dispatch_inline, bound */
     unsigned long long handled; /* messages dispatch_many handled */
     Out out;
     SpecFields cache[CACHE_SIZE];
@@ -505,9 +508,17 @@ core_alive(CoreObject *c)
     return 1;
 }
 
-#define DEFERRED ((PyObject *)1)   /* inline_bytes: "not mine", nothing called */
+#define DEFERRED ((PyObject *)1)   /* inline_bytes: Python would DEFER it too */
+#define UNSURE ((PyObject *)2)     /* inline_bytes: params this decoder leaves to msgpack */
 
-/* dispatch_inline over raw bytes: bytes / None (new refs), DEFERRED, or NULL. */
+/* dispatch_inline over raw bytes: bytes / None (new refs), DEFERRED, UNSURE
+ * (nothing called for either), or NULL (an exception propagates).
+ *
+ * DEFERRED is only answered when the Python rules defer whatever the rest of
+ * the payload holds: the envelope (as far as read) already fails them, or the
+ * payload is not one valid msgpack value. A sync call whose params this
+ * decoder cannot build (ext types, deep nesting, ...) is UNSURE: the pure
+ * dispatch_inline decides, so the stop index of dispatch_many never moves. */
 static PyObject *
 inline_bytes(CoreObject *c, const uint8_t *data, Py_ssize_t len)
 {
@@ -537,7 +548,11 @@ inline_bytes(CoreObject *c, const uint8_t *data, Py_ssize_t len)
     if (spec == NULL) { PyErr_Clear(); return DEFERRED; }
     Py_INCREF(spec);   /* held until the end: the handler may change the tables */
     SpecFields *f = spec_fields(c, spec);
-    if (f == NULL || f->is_async || !read_array(&in, &np)
+    if (f == NULL) {   /* not a MethodSpec as the fast path knows it */
+        Py_DECREF(spec);
+        return UNSURE;
+    }
+    if (f->is_async || !read_array(&in, &np)
         || np < f->min_args || (f->max_args >= 0 && np > f->max_args)
         || np > in.end - in.p) {
         Py_DECREF(spec);
@@ -558,10 +573,13 @@ inline_bytes(CoreObject *c, const uint8_t *data, Py_ssize_t len)
         if (v == NULL) break;
         args[i] = v;
     }
-    PyObject *reply = DEFERRED;
-    if (i < np || in.p != in.end) {   /* bad or trailing bytes: unpackb would raise */
+    PyObject *reply;
+    if (i < np) {
         PyErr_Clear();
+        reply = UNSURE;
     }
+    else if (in.p != in.end)   /* trailing bytes: unpackb raises ExtraData */
+        reply = DEFERRED;
     else
         reply = call_and_reply(c, spec, &fc, args, np, msgid);
     Py_DECREF(spec);
@@ -594,11 +612,26 @@ inline_obj(CoreObject *c, PyObject *payload)
     return r;
 }
 
+/* inline_obj, with UNSURE settled by the Python method: bytes / None / DEFERRED / NULL */
+static PyObject *
+inline_any(CoreObject *c, PyObject *payload)
+{
+    PyObject *r = inline_obj(c, payload);
+    if (r != UNSURE)
+        return r;
+    r = PyObject_CallOneArg(c->slow_inline, payload);
+    if (r == c->defer) {
+        Py_DECREF(r);
+        return DEFERRED;
+    }
+    return r;
+}
+
 static PyObject *
 Core_dispatch_inline(CoreObject *c, PyObject *payload)
 {
     if (!core_alive(c)) return NULL;
-    PyObject *r = inline_obj(c, payload);
+    PyObject *r = inline_any(c, payload);
     if (r == DEFERRED) {
         Py_INCREF(c->defer);
         return c->defer;
@@ -649,7 +682,7 @@ Core_dispatch_many(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, PyObj
         }
         else if ((p = PySequence_GetItem(payloads, i)) == NULL)
             goto error;
-        PyObject *r = inline_obj(c, p);
+        PyObject *r = inline_any(c, p);
         Py_DECREF(p);
         if (r == DEFERRED) break;
         if (r == NULL) goto error;
@@ -739,12 +772,14 @@ slow:
 static PyObject *
 Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *methods, *notifications, *fail_call, *encode_response, *packer, *defer, *slow_obj;
+    PyObject *methods, *notifications, *fail_call, *encode_response, *packer, *defer;
+    PyObject *slow_obj, *slow_inline;
     static char *kwlist[] = {"methods", "notifications", "fail_call", "encode_response",
-                             "packer", "defer", "slow_obj", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOOO:Core", kwlist,
+                             "packer", "defer", "slow_obj", "slow_inline", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOOOOO:Core", kwlist,
                                      &PyDict_Type, &methods, &PyDict_Type, &notifications,
-                                     &fail_call, &encode_response, &packer, &defer, &slow_obj))
+                                     &fail_call, &encode_response, &packer, &defer, &slow_obj,
+                                     &slow_inline))
         return NULL;
     CoreObject *c = PyObject_GC_New(CoreObject, type);
     if (c == NULL) return NULL;
@@ -760,6 +795,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     SETREF(packer);
     SETREF(defer);
     SETREF(slow_obj);
+    SETREF(slow_inline);
 #undef SETREF
     PyObject_GC_Track(c);
     return (PyObject *)c;
@@ -775,6 +811,7 @@ Core_traverse(CoreObject *c, visitproc visit, void *arg)
     Py_VISIT(c->packer);
     Py_VISIT(c->defer);
     Py_VISIT(c->slow_obj);
+    Py_VISIT(c->slow_inline);
     for (int i = 0; i < CACHE_SIZE; i++) {
         Py_VISIT(c->cache[i].spec);
         Py_VISIT(c->cache[i].func);
@@ -792,6 +829,7 @@ Core_clear(CoreObject *c)
     Py_CLEAR(c->packer);
     Py_CLEAR(c->defer);
     Py_CLEAR(c->slow_obj);
+    Py_CLEAR(c->slow_inline);
     for (int i = 0; i < CACHE_SIZE; i++) {
         Py_CLEAR(c->cache[i].spec);
         Py_CLEAR(c->cache[i].func);
@@ -842,7 +880,7 @@ static PyTypeObject Core_Type = {
     .tp_methods = Core_methods,
     .tp_getset = Core_getset,
     .tp_doc = "Core(methods, notifications, fail_call, encode_response, packer, defer, "
-              "slow_obj): one Dispatcher's C fast path.",
+              "slow_obj, slow_inline): one Dispatcher's C fast path.",
 };
 
 /* ---- module functions (the tests compare them with msgpack) ------------------------ */
