@@ -8,10 +8,19 @@ per-request Python cost every transport (offloaded or direct) pays on top.
     python bench/bench_floor.py                   # all mixes, table
     python bench/bench_floor.py -n 200000 --json
 
+The default measures the pure-Python dispatcher whatever is built
+(``Dispatcher(accelerated=False)``). ``--path`` adds the same loop through the C
+fast path (``c``: ``Dispatcher.dispatch`` with mux_rpc._rpcfast), and batches
+of ``--batch`` messages through ``Dispatcher.dispatch_many`` (``c-many``,
+``python-many``), the deferred ones through ``dispatch`` as a host would:
+
+    python bench/bench_floor.py --path python,c,c-many --mix echo
+
 Loopback reference (``--tcp``): the same app served by ``serve_direct`` in a
 child process (uvloop when installed), driven from this process by C
 connections each keeping ``--depth`` pre-encoded requests in flight (a raw
-pipelined client, so the client is cheaper than the server). Short runs.
+pipelined client, so the client is cheaper than the server). Short runs. The
+server uses the C fast path when it is built; ``--tcp --pure`` forces Python.
 
     python bench/bench_floor.py --tcp --conns 1,64 --seconds 3
 """
@@ -37,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import mux_rpc
 from mux_rpc import Dispatcher, PendingCall
+from mux_rpc._dispatch import ACCELERATED
 
 
 def load_example() -> Any:
@@ -66,33 +76,68 @@ def requests(mix: str, n: int) -> list[bytes]:
     return out
 
 
-def run_floor(mix: str, n: int, repeat: int) -> dict[str, Any]:
+def _slow(dispatcher: Dispatcher, p: bytes) -> int:
+    """One message through ``dispatch``; the reply's size."""
+    r = dispatcher.dispatch(p)
+    if type(r) is bytes:
+        return len(r)
+    if r is None:
+        return 0
+    # an async handler with no real waits: drive it inline, no loop
+    assert isinstance(r, PendingCall)
+    try:
+        while True:
+            r.coro.send(None)
+    except StopIteration as stop:
+        reply = dispatcher.complete(r, stop.value)
+        return len(reply or b"")
+
+
+def run_floor(mix: str, n: int, repeat: int, path: str = "python",
+              batch: int = 16) -> dict[str, Any]:
+    """``path``: python (the floor: pure dispatch per message), c (the same
+    through the C fast path), python-many / c-many (dispatch_many per batch)."""
     mod = load_example()
-    dispatch = Dispatcher(mod.app).dispatch
-    dispatcher = Dispatcher(mod.app)
+    many = path.endswith("-many")
+    dispatcher = Dispatcher(mod.app, accelerated=path.startswith("c"))
+    dispatch = dispatcher.dispatch
     payloads = requests(mix, n)
+    batches = [payloads[i:i + batch] for i in range(0, n, batch)]  # as a host receives them
     best_wall = best_cpu = float("inf")
     out_bytes = 0
     for _ in range(repeat):
         out_bytes = 0
         c0, w0 = time.process_time(), time.perf_counter()
-        for p in payloads:
-            r = dispatch(p)
-            if type(r) is bytes:
-                out_bytes += len(r)
-            elif r is not None:
-                # an async handler with no real waits: drive it inline, no loop
-                assert isinstance(r, PendingCall)
-                try:
-                    while True:
-                        r.coro.send(None)
-                except StopIteration as stop:
-                    reply = dispatcher.complete(r, stop.value)
-                    out_bytes += len(reply or b"")
+        if many:
+            dispatch_many = dispatcher.dispatch_many
+            for b in batches:
+                start, end = 0, len(b)
+                while True:
+                    replies, stop = dispatch_many(b, start)
+                    for r in replies:
+                        out_bytes += len(r)
+                    if stop == end:
+                        break
+                    out_bytes += _slow(dispatcher, b[stop])
+                    start = stop + 1
+        else:
+            for p in payloads:
+                r = dispatch(p)
+                if type(r) is bytes:
+                    out_bytes += len(r)
+                elif r is not None:
+                    # an async handler with no real waits: drive it inline, no loop
+                    assert isinstance(r, PendingCall)
+                    try:
+                        while True:
+                            r.coro.send(None)
+                    except StopIteration as stop:
+                        reply = dispatcher.complete(r, stop.value)
+                        out_bytes += len(reply or b"")
         w1, c1 = time.perf_counter(), time.process_time()
         best_wall, best_cpu = min(best_wall, w1 - w0), min(best_cpu, c1 - c0)
     return {
-        "mix": mix, "requests": n,
+        "mix": mix, "path": path if not many else f"{path}{batch}", "requests": n,
         "requests_per_s": n / best_wall,
         "cpu_us_per_request": best_cpu / n * 1e6,
         "request_bytes": sum(map(len, payloads)) / n,
@@ -142,12 +187,22 @@ async def _drive(port: int, conns: int, depth: int, seconds: float) -> tuple[int
     return done, time.perf_counter() - t0
 
 
-def run_tcp(conns: int, depth: int, seconds: float, loop: str) -> dict[str, Any]:
+def run_tcp(conns: int, depth: int, seconds: float, loop: str,
+            pure: bool = False) -> dict[str, Any]:
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     child = ctx.Process(target=_server_child, args=(q, loop), daemon=True)
-    child.start()
+    saved = os.environ.get("MUX_RPC_PURE_PYTHON")
+    if pure:  # the spawned child reads it when it imports mux_rpc
+        os.environ["MUX_RPC_PURE_PYTHON"] = "1"
+    try:
+        child.start()
+    finally:
+        if saved is None:
+            os.environ.pop("MUX_RPC_PURE_PYTHON", None)
+        else:
+            os.environ["MUX_RPC_PURE_PYTHON"] = saved
     try:
         port = q.get(timeout=20)
         c0 = time.process_time()
@@ -170,7 +225,9 @@ def run_tcp(conns: int, depth: int, seconds: float, loop: str) -> dict[str, Any]
     # the whole server process (startup included: a small overestimate)
     server_cpu = (children1.ru_utime + children1.ru_stime
                   - children0.ru_utime - children0.ru_stime)
-    return {"mode": "direct-tcp", "server_loop": loop, "connections": conns, "depth": depth,
+    return {"mode": "direct-tcp", "server_loop": loop,
+            "server_dispatch": "python" if pure or not ACCELERATED else "c",
+            "connections": conns, "depth": depth,
             "requests": done, "seconds": wall, "requests_per_s": done / wall,
             "client_cpu_us_per_request": client_cpu / max(done, 1) * 1e6,
             "server_cpu_us_per_request": server_cpu / max(done, 1) * 1e6}
@@ -181,6 +238,11 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=100_000, help="requests per floor run")
     ap.add_argument("--repeat", type=int, default=3, help="floor: best of R runs")
     ap.add_argument("--mix", default="echo,kv,async-echo,notify")
+    ap.add_argument("--path", default="python",
+                    help="floor: comma list of python (default: the pure-Python floor), c, "
+                         "python-many, c-many")
+    ap.add_argument("--batch", type=int, default=16, help="floor: messages per dispatch_many")
+    ap.add_argument("--pure", action="store_true", help="--tcp: the server dispatches in Python")
     ap.add_argument("--json", action="store_true", help="print JSON lines")
     ap.add_argument("--tcp", action="store_true", help="loopback reference instead of the floor")
     ap.add_argument("--conns", default="1,64", help="--tcp: connection counts")
@@ -189,9 +251,11 @@ def main() -> None:
     ap.add_argument("--loop", default="auto", choices=["auto", "uvloop", "asyncio"])
     args = ap.parse_args()
     if args.tcp:
-        rows = [run_tcp(int(c), args.depth, args.seconds, args.loop) for c in args.conns.split(",")]
+        rows = [run_tcp(int(c), args.depth, args.seconds, args.loop, args.pure)
+                for c in args.conns.split(",")]
     else:
-        rows = [run_floor(m, args.n, args.repeat) for m in args.mix.split(",")]
+        rows = [run_floor(m, args.n, args.repeat, path, args.batch)
+                for path in args.path.split(",") for m in args.mix.split(",")]
     for row in rows:
         if args.json:
             print(json.dumps(row))
@@ -200,9 +264,11 @@ def main() -> None:
                   f"{row['requests_per_s']:>10,.0f} req/s  server "
                   f"{row['server_cpu_us_per_request']:.2f} / client "
                   f"{row['client_cpu_us_per_request']:.2f} CPU us/req  ({row['requests']} in "
-                  f"{row['seconds']:.1f} s, loop={row['server_loop']})")
+                  f"{row['seconds']:.1f} s, loop={row['server_loop']}, "
+                  f"dispatch={row['server_dispatch']})")
         else:
-            print(f"floor {row['mix']:<11} {row['requests_per_s']:>10,.0f} req/s  "
+            label = "floor" if row["path"] == "python" else f"floor[{row['path']}]"
+            print(f"{label} {row['mix']:<11} {row['requests_per_s']:>10,.0f} req/s  "
                   f"{row['cpu_us_per_request']:6.2f} CPU us/req  "
                   f"({row['request_bytes']:.0f} B in, {row['reply_bytes']:.0f} B out)")
 
