@@ -45,8 +45,9 @@
  *            Python encoder with its BAD_RESULT rule.
  *
  * Spec fields (func, is_async, min_args, max_args) of the frozen MethodSpec
- * are cached per spec object, keyed by identity with a strong reference; the
- * spec itself is looked up in the dict on every message.
+ * are cached per spec object, keyed by identity with a strong reference, and
+ * method name strs by their wire bytes; the spec itself is looked up in the
+ * dict on every message.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -56,6 +57,8 @@
 #define MAX_DEPTH 64      /* deeper values: the Python path (msgpack's limits) */
 #define STACK_ARGS 16     /* params decoded onto the C stack up to this count */
 #define CACHE_SIZE 32     /* spec field cache entries (power of two) */
+#define NAME_SLOTS 16     /* method name cache entries (power of two) */
+#define NAME_LEN_MAX 40       /* longest name (UTF-8 bytes) kept there */
 
 /* ---- output buffer ------------------------------------------------------------ */
 
@@ -368,6 +371,12 @@ typedef struct {
     int is_async;
 } SpecFields;
 
+typedef struct {   /* wire bytes of a method name -> the str (its hash computed once) */
+    PyObject *str;    /* strong; NULL: empty slot */
+    Py_ssize_t len;
+    char raw[NAME_LEN_MAX];
+} NameSlot;
+
 typedef struct {
     PyObject_HEAD
     PyObject *methods;          /* dict: name -> MethodSpec (the Dispatcher's own) */
@@ -381,6 +390,7 @@ typedef struct {
     unsigned long long handled; /* messages dispatch_many handled */
     Out out;
     SpecFields cache[CACHE_SIZE];
+    NameSlot names[NAME_SLOTS];
 } CoreObject;
 
 static PyTypeObject Core_Type;
@@ -426,6 +436,32 @@ fail:
     Py_XDECREF(mn);
     Py_XDECREF(mx);
     return NULL;
+}
+
+/* The method name as a str (new reference), reusing the str decoded last time
+ * the same bytes came by: only the string is cached, never what it names. */
+static PyObject *
+method_name(CoreObject *c, const char *s, Py_ssize_t n)
+{
+    if (n > NAME_LEN_MAX)
+        return PyUnicode_DecodeUTF8(s, n, NULL);
+    uint32_t h = (uint32_t)n * 2654435761u;
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)s[i]) * 16777619u;
+    NameSlot *e = &c->names[(h >> 7) & (NAME_SLOTS - 1)];
+    if (e->str != NULL && e->len == n && memcmp(e->raw, s, (size_t)n) == 0)
+        return Py_NewRef(e->str);
+    PyObject *str = PyUnicode_DecodeUTF8(s, n, NULL);
+    if (str == NULL)
+        return NULL;
+    if (PyObject_Hash(str) == -1) {
+        Py_DECREF(str);
+        return NULL;
+    }
+    Py_XSETREF(e->str, Py_NewRef(str));
+    e->len = n;
+    memcpy(e->raw, s, (size_t)n);
+    return str;
 }
 
 static PyObject *
@@ -541,7 +577,7 @@ inline_bytes(CoreObject *c, const uint8_t *data, Py_ssize_t len)
     Py_ssize_t slen;
     if (!read_str(&in, &s, &slen))
         return DEFERRED;
-    PyObject *name = PyUnicode_DecodeUTF8(s, slen, NULL);
+    PyObject *name = method_name(c, s, slen);
     if (name == NULL) { PyErr_Clear(); return DEFERRED; }
     PyObject *spec = PyDict_GetItemWithError(table, name);
     Py_DECREF(name);
@@ -787,6 +823,7 @@ Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     c->out.p = NULL;
     c->out.len = c->out.cap = 0;
     memset(c->cache, 0, sizeof(c->cache));
+    memset(c->names, 0, sizeof(c->names));
 #define SETREF(field) do { Py_INCREF(field); c->field = field; } while (0)
     SETREF(methods);
     SETREF(notifications);
@@ -834,6 +871,8 @@ Core_clear(CoreObject *c)
         Py_CLEAR(c->cache[i].spec);
         Py_CLEAR(c->cache[i].func);
     }
+    for (int i = 0; i < NAME_SLOTS; i++)
+        Py_CLEAR(c->names[i].str);
     return 0;
 }
 
