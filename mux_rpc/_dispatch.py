@@ -25,6 +25,17 @@ and returns one of three things:
 A value that is not a well-formed msgpack-rpc message raises
 :class:`ProtocolError`; the shell closes that connection with the reason.
 
+Batches: :meth:`Dispatcher.dispatch_inline` runs the hot case (a plain-function
+handler, well-formed, right arity) of one encoded message and answers
+:data:`DEFER` for the rest; :meth:`Dispatcher.dispatch_many` does that over a
+batch, stopping at the first message to defer. With the C accelerator
+(``mux_rpc/_rpcfast.c``; :data:`ACCELERATED`) those two and
+:meth:`Dispatcher.dispatch_obj` run the hot case in C - decode, call, encode,
+byte-identical replies - and hand everything else to the Python methods
+here, which remain the only statement of the rules (errors, BAD_RESULT,
+logging). ``MUX_RPC_PURE_PYTHON=1`` or ``Dispatcher(app, accelerated=False)``
+keeps to Python.
+
 Error objects (the ``error`` field of a response)
 -------------------------------------------------
 The spec leaves the error's type open. mux_rpc always sends a map
