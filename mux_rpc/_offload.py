@@ -58,7 +58,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import operator
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -1143,36 +1142,42 @@ class Host:
         self._last_rx = self._clock()
         # the batch: DATA for OPEN connections (_on_message's hot path) inline;
         # consecutive raw DATA of one connection as one run (_deliver_run): per
-        # connection, order with every other message is kept
+        # connection, order with every other message is kept. A raw DATA waits
+        # for the next message: one of the same connection makes it a run.
         get_conn = self._conns.get
-        n = len(msgs)
-        i = 0
-        while i < n:
-            m = msgs[i]
-            i += 1
-            try:
-                if m.__class__ is tuple:  # type: ignore[comparison-overlap]  # Link.raw_data
-                    cid, payload = cast("tuple[int, bytes]", m)
-                    if i < n and msgs[i].__class__ is tuple \
-                            and msgs[i][0] == cid:
-                        j = i + 1
-                        while j < n and msgs[j].__class__ is tuple \
-                                and msgs[j][0] == cid:
-                            j += 1
-                        run = list(map(_second, msgs[i - 1:j]))
-                        i = j
-                        conn = get_conn(cid)
-                        if conn is not None and conn._state is _OPEN:
-                            conn._deliver_run(run)
-                        else:
-                            self._deliver_run(q, cid, run)
-                        continue
-                    conn = get_conn(cid)
-                    if conn is not None and conn._state is _OPEN:
-                        conn._deliver_payload(payload, 0)
+        pcid = -1  # the waiting raw DATA's connection (-1: none)
+        pending = b""
+        run: list[bytes] | None = None  # the run it began, if any
+        for m in msgs:
+            if m.__class__ is tuple:  # type: ignore[comparison-overlap]  # Link.raw_data
+                cid, payload = cast("tuple[int, bytes]", m)
+                if cid == pcid:
+                    if run is None:
+                        run = [pending, payload]
                     else:
-                        self._on_message(q, P.Data(cid, payload))
+                        run.append(payload)
                     continue
+                if pcid >= 0:
+                    try:
+                        conn = get_conn(pcid)
+                        if conn is not None and conn._state is _OPEN:
+                            if run is None:
+                                conn._deliver_payload(pending, 0)
+                            else:
+                                conn._deliver_run(run)
+                        else:
+                            self._deliver_run(q, pcid, [pending] if run is None else run)
+                    except Exception:  # a bug in one run's handling must not kill the link
+                        self._data_failed(pcid)
+                    run = None
+                pcid = cid
+                pending = payload
+                continue
+            if pcid >= 0:
+                self._flush_data(q, pcid, pending, run)
+                pcid = -1
+                run = None
+            try:
                 if m.__class__ is _Data:
                     conn = get_conn(m.conn_id)
                     if conn is not None and conn._state is _OPEN:
@@ -1182,6 +1187,26 @@ class Host:
             except Exception:  # a bug in one message's handling must not kill the link
                 self.stats.protocol_errors += 1
                 log.exception("handling %r", m)
+        if pcid >= 0:
+            self._flush_data(q, pcid, pending, run)
+
+    def _flush_data(self, q: int, cid: int, payload: bytes, run: list[bytes] | None) -> None:
+        """Deliver a raw DATA (``run`` None) or the run it began, as _on_batch does inline."""
+        try:
+            conn = self._conns.get(cid)
+            if conn is not None and conn._state is _OPEN:
+                if run is None:
+                    conn._deliver_payload(payload, 0)
+                else:
+                    conn._deliver_run(run)
+            else:
+                self._deliver_run(q, cid, [payload] if run is None else run)
+        except Exception:  # a bug in one run's handling must not kill the link
+            self._data_failed(cid)
+
+    def _data_failed(self, cid: int) -> None:
+        self.stats.protocol_errors += 1
+        log.exception("handling DATA of connection %#x", cid)
 
     def _deliver_run(self, q: int, cid: int, run: list[bytes]) -> None:
         """A run of raw DATA payloads for a connection that is not OPEN (or
@@ -1381,7 +1406,6 @@ class Host:
 
 _Data = P.Data
 _OPEN = ConnState.OPEN
-_second = operator.itemgetter(1)
 
 def _make_hello(cfg: HostConfig, session: int, peer_session: int) -> P.Hello:
     # the initial per-connection window the host grants the agent (§3.1, §5)
