@@ -639,8 +639,8 @@ inline_obj(CoreObject *c, PyObject *payload)
                             PyBytes_GET_SIZE(payload));
     Py_buffer view;
     if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0) {
-        PyErr_Clear();   /* unpackb raises on it: the Python path reports */
-        return DEFERRED;
+        PyErr_Clear();   /* not a plain buffer: whatever unpackb makes of it decides */
+        return UNSURE;
     }
     /* decoded before any call: a bytearray the handler changes is not read again */
     PyObject *r = inline_bytes(c, view.buf, view.len);

@@ -327,6 +327,10 @@ def test_dispatch_inline_c_equals_python(batch: list[bytes]) -> None:
         for p in batch:
             assert outcome(d_c.dispatch_inline, p) == outcome(d_py.dispatch_inline, p)
             assert log_c == log_py
+        for other in (bytearray, memoryview, lambda p: memoryview(p * 2)[::2], str):
+            q = other(batch[0] if batch else b"\x90")
+            assert outcome(d_c.dispatch_inline, q) == outcome(d_py.dispatch_inline, q)
+            assert log_c == log_py
 
 
 def _many(d: Dispatcher, batch: list[bytes]) -> list[Any]:
