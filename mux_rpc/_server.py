@@ -25,9 +25,10 @@ credit from delivery until ``on_consumed``, running ones included.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -84,6 +85,10 @@ class ServerStats:
     messages: int = 0
     protocol_errors: int = 0
     handler_failures: int = 0
+
+
+def _close_coro(coro: Coroutine[Any, Any, Any], _task: asyncio.Task[None]) -> None:
+    coro.close()
 
 
 class Server:
@@ -226,6 +231,9 @@ class Server:
                     task = loop.create_task(self._run_call(conn, key, own, out, msg.nbytes))
                     calls.add(task)
                     task.add_done_callback(calls.discard)
+                    # a task cancelled before it ran never awaited the handler's
+                    # coroutine ("never awaited" warning): close it (no-op if it ran)
+                    task.add_done_callback(functools.partial(_close_coro, out.coro))
         except ConnectionClosedError as exc:
             logger.info("connection %s closed while replying: %s", conn.conn_id, exc)
         finally:
