@@ -20,6 +20,14 @@ pure-Python floor (bench/bench_floor.py: decode, dispatch, encode with no I/O)
 runs in the same invocation. Ratios: offloaded host CPU per RPC / direct, and
 / floor, per connection count, against the targets (<= 0.5x direct at 64
 connections, <= 2x the floor everywhere).
+
+The runtime decodes, dispatches and encodes plain-function calls in C
+(mux_rpc._rpcfast) on both the offloaded and the direct path, so the same
+invocation also measures that work with no I/O - ``floor[c]``: the floor's
+loop through ``Dispatcher.dispatch_many`` in batches of ``--pipeline`` - and
+shows ``afxdp/floor[c]`` beside the targets' ratios: what the I/O path costs
+on top of the runtime's own per-call work. The targets are stated against the
+pure-Python floor, as the issue defines it.
 """
 
 from __future__ import annotations
@@ -80,15 +88,16 @@ def machine_notes() -> dict[str, Any]:
             "python": platform.python_version(), "uvloop": uv}
 
 
-def run_floor(n: int, repeat: int) -> dict[str, Any]:
-    """bench/bench_floor.py's echo mix: decode + dispatch + encode, no I/O."""
+def run_floor(n: int, repeat: int, dispatch: str = "python", batch: int = 16) -> dict[str, Any]:
+    """bench/bench_floor.py's echo mix: decode + dispatch + encode, no I/O
+    (``dispatch`` "python": the pure-Python floor; "c-many": the C fast path in batches)."""
     path = REPO / "bench" / "bench_floor.py"
     spec = importlib.util.spec_from_file_location("mux_rpc_bench_floor", path)
     if spec is None or spec.loader is None or not path.exists():
         raise FileNotFoundError(f"{path} not found: the benchmark runs from a checkout")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    row: dict[str, Any] = mod.run_floor("echo", n, repeat)
+    row: dict[str, Any] = mod.run_floor("echo", n, repeat, dispatch, batch)
     return row
 
 
@@ -172,6 +181,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     floor = run_floor(floor_n, 3)
     floor_100k = floor["cpu_us_per_request"] / 10  # us/RPC -> s per 100k RPCs
     _say(f"floor: {floor['requests_per_s']:,.0f} RPC/s, {floor_100k:.3f} CPU s per 100k RPCs")
+    floor_c = run_floor(floor_n, 3, "c-many", args.pipeline)
+    floor_c_100k = floor_c["cpu_us_per_request"] / 10
+    _say(f"floor[c] (the C dispatch path, batches of {args.pipeline}): "
+         f"{floor_c_100k:.3f} CPU s per 100k RPCs")
 
     cells: list[dict[str, Any]] = []
     notes: dict[str, Any] = {}
@@ -205,7 +218,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             if mode != "direct":
                 notes[mode]["counters"] = _counters(hp.stats())
 
-    ratios = _ratios(cells, conn_counts, floor_100k)
+    ratios = _ratios(cells, conn_counts, floor_100k, floor_c_100k)
     return {
         "benchmark": "mux-rpc bench (end to end)",
         "date": started.isoformat(timespec="seconds"),
@@ -216,6 +229,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                    "netns": args.netns, "workload": "echo('hello', i), msgpack-rpc"},
         "floor": {"rpc_per_s": floor["requests_per_s"], "host_cpu_s_per_100k": floor_100k,
                   "host_cpu_us_per_rpc": floor["cpu_us_per_request"], "requests": floor_n},
+        "floor_c": {"rpc_per_s": floor_c["requests_per_s"], "host_cpu_s_per_100k": floor_c_100k,
+                    "host_cpu_us_per_rpc": floor_c["cpu_us_per_request"],
+                    "requests": floor_n, "path": floor_c["path"]},
         "transport": notes,
         "cells": cells,
         "ratios": ratios,
@@ -245,7 +261,7 @@ def _counters(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ratios(cells: list[dict[str, Any]], conn_counts: list[int],
-            floor_100k: float) -> list[dict[str, Any]]:
+            floor_100k: float, floor_c_100k: float) -> list[dict[str, Any]]:
     by = {(c["mode"], c["connections"]): c for c in cells}
     out = []
     for n in conn_counts:
@@ -257,6 +273,8 @@ def _ratios(cells: list[dict[str, Any]], conn_counts: list[int],
                 continue
             cpu = c["host_cpu_s_per_100k"]
             row[f"{mode}_vs_floor"] = cpu / floor_100k
+            if mode == "afxdp":
+                row["afxdp_vs_floor_c"] = cpu / floor_c_100k
             if direct is not None:
                 row[f"{mode}_vs_direct"] = cpu / direct["host_cpu_s_per_100k"]
         if direct is not None:
@@ -301,12 +319,17 @@ def format_table(summary: dict[str, Any]) -> str:
     f = summary["floor"]
     lines.append(f"{'floor':<9} {'-':>5} {f['rpc_per_s']:>9,.0f} "
                  f"{f['host_cpu_s_per_100k']:>10.2f} {'-':>11} {'-':>7} {'-':>7} {'-':>6}")
+    fc = summary.get("floor_c")
+    if fc is not None:
+        lines.append(f"{'floor[c]':<9} {'-':>5} {fc['rpc_per_s']:>9,.0f} "
+                     f"{fc['host_cpu_s_per_100k']:>10.2f} {'-':>11} {'-':>7} {'-':>7} {'-':>6}")
     lines.append("")
     lines.append("host CPU per RPC, ratios (lower is better):")
-    cols = ["afxdp_vs_direct", "afxdp_vs_floor", "afpacket_vs_direct", "afpacket_vs_floor",
-            "direct_vs_floor"]
+    cols = ["afxdp_vs_direct", "afxdp_vs_floor", "afxdp_vs_floor_c", "afpacket_vs_direct",
+            "afpacket_vs_floor", "direct_vs_floor"]
     present = [k for k in cols if any(k in r for r in summary["ratios"])]
     names = {"afxdp_vs_direct": "afxdp/direct", "afxdp_vs_floor": "afxdp/floor",
+             "afxdp_vs_floor_c": "afxdp/floor[c]",
              "afpacket_vs_direct": "afpacket/direct", "afpacket_vs_floor": "afpacket/floor",
              "direct_vs_floor": "direct/floor"}
     lines.append(f"{'conns':>5} " + " ".join(f"{names[k]:>16}" for k in present))
@@ -321,6 +344,8 @@ def format_table(summary: dict[str, Any]) -> str:
         verdict = ("n/a" if v["met"] is None else "MET" if v["met"] else "MISSED")
         meas = "-" if v["measured"] is None else f"{v['measured']:.2f}x"
         lines.append(f"target: {text}: measured {meas}: {verdict}")
+    lines.append("(floor = the pure-Python floor the targets name; floor[c] = the same work "
+                 "through the runtime's C dispatch path)")
     for mode, n in summary["transport"].items():
         if "counters" in n:
             k = n["counters"]

@@ -61,9 +61,12 @@ def test_bench_quick_json_has_every_cell(tmp_path: Path) -> None:
         assert c["rpc_per_s"] > 0 and c["host_cpu_s_per_100k"] > 0, key
         assert (c["agent_cpu_s_per_100k"] is None) == (key[0] == "direct"), key
     assert summary["floor"]["host_cpu_s_per_100k"] > 0
+    # the runtime's C dispatch path, measured beside the pure-Python floor
+    assert summary["floor_c"]["path"] == "c-many8"
+    assert 0 < summary["floor_c"]["host_cpu_s_per_100k"] < summary["floor"]["host_cpu_s_per_100k"]
     assert [r["connections"] for r in summary["ratios"]] == [1, 64, 1000]
     for r in summary["ratios"]:
-        for k in ("afxdp_vs_direct", "afxdp_vs_floor", "afpacket_vs_direct",
+        for k in ("afxdp_vs_direct", "afxdp_vs_floor", "afxdp_vs_floor_c", "afpacket_vs_direct",
                   "afpacket_vs_floor", "direct_vs_floor"):
             assert r[k] > 0, (r, k)
     assert set(summary["targets"]) == {"afxdp_vs_direct_at_64", "afxdp_vs_floor_max"}
