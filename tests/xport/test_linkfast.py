@@ -389,6 +389,9 @@ def test_queue_entries_c_cannot_pack_fall_back_to_python() -> None:
 # -- references ---------------------------------------------------------------
 
 
+ROUNDS = 10_000
+
+
 def test_no_reference_leaks() -> None:
     rx_whole, pack_whole = _link._rx_whole, _link._pack_whole
     assert rx_whole is not None and pack_whole is not None
@@ -413,7 +416,7 @@ def test_no_reference_leaks() -> None:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        for _ in range(3000):
+        for _ in range(ROUNDS):
             once()
         gc.collect()
         grown = tracemalloc.get_traced_memory()[0] - before
@@ -421,4 +424,6 @@ def test_no_reference_leaks() -> None:
         tracemalloc.stop()
     assert (sys.getrefcount(payload), sys.getrefcount(body), sys.getrefcount(entry)) == refs
     assert (sys.getrefcount(Data), sys.getrefcount(Credit)) == types
-    assert grown < 20_000, f"{grown} bytes still allocated after 3000 rounds"
+    # one object leaked per round would be >= ROUNDS * 40 bytes; the rest of a
+    # busy suite (hypothesis, threads) moves the traced total by tens of kB
+    assert grown < ROUNDS * 40 // 4, f"{grown} bytes still allocated after {ROUNDS} rounds"
