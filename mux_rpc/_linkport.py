@@ -55,11 +55,12 @@ class AsyncLinkPort:
         """Hand every received batch to ``receiver(msgs)`` at once, on the link's
         read callback, instead of queueing it for :meth:`recv` (which then only
         reports the end of the link). Batches already queued go first. From
-        now on whole DATA messages without a ULP header come as ``(conn_id,
-        payload)`` tuples (``Link.raw_data``)."""
+        now on whole DATA messages without a ULP header come as runs:
+        ``(conn_id, [payload, ...])`` per run of consecutive ones of a
+        connection (``Link.raw_runs``)."""
         self._receiver = receiver
-        # the receiver takes DATA without a ULP header as (conn_id, payload)
-        self.link.raw_data = receiver is not None
+        # the receiver takes DATA without a ULP header as (conn_id, [payloads])
+        self.link.raw_runs = receiver is not None
         while receiver is not None and self._inbox:
             receiver(self._inbox.popleft())
 
@@ -108,10 +109,13 @@ class AsyncLinkPort:
         return not self._closed and self.alink.try_send_credit(conn_id, messages, nbytes)
 
     def direct_senders(self) -> tuple[Callable[[int, bytes, int], bool],
-                                      Callable[[int, int, int], bool]]:
-        """The link's own ``try_send_data`` and ``try_send_credit`` (what the
-        two methods above call; False as well once the port is closed)."""
-        return self.alink.try_send_data, self.alink.try_send_credit
+                                      Callable[[int, int, int], bool],
+                                      Callable[[int, Sequence[bytes]], int]]:
+        """The link's own ``try_send_data``, ``try_send_credit`` (what the two
+        methods above call) and ``try_send_many`` (False/0 as well once the
+        port is closed: the link is closed with it)."""
+        a = self.alink
+        return a.try_send_data, a.try_send_credit, a.try_send_many
 
     async def recv(self) -> Sequence[P.Message]:
         while not self._inbox:

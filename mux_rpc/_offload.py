@@ -61,7 +61,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from xport import _protocol as P
 from xport._flow import FlowControlError, ReceiveWindow, SendWindow
@@ -101,6 +101,11 @@ HOOK_OWNED = 2
 #: :meth:`OffloadConnection.set_batch_hook`'s hook: ``hook(payloads) -> (taken,
 #: owned, owned_bytes)``
 BatchHook = Callable[[list[bytes]], tuple[int, int, int]]
+
+#: a run of raw DATA as a receiving port hands it over (``Link.raw_runs``):
+#: ``(conn_id, [payload, ...])``, consecutive DATA without a ULP header of one
+#: connection, in order
+RawRun = tuple[int, list[bytes]]
 
 
 def reason_code(status: int) -> str:
@@ -473,20 +478,13 @@ class OffloadConnection:
         st.bytes_out += nb
         q = self.queue
         cid = self.conn_id
-        direct = host._direct[q]
+        direct = host._direct_many[q]
         ob = host._outboxes[q]
-        i = 0
-        if direct is not None and not ob.items:
-            # TODO(xport): one AsyncLink.try_send_many(conn_id, payloads) call
-            for p in payloads:
-                if not direct(cid, p, 0):
-                    break
-                i += 1
-            if i == k:
-                return k
-        # the link pushes back (or something is queued before): the rest, in
-        # order, through the writer task (Host._send_data's slow path)
-        ob.items.extend([P.Data(cid, p, 0) for p in payloads[i:]])
+        if direct is not None and not ob.items and direct(cid, payloads):
+            return k  # all queued on the link (AsyncLink.try_send_many)
+        # the link pushes back (or something is queued before): all of them,
+        # in order, through the writer task (Host._send_data's slow path)
+        ob.items.extend([P.Data(cid, p, 0) for p in payloads])
         ob.event.set()
         host._last_tx[q] = host._clock()
         return k
@@ -497,21 +495,47 @@ class OffloadConnection:
         # the rest goes back after HostConfig.credit_delay (Host._credit_sweep),
         # so a sender blocked on a large message never waits for a batch that
         # cannot fill
+        # (one call per run: ReceiveWindow.take_pending, Host._send_credit and
+        # Host._credit_later inline)
         w = self._rwin
         w.buffered_messages -= count
         w.buffered_bytes -= n
-        pm = w.pending_messages = w.pending_messages + count
-        pb = w.pending_bytes = w.pending_bytes + n
+        pm = w.pending_messages + count
+        pb = w.pending_bytes + n
+        host = self._host
         if (pm * 2 >= w.window_messages or pb * 2 >= w.window_bytes
                 or w.outstanding_messages < 1):
-            self._grant_pending()
-        elif self not in self._host._credit_dirty:
-            self._host._credit_later(self)
+            w.pending_messages = w.pending_bytes = 0
+            w.outstanding_messages += pm
+            w.outstanding_bytes += pb
+            host.stats.credits_sent += 1
+            q = self.queue
+            direct = host._direct_credit[q]
+            if direct is None or host._outboxes[q].items or not direct(self.conn_id, pm, pb):
+                host._send_ctl(q, P.Credit(self.conn_id, pm, pb))
+            return
+        w.pending_messages = pm
+        w.pending_bytes = pb
+        host._credit_dirty.add(self)
+        if host._credit_timer is None:
+            host._credit_timer = self._loop.call_later(host.config.credit_delay,
+                                                       host._credit_sweep)
 
     def _grant_pending(self) -> None:
-        m, b = self._rwin.take_pending()
+        """Grant everything pending now (one CREDIT), if anything is."""
+        w = self._rwin
+        m, b = w.pending_messages, w.pending_bytes
         if m or b:
-            self._host._send_credit(self.queue, self.conn_id, m, b)
+            # ReceiveWindow.take_pending and Host._send_credit, inline
+            w.pending_messages = w.pending_bytes = 0
+            w.outstanding_messages += m
+            w.outstanding_bytes += b
+            host = self._host
+            host.stats.credits_sent += 1
+            q = self.queue
+            direct = host._direct_credit[q]
+            if direct is None or host._outboxes[q].items or not direct(self.conn_id, m, b):
+                host._send_ctl(q, P.Credit(self.conn_id, m, b))
 
     # -- internals ----------------------------------------------------------------
 
@@ -838,11 +862,13 @@ class Host:
         # before it, and consumed credit granted late (HostConfig.credit_delay)
         self._direct: list[Callable[[int, bytes, int], bool] | None] = []
         self._direct_credit: list[Callable[[int, int, int], bool] | None] = []
+        self._direct_many: list[Callable[[int, Sequence[bytes]], int] | None] = []
         for p in self._ports:
             senders = getattr(p, "direct_senders", None)
-            d, c = senders() if senders is not None else (None, None)
+            d, c, m = senders() if senders is not None else (None, None, None)
             self._direct.append(d)
             self._direct_credit.append(c)
+            self._direct_many.append(m)
         self._credit_dirty: set[OffloadConnection] = set()
         self._credit_timer: asyncio.TimerHandle | None = None
 
@@ -1134,75 +1160,42 @@ class Host:
                 return
             self._on_batch(q, msgs)
 
-    def _on_batch(self, q: int, msgs: Sequence[P.Message]) -> None:
+    def _on_batch(self, q: int, msgs: Sequence[P.Message | RawRun]) -> None:
         """One received batch of queue ``q``: from the reader task, or straight
         from the link's read callback when the port takes a receiver."""
         if self._closed:
             return
         self._last_rx = self._clock()
         # the batch: DATA for OPEN connections (_on_message's hot path) inline;
-        # consecutive raw DATA of one connection as one run (_deliver_run): per
-        # connection, order with every other message is kept. A raw DATA waits
-        # for the next message: one of the same connection makes it a run.
+        # a run of consecutive raw DATA of one connection (the link groups
+        # them: Link.raw_runs) in one call (_deliver_run): per connection,
+        # order with every other message is kept
         get_conn = self._conns.get
-        pcid = -1  # the waiting raw DATA's connection (-1: none)
-        pending = b""
-        run: list[bytes] | None = None  # the run it began, if any
         for m in msgs:
-            if m.__class__ is tuple:  # type: ignore[comparison-overlap]  # Link.raw_data
-                cid, payload = cast("tuple[int, bytes]", m)
-                if cid == pcid:
-                    if run is None:
-                        run = [pending, payload]
-                    else:
-                        run.append(payload)
-                    continue
-                if pcid >= 0:
-                    try:
-                        conn = get_conn(pcid)
-                        if conn is not None and conn._state is _OPEN:
-                            if run is None:
-                                conn._deliver_payload(pending, 0)
-                            else:
-                                conn._deliver_run(run)
+            if type(m) is tuple:
+                cid, run = m
+                try:
+                    conn = get_conn(cid)
+                    if conn is not None and conn._state is _OPEN:
+                        if len(run) == 1:
+                            conn._deliver_payload(run[0], 0)
                         else:
-                            self._deliver_run(q, pcid, [pending] if run is None else run)
-                    except Exception:  # a bug in one run's handling must not kill the link
-                        self._data_failed(pcid)
-                    run = None
-                pcid = cid
-                pending = payload
+                            conn._deliver_run(run)
+                    else:
+                        self._deliver_run(q, cid, run)
+                except Exception:  # a bug in one run's handling must not kill the link
+                    self._data_failed(cid)
                 continue
-            if pcid >= 0:
-                self._flush_data(q, pcid, pending, run)
-                pcid = -1
-                run = None
             try:
                 if m.__class__ is _Data:
                     conn = get_conn(m.conn_id)
                     if conn is not None and conn._state is _OPEN:
                         conn._deliver(m)
                         continue
-                self._on_message(q, m)
+                self._on_message(q, m)  # type: ignore[arg-type]
             except Exception:  # a bug in one message's handling must not kill the link
                 self.stats.protocol_errors += 1
                 log.exception("handling %r", m)
-        if pcid >= 0:
-            self._flush_data(q, pcid, pending, run)
-
-    def _flush_data(self, q: int, cid: int, payload: bytes, run: list[bytes] | None) -> None:
-        """Deliver a raw DATA (``run`` None) or the run it began, as _on_batch does inline."""
-        try:
-            conn = self._conns.get(cid)
-            if conn is not None and conn._state is _OPEN:
-                if run is None:
-                    conn._deliver_payload(payload, 0)
-                else:
-                    conn._deliver_run(run)
-            else:
-                self._deliver_run(q, cid, [payload] if run is None else run)
-        except Exception:  # a bug in one run's handling must not kill the link
-            self._data_failed(cid)
 
     def _data_failed(self, cid: int) -> None:
         self.stats.protocol_errors += 1

@@ -68,8 +68,9 @@ import secrets
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from itertools import repeat
 from typing import Any
 
 from ._backend import BackendStats, FrameBackend
@@ -130,17 +131,29 @@ try:
     _c_wire = (_linkfast.PROTOCOL_VERSION, _linkfast.HEADER_SIZE, _linkfast.DATA, _linkfast.CREDIT)
     if _c_wire != (PROTOCOL_VERSION, HEADER_SIZE, _DATA, _CREDIT):
         raise ImportError(f"xport._linkfast was built for other wire constants {_c_wire}")
+    if getattr(_linkfast, "API", 1) != 2:  # rx_whole's runs (raw=2) and 3-tuple
+        raise ImportError("xport._linkfast is a stale build (API != 2)")
     _linkfast.init(Data, Credit)  # TypeError if they stopped being slotted classes
 except (ImportError, TypeError):
     _linkfast = None
 
 ACCELERATED: bool = _linkfast is not None
 """The C accelerator is in use (``XPORT_PURE_PYTHON=1`` turns it off)."""
-_rx_whole: Callable[[bytes, int, int, int, bool, list[Any]], tuple[int, int]] | None = (
+_rx_whole: Callable[[bytes, int, int, int, int, list[Any]], tuple[int, int, int]] | None = (
     _linkfast.rx_whole if ACCELERATED else None
 )
 _pack_whole: Callable[[deque[Any], bytearray, int, int, int], tuple[int, int, int]] | None = (
     _linkfast.pack_whole if ACCELERATED else None
+)
+
+
+# the slot setters of Data and Credit: the Python loop of Link.poll builds
+# them as object.__new__ + these (what the frozen dataclasses' __init__ does)
+_SETTERS: tuple[Callable[[object, object], None], ...] = tuple(
+    vars(cls)[name].__set__
+    for cls, names in ((Data, ("conn_id", "payload", "header_length")),
+                       (Credit, ("conn_id", "messages", "bytes")))
+    for name in names
 )
 
 
@@ -307,6 +320,12 @@ class Link:
         #: header as a ``(conn_id, payload)`` tuple instead of a :class:`Data`
         #: (a consumer's hot path: no object per message); others are unchanged
         self.raw_data = False
+        #: when True (whatever ``raw_data`` says), ``poll`` returns each *run*
+        #: of consecutive whole DATA without a ULP header of one connection as
+        #: one ``(conn_id, [payload, ...])`` entry, runs spanning frames of the
+        #: batch: no two consecutive entries are runs of one connection
+        #: (a consumer's per-run hot path); others are unchanged
+        self.raw_runs = False
         #: run the per-message loops in C (``ACCELERATED``); False forces the
         #: pure-Python loops for this link (the tests compare the two)
         self.accelerated = ACCELERATED
@@ -419,25 +438,27 @@ class Link:
             if self._backlog:
                 return sent
         queue = self._queue
+        # read once per flush: sending frames never posts receive buffers
+        posted = self.backend.rx_buffers_posted() - self._posted_base
         if queue:
             nframes = min(lc.data_credit(), self.config.max_frames_per_flush)
             if nframes > 0:
-                sent += self._send_data_frames(nframes)
+                sent += self._send_data_frames(nframes, posted)
             if queue and lc.data_credit() < 1:
                 self.stats.credit_stalls += 1
-        if not self._backlog and lc.want_credit_only(self._posted()):
-            sent += self._send_credit_only()
+        if not self._backlog and lc.want_credit_only(posted):
+            sent += self._send_credit_only(posted)
         if sent and now is not None:
             self._last_tx = now
         return sent
 
-    def _send_data_frames(self, nframes: int) -> int:
+    def _send_data_frames(self, nframes: int, posted: int) -> int:
         lc = self.credit
         queue = self._queue
         frame_size = self._frame_size
         min_frag = self.config.min_fragment
         pack_msg = COMMON_HEADER.pack_into
-        credit, ack = lc.advertise(self._posted())
+        credit, ack = lc.advertise(posted)
         seq = lc.sent
         frames: list[memoryview] = []
         bufs = self._bufs
@@ -540,9 +561,9 @@ class Link:
             self.stats.tx_short += 1
         return taken
 
-    def _send_credit_only(self) -> int:
+    def _send_credit_only(self, posted: int) -> int:
         lc = self.credit
-        credit, ack = lc.advertise(self._posted())
+        credit, ack = lc.advertise(posted)
         buf = bytearray(FRAME_HEADER_SIZE)
         FRAME_HEADER.pack_into(
             buf, 0, self.config.peer_mac, self.config.local_mac, ETHERTYPE, LINK_VERSION,
@@ -576,15 +597,12 @@ class Link:
         unpack_msg = COMMON_HEADER.unpack_from
         append = out.append
         new = object.__new__
-        raw = self.raw_data
+        # 0: Data objects; 1: (conn_id, payload); 2: runs (conn_id, [payload, ...])
+        raw = 2 if self.raw_runs else 1 if self.raw_data else 0
+        merged = 0  # payloads that joined a run already in out
         push: Callable[[object], None] = out.append  # type: ignore[assignment]  # raw DATA
-        set_conn = vars(Data)["conn_id"].__set__
-        set_payload = vars(Data)["payload"].__set__
-        set_hlen = vars(Data)["header_length"].__set__
+        set_conn, set_payload, set_hlen, set_cconn, set_cmsgs, set_cbytes = _SETTERS
         unpack_credit = _CREDIT_BODY.unpack_from
-        set_cconn = vars(Credit)["conn_id"].__set__
-        set_cmsgs = vars(Credit)["messages"].__set__
-        set_cbytes = vars(Credit)["bytes"].__set__
         rx_whole = _rx_whole if self.accelerated else None
         st = self.stats
         st.frames_in += len(rx)
@@ -642,7 +660,8 @@ class Link:
                 if rx_whole is not None:
                     # C: the whole DATA and CREDIT messages from here, as the
                     # branches below handle them; the loop goes on at the rest
-                    off, left = rx_whole(data, off, end, left, raw, out)
+                    off, left, joined = rx_whole(data, off, end, left, raw, out)
+                    merged += joined
                     if not left:
                         break
                 left -= 1
@@ -665,6 +684,13 @@ class Link:
                     if mtype == _DATA:
                         if aux > length:
                             self._drop("bad_body")
+                        elif raw == 2 and not aux:
+                            last: Any = out[-1] if out else None
+                            if last.__class__ is tuple and last[0] == conn_id:
+                                last[1].append(data[off:mend])
+                                merged += 1
+                            else:
+                                push((conn_id, [data[off:mend]]))
                         elif raw and not aux:
                             push((conn_id, data[off:mend]))
                         else:
@@ -690,8 +716,11 @@ class Link:
                     if mtype == _HELLO:
                         # §3.1: may reset the per-peer state (a restart)
                         base = st.frames_in - len(rx) + rx.index(frame)
-                        if self._rx_hello(conn_id, aux, body, out, base, seq, credit, ack, anomaly):
+                        if self._rx_hello(
+                            conn_id, aux, body, out, base, seq, credit, ack, anomaly, merged
+                        ):
                             lc = self.credit
+                            merged = 0
                         continue
                     self._decode(mtype, conn_id, aux, body, out)
                     continue
@@ -712,7 +741,7 @@ class Link:
                             out.append(make_data(conn_id, bytes(wbody), waux))
                     else:
                         self._decode(wtype, conn_id, waux, memoryview(wbody), out)
-        st.messages_in += len(out)
+        st.messages_in += len(out) + merged
         return out
 
     def _decode(
@@ -741,12 +770,14 @@ class Link:
         credit: int,
         ack: int,
         anomaly: str | None,
+        merged: int = 0,
     ) -> bool:
         """A HELLO in a frame (§3.1); True when it reset the per-peer state.
 
         ``consumed`` is the number of frames this link took from the backend
         before this one; ``seq, credit, ack, anomaly`` are this frame's header
-        and what the credit state said about it.
+        and what the credit state said about it; ``out`` holds ``len(out) +
+        merged`` messages (``merged``: payloads that joined a run).
         """
         try:
             msg = decode_body(_HELLO, conn_id, aux, body)
@@ -766,7 +797,7 @@ class Link:
             # §3.1.4: the peer restarted: forget it, start over from this frame
             self._reset_peer(consumed, seq, credit, ack, anomaly)
             if out:
-                self._drop("stale_after_restart", len(out))
+                self._drop("stale_after_restart", len(out) + merged)
                 out.clear()
             self.stats.peer_restarts += 1
         if new:
@@ -922,6 +953,30 @@ class AsyncLink:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
         return True
+
+    def try_send_many(self, conn_id: int, payloads: Sequence[bytes | bytearray | memoryview]) -> int:
+        """``try_send_data(conn_id, p)`` for each of ``payloads`` (DATA without
+        a ULP header, in order) with one backpressure check: queue them all and
+        return ``len(payloads)``, or queue nothing and return 0 when the link
+        pushes back. (Like one ``try_send_data``, it may leave the queue above
+        ``max_queued_bytes`` by what it added: bounded by the caller's window.)"""
+        link = self.link
+        queued = link._queued_bytes
+        if self._closed or queued > self._max_queued:
+            return 0
+        nb = sum(map(len, payloads))
+        mx = link._max_send
+        if nb > mx and max(map(len, payloads)) > mx:
+            raise ValueError(f"DATA of {max(map(len, payloads))} bytes > max {mx}")
+        # Link.send_data's entries, built in C (zip)
+        link._queue.extend(zip(repeat(_DATA), repeat(conn_id), repeat(0), payloads))
+        link._queued_bytes = queued = queued + nb
+        if queued > self._max_queued:
+            self._writable.clear()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return len(payloads)
 
     def try_send_credit(self, conn_id: int, messages: int, nbytes: int) -> bool:
         """``send(Credit(conn_id, messages, nbytes))`` without the dataclass,

@@ -7,14 +7,18 @@
  * only the hot, common case and stop at anything else, leaving it to the one
  * Python statement of the rare path in xport/_link.py:
  *
- *   rx_whole(data, off, end, left, raw, out) -> (off, left)
+ *   rx_whole(data, off, end, left, raw, out) -> (off, left, merged)
  *       Walk the messages of one received frame from `off` (a message header)
  *       while they are whole version-1 DATA (aux <= length) or whole 8-byte
  *       CREDIT, appending to `out` exactly what Link.poll appends for them:
- *       `(conn_id, payload)` when `raw` and aux == 0, else a Data; a Credit.
- *       Stops, without consuming it, at the first message that is anything
- *       else (truncated, other version, fragment, control type, bad aux):
- *       returns the offset of that message and the messages still left.
+ *       for DATA with aux == 0, `(conn_id, payload)` when `raw` is 1, and
+ *       when `raw` is 2 the payload joins the run `(conn_id, [payloads])`
+ *       that ends `out` if it is this connection's (else a new run starts);
+ *       else a Data; a Credit. Stops, without consuming it, at the first
+ *       message that is anything else (truncated, other version, fragment,
+ *       control type, bad aux): returns the offset of that message, the
+ *       messages still left and how many payloads joined a run already in
+ *       `out` (so `out` holds `left_before - left - merged` more entries).
  *
  *   pack_whole(queue, buf, off, count, frame_size) -> (off, n, nbytes)
  *       Pop whole messages `(mtype, conn_id, aux, payload)` from the deque
@@ -174,6 +178,58 @@ rx_message(const unsigned char *p, unsigned mtype, unsigned length, unsigned aux
     return t;
 }
 
+/* raw == 2: append the payload at p to the run ending `out` if it is
+ * connection `conn`'s, else start a run. 1 if it joined a run, 0 if it
+ * started one, -1 with an exception set. */
+static int
+rx_run(PyObject *out, const unsigned char *p, unsigned length, uint32_t conn)
+{
+    Py_ssize_t n = PyList_GET_SIZE(out);
+    PyObject *run = NULL; /* borrowed: the list of the run to join */
+    if (n > 0) {
+        PyObject *last = PyList_GET_ITEM(out, n - 1);
+        if (PyTuple_CheckExact(last) && PyTuple_GET_SIZE(last) == 2
+            && PyList_CheckExact(PyTuple_GET_ITEM(last, 1))
+            && PyLong_CheckExact(PyTuple_GET_ITEM(last, 0))) {
+            unsigned long c = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(last, 0));
+            if (c == (unsigned long)-1 && PyErr_Occurred())
+                PyErr_Clear(); /* not a conn_id: not a run of ours */
+            else if (c == conn)
+                run = PyTuple_GET_ITEM(last, 1);
+        }
+    }
+    PyObject *payload = PyBytes_FromStringAndSize((const char *)p + HEADER_SIZE, length);
+    if (payload == NULL)
+        return -1;
+    if (run != NULL) {
+        int rc = PyList_Append(run, payload);
+        Py_DECREF(payload);
+        return rc < 0 ? -1 : 1;
+    }
+    PyObject *list = PyList_New(1);
+    if (list == NULL) {
+        Py_DECREF(payload);
+        return -1;
+    }
+    PyList_SET_ITEM(list, 0, payload); /* stolen */
+    PyObject *conn_obj = PyLong_FromUnsignedLong(conn);
+    if (conn_obj == NULL) {
+        Py_DECREF(list);
+        return -1;
+    }
+    PyObject *t = PyTuple_New(2);
+    if (t == NULL) {
+        Py_DECREF(conn_obj);
+        Py_DECREF(list);
+        return -1;
+    }
+    PyTuple_SET_ITEM(t, 0, conn_obj);
+    PyTuple_SET_ITEM(t, 1, list);
+    int rc = PyList_Append(out, t);
+    Py_DECREF(t);
+    return rc < 0 ? -1 : 0;
+}
+
 /* A Py_ssize_t argument; -1 with an exception set if it is not one. */
 static int
 ssize_arg(PyObject *v, Py_ssize_t *out)
@@ -197,9 +253,15 @@ rx_whole(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     if (ssize_arg(args[1], &off) < 0 || ssize_arg(args[2], &end) < 0
         || ssize_arg(args[3], &left) < 0)
         return NULL;
-    int raw = PyObject_IsTrue(args[4]);
-    if (raw < 0)
+    /* 0: Data objects, 1: (conn_id, payload), 2: runs (bools are 0 and 1) */
+    long raw = PyLong_AsLong(args[4]);
+    if (raw == -1 && PyErr_Occurred())
         return NULL;
+    if (raw < 0 || raw > 2) {
+        PyErr_SetString(PyExc_ValueError, "rx_whole: raw must be 0, 1 or 2");
+        return NULL;
+    }
+    Py_ssize_t merged = 0;
     PyObject *out = args[5];
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     /* the caller checked end against the frame; never trust it for memory safety */
@@ -224,7 +286,16 @@ rx_whole(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         if (!(mtype == TYPE_DATA && aux <= length)
             && !(mtype == TYPE_CREDIT && length == CREDIT_BODY))
             break;
-        PyObject *msg = rx_message(p, mtype, length, aux, raw);
+        if (raw == 2 && mtype == TYPE_DATA && aux == 0) {
+            int joined = rx_run(out, p, length, be32(p + 4));
+            if (joined < 0)
+                return NULL;
+            merged += joined;
+            off = mend;
+            left--;
+            continue;
+        }
+        PyObject *msg = rx_message(p, mtype, length, aux, raw != 0);
         if (msg == NULL)
             return NULL;
         int rc = PyList_Append(out, msg);
@@ -234,7 +305,7 @@ rx_whole(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         off = mend;
         left--;
     }
-    return Py_BuildValue("(nn)", off, left);
+    return Py_BuildValue("(nnn)", off, left, merged);
 }
 
 /* An unsigned int field of a queue entry in [0, max], or -1 (no exception). */
@@ -362,7 +433,7 @@ static PyMethodDef methods[] = {
     {"init", (PyCFunction)(void (*)(void))init, METH_FASTCALL,
      "init(Data, Credit): the message classes rx_whole builds."},
     {"rx_whole", (PyCFunction)(void (*)(void))rx_whole, METH_FASTCALL,
-     "rx_whole(data, off, end, left, raw, out) -> (off, left): whole DATA and CREDIT "
+     "rx_whole(data, off, end, left, raw, out) -> (off, left, merged): whole DATA and CREDIT "
      "messages of one frame (the hot path of xport._link.Link.poll)."},
     {"pack_whole", (PyCFunction)(void (*)(void))pack_whole, METH_FASTCALL,
      "pack_whole(queue, buf, off, count, frame_size) -> (off, n, nbytes): pack whole "
@@ -387,7 +458,9 @@ PyInit__linkfast(void)
     if (PyModule_AddIntConstant(mod, "PROTOCOL_VERSION", PROTOCOL_VERSION) < 0
         || PyModule_AddIntConstant(mod, "HEADER_SIZE", HEADER_SIZE) < 0
         || PyModule_AddIntConstant(mod, "DATA", TYPE_DATA) < 0
-        || PyModule_AddIntConstant(mod, "CREDIT", TYPE_CREDIT) < 0) {
+        || PyModule_AddIntConstant(mod, "CREDIT", TYPE_CREDIT) < 0
+        /* 2: rx_whole returns (off, left, merged) and takes raw = 2 (runs) */
+        || PyModule_AddIntConstant(mod, "API", 2) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

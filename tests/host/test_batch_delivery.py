@@ -1,8 +1,8 @@
 """Runs: a received batch's consecutive DATA of one connection delivered as one
 group (``Host._on_batch`` -> ``OffloadConnection._deliver_run`` -> the Server's
 batch hook). Each scenario runs twice against the fake agent: once with DATA
-as the link gives it to a receiver (``(conn_id, payload)`` tuples, grouped
-into runs) and once as ``P.Data`` objects (delivered message by message, the
+as the link gives it to a receiver (``Link.raw_runs``: ``(conn_id, [payload,
+...])`` per run of consecutive DATA of one connection) and once as ``P.Data`` objects (delivered message by message, the
 reference): every observable outcome must be the same."""
 
 from __future__ import annotations
@@ -35,13 +35,26 @@ from xport import _protocol as P
 from ._fake import FakeAgent, MemoryPort
 
 
+def to_runs(msgs: Sequence[Any]) -> list[Any]:
+    """``msgs`` as ``Link.raw_runs`` hands them over: consecutive headerless
+    DATA of one connection as one ``(conn_id, [payload, ...])``."""
+    out: list[Any] = []
+    for m in msgs:
+        if isinstance(m, P.Data) and not m.header_length:
+            if out and type(out[-1]) is tuple and out[-1][0] == m.conn_id:
+                out[-1][1].append(bytes(m.payload))
+            else:
+                out.append((m.conn_id, [bytes(m.payload)]))
+        else:
+            out.append(m)
+    return out
+
+
 class RawPort(MemoryPort):
-    """A MemoryPort that hands headerless DATA over as ``Link.raw_data`` does."""
+    """A MemoryPort that hands headerless DATA over as ``Link.raw_runs`` does."""
 
     async def recv(self) -> Sequence[P.Message]:
-        msgs = await super().recv()
-        return [(m.conn_id, bytes(m.payload))  # type: ignore[misc]
-                if isinstance(m, P.Data) and not m.header_length else m for m in msgs]
+        return to_runs(await super().recv())
 
 
 def pair(raw: bool) -> tuple[MemoryPort, MemoryPort]:
@@ -514,8 +527,8 @@ async def _credit_run(raw: bool, window_messages: int, window_bytes: int,
             payload = next(seq).to_bytes(4, "big") + bytes(size - 4)
             plan[payload] = action
             sent[cid] = (sent[cid][0] + 1, sent[cid][1] + size)
-            msgs.append((cid, payload) if raw else P.Data(cid, payload))
-        host._on_batch(0, msgs)
+            msgs.append(P.Data(cid, payload))
+        host._on_batch(0, to_runs(msgs) if raw else msgs)
         read_credits()
         check()
         step += 1

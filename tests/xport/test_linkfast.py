@@ -71,7 +71,7 @@ def test_links_use_the_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
     rx_whole, pack_whole = _link._rx_whole, _link._pack_whole
     assert rx_whole is not None and pack_whole is not None
 
-    def rx(*args: Any) -> tuple[int, int]:
+    def rx(*args: Any) -> tuple[int, int, int]:
         calls["rx"] += 1
         return rx_whole(*args)
 
@@ -116,8 +116,9 @@ u32 = st.integers(0, 2**32 - 1)
 @st.composite
 def whole_data(draw: st.DrawFn) -> bytes:
     payload = draw(st.binary(max_size=80))
-    aux = draw(st.integers(0, len(payload) + 3))  # > len: bad_body
-    return _header(DATA, 3, draw(conn_ids), len(payload), aux, len(payload)) + payload
+    aux = draw(st.sampled_from([0, 0, 0, draw(st.integers(0, len(payload) + 3))]))  # > len: bad_body
+    conn = draw(st.one_of(st.integers(0, 2), conn_ids))  # a few: runs of one connection
+    return _header(DATA, 3, conn, len(payload), aux, len(payload)) + payload
 
 
 @st.composite
@@ -185,6 +186,9 @@ def _frame(payload: bytes, count: int, seq: int, plen_extra: int = 0) -> bytes:
 
 def _shape(m: object) -> object:
     """What a message is, exactly: class, fields and the payload's type."""
+    if isinstance(m, tuple) and isinstance(m[1], list):
+        conn, run = m
+        return ("run", len(m), conn, [(type(p).__name__, bytes(p)) for p in run])
     if isinstance(m, tuple):
         conn, payload = m
         return ("tuple", len(m), conn, type(payload).__name__, bytes(payload))
@@ -194,17 +198,23 @@ def _shape(m: object) -> object:
     return (type(m).__name__, repr(m))
 
 
-def _receive(raw_frames: list[bytes], raw: bool, accelerated: bool, per_poll: int) -> Any:
+def _receive(raw_frames: list[bytes], raw: int, accelerated: bool, per_poll: int) -> Any:
+    """``raw``: 0 objects, 1 ``Link.raw_data``, 2 ``Link.raw_runs``."""
     raw_be, link_be = memory_backend_pair(frame_size=FRAME_SIZE)
     link = Link(link_be, session=1)
     link.accelerated = accelerated
-    link.raw_data = raw
+    link.raw_data = raw == 1
+    link.raw_runs = raw == 2
     restarts: list[bool] = []
     link.on_peer_hello = lambda hello, restarted: restarts.append(restarted)
     raw_be.send_batch(raw_frames)
     got: list[object] = []
     while link_be.rx_pending():
-        got += [_shape(m) for m in link.poll(per_poll)]
+        batch = link.poll(per_poll)
+        if raw == 2:  # consecutive runs are never of one connection
+            conns = [m[0] if isinstance(m, tuple) else None for m in batch]
+            assert all(a is None or a != b for a, b in zip(conns, conns[1:], strict=False))
+        got += [_shape(m) for m in batch]
     lc = link.credit
     stats = asdict(link.stats)
     stats.pop("backend")
@@ -219,11 +229,56 @@ def _receive(raw_frames: list[bytes], raw: bool, accelerated: bool, per_poll: in
 
 
 @SETTINGS
-@given(frames(), st.booleans(), st.integers(1, 4))
-def test_poll_same_with_and_without_c(raw_frames: list[bytes], raw: bool, per_poll: int) -> None:
+@given(frames(), st.integers(0, 2), st.integers(1, 4))
+def test_poll_same_with_and_without_c(raw_frames: list[bytes], raw: int, per_poll: int) -> None:
     fast = _receive(raw_frames, raw, True, per_poll)
     slow = _receive(raw_frames, raw, False, per_poll)
     assert fast == slow
+
+
+def _flatten(got: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for g in got:
+        if g[0] == "run":
+            out += [("tuple", 2, g[2], t, p) for t, p in g[3]]
+        else:
+            out.append(g)
+    return out
+
+
+@SETTINGS
+@given(frames(), st.integers(1, 4), st.booleans())
+def test_runs_are_the_raw_messages_grouped(
+    raw_frames: list[bytes], per_poll: int, accelerated: bool
+) -> None:
+    """Link.raw_runs gives what Link.raw_data gives, only grouped: the same
+    messages, order, counters and credit state."""
+    runs = _receive(raw_frames, 2, accelerated, per_poll)
+    tuples = _receive(raw_frames, 1, accelerated, per_poll)
+    assert (_flatten(runs[0]), *runs[1:]) == tuples
+
+
+def test_runs_span_frames_and_end_at_other_messages() -> None:
+    def f(seq: int, *msgs: object) -> bytes:
+        return _frame(b"".join(encode(m) for m in msgs), len(msgs), seq)  # type: ignore[arg-type]
+
+    raw_frames = [
+        f(0, Hello(Role.AGENT, session=7), Data(5, b"a"), Data(5, b"b")),
+        f(1, Data(5, b"c"), Data(6, b"d"), Credit(6, 1, 1), Data(6, b"e")),
+        f(2, Data(6, b"f"), Data(6, b"gh", 1), Data(6, b"i"), Data(5, b"j")),
+    ]
+    for accelerated in (True, False):
+        got, stats, *_ = _receive(raw_frames, 2, accelerated, 64)
+        assert got == [
+            ("run", 2, 5, [("bytes", b"a"), ("bytes", b"b"), ("bytes", b"c")]),
+            ("run", 2, 6, [("bytes", b"d")]),
+            ("Credit", repr(Credit(6, 1, 1))),
+            ("run", 2, 6, [("bytes", b"e"), ("bytes", b"f")]),
+            ("Data", 6, "bytes", b"gh", 1),
+            ("run", 2, 6, [("bytes", b"i")]),
+            ("run", 2, 5, [("bytes", b"j")]),
+        ]
+        assert stats["messages_in"] == 10 and stats["dropped"] == {}
 
 
 def test_poll_hot_messages_come_out_as_python_builds_them() -> None:
@@ -240,14 +295,16 @@ def test_poll_hot_messages_come_out_as_python_builds_them() -> None:
         + _header(DATA, 3, 1, 1, 2, 1) + b"x"  # aux > length: bad_body
         + encode(Data(10, b"end"))
     )  # fmt: skip
-    for raw in (False, True):
+    for raw in (0, 1, 2):
         fast = _receive([_frame(payload, 10, 0)], raw, True, 64)
         assert fast == _receive([_frame(payload, 10, 0)], raw, False, 64)
         got, stats = fast[0], fast[1]
         assert stats["dropped"] == {"bad_body": 1}
         assert stats["fragments_in"] == 2 and stats["messages_in"] == 7
         tuples = [g for g in got if g[0] == "tuple"]
-        assert len(tuples) == (4 if raw else 0)
+        assert len(tuples) == (4 if raw == 1 else 0)
+        runs = [g for g in got if g[0] == "run"]
+        assert len(runs) == (4 if raw == 2 else 0)
 
 
 # -- the C functions' own guards ------------------------------------------------
@@ -261,16 +318,21 @@ def test_rx_whole_never_reads_past_end(data: bytes, draw: st.DataObject) -> None
     end = draw.draw(st.integers(0, len(data)))
     off = draw.draw(st.integers(0, end))
     left = draw.draw(st.integers(0, 20))
-    out: list[object] = []
-    new_off, new_left = rx_whole(data, off, end, left, draw.draw(st.booleans()), out)
+    raw = draw.draw(st.integers(0, 2))
+    out: list[Any] = []
+    new_off, new_left, merged = rx_whole(data, off, end, left, raw, out)
     assert off <= new_off <= end
-    assert new_left == left - len(out) >= 0
+    assert new_left == left - len(out) - merged >= 0
+    assert merged == 0 or raw == 2
     # what it took is exactly whole DATA/CREDIT, and it stopped before the rest
     pos = off
     for m in out:
-        _v, mtype, _f, _r, conn, length, aux, total = COMMON_HEADER.unpack_from(data, pos)
-        assert mtype in (DATA, CREDIT) and length == total and m is not None
-        pos += HEADER_SIZE + length
+        for _ in m[1] if raw == 2 and isinstance(m, tuple) else [m]:
+            _v, mtype, _f, _r, conn, length, aux, total = COMMON_HEADER.unpack_from(data, pos)
+            assert mtype in (DATA, CREDIT) and length == total and m is not None
+            if isinstance(m, tuple):
+                assert (mtype, aux, conn) == (DATA, 0, m[0])
+            pos += HEADER_SIZE + length
     assert pos == new_off
 
 
@@ -284,7 +346,15 @@ def test_rx_whole_rejects_offsets_outside_the_data() -> None:
         rx_whole(msg, -1, len(msg), 1, False, [])
     with pytest.raises(TypeError):
         rx_whole(bytearray(msg), 0, len(msg), 1, False, [])  # type: ignore[arg-type]
-    assert rx_whole(msg, 0, len(msg), 1, False, []) == (len(msg), 0)
+    with pytest.raises(ValueError):
+        rx_whole(msg, 0, len(msg), 1, 3, [])
+    assert rx_whole(msg, 0, len(msg), 1, False, []) == (len(msg), 0, 0)
+    # a run ending the list joins only if it is one of ours, of this connection
+    for last, joined in (((1, [b"x"]), 1), ((2, [b"x"]), 0), ((1, (b"x",)), 0),
+                         ((-1, [b"x"]), 0), (("1", [b"x"]), 0), ((1 << 70, [b"x"]), 0)):
+        out: list[Any] = [last]
+        assert rx_whole(msg, 0, len(msg), 1, 2, out) == (len(msg), 0, joined)
+        assert len(out) == 2 - joined
 
 
 def test_pack_whole_rejects_a_short_buffer() -> None:
@@ -402,9 +472,11 @@ def test_no_reference_leaks() -> None:
     entry = (DATA, 2**31 + 1, 3, body)
 
     def once() -> None:
-        for raw in (False, True):
+        for raw in (0, 1, 2):
             out: list[object] = []
-            assert rx_whole(payload, 0, len(payload), 4, raw, out) == (len(payload) - 16, 1)
+            assert rx_whole(payload, 0, len(payload), 4, raw, out) == (len(payload) - 16, 1, 0)
+        run: list[object] = [(2**31, [b"p"])]
+        assert rx_whole(payload, 0, len(payload), 4, 2, run) == (len(payload) - 16, 1, 1)
         q = deque([entry] * 3)
         buf = bytearray(400)
         assert pack_whole(q, buf, 34, 0, 400) == (34 + 3 * 46, 3, 90)
