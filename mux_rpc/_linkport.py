@@ -59,8 +59,10 @@ class AsyncLinkPort:
         ``(conn_id, [payload, ...])`` per run of consecutive ones of a
         connection (``Link.raw_runs``)."""
         self._receiver = receiver
-        # the receiver takes DATA without a ULP header as (conn_id, [payloads])
+        # the receiver takes DATA without a ULP header as (conn_id, [payloads]),
+        # straight from the link's read callback (no call in between)
         self.link.raw_runs = receiver is not None
+        self.alink.set_on_messages(receiver if receiver is not None else self._on_messages)
         while receiver is not None and self._inbox:
             receiver(self._inbox.popleft())
 

@@ -269,21 +269,11 @@ class AfXdpBackend(FrameBackend):
             self._grow(max_frames)
         if self._pending_release:
             self._flush_releases()
+        if copy:
+            return [RxFrame(d) for d in self.recv_copies(max_frames)]
         if self._sock.ctx.tx_stalled:
             self._sock.kick()  # keep TX moving even when the owner only receives
         lens = self._rx_lens
-        if copy:
-            n = self._sock.rx_burst(self._rx_out, lens, max_frames)
-            if n == 0:
-                return []
-            buf = self._rx_out_buf
-            out = []
-            off = 0
-            for i in range(n):
-                ln = lens[i]
-                out.append(RxFrame(buf[off:off + ln]))
-                off += ln
-            return out
         addrs = self._rx_addrs
         n = self._sock.rx_peek(addrs, lens, max_frames)
         view = self._umem.view
@@ -293,6 +283,32 @@ class AfXdpBackend(FrameBackend):
             a = addrs[i]
             frames.append(RxFrame(view[a:a + lens[i]], functools.partial(rel, a)))
         return frames
+
+    def recv_copies(self, max_frames: int = 64) -> list[bytes]:
+        """``recv_batch(max_frames, copy=True)`` as the frames' bytes: copies,
+        nothing to release (``xport.Link``'s hot path: one object per frame)."""
+        self._check_open()
+        if max_frames <= 0:
+            return []
+        if max_frames > self._batch:
+            self._grow(max_frames)
+        if self._pending_release:
+            self._flush_releases()
+        sock = self._sock
+        if sock.ctx.tx_stalled:
+            sock.kick()  # keep TX moving even when the owner only receives
+        lens = self._rx_lens
+        n = sock.rx_burst(self._rx_out, lens, max_frames)
+        if n == 0:
+            return []
+        buf = self._rx_out_buf
+        out = []
+        off = 0
+        for i in range(n):
+            ln = lens[i]
+            out.append(buf[off:off + ln])
+            off += ln
+        return out
 
     def _release_one(self, addr: int) -> None:
         if self._closed:
@@ -310,10 +326,11 @@ class AfXdpBackend(FrameBackend):
         pend.clear()
 
     def rx_buffers_posted(self) -> int:
-        self._check_open()
+        if self._closed:
+            self._check_open()  # raises
         if self._pending_release:
             self._flush_releases()
-        return self._sock.fill_posted
+        return int(self._sock.ctx.fill_posted)  # XskSocket.fill_posted (once per flush)
 
     def fileno(self) -> int:
         self._check_open()

@@ -329,6 +329,11 @@ class Link:
         #: run the per-message loops in C (``ACCELERATED``); False forces the
         #: pure-Python loops for this link (the tests compare the two)
         self.accelerated = ACCELERATED
+        # a backend that receives straight into bytes (AfXdpBackend.recv_copies):
+        # recv_batch(copy=True) without an RxFrame per frame
+        self._recv_copies: Callable[[int], list[bytes]] | None = getattr(
+            backend, "recv_copies", None
+        )
         # the largest message sendable: ours, then min(ours, the peer's HELLO)
         self._max_send = cfg.max_message_size
         self.peer_lost = False
@@ -586,7 +591,15 @@ class Link:
         """Receive one batch; whole messages in arrival order (never raises for bad input)."""
         if self.closed:
             return []
-        rx = self.backend.recv_batch(max_frames, copy=True)
+        recv_copies = self._recv_copies
+        if recv_copies is not None:
+            rx = recv_copies(max_frames)
+        else:
+            rx = []
+            for frame in self.backend.recv_batch(max_frames, copy=True):
+                data = frame.data
+                rx.append(data if isinstance(data, bytes) else bytes(data))
+                frame.release()  # data is our copy: repost the buffer now
         if not rx:
             return []
         if now is not None:
@@ -594,24 +607,14 @@ class Link:
         out: list[Message] = []
         lc = self.credit
         unpack_frame = FRAME_HEADER.unpack_from
-        unpack_msg = COMMON_HEADER.unpack_from
-        append = out.append
-        new = object.__new__
         # 0: Data objects; 1: (conn_id, payload); 2: runs (conn_id, [payload, ...])
         raw = 2 if self.raw_runs else 1 if self.raw_data else 0
         merged = 0  # payloads that joined a run already in out
-        push: Callable[[object], None] = out.append  # type: ignore[assignment]  # raw DATA
-        set_conn, set_payload, set_hlen, set_cconn, set_cmsgs, set_cbytes = _SETTERS
-        unpack_credit = _CREDIT_BODY.unpack_from
         rx_whole = _rx_whole if self.accelerated else None
         st = self.stats
         st.frames_in += len(rx)
         fresh = not self.peer_session  # §3.1: no peer session yet
-        for frame in rx:
-            data = frame.data
-            if not isinstance(data, bytes):
-                data = bytes(data)
-            frame.release()  # data is our copy: repost the buffer now
+        for index, data in enumerate(rx):
             n = len(data)
             # §1: bounds check before reading the header
             if n < FRAME_HEADER_SIZE:
@@ -656,93 +659,127 @@ class Link:
                 continue
             off = FRAME_HEADER_SIZE
             left = count
-            while left:
-                if rx_whole is not None:
-                    # C: the whole DATA and CREDIT messages from here, as the
-                    # branches below handle them; the loop goes on at the rest
-                    off, left, joined = rx_whole(data, off, end, left, raw, out)
-                    merged += joined
-                    if not left:
-                        break
-                left -= 1
-                # §2: bounds check before reading each message header
-                if off + HEADER_SIZE > end:
-                    self._drop("truncated_message")
+            if rx_whole is not None:
+                # C: the whole DATA and CREDIT messages from the start, as
+                # _rx_messages handles them; it goes on at the rest
+                off, left, joined = rx_whole(data, off, end, left, raw, out)
+                merged += joined
+                if not left:
+                    continue
+            header = (index + st.frames_in - len(rx), seq, credit, ack, anomaly)
+            merged, restarted = self._rx_messages(data, off, end, left, raw, out, merged, header)
+            if restarted:
+                lc = self.credit
+        st.messages_in += len(out) + merged
+        return out
+
+    def _rx_messages(
+        self,
+        data: bytes,
+        off: int,
+        end: int,
+        left: int,
+        raw: int,
+        out: list[Message],
+        merged: int,
+        header: tuple[int, int, int, int, str | None],
+    ) -> tuple[int, bool]:
+        """The ``left`` messages of a frame from ``off`` (the pure-Python loop,
+        the reference for the C accelerator, which it calls again when on);
+        returns the new ``merged`` (payloads in ``out`` that joined a run) and
+        whether a HELLO reset the per-peer state. ``header``: (frames this
+        link took before this one, seq, credit, ack, anomaly) of the frame."""
+        unpack_msg = COMMON_HEADER.unpack_from
+        append = out.append
+        new = object.__new__
+        push: Callable[[object], None] = out.append  # type: ignore[assignment]  # raw DATA
+        set_conn, set_payload, set_hlen, set_cconn, set_cmsgs, set_cbytes = _SETTERS
+        unpack_credit = _CREDIT_BODY.unpack_from
+        rx_whole = _rx_whole if self.accelerated else None
+        restarted = False
+        while left:
+            if rx_whole is not None:
+                # C: the whole DATA and CREDIT messages from here, as the
+                # branches below handle them; the loop goes on at the rest
+                off, left, joined = rx_whole(data, off, end, left, raw, out)
+                merged += joined
+                if not left:
                     break
-                mver, mtype, mflags, _rr, conn_id, length, aux, total = unpack_msg(data, off)
-                off += HEADER_SIZE
-                mend = off + length
-                if mend > end:
-                    self._drop("truncated_message")
-                    break
-                # §2: version and length sit at the same place in every version: skip it
-                if mver != PROTOCOL_VERSION:
-                    self._drop("bad_version")
+            left -= 1
+            # §2: bounds check before reading each message header
+            if off + HEADER_SIZE > end:
+                self._drop("truncated_message")
+                break
+            mver, mtype, mflags, _rr, conn_id, length, aux, total = unpack_msg(data, off)
+            off += HEADER_SIZE
+            mend = off + length
+            if mend > end:
+                self._drop("truncated_message")
+                break
+            # §2: version and length sit at the same place in every version: skip it
+            if mver != PROTOCOL_VERSION:
+                self._drop("bad_version")
+                off = mend
+                continue
+            if mflags & _WHOLE == _WHOLE and length == total:
+                if mtype == _DATA:
+                    if aux > length:
+                        self._drop("bad_body")
+                    elif raw == 2 and not aux:
+                        last: Any = out[-1] if out else None
+                        if last.__class__ is tuple and last[0] == conn_id:
+                            last[1].append(data[off:mend])
+                            merged += 1
+                        else:
+                            push((conn_id, [data[off:mend]]))
+                    elif raw and not aux:
+                        push((conn_id, data[off:mend]))
+                    else:
+                        d = new(Data)
+                        set_conn(d, conn_id)
+                        set_payload(d, data[off:mend])
+                        set_hlen(d, aux)
+                        append(d)
                     off = mend
                     continue
-                if mflags & _WHOLE == _WHOLE and length == total:
-                    if mtype == _DATA:
-                        if aux > length:
-                            self._drop("bad_body")
-                        elif raw == 2 and not aux:
-                            last: Any = out[-1] if out else None
-                            if last.__class__ is tuple and last[0] == conn_id:
-                                last[1].append(data[off:mend])
-                                merged += 1
-                            else:
-                                push((conn_id, [data[off:mend]]))
-                        elif raw and not aux:
-                            push((conn_id, data[off:mend]))
-                        else:
-                            d = new(Data)
-                            set_conn(d, conn_id)
-                            set_payload(d, data[off:mend])
-                            set_hlen(d, aux)
-                            append(d)
-                        off = mend
-                        continue
-                    if mtype == _CREDIT and length == 8:
-                        # CREDIT, one per reply: built like DATA above
-                        cm, cb = unpack_credit(data, off)
-                        c = new(Credit)
-                        set_cconn(c, conn_id)
-                        set_cmsgs(c, cm)
-                        set_cbytes(c, cb)
-                        append(c)
-                        off = mend
-                        continue
-                    body = memoryview(data)[off:mend]
+                if mtype == _CREDIT and length == 8:
+                    # CREDIT, one per reply: built like DATA above
+                    cm, cb = unpack_credit(data, off)
+                    c = new(Credit)
+                    set_cconn(c, conn_id)
+                    set_cmsgs(c, cm)
+                    set_cbytes(c, cb)
+                    append(c)
                     off = mend
-                    if mtype == _HELLO:
-                        # §3.1: may reset the per-peer state (a restart)
-                        base = st.frames_in - len(rx) + rx.index(frame)
-                        if self._rx_hello(
-                            conn_id, aux, body, out, base, seq, credit, ack, anomaly, merged
-                        ):
-                            lc = self.credit
-                            merged = 0
-                        continue
-                    self._decode(mtype, conn_id, aux, body, out)
                     continue
                 body = memoryview(data)[off:mend]
                 off = mend
-                st.fragments_in += 1
-                try:
-                    whole = self._reasm.feed(conn_id, mtype, mflags, aux, total, body)
-                except ProtocolError as exc:
-                    self._drop(exc.reason)
+                if mtype == _HELLO:
+                    # §3.1: may reset the per-peer state (a restart)
+                    if self._rx_hello(conn_id, aux, body, out, *header, merged):
+                        restarted = True
+                        merged = 0
                     continue
-                if whole is not None:
-                    wtype, waux, wbody = whole
-                    if wtype == _DATA:
-                        if waux > len(wbody):
-                            self._drop("bad_body")
-                        else:
-                            out.append(make_data(conn_id, bytes(wbody), waux))
+                self._decode(mtype, conn_id, aux, body, out)
+                continue
+            body = memoryview(data)[off:mend]
+            off = mend
+            self.stats.fragments_in += 1
+            try:
+                whole = self._reasm.feed(conn_id, mtype, mflags, aux, total, body)
+            except ProtocolError as exc:
+                self._drop(exc.reason)
+                continue
+            if whole is not None:
+                wtype, waux, wbody = whole
+                if wtype == _DATA:
+                    if waux > len(wbody):
+                        self._drop("bad_body")
                     else:
-                        self._decode(wtype, conn_id, waux, memoryview(wbody), out)
-        st.messages_in += len(out) + merged
-        return out
+                        out.append(make_data(conn_id, bytes(wbody), waux))
+                else:
+                    self._decode(wtype, conn_id, waux, memoryview(wbody), out)
+        return merged, restarted
 
     def _decode(
         self, mtype: int, conn_id: int, aux: int, body: memoryview, out: list[Message]
@@ -910,12 +947,20 @@ class AsyncLink:
         self._inbox_ready = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
+        # _writable was cleared (a send pushed the queue over max_queued_bytes)
+        # and not set again by a flush since: flushes check this bool only
+        self._blocked = False
         self._flush_scheduled = False
         self._closed = False
         self._max_queued = link.config.max_queued_bytes
         self._loop.add_reader(link.fileno(), self._on_readable)
         self._timer = self._loop.call_later(self._timer_interval(), self._on_timer)
         self._schedule_flush()
+
+    def set_on_messages(self, on_messages: Callable[[list[Message]], None] | None) -> None:
+        """Hand received batches to ``on_messages(list)`` from now on (None:
+        to ``await recv()``)."""
+        self._on_messages = on_messages
 
     def _timer_interval(self) -> float:
         cfg = self.link.config
@@ -949,6 +994,7 @@ class AsyncLink:
         link._queued_bytes = queued = queued + n
         if queued > self._max_queued:
             self._writable.clear()
+            self._blocked = True
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -973,6 +1019,7 @@ class AsyncLink:
         link._queued_bytes = queued = queued + nb
         if queued > self._max_queued:
             self._writable.clear()
+            self._blocked = True
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -994,6 +1041,7 @@ class AsyncLink:
     def _after_send(self) -> None:
         if not self.link.writable:
             self._writable.clear()
+            self._blocked = True
         if not self._flush_scheduled:
             self._schedule_flush()
 
@@ -1005,8 +1053,10 @@ class AsyncLink:
         self._flush_scheduled = False
         if self._closed:
             return
-        self.link.flush(self._clock())
-        if self.link.writable:
+        link = self.link
+        link.flush(self._clock())
+        if self._blocked and link._queued_bytes <= self._max_queued:
+            self._blocked = False
             self._writable.set()
 
     async def drain(self) -> None:
@@ -1041,7 +1091,8 @@ class AsyncLink:
             msgs = []
         # new credit may have arrived, or our posted buffers grew: flush now
         link.flush(now)
-        if link.writable:
+        if self._blocked and link._queued_bytes <= self._max_queued:
+            self._blocked = False
             self._writable.set()
         if msgs:
             self._inbox.extend(msgs)

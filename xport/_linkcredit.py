@@ -222,8 +222,14 @@ class LinkCredit:
         self.frames_rx += 1
         if credit_only:
             self.co_recv += 1
-        p = unwrap_u32(self.peer_posted, credit)
-        a = unwrap_u32(self.peer_ack, credit_ack)
+        # unwrap_u32(self.peer_posted, credit) and unwrap_u32(self.peer_ack,
+        # credit_ack), inline (once per received frame)
+        last = self.peer_posted
+        delta = (credit - last) & _MASK
+        p = last + delta - (1 << 32 if delta >= _HALF else 0)
+        last = self.peer_ack
+        delta = (credit_ack - last) & _MASK
+        a = last + delta - (1 << 32 if delta >= _HALF else 0)
         # §4.1: P, A and P − A never decrease
         if p < self.peer_posted or a < self.peer_ack or p - a < self.peer_posted - self.peer_ack:
             return anomaly or "credit_regress"
@@ -242,6 +248,12 @@ class LinkCredit:
     def want_credit_only(self, posted: int) -> bool:
         """§4.4: should a standalone credit-only frame be sent now?"""
         if self.co_credit() < 1:
+            return False
+        if posted & _MASK == self.adv_posted & _MASK:
+            # nothing posted since the last advertisement (often: a data frame
+            # of this flush carried it): P is unchanged, and A only grows from
+            # what was advertised (co_rx >= adv_ack), so P − A cannot have
+            # grown: what _local would give, without computing it
             return False
         p, a = self._local(posted)
         new = (p - a) - (self.adv_posted - self.adv_ack)
