@@ -112,7 +112,7 @@ class AsyncLinkPort:
 
     def direct_senders(self) -> tuple[Callable[[int, bytes, int], bool],
                                       Callable[[int, int, int], bool],
-                                      Callable[[int, Sequence[bytes]], int]]:
+                                      Callable[[int, Sequence[bytes], int], int]]:
         """The link's own ``try_send_data``, ``try_send_credit`` (what the two
         methods above call) and ``try_send_many`` (False/0 as well once the
         port is closed: the link is closed with it)."""

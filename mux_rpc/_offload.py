@@ -480,7 +480,7 @@ class OffloadConnection:
         cid = self.conn_id
         direct = host._direct_many[q]
         ob = host._outboxes[q]
-        if direct is not None and not ob.items and direct(cid, payloads):
+        if direct is not None and not ob.items and direct(cid, payloads, nb):
             return k  # all queued on the link (AsyncLink.try_send_many)
         # the link pushes back (or something is queued before): all of them,
         # in order, through the writer task (Host._send_data's slow path)
@@ -862,7 +862,7 @@ class Host:
         # before it, and consumed credit granted late (HostConfig.credit_delay)
         self._direct: list[Callable[[int, bytes, int], bool] | None] = []
         self._direct_credit: list[Callable[[int, int, int], bool] | None] = []
-        self._direct_many: list[Callable[[int, Sequence[bytes]], int] | None] = []
+        self._direct_many: list[Callable[[int, Sequence[bytes], int], int] | None] = []
         for p in self._ports:
             senders = getattr(p, "direct_senders", None)
             d, c, m = senders() if senders is not None else (None, None, None)

@@ -196,7 +196,8 @@ class AfXdpBackend(FrameBackend):
 
     # -- TX ------------------------------------------------------------------
     def send_batch(self, frames: Sequence[Buffer]) -> int:
-        self._check_open()
+        if self._closed:
+            self._check_open()  # raises
         if not frames:
             return 0
         lens = array("I", map(len, frames))

@@ -93,6 +93,7 @@ from ._protocol import (
 )
 from ._reassembly import Reassembler
 from ._wire import (
+    ETH_HEADER_SIZE,
     ETHERTYPE,
     FRAME_HEADER,
     FRAME_HEADER_SIZE,
@@ -155,6 +156,13 @@ _SETTERS: tuple[Callable[[object, object], None], ...] = tuple(
                        (Credit, ("conn_id", "messages", "bytes")))
     for name in names
 )
+
+
+# docs/protocol.md §1 after the Ethernet header: FRAME_HEADER from ``version`` on
+_LINK_HEADER = struct.Struct("!BBHIIIHH")
+assert FRAME_HEADER.format == "!6s6sH" + _LINK_HEADER.format[1:]
+_REPEAT_DATA = repeat(_DATA)
+_REPEAT_0 = repeat(0)
 
 
 def new_session() -> int:
@@ -463,6 +471,7 @@ class Link:
         frame_size = self._frame_size
         min_frag = self.config.min_fragment
         pack_msg = COMMON_HEADER.pack_into
+        pack_link = _LINK_HEADER.pack_into
         credit, ack = lc.advertise(posted)
         seq = lc.sent
         frames: list[memoryview] = []
@@ -536,10 +545,9 @@ class Link:
                 break
             if count == 0:
                 break  # nothing fits (cannot happen with frame_size checked at init)
-            FRAME_HEADER.pack_into(
-                buf, 0, self.config.peer_mac, self.config.local_mac, ETHERTYPE, LINK_VERSION,
-                0, count, seq & _MASK, credit, ack, off - FRAME_HEADER_SIZE, 0,
-            )  # fmt: skip
+            # the Ethernet header is in every buffer already (__init__)
+            pack_link(buf, ETH_HEADER_SIZE, LINK_VERSION, 0, count, seq & _MASK, credit, ack,
+                      off - FRAME_HEADER_SIZE, 0)  # fmt: skip
             seq += 1
             frames.append(memoryview(buf)[:off])
         self._head_sent = head_sent
@@ -1000,22 +1008,25 @@ class AsyncLink:
             self._loop.call_soon(self._flush)
         return True
 
-    def try_send_many(self, conn_id: int, payloads: Sequence[bytes | bytearray | memoryview]) -> int:
+    def try_send_many(
+        self, conn_id: int, payloads: Sequence[bytes | bytearray | memoryview], nbytes: int = -1
+    ) -> int:
         """``try_send_data(conn_id, p)`` for each of ``payloads`` (DATA without
         a ULP header, in order) with one backpressure check: queue them all and
         return ``len(payloads)``, or queue nothing and return 0 when the link
         pushes back. (Like one ``try_send_data``, it may leave the queue above
-        ``max_queued_bytes`` by what it added: bounded by the caller's window.)"""
+        ``max_queued_bytes`` by what it added: bounded by the caller's window.)
+        ``nbytes``: their total length if the caller knows it (-1: computed)."""
         link = self.link
         queued = link._queued_bytes
         if self._closed or queued > self._max_queued:
             return 0
-        nb = sum(map(len, payloads))
+        nb = sum(map(len, payloads)) if nbytes < 0 else nbytes
         mx = link._max_send
         if nb > mx and max(map(len, payloads)) > mx:
             raise ValueError(f"DATA of {max(map(len, payloads))} bytes > max {mx}")
-        # Link.send_data's entries, built in C (zip)
-        link._queue.extend(zip(repeat(_DATA), repeat(conn_id), repeat(0), payloads))
+        # Link.send_data's entries, built in C (zip; repeat iterators never end)
+        link._queue.extend(zip(_REPEAT_DATA, repeat(conn_id), _REPEAT_0, payloads))
         link._queued_bytes = queued = queued + nb
         if queued > self._max_queued:
             self._writable.clear()

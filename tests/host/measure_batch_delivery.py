@@ -67,7 +67,7 @@ async def main(nconn: int, run: int, batch: int, seconds: float) -> None:
         sent[1] += 1
         return True
 
-    def many(conn_id: int, payloads: Sequence[bytes]) -> int:
+    def many(conn_id: int, payloads: Sequence[bytes], nbytes: int) -> int:
         sent[0] += len(payloads)
         return len(payloads)
 
