@@ -495,27 +495,17 @@ class OffloadConnection:
         # the rest goes back after HostConfig.credit_delay (Host._credit_sweep),
         # so a sender blocked on a large message never waits for a batch that
         # cannot fill
-        # (one call per run: ReceiveWindow.take_pending, Host._send_credit and
-        # Host._credit_later inline)
+        # (once per run; the sweep's timer is started inline)
         w = self._rwin
         w.buffered_messages -= count
         w.buffered_bytes -= n
-        pm = w.pending_messages + count
-        pb = w.pending_bytes + n
-        host = self._host
+        pm = w.pending_messages = w.pending_messages + count
+        pb = w.pending_bytes = w.pending_bytes + n
         if (pm * 2 >= w.window_messages or pb * 2 >= w.window_bytes
                 or w.outstanding_messages < 1):
-            w.pending_messages = w.pending_bytes = 0
-            w.outstanding_messages += pm
-            w.outstanding_bytes += pb
-            host.stats.credits_sent += 1
-            q = self.queue
-            direct = host._direct_credit[q]
-            if direct is None or host._outboxes[q].items or not direct(self.conn_id, pm, pb):
-                host._send_ctl(q, P.Credit(self.conn_id, pm, pb))
+            self._grant_pending()
             return
-        w.pending_messages = pm
-        w.pending_bytes = pb
+        host = self._host
         host._credit_dirty.add(self)
         if host._credit_timer is None:
             host._credit_timer = self._loop.call_later(host.config.credit_delay,
@@ -1106,12 +1096,6 @@ class Host:
                 and direct(conn_id, messages, nbytes):
             return  # nothing queued before it: order kept
         self._send_ctl(q, P.Credit(conn_id, messages, nbytes))
-
-    def _credit_later(self, conn: OffloadConnection) -> None:
-        self._credit_dirty.add(conn)
-        if self._credit_timer is None:
-            self._credit_timer = asyncio.get_running_loop().call_later(
-                self.config.credit_delay, self._credit_sweep)
 
     def _stop_credit_timer(self) -> None:
         if self._credit_timer is not None:

@@ -39,8 +39,9 @@ Backpressure: ``writable`` is False while more than ``max_queued_bytes`` wait
 in the queue (link credit exhausted or not flushed yet). :class:`AsyncLink`
 turns that into ``await drain()``.
 
-Hot path: received frames are copied once (``recv_batch(copy=True)``) and
-message payloads are ``bytes`` slices of that copy; outgoing frames are
+Hot path: received frames are copied once (``recv_batch(copy=True)``, or a
+backend's ``recv_copies`` straight into ``bytes``) and message payloads are
+``bytes`` slices of that copy (grouped per connection with ``raw_runs``); outgoing frames are
 built with ``struct.pack_into`` into preallocated ``bytearray`` buffers that
 ``send_batch`` copies (every backend copies into its TX ring on the call).
 With the optional C accelerator (``xport._linkfast``, see below) the whole
@@ -55,8 +56,11 @@ Public API
 ``flush(now=None) -> int``, ``poll(max_frames=64, now=None) -> list[Message]``,
 ``tick(now)``, ``writable``, ``queued_bytes``, ``peer_lost``, ``peer_hello``,
 ``session``, ``peer_session``, ``established``, ``peer_restarts``,
-``on_peer_hello``, ``raw_data``, ``accelerated``, ``fileno()``, ``statistics()``,
-``close()``; ``new_session()``; ``ACCELERATED``; and ``AsyncLink`` (asyncio).
+``on_peer_hello``, ``raw_data``, ``raw_runs``, ``accelerated``, ``fileno()``,
+``statistics()``, ``close()``; ``new_session()``; ``ACCELERATED``; and
+``AsyncLink`` (asyncio: ``send``, ``send_data``, ``try_send_data``,
+``try_send_many``, ``try_send_credit``, ``drain()``, ``recv()``,
+``set_on_messages``, ``close()``).
 """
 
 from __future__ import annotations
