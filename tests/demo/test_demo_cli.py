@@ -60,6 +60,10 @@ def test_bench_quick_json_has_every_cell(tmp_path: Path) -> None:
         assert c["calls"] > 0 and c["errors"] == 0 and c["lost"] == 0, key
         assert c["rpc_per_s"] > 0 and c["host_cpu_s_per_100k"] > 0, key
         assert (c["agent_cpu_s_per_100k"] is None) == (key[0] == "direct"), key
+        # each sample carries the floor measured right after it, and its ratio to it
+        for s in c["samples"]:
+            assert s["floor_s_per_100k"] > s["floor_c_s_per_100k"] > 0, key
+            assert s["vs_floor"] == pytest.approx(s["host_cpu_s_per_100k"] / s["floor_s_per_100k"])
     assert summary["floor"]["host_cpu_s_per_100k"] > 0
     # the runtime's C dispatch path, measured beside the pure-Python floor
     assert summary["floor_c"]["path"] == "c-many8"
