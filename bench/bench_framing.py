@@ -278,7 +278,7 @@ def measure(case: dict[str, Any], reps: int, min_time: float) -> dict[str, Any]:
 def _accel_name() -> str:
     if framing_messages.ACCELERATED:
         return "C (framing._speedups)"
-    return "none: pure Python (FRAMING_PURE_PYTHON=1, or framing/_speedups_build.py not run)"
+    return "none: pure Python (FRAMING_PURE_PYTHON=1, or scripts/build_accelerators.py not run)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,7 +149,7 @@ class OncRecord:
 # messages with a *builder*: ``build(out, col1, col2, ...)`` appends one message
 # per row of the columns (one column per slot, in ``__slots__`` order) to the
 # list ``out``. With the optional C accelerator (``framing._speedups``, built by
-# ``python -m framing._speedups_build``) a row is one C call that allocates the
+# ``python scripts/build_accelerators.py``) a row is one C call that allocates the
 # instance and fills its slots; the pure-Python fallback allocates the batch with
 # ``object.__new__`` and fills each slot through its descriptor's ``__set__``
 # (``map`` over the column, no bytecode per message). Either way the result is

@@ -1,4 +1,4 @@
-/* Optional accelerator for framing (built by `python -m framing._speedups_build`).
+/* Optional accelerator for framing (built by `python scripts/build_accelerators.py`).
  *
  * Two things only; all parsing and every spec check stay in Python:
  *

@@ -154,7 +154,7 @@ DEFER: Final = _Deferred()
 _unpackb = msgpack.unpackb
 
 # The optional C fast path (mux_rpc/_rpcfast.c, built by scripts/setup.sh via
-# mux_rpc/_rpcfast_build.py): the hot case of dispatch_inline / dispatch_many /
+# scripts/build_accelerators.py): the hot case of dispatch_inline / dispatch_many /
 # dispatch_obj, deferring everything else to the Python code below, which
 # stays the one statement of the rules. MUX_RPC_PURE_PYTHON=1 turns it off.
 _rpcfast: Any

@@ -1,5 +1,5 @@
 /* Optional accelerator for mux_rpc's dispatcher (built by
- * `python mux_rpc/_rpcfast_build.py`; mux_rpc._dispatch falls back to pure
+ * `python scripts/build_accelerators.py`; mux_rpc._dispatch falls back to pure
  * Python without it, or when MUX_RPC_PURE_PYTHON=1).
  *
  * Theory of operation

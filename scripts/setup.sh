@@ -50,14 +50,10 @@ if [[ ! -f $STAMPS/deps || $(cat "$STAMPS/deps") != "$deps_hash" ]]; then
     echo "$deps_hash" > "$STAMPS/deps"
 fi
 
-# 2b. framing's optional C accelerator (rebuilds only when its source changed;
-#     framing falls back to pure Python without it)
-"$VPY" framing/_speedups_build.py
-# 2c. the link's and the RPC dispatcher's C accelerators (same rules: rebuilt
-#     when their source changed; pure-Python fallbacks without them)
-for accel in xport/_linkfast_build.py mux_rpc/_rpcfast_build.py; do
-    if [[ -f $accel ]]; then "$VPY" "$accel"; fi
-done
+# 2b. the optional C accelerators of framing, the link and the RPC dispatcher
+#     (rebuilt only when their source changed; without one, its package uses
+#     its pure-Python reference)
+"$VPY" scripts/build_accelerators.py >/dev/null
 
 # 3. cffi extension over libxdp/libbpf ----------------------------------------
 if [[ -f xport/_xsk_build.py ]]; then

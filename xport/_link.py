@@ -120,7 +120,7 @@ _CREDIT_ONLY = int(FrameFlags.CREDIT_ONLY)
 _MASK = 0xFFFFFFFF
 
 # The optional C accelerator (xport/_linkfast.c, built by
-# ``python xport/_linkfast_build.py``) runs the two per-message loops, once per
+# ``python scripts/build_accelerators.py``) runs the two per-message loops, once per
 # frame: the whole DATA/CREDIT messages of a received frame (``rx_whole``) and
 # the whole messages packed into a frame to send (``pack_whole``). Everything
 # else (fragments, control messages, malformed input, frame headers, credit)

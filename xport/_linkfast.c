@@ -1,5 +1,5 @@
 /* Optional accelerator for the link's per-message loops (xport._link.Link).
- * Built in place by `python xport/_linkfast_build.py`; without it (or with
+ * Built in place by `python scripts/build_accelerators.py`; without it (or with
  * XPORT_PURE_PYTHON=1) the link runs its pure-Python loops, which are the
  * reference: tests/xport/test_linkfast.py compares the two.
  *

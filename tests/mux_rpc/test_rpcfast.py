@@ -597,6 +597,7 @@ def test_pure_python_switch_and_build_script() -> None:
             "try:\n    d.Dispatcher(mux_rpc.App(), accelerated=True)\n"
             "except RuntimeError:\n    pass\nelse:\n    raise SystemExit('no error')\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=60)
-    out = subprocess.run([sys.executable, "mux_rpc/_rpcfast_build.py"], cwd=REPO, check=True,
+    out = subprocess.run([sys.executable, "scripts/build_accelerators.py", "mux_rpc"], cwd=REPO,
+                         check=True,
                          timeout=120, capture_output=True, text=True).stdout
     assert out.strip().endswith(".so")
