@@ -263,15 +263,10 @@ class AfXdpBackend(FrameBackend):
 
     # -- RX ------------------------------------------------------------------
     def recv_batch(self, max_frames: int = 64, *, copy: bool = True) -> list[RxFrame]:
-        self._check_open()
-        if max_frames <= 0:
-            return []
-        if max_frames > self._batch:
-            self._grow(max_frames)
-        if self._pending_release:
-            self._flush_releases()
         if copy:
             return [RxFrame(d) for d in self.recv_copies(max_frames)]
+        if not self._rx_prepare(max_frames):
+            return []
         if self._sock.ctx.tx_stalled:
             self._sock.kick()  # keep TX moving even when the owner only receives
         lens = self._rx_lens
@@ -285,16 +280,22 @@ class AfXdpBackend(FrameBackend):
             frames.append(RxFrame(view[a:a + lens[i]], functools.partial(rel, a)))
         return frames
 
-    def recv_copies(self, max_frames: int = 64) -> list[bytes]:
-        """``recv_batch(max_frames, copy=True)`` as the frames' bytes: copies,
-        nothing to release (``xport.Link``'s hot path: one object per frame)."""
+    def _rx_prepare(self, max_frames: int) -> bool:
+        """Before a receive: room for ``max_frames``, released frames reposted."""
         self._check_open()
         if max_frames <= 0:
-            return []
+            return False
         if max_frames > self._batch:
             self._grow(max_frames)
         if self._pending_release:
             self._flush_releases()
+        return True
+
+    def recv_copies(self, max_frames: int = 64) -> list[bytes]:
+        """``recv_batch(max_frames, copy=True)`` as the frames' bytes: copies,
+        nothing to release (``xport.Link``'s hot path: one object per frame)."""
+        if not self._rx_prepare(max_frames):
+            return []
         sock = self._sock
         if sock.ctx.tx_stalled:
             sock.kick()  # keep TX moving even when the owner only receives

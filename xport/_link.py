@@ -1003,13 +1003,7 @@ class AsyncLink:
         if header_length > n or n > link._max_send:
             raise ValueError(f"DATA of {n} bytes (header {header_length}) > max {link._max_send}")
         link._queue.append((_DATA, conn_id, header_length, payload))  # Link.send_data
-        link._queued_bytes = queued = queued + n
-        if queued > self._max_queued:
-            self._writable.clear()
-            self._blocked = True
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self._queued(queued + n)
         return True
 
     def try_send_many(
@@ -1031,14 +1025,18 @@ class AsyncLink:
             raise ValueError(f"DATA of {max(map(len, payloads))} bytes > max {mx}")
         # Link.send_data's entries, built in C (zip; repeat iterators never end)
         link._queue.extend(zip(_REPEAT_DATA, repeat(conn_id), _REPEAT_0, payloads))
-        link._queued_bytes = queued = queued + nb
+        self._queued(queued + nb)
+        return len(payloads)
+
+    def _queued(self, queued: int) -> None:
+        # after try_send_*: the link's new queue length, backpressure, one flush
+        self.link._queued_bytes = queued
         if queued > self._max_queued:
             self._writable.clear()
             self._blocked = True
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
-        return len(payloads)
 
     def try_send_credit(self, conn_id: int, messages: int, nbytes: int) -> bool:
         """``send(Credit(conn_id, messages, nbytes))`` without the dataclass,
@@ -1047,10 +1045,7 @@ class AsyncLink:
         if self._closed or link._queued_bytes > self._max_queued:
             return False
         link._queue.append((_CREDIT, conn_id, 0, _CREDIT_BODY.pack(messages, nbytes)))
-        link._queued_bytes += 8
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self._queued(link._queued_bytes + 8)
         return True
 
     def _after_send(self) -> None:
