@@ -115,9 +115,19 @@ def run_floor(n: int, repeat: int, dispatch: str = "python", batch: int = 16) ->
 SAMPLE_FLOOR_N = 50_000
 
 
-def _sample_floors(depth: int) -> tuple[float, float]:
+def _c_dispatch() -> bool:
+    """Whether floor[c] can be measured: the C dispatch path is built and not
+    switched off (``MUX_RPC_PURE_PYTHON=1``); without it, it is left out."""
+    from ._dispatch import ACCELERATED
+
+    return ACCELERATED
+
+
+def _sample_floors(depth: int) -> tuple[float, float | None]:
     """(floor, floor[c]) in CPU s per 100k RPCs, measured now (see the module doc)."""
     py = run_floor(SAMPLE_FLOOR_N, 3)["cpu_us_per_request"] / 10
+    if not _c_dispatch():
+        return py, None
     c = run_floor(SAMPLE_FLOOR_N, 3, "c-many", depth)["cpu_us_per_request"] / 10
     return py, c
 
@@ -170,7 +180,8 @@ def _measure(hp: HostProcess, port: int, conns: int, depth: int, duration: float
         "client_cpu_s_per_100k": (marks["me1"] - marks["me0"]) / calls * 1e5,
         "p50_us": r["p50_us"], "p99_us": r["p99_us"],
         "floor_s_per_100k": floor_py, "floor_c_s_per_100k": floor_c,
-        "vs_floor": host / calls * 1e5 / floor_py, "vs_floor_c": host / calls * 1e5 / floor_c,
+        "vs_floor": host / calls * 1e5 / floor_py,
+        "vs_floor_c": None if floor_c is None else host / calls * 1e5 / floor_c,
     }
 
 
@@ -206,10 +217,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     floor = run_floor(floor_n, 3)
     floor_100k = floor["cpu_us_per_request"] / 10  # us/RPC -> s per 100k RPCs
     _say(f"floor: {floor['requests_per_s']:,.0f} RPC/s, {floor_100k:.3f} CPU s per 100k RPCs")
-    floor_c = run_floor(floor_n, 3, "c-many", args.pipeline)
-    floor_c_100k = floor_c["cpu_us_per_request"] / 10
-    _say(f"floor[c] (the C dispatch path, batches of {args.pipeline}): "
-         f"{floor_c_100k:.3f} CPU s per 100k RPCs")
+    floor_c: dict[str, Any] | None = None
+    if _c_dispatch():
+        floor_c = run_floor(floor_n, 3, "c-many", args.pipeline)
+        _say(f"floor[c] (the C dispatch path, batches of {args.pipeline}): "
+             f"{floor_c['cpu_us_per_request'] / 10:.3f} CPU s per 100k RPCs")
+    else:
+        _say("floor[c]: not measured (the C dispatch path is not built, or "
+             "MUX_RPC_PURE_PYTHON=1)")
 
     cells: list[dict[str, Any]] = []
     notes: dict[str, Any] = {}
@@ -246,7 +261,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     ratios = _ratios(cells, conn_counts)
     # the floor beside every sample (module doc): its median and spread
     sample_py = [s["floor_s_per_100k"] for c in cells for s in c["samples"]]
-    sample_c = [s["floor_c_s_per_100k"] for c in cells for s in c["samples"]]
+    sample_c = [s["floor_c_s_per_100k"] for c in cells for s in c["samples"]
+                if s["floor_c_s_per_100k"] is not None]
     return {
         "benchmark": "mux-rpc bench (end to end)",
         "date": started.isoformat(timespec="seconds"),
@@ -258,9 +274,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "floor": {"rpc_per_s": floor["requests_per_s"], "host_cpu_s_per_100k": floor_100k,
                   "host_cpu_us_per_rpc": floor["cpu_us_per_request"], "requests": floor_n,
                   **_spread(sample_py)},
-        "floor_c": {"rpc_per_s": floor_c["requests_per_s"], "host_cpu_s_per_100k": floor_c_100k,
-                    "host_cpu_us_per_rpc": floor_c["cpu_us_per_request"],
-                    "requests": floor_n, "path": floor_c["path"], **_spread(sample_c)},
+        "floor_c": None if floor_c is None else {
+            "rpc_per_s": floor_c["requests_per_s"],
+            "host_cpu_s_per_100k": floor_c["cpu_us_per_request"] / 10,
+            "host_cpu_us_per_rpc": floor_c["cpu_us_per_request"],
+            "requests": floor_n, "path": floor_c["path"], **_spread(sample_c)},
         "transport": notes,
         "cells": cells,
         "ratios": ratios,
@@ -311,7 +329,8 @@ def _ratios(cells: list[dict[str, Any]], conn_counts: list[int]) -> list[dict[st
             cpu = c["host_cpu_s_per_100k"]
             row[f"{mode}_vs_floor"] = c["vs_floor"]
             if mode == "afxdp":
-                row["afxdp_vs_floor_c"] = c["vs_floor_c"]
+                if c["vs_floor_c"] is not None:
+                    row["afxdp_vs_floor_c"] = c["vs_floor_c"]
             if direct is not None:
                 row[f"{mode}_vs_direct"] = cpu / direct["host_cpu_s_per_100k"]
         if direct is not None:
