@@ -1,12 +1,28 @@
-"""Small doubles for the connection shell: a transport and an owner."""
+"""Small doubles for the connection shell (a transport, an owner, a host) and the
+helpers every agent test shares (``frame``, ``run``)."""
 
 from __future__ import annotations
 
 import asyncio
+import struct
+from collections.abc import Awaitable
 from typing import Any
 
 from agent import AgentConfig, Budget, Connection
 from agent._stats import AgentStats
+
+
+
+def frame(body: bytes) -> bytes:
+    """One length-prefixed message (the ``length`` framer's wire form)."""
+    return struct.pack("!I", len(body)) + body
+
+
+def run(coro: Awaitable[Any], timeout: float = 30.0) -> Any:
+    """Run ``coro`` in a fresh event loop, failing it after ``timeout`` seconds."""
+    async def main() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(main())
 
 
 class FakeTransport(asyncio.Transport):

@@ -17,24 +17,14 @@ import ssl
 import struct
 import subprocess
 import time
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_fakes import frame, run
 from conftest import afxdp_required
 
 pytestmark = pytest.mark.afxdp
-
-
-def frame(body: bytes) -> bytes:
-    return struct.pack("!I", len(body)) + body
-
-
-def run(coro: Awaitable[Any], timeout: float) -> Any:
-    async def main() -> Any:
-        return await asyncio.wait_for(coro, timeout)
-    return asyncio.run(main())
 
 
 @pytest.fixture(autouse=True)

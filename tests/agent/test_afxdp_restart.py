@@ -14,11 +14,11 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_fakes import frame, run
 from conftest import afxdp_required
 
 from mux_rpc._workers import _die_with_parent as die_with_parent
@@ -27,16 +27,6 @@ pytestmark = pytest.mark.afxdp
 
 REPO = Path(__file__).resolve().parents[2]
 KA, KA_TIMEOUT = 0.5, 2.0
-
-
-def frame(body: bytes) -> bytes:
-    return struct.pack("!I", len(body)) + body
-
-
-def run(coro: Awaitable[Any], timeout: float) -> Any:
-    async def main() -> Any:
-        return await asyncio.wait_for(coro, timeout)
-    return asyncio.run(main())
 
 
 class Topo:

@@ -10,28 +10,18 @@ import socket
 import ssl
 import struct
 import subprocess
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_fakes import FakeHost
+from agent_fakes import FakeHost, frame, run
 
 from agent import Agent, AgentConfig
 from xport import _protocol as P
 from xport.testing import memory_backend_pair
 
 ST = P.Status
-
-
-def frame(body: bytes) -> bytes:
-    return struct.pack("!I", len(body)) + body
-
-
-def run(coro: Awaitable[Any], timeout: float = 30.0) -> Any:
-    async def main() -> Any:
-        return await asyncio.wait_for(coro, timeout)
-    return asyncio.run(main())
 
 
 @contextlib.asynccontextmanager

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import struct
 
-from agent_fakes import FakeOwner, FakeTransport
+from agent_fakes import FakeOwner, FakeTransport, frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import AgentConfig, Connection, ConnState
 from agent._codec import make_framer
-
-
-def frame(body: bytes) -> bytes:
-    return struct.pack("!I", len(body)) + body
 
 
 def make(owner: FakeOwner | None = None, *, window: tuple[int, int] = (4, 1000),

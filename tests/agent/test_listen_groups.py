@@ -9,19 +9,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agent_fakes import FakeHost
+from agent_fakes import FakeHost, run
 
 from agent import Agent, AgentConfig
 from xport import _protocol as P
 from xport.testing import memory_backend_pair
 
 ST = P.Status
-
-
-def run(coro: Any, timeout: float = 30.0) -> Any:
-    async def main() -> Any:
-        return await asyncio.wait_for(coro, timeout)
-    return asyncio.run(main())
 
 
 @contextlib.asynccontextmanager
