@@ -190,10 +190,10 @@ is_msgid(PyObject *v)
 }
 
 static int
-check_maker(PyObject *m, Py_ssize_t n)
+maker_arg(PyObject *m, Py_ssize_t n, const char *who)
 {
     if (!Py_IS_TYPE(m, &Maker_Type) || ((MakerObject *)m)->n != n) {
-        PyErr_SetString(PyExc_TypeError, "rpc_batch: makers of 4, 4 and 3 fields expected");
+        PyErr_Format(PyExc_TypeError, "%s: a Maker of %zd fields expected", who, n);
         return 0;
     }
     return 1;
@@ -215,7 +215,8 @@ rpc_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "rpc_batch(list, list, bytes, int, int, int, list, ...)");
         return NULL;
     }
-    if (!check_maker(args[7], 4) || !check_maker(args[8], 4) || !check_maker(args[9], 3))
+    if (!maker_arg(args[7], 4, "rpc_batch") || !maker_arg(args[8], 4, "rpc_batch")
+        || !maker_arg(args[9], 3, "rpc_batch"))
         return NULL;
     MakerObject *req = (MakerObject *)args[7], *resp = (MakerObject *)args[8],
                 *notif = (MakerObject *)args[9];
@@ -670,7 +671,8 @@ mp_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "mp_batch: bad arguments");
         return NULL;
     }
-    if (!check_maker(args[8], 4) || !check_maker(args[9], 4) || !check_maker(args[10], 3))
+    if (!maker_arg(args[8], 4, "mp_batch") || !maker_arg(args[9], 4, "mp_batch")
+        || !maker_arg(args[10], 3, "mp_batch"))
         return NULL;
     PyObject *data = args[0], *ends = args[1], *unpackb = args[4], *kwnames = args[6],
              *out = args[7];
@@ -778,16 +780,6 @@ mp_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 /* ---- fixed-header framers: the common case of their _parse loops -----------
  * Each returns to Python (which handles everything else, with the spec checks
  * and error messages) at the first message it does not take. */
-
-static int
-maker_arg(PyObject *m, Py_ssize_t n, const char *who)
-{
-    if (!Py_IS_TYPE(m, &Maker_Type) || ((MakerObject *)m)->n != n) {
-        PyErr_Format(PyExc_TypeError, "%s: a Maker of %zd fields expected", who, n);
-        return 0;
-    }
-    return 1;
-}
 
 static inline int
 append_new(PyObject *out, MakerObject *mk, PyObject **fields)
