@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+from xport._netns import run_in_netns
+
 from ._linkport import link_port
 from ._offload import Host, HostConfig
 from ._stats import StatsServer
@@ -333,12 +335,6 @@ class OffloadRuntime:
         host_if = opts.ifname or self.veth.host.ifname
 
         def open_all() -> None:
-            # in the namespace of the host end (when it has one): a throwaway
-            # thread enters it so that the rest of the process stays where it is
-            if self.veth is not None and self.veth.netns:
-                from pyroute2 import netns
-
-                netns.setns(self.veth.netns)
             self._program = XdpProgram()
             self._program.attach(host_if, "native")
             for q in range(opts.queues):
@@ -346,19 +342,9 @@ class OffloadRuntime:
                     AfXdpBackend.open, host_if, q, bpf=self._program,
                     frame_size=opts.frame_size)))
 
-        err: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                open_all()
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-                err.append(exc)
-
-        t = threading.Thread(target=run, name="afxdp-open")
-        t.start()
-        t.join()
-        if err:
-            raise err[0]
+        # in the namespace of the host end (when it has one), entered by a
+        # throwaway thread so that the rest of the process stays where it is
+        run_in_netns(self.veth.netns if self.veth is not None else None, open_all)
 
     def _open_shm(self) -> None:
         from xport._shm import ShmBackend

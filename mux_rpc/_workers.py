@@ -55,6 +55,8 @@ import threading
 import time
 from typing import Any, Self
 
+from xport._netns import run_in_netns
+
 log = logging.getLogger("mux_rpc.workers")
 
 __all__ = ["WorkerPool", "serve_workers", "worker_main"]
@@ -223,24 +225,12 @@ class WorkerPool:
     def _attach_program(self) -> None:
         from xport._bpfload import XdpProgram
 
-        err: list[BaseException] = []
+        def attach() -> None:
+            self.program = XdpProgram()
+            self.program.attach(self.veth.host.ifname, "native")
 
-        def run() -> None:
-            try:
-                if self.veth.netns:
-                    from pyroute2 import netns
-
-                    netns.setns(self.veth.netns)
-                self.program = XdpProgram()
-                self.program.attach(self.veth.host.ifname, "native")
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-                err.append(exc)
-
-        t = threading.Thread(target=run, name="xdp-attach")
-        t.start()
-        t.join()
-        if err:
-            raise err[0]
+        # in the host end's namespace (when it has one), from a throwaway thread
+        run_in_netns(self.veth.netns, attach)
 
     def _spawn_worker(self, q: int, env: dict[str, str]) -> _Worker:
         fd = self.program.xskmap_fd
