@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from mux_rpc._offload import Host, OffloadConnection
+from mux_rpc._offload import Host
 from mux_rpc._offload_errors import ConnectionClosedError
 from mux_rpc._orchestrate import OffloadOptions, OffloadRuntime
 from mux_rpc._stats import read_stats
 from mux_rpc._workers import _die_with_parent as die_with_parent
 from tests.conftest import afxdp_required
+from tests.host._echo_app import echo
 
 LEN = struct.Struct("!I")
 
@@ -24,21 +25,12 @@ LEN = struct.Struct("!I")
 async def serve_echo(host: Host, port: int = 0) -> tuple[int, asyncio.Task[None]]:
     lst = await host.listen(port, "length")
 
-    async def one(conn: OffloadConnection) -> None:
-        try:
-            while (m := await conn.recv()) is not None:
-                await conn.send(m.payload)
-                conn.on_consumed(m.nbytes)
-        except ConnectionClosedError:
-            return
-        await conn.close()
-
     async def accept_loop() -> None:
         tasks = set()
         try:
             while True:
                 conn = await lst.accept()
-                t = asyncio.create_task(one(conn))
+                t = asyncio.create_task(echo(conn))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
         except ConnectionClosedError:
