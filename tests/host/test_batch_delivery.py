@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mux_rpc import App, Server, ServerConfig
+from mux_rpc import Server, ServerConfig
 from mux_rpc._connstate import ConnState
 from mux_rpc._limits import InflightLimits
 from mux_rpc._offload import (
@@ -33,6 +33,8 @@ from mux_rpc._offload_errors import ConnectionBrokenError
 from xport import _protocol as P
 
 from ._fake import FakeAgent, MemoryPort
+from .test_fastpath import make_app
+from .test_offload import settle
 
 
 def to_runs(msgs: Sequence[Any]) -> list[Any]:
@@ -64,9 +66,19 @@ def pair(raw: bool) -> tuple[MemoryPort, MemoryPort]:
     return a, b
 
 
-async def settle() -> None:
-    for _ in range(200):
-        await asyncio.sleep(0)
+async def started(raw: bool, config: HostConfig,
+                  agent_window: tuple[int, int] | None = None) -> tuple[Host, FakeAgent]:
+    """A started Host on one queue (a raw or a message port) and its fake agent."""
+    a, b = pair(raw)
+    agent = FakeAgent([b])
+    if agent_window is not None:
+        agent.window = agent_window  # what the host may send per connection
+    host = Host([a], config, run_timer=False)
+    start = asyncio.create_task(host.start())
+    await agent.wait_for(P.Hello)
+    await agent.hello()
+    await start
+    return host, agent
 
 
 def run_both(fn: Callable[[bool], Awaitable[Any]]) -> Any:
@@ -97,30 +109,11 @@ class Rig:
     @classmethod
     async def start(cls, raw: bool, config: ServerConfig | None = None,
                     host_config: HostConfig | None = None) -> Rig:
-        a, b = pair(raw)
-        agent = FakeAgent([b])
-        host = Host([a], dataclasses.replace(host_config or HostConfig(), close_timeout=0.05),
-                    run_timer=False)
-        start = asyncio.create_task(host.start())
-        await agent.wait_for(P.Hello)
-        await agent.hello()
-        await start
+        host, agent = await started(
+            raw, dataclasses.replace(host_config or HostConfig(), close_timeout=0.05))
         gate = asyncio.Event()
-        app = App()
+        app = make_app(gate)
         rig: Rig
-
-        @app.method
-        def echo(x: Any) -> Any:
-            return x
-
-        @app.method
-        def boom() -> None:
-            raise ValueError("no")
-
-        @app.method
-        async def slow(x: Any) -> Any:
-            await gate.wait()
-            return x
 
         @app.notification
         def remember(x: Any) -> None:
@@ -218,13 +211,7 @@ def test_a_run_that_overruns_the_message_window_breaks_on_the_same_message(
             conn = rig.host._conns[5]
             host, agent = rig.host, rig.agent
         else:
-            a, b = pair(raw)
-            agent = FakeAgent([b])
-            host = Host([a], cfg, run_timer=False)
-            start = asyncio.create_task(host.start())
-            await agent.wait_for(P.Hello)
-            await agent.hello()
-            await start
+            host, agent = await started(raw, cfg)
             lst = await host.listen(0, "length")
             await agent.send(0, P.NewConnection(5, lst.listener_id, "127.0.0.1", 1))
             conn = await lst.accept()
@@ -264,13 +251,7 @@ def test_a_run_that_overruns_the_byte_window_or_the_size_limit() -> None:
     async def scenario(raw: bool) -> Any:
         cfg = HostConfig(window_messages=64, window_bytes=100, max_message_size=60,
                          close_timeout=0.05)
-        a, b = pair(raw)
-        agent = FakeAgent([b])
-        host = Host([a], cfg, run_timer=False)
-        start = asyncio.create_task(host.start())
-        await agent.wait_for(P.Hello)
-        await agent.hello()
-        await start
+        host, agent = await started(raw, cfg)
         lst = await host.listen(0, "length")
         for cid in (5, 6):
             await agent.send(0, P.NewConnection(cid, lst.listener_id, "127.0.0.1", cid))
@@ -392,14 +373,7 @@ def test_the_server_wide_limit_holds_runs_too() -> None:
 
 def test_send_many_nowait_sends_the_prefix_the_window_allows() -> None:
     async def scenario() -> None:
-        a, b = pair(True)
-        agent = FakeAgent([b])
-        agent.window = (3, 10)
-        host = Host([a], HostConfig(close_timeout=0.05), run_timer=False)
-        start = asyncio.create_task(host.start())
-        await agent.wait_for(P.Hello)
-        await agent.hello()
-        await start
+        host, agent = await started(True, HostConfig(close_timeout=0.05), agent_window=(3, 10))
         lst = await host.listen(0, "length")
         await agent.send(0, P.NewConnection(5, lst.listener_id, "127.0.0.1", 1))
         conn = await lst.accept()
