@@ -50,7 +50,7 @@ import socket
 import struct
 from collections.abc import Callable, Sequence
 
-from ._backend import BackendStats, Buffer, FrameBackend, RxFrame, TxSlot
+from ._backend import BackendStats, Buffer, MappedTxBackend, RxFrame, TxSlot
 from ._netns import run_in_netns
 from ._ring import U32_MASK, ReleaseTracker
 
@@ -103,7 +103,7 @@ def _ring_geometry(frame_size: int, frame_count: int) -> tuple[int, int]:
 
 
 
-class AfPacketBackend(FrameBackend):
+class AfPacketBackend(MappedTxBackend):
     """AF_PACKET + TPACKET_V2 RX/TX rings on one interface. Build with :meth:`open`."""
 
     name = "afpacket"
@@ -212,22 +212,9 @@ class AfPacketBackend(FrameBackend):
             free += 1
         return free
 
-    def _drop_reservation(self) -> None:
-        """Invalidate unsubmitted reserve_tx views (their slots may be reused now)."""
-        for v in self._tx_views:
-            v.release()
-        self._tx_views.clear()
-
     def send_batch(self, frames: Sequence[Buffer]) -> int:
         self._check_open()
-        lengths = [len(f) if isinstance(f, (bytes, bytearray)) else memoryview(f).nbytes
-                   for f in frames]
-        fmax = self.frame_size
-        for i, ln in enumerate(lengths):
-            if ln > fmax:
-                raise ValueError(f"frame {i} is {ln} bytes, larger than frame_size {fmax}")
-            if ln < _ETH_HLEN:
-                raise ValueError(f"frame {i} is {ln} bytes, shorter than an Ethernet header")
+        lengths = self._frame_lengths(frames, _ETH_HLEN)
         want = len(frames)
         if want == 0:
             return 0
@@ -308,12 +295,8 @@ class AfPacketBackend(FrameBackend):
         """Send reserved slots; they must be a prefix of the last ``reserve_tx``, in order."""
         self._check_open()
         fs, count, base, words = self.ring_frame_size, self.tx_frames, self._tx_base, self._words
+        self._check_submit(slots, _ETH_HLEN)
         views = self._tx_views
-        for i, s in enumerate(slots):
-            if i >= len(views) or s.buf is not views[i]:
-                raise ValueError("submit_tx slots must be the last reserved slots, in order")
-            if not _ETH_HLEN <= s.length <= self.frame_size:
-                raise ValueError(f"slot length {s.length} outside {_ETH_HLEN}..{self.frame_size}")
         nbytes = 0
         for s in slots:
             off = base + s.token * fs

@@ -188,3 +188,43 @@ class FrameBackend(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class MappedTxBackend(FrameBackend):
+    """Shared TX bookkeeping of the backends whose TX slots live in a mapping
+    (AF_PACKET, shared memory): frame-length checks, and the ``reserve_tx``
+    views that the next reservation or ``send_batch`` invalidates.
+
+    A subclass sets ``_tx_views = []`` in its constructor.
+    """
+
+    _tx_views: list[memoryview]
+
+    def _frame_lengths(self, frames: Sequence[Buffer], min_len: int) -> list[int]:
+        """Each frame's length; ``ValueError`` (nothing sent) if one is outside
+        ``min_len..frame_size``."""
+        lengths = [len(f) if isinstance(f, (bytes, bytearray)) else memoryview(f).nbytes
+                   for f in frames]
+        fmax = self.frame_size
+        for i, ln in enumerate(lengths):
+            if ln > fmax:
+                raise ValueError(f"frame {i} is {ln} bytes, larger than frame_size {fmax}")
+            if ln < min_len:
+                raise ValueError(f"frame {i} is {ln} bytes, shorter than an Ethernet header")
+        return lengths
+
+    def _drop_reservation(self) -> None:
+        """Invalidate unsubmitted reserve_tx views (their slots may be reused now)."""
+        for v in self._tx_views:
+            v.release()
+        self._tx_views.clear()
+
+    def _check_submit(self, slots: Sequence[TxSlot], min_len: int) -> None:
+        """``ValueError`` unless ``slots`` is a prefix of the last reservation, in
+        order, each ``length`` within ``min_len..frame_size``."""
+        views = self._tx_views
+        for i, s in enumerate(slots):
+            if i >= len(views) or s.buf is not views[i]:
+                raise ValueError("submit_tx slots must be the last reserved slots, in order")
+            if not min_len <= s.length <= self.frame_size:
+                raise ValueError(f"slot length {s.length} outside {min_len}..{self.frame_size}")

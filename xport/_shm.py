@@ -77,7 +77,7 @@ import stat
 import struct
 from collections.abc import Callable, Sequence
 
-from ._backend import BackendStats, Buffer, FrameBackend, RxFrame, TxSlot
+from ._backend import BackendStats, Buffer, MappedTxBackend, RxFrame, TxSlot
 from ._ring import U32_MASK, ConsumerRing, ProducerRing, ReleaseTracker, check_ring_size
 
 log = logging.getLogger("xport.shm")
@@ -132,7 +132,7 @@ def _unlink_quiet(path: str) -> None:
         pass
 
 
-class ShmBackend(FrameBackend):
+class ShmBackend(MappedTxBackend):
     """One end of a shared-memory frame link. Build with :meth:`create` or :meth:`attach`."""
 
     name = "shm"
@@ -292,11 +292,7 @@ class ShmBackend(FrameBackend):
     def send_batch(self, frames: Sequence[Buffer]) -> int:
         self._check_open()
         fs = self.frame_size
-        lengths = [len(memoryview(f).cast("B")) if not isinstance(f, (bytes, bytearray))
-                   else len(f) for f in frames]
-        for i, n in enumerate(lengths):
-            if n > fs:
-                raise ValueError(f"frame {i} is {n} bytes, larger than frame_size {fs}")
+        lengths = self._frame_lengths(frames, 0)
         want = len(frames)
         if want == 0:
             return 0
@@ -328,11 +324,6 @@ class ShmBackend(FrameBackend):
         st.extra["wakeups_sent"] += 1
         return n
 
-    def _drop_reservation(self) -> None:
-        for v in self._tx_views:
-            v.release()
-        self._tx_views.clear()
-
     def reserve_tx(self, n: int) -> list[TxSlot]:
         """Writable views straight into free slots of the TX ring (zero copy).
 
@@ -356,12 +347,8 @@ class ShmBackend(FrameBackend):
     def submit_tx(self, slots: Sequence[TxSlot]) -> int:
         """Publish reserved slots (a prefix of the last :meth:`reserve_tx`, in order)."""
         self._check_open()
+        self._check_submit(slots, 0)
         views = self._tx_views
-        for i, s in enumerate(slots):
-            if i >= len(views) or s.buf is not views[i]:
-                raise ValueError("submit_tx slots must be the last reserved slots, in order")
-            if not 0 <= s.length <= self.frame_size:
-                raise ValueError(f"slot length {s.length} outside 0..{self.frame_size}")
         n = len(slots)
         if n == 0:
             return 0
