@@ -189,6 +189,18 @@ is_msgid(PyObject *v)
     return x >= 0 && x <= 0xFFFFFFFFLL;
 }
 
+/* v[0..count) = the ints args[0..count); 0 with the error set if one is not. */
+static int
+ssize_args(PyObject *const *args, Py_ssize_t *v, int count)
+{
+    for (int k = 0; k < count; k++) {
+        v[k] = PyLong_AsSsize_t(args[k]);
+        if (v[k] == -1 && PyErr_Occurred())
+            return 0;
+    }
+    return 1;
+}
+
 static int
 maker_arg(PyObject *m, Py_ssize_t n, const char *who)
 {
@@ -220,15 +232,10 @@ rpc_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     MakerObject *req = (MakerObject *)args[7], *resp = (MakerObject *)args[8],
                 *notif = (MakerObject *)args[9];
-    Py_ssize_t start = PyLong_AsSsize_t(args[3]);
-    if (start == -1 && PyErr_Occurred())
+    Py_ssize_t v[3];
+    if (!ssize_args(args + 3, v, 3))
         return NULL;
-    Py_ssize_t prev = PyLong_AsSsize_t(args[4]);
-    if (prev == -1 && PyErr_Occurred())
-        return NULL;
-    Py_ssize_t i = PyLong_AsSsize_t(args[5]);
-    if (i == -1 && PyErr_Occurred())
-        return NULL;
+    Py_ssize_t start = v[0], prev = v[1], i = v[2];
     Py_ssize_t count = PyList_GET_SIZE(objs);
     if (ev.n < count || i < 0) {
         PyErr_SetString(PyExc_ValueError, "rpc_batch: fewer ends than objs");
@@ -327,12 +334,10 @@ mp_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred())
+    Py_ssize_t v[2];
+    if (!ssize_args(args + 1, v, 2))
         return NULL;
-    Py_ssize_t maxlen = PyLong_AsSsize_t(args[2]);
-    if (maxlen == -1 && PyErr_Occurred())
-        return NULL;
+    Py_ssize_t pos = v[0], maxlen = v[1];
     if (pos < 0 || pos > n || maxlen < 1) {
         PyErr_SetString(PyExc_ValueError, "mp_scan: bad position or limit");
         return NULL;
@@ -682,12 +687,10 @@ mp_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "mp_batch: one keyword name");
         return NULL;
     }
-    Py_ssize_t i = PyLong_AsSsize_t(args[2]);
-    if (i == -1 && PyErr_Occurred())
+    Py_ssize_t v[2];
+    if (!ssize_args(args + 2, v, 2))
         return NULL;
-    Py_ssize_t prev = PyLong_AsSsize_t(args[3]);
-    if (prev == -1 && PyErr_Occurred())
-        return NULL;
+    Py_ssize_t i = v[0], prev = v[1];
     const char *buf = PyBytes_AS_STRING(data);
     Py_ssize_t size = PyBytes_GET_SIZE(data);
     int strict = PyObject_IsTrue(args[5]);
@@ -806,11 +809,8 @@ split_length(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         || !maker_arg(args[10], 1, "split_length"))
         return nargs == 11 ? NULL : (PyErr_SetString(PyExc_TypeError, "split_length: 11 args"), NULL);
     Py_ssize_t v[8];
-    for (int k = 0; k < 8; k++) {
-        v[k] = PyLong_AsSsize_t(args[k + 1]);
-        if (v[k] == -1 && PyErr_Occurred())
-            return NULL;
-    }
+    if (!ssize_args(args + 1, v, 8))
+        return NULL;
     Py_ssize_t pos = v[0], loff = v[1], size = v[2], big = v[3], add = v[4], lo = v[5],
                maxlen = v[6], strip = v[7];
     const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(args[0]);
@@ -869,12 +869,10 @@ split_onc(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (!maker_arg(args[4], 1, "split_onc"))
         return NULL;
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred())
+    Py_ssize_t v[2];
+    if (!ssize_args(args + 1, v, 2))
         return NULL;
-    Py_ssize_t maxlen = PyLong_AsSsize_t(args[2]);
-    if (maxlen == -1 && PyErr_Occurred())
-        return NULL;
+    Py_ssize_t pos = v[0], maxlen = v[1];
     if (pos < 0) {
         PyErr_SetString(PyExc_ValueError, "split_onc: negative position");
         return NULL;
