@@ -76,9 +76,8 @@ def requests(mix: str, n: int) -> list[bytes]:
     return out
 
 
-def _slow(dispatcher: Dispatcher, p: bytes) -> int:
-    """One message through ``dispatch``; the reply's size."""
-    r = dispatcher.dispatch(p)
+def _reply_size(dispatcher: Dispatcher, r: Any) -> int:
+    """The size of the reply to what ``dispatch`` returned (``r``)."""
     if type(r) is bytes:
         return len(r)
     if r is None:
@@ -118,7 +117,7 @@ def run_floor(mix: str, n: int, repeat: int, path: str = "python",
                         out_bytes += len(r)
                     if stop == end:
                         break
-                    out_bytes += _slow(dispatcher, b[stop])
+                    out_bytes += _reply_size(dispatcher, dispatch(b[stop]))
                     start = stop + 1
         else:
             for p in payloads:
@@ -126,14 +125,7 @@ def run_floor(mix: str, n: int, repeat: int, path: str = "python",
                 if type(r) is bytes:
                     out_bytes += len(r)
                 elif r is not None:
-                    # an async handler with no real waits: drive it inline, no loop
-                    assert isinstance(r, PendingCall)
-                    try:
-                        while True:
-                            r.coro.send(None)
-                    except StopIteration as stop:
-                        reply = dispatcher.complete(r, stop.value)
-                        out_bytes += len(reply or b"")
+                    out_bytes += _reply_size(dispatcher, r)
         w1, c1 = time.perf_counter(), time.process_time()
         best_wall, best_cpu = min(best_wall, w1 - w0), min(best_cpu, c1 - c0)
     return {
