@@ -7,8 +7,8 @@
 Each is one C file compiled into a CPython extension next to it, rebuilt when
 the source is newer than the built module. They need a C compiler and the
 Python headers (``python3-dev``). Without a built module its package uses the
-pure-Python reference it is tested against (same results, slower); the
-environment variable beside each forces that reference.
+pure-Python reference it is tested against (same results, slower);
+FRAMING_PURE_PYTHON=1, XPORT_PURE_PYTHON=1 and MUX_RPC_PURE_PYTHON=1 force it.
 """
 
 from __future__ import annotations
@@ -22,23 +22,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: package -> (C source, module name, the variable that forces pure Python)
+#: package -> C source; the module is named after the source (framing._speedups)
 ACCELERATORS = {
-    "framing": ("framing/_speedups.c", "_speedups", "FRAMING_PURE_PYTHON"),
-    "xport": ("xport/_linkfast.c", "_linkfast", "XPORT_PURE_PYTHON"),
-    "mux_rpc": ("mux_rpc/_rpcfast.c", "_rpcfast", "MUX_RPC_PURE_PYTHON"),
+    "framing": "framing/_speedups.c",
+    "xport": "xport/_linkfast.c",
+    "mux_rpc": "mux_rpc/_rpcfast.c",
 }
-
-
-def target(package: str) -> Path:
-    src, name, _ = ACCELERATORS[package]
-    return (ROOT / src).with_name(name + str(sysconfig.get_config_var("EXT_SUFFIX")))
 
 
 def build(package: str, force: bool = False) -> Path:
     """Compile ``package``'s accelerator unless the built module is current."""
-    src = ROOT / ACCELERATORS[package][0]
-    out = target(package)
+    src = ROOT / ACCELERATORS[package]
+    out = src.with_name(src.stem + str(sysconfig.get_config_var("EXT_SUFFIX")))
     if not force and out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
         return out
     cc = os.environ.get("CC") or str(sysconfig.get_config_var("CC") or "cc")
