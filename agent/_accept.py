@@ -16,6 +16,7 @@ which builds the same transport (TLS included) ``create_server`` would.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
@@ -23,9 +24,15 @@ from collections.abc import Callable
 
 log = logging.getLogger("agent.accept")
 
+# accept() errors that leave the client queued and the socket readable: retrying
+# at once would spin the loop, so accepting pauses (asyncio's loop does the same)
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
 
 class Listener:
     """``create_server``'s role for the agent: ``sockets``, ``close()``."""
+
+    retry_delay = 1.0  # seconds accepting pauses after an EMFILE-like error
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  factory: Callable[[], asyncio.Protocol], *, ssl_context: ssl.SSLContext | None,
@@ -38,6 +45,7 @@ class Listener:
         self._burst = burst
         self._tasks: set[asyncio.Task[object]] = set()
         self._closed = False
+        self._retry: asyncio.TimerHandle | None = None
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -75,6 +83,8 @@ class Listener:
         if self._closed:
             return
         self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
         for t in self._tasks:
@@ -87,13 +97,23 @@ class Listener:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                # EMFILE, ENOBUFS, ECONNABORTED...: this one is lost, the listener lives
-                log.warning("accept failed: %s", exc)
+                if exc.errno in _RESOURCE_ERRNOS:
+                    log.warning("accept failed: %s; pausing accepts for %.1f s", exc,
+                                self.retry_delay)
+                    self._loop.remove_reader(self._sock.fileno())
+                    self._retry = self._loop.call_later(self.retry_delay, self._resume)
+                else:  # ECONNABORTED...: this one is lost, the listener lives
+                    log.warning("accept failed: %s", exc)
                 return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task: asyncio.Task[object] = self._loop.create_task(self._adopt(conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _resume(self) -> None:
+        self._retry = None
+        if not self._closed:
+            self._loop.add_reader(self._sock.fileno(), self._on_readable)
 
     async def _adopt(self, conn: socket.socket) -> object:
         try:

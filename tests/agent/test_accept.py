@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
+from typing import Any
 
 import pytest
 import uvloop
@@ -87,5 +89,50 @@ def test_bind_errors_surface_as_oserror() -> None:
                 await Listener.start(_Made, "127.0.0.1", port)
         finally:
             lst.close()
+
+    uvloop.run(main())
+
+
+class _Exhausted(socket.socket):
+    """A listening socket whose accept() fails with EMFILE while ``full`` is set."""
+
+    full = True
+    calls = 0
+
+    def accept(self) -> Any:
+        type(self).calls += 1
+        if type(self).full:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+def test_out_of_descriptors_pauses_accepting_instead_of_spinning(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Listener, "retry_delay", 0.1)
+
+    async def main() -> None:
+        _Made.made = []
+        sock = _Exhausted()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        lst = Listener(asyncio.get_running_loop(), sock, _Made, ssl_context=None,
+                       ssl_handshake_timeout=None, burst=1024)
+        client = socket.create_connection(sock.getsockname())
+        try:
+            await asyncio.sleep(0.35)
+            # the queued client keeps the socket readable: a retry per wake-up
+            # would be thousands of calls; a pause of 0.1 s is a handful
+            assert 2 <= _Exhausted.calls <= 6, _Exhausted.calls
+            _Exhausted.full = False  # descriptors freed: the client is served
+            for _ in range(100):
+                if _Made.made:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(_Made.made) == 1
+        finally:
+            lst.close()
+            for t in _Made.made:
+                t.close()
+            client.close()
 
     uvloop.run(main())
