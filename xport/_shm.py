@@ -316,6 +316,10 @@ class ShmBackend(MappedTxBackend):
             data[off:off + ln] = frames[i]
             lens[lbase + slot] = ln
             nbytes += ln
+        return self._publish(n, nbytes)
+
+    def _publish(self, n: int, nbytes: int) -> int:
+        """Hand the ``n`` reserved TX slots (``nbytes`` in all) to the peer and wake it."""
         self._tx.submit()
         self._wake(self._tx_fifo)
         st = self._stats
@@ -362,13 +366,7 @@ class ShmBackend(MappedTxBackend):
             nbytes += s.length
             s.buf.release()
         del views[:n]
-        self._tx.submit()
-        self._wake(self._tx_fifo)
-        st = self._stats
-        st.tx_frames += n
-        st.tx_bytes += nbytes
-        st.extra["wakeups_sent"] += 1
-        return n
+        return self._publish(n, nbytes)
 
     def _wake(self, fd: int) -> None:
         try:
