@@ -276,7 +276,7 @@ def measure(case: dict[str, Any], reps: int, min_time: float) -> dict[str, Any]:
 
 
 def _accel_name() -> str:
-    if framing_messages.ACCELERATED:
+    if getattr(framing_messages, "ACCELERATED", False):  # False in trees before the accelerator
         return "C (framing._speedups)"
     return "none: pure Python (FRAMING_PURE_PYTHON=1, or scripts/build_accelerators.py not run)"
 
