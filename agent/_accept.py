@@ -54,7 +54,8 @@ class Listener:
                     ssl_context: ssl.SSLContext | None = None,
                     ssl_handshake_timeout: float | None = None,
                     backlog: int = 1024) -> Listener:
-        """Bind ``host:port`` (0: any free port) and start accepting."""
+        """Bind ``host:port`` (0: any free port) and start accepting.
+        ``ssl_handshake_timeout`` applies only with ``ssl_context``."""
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                        flags=socket.AI_PASSIVE)

@@ -611,7 +611,7 @@ class Agent:
             # iteration there, which starves bursts of clients (agent/_accept.py)
             server = await Listener.start(
                 lambda: self._accept(group), bind, m.port, ssl_context=ctx, backlog=1024,
-                ssl_handshake_timeout=cfg.tls_handshake_timeout if ctx is not None else None)
+                ssl_handshake_timeout=cfg.tls_handshake_timeout)
         except OSError as exc:
             fail(P.Status.OS_ERROR, f"bind {bind}:{m.port}: {exc.strerror or exc}")
             return
