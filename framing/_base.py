@@ -115,7 +115,6 @@ class Framer(ABC, Generic[M]):
             if self._discard == 0:
                 assert self._discard_error is not None
                 self._error = self._discard_error
-                return
             return
         buf = self._buf
         if buf:
@@ -164,11 +163,9 @@ class Framer(ABC, Generic[M]):
                     f"({self._discard} bytes left)"
                 )
             )
-        elif self._partial_bytes():
+        elif partial := self._partial_bytes():
             self._fail(
-                TruncatedMessage(
-                    f"end of stream inside a message ({self._partial_bytes()} bytes buffered)"
-                )
+                TruncatedMessage(f"end of stream inside a message ({partial} bytes buffered)")
             )
 
     def next_message(self) -> M | None:
