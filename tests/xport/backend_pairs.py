@@ -26,8 +26,8 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 _ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 if _ROOT not in sys.path:
@@ -44,6 +44,28 @@ CRED = b"CRED"
 _DATA_HDR = struct.Struct("!4sI")  # tag, seq
 _CRED = struct.Struct("!4sQ")  # tag, rx_buffers_posted
 
+
+
+_T = TypeVar("_T")
+
+
+def finish_child(proc: subprocess.Popen[str], work: Callable[[], _T], timeout: float,
+                 who: str) -> tuple[_T, Any]:
+    """Run ``work()`` beside the child ``proc``, then wait for the child, whose
+    last stdout line is its JSON result: ``(work's result, child's result)``.
+
+    The child is killed if ``work`` fails or the child hangs; a non-zero exit
+    raises ``RuntimeError`` with the tail of its stderr (``who`` names it)."""
+    try:
+        res = work()
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{who} failed ({proc.returncode}): {err[-3000:]}")
+    return res, json.loads(out.strip().splitlines()[-1])
 
 def eth_frame(payload: bytes) -> bytes:
     """An Ethernet frame with our EtherType around ``payload`` (broadcast destination)."""
@@ -287,16 +309,8 @@ def two_process(kind: str, *, count: int = 20000, size: int = 64, batch: int = 6
                "--spec", json.dumps(child_spec), "--count", str(count), "--size", str(size),
                "--batch", str(batch), "--timeout", str(timeout)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            rres = run_receiver(rx, count, ring, timeout)
-            out, err = proc.communicate(timeout=timeout)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        if proc.returncode != 0:
-            raise RuntimeError(f"sender failed ({proc.returncode}): {err[-2000:]}")
-        sres = json.loads(out.strip().splitlines()[-1])
+        rres, sres = finish_child(proc, lambda: run_receiver(rx, count, ring, timeout), timeout,
+                                  "sender")
         return {"receiver": rres, "sender": sres}
 
 

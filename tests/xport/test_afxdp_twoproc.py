@@ -120,6 +120,7 @@ def sender(be: Any, count: int, size: int, timeout: float) -> dict[str, Any]:
 
 def run_two_process(count: int, size: int, *, copy: bool = True,
                     timeout: float = 60.0) -> dict[str, Any]:
+    from backend_pairs import finish_child
     from xport._afxdp import AfXdpBackend
     from xport._topology import VethPair
 
@@ -132,16 +133,9 @@ def run_two_process(count: int, size: int, *, copy: bool = True,
                    "--timeout", str(timeout)] + ([] if copy else ["--zero-copy"])
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True, env={**os.environ, "LIBXDP_SKIP_DISPATCHER": "1"})
-            try:
-                sres = sender(tx, count, size, timeout)
-                out, err = proc.communicate(timeout=timeout)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            if proc.returncode != 0:
-                raise RuntimeError(f"receiver failed ({proc.returncode}): {err[-3000:]}")
-            return {"sender": sres, "receiver": json.loads(out.strip().splitlines()[-1])}
+            sres, rres = finish_child(proc, lambda: sender(tx, count, size, timeout), timeout,
+                                      "receiver")
+            return {"sender": sres, "receiver": rres}
 
 
 @pytest.mark.afxdp

@@ -90,10 +90,43 @@ def receiver(ifname: str, count: int, timeout: float, stall_every: int) -> dict[
         be.close()
 
 
-def run(count: int, *, timeout: float, stall_every: int) -> dict[str, Any]:
-    from xport._afxdp import AfXdpBackend
+def sender(be: Any, proc: subprocess.Popen[str], count: int, timeout: float) -> dict[str, Any]:
+    """The agent end: waits for the receiver's READY, then floods it through a Link."""
     from xport._link import Link, LinkConfig
     from xport._protocol import Role
+
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the receiver's socket exists from here on
+    if line.strip() != "READY":
+        proc.wait(timeout=10)
+        raise RuntimeError(f"receiver did not start: {proc.stderr.read()[-3000:]}")  # type: ignore[union-attr]
+    link = Link(be, LinkConfig(role=Role.AGENT, local_mac=AGENT_MAC,
+                               peer_mac=HOST_MAC), now=time.monotonic())
+    seq = 0
+    deadline = time.monotonic() + timeout
+    t0 = time.perf_counter()
+    while seq < count or link.queued_messages:
+        while seq < count and link.queued_messages < 256:
+            link.send_data(seq & 7, payload(seq))
+            seq += 1
+        link.poll(64)  # credit from the receiver first, then send on it
+        sent = link.flush()
+        if not sent:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sender stalled at {seq}/{count}")
+            be.wait_readable(0.005)
+    while be.tx_pending() and time.monotonic() < deadline:
+        be.flush()
+    secs = time.perf_counter() - t0
+    sst = link.statistics()
+    return {"seconds": secs, "credit_stalls": sst.credit_stalls,
+            "frames_out": sst.frames_out, "dropped": dict(sst.dropped),
+            "backend": sst.backend.as_dict() if sst.backend else {}}
+
+
+def run(count: int, *, timeout: float, stall_every: int) -> dict[str, Any]:
+    from backend_pairs import finish_child
+    from xport._afxdp import AfXdpBackend
     from xport._topology import VethPair
 
     with VethPair(queues=1, host_netns=True) as pair:
@@ -105,42 +138,9 @@ def run(count: int, *, timeout: float, stall_every: int) -> dict[str, Any]:
                    "--timeout", str(timeout), "--stall-every", str(stall_every)]
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True, env={**os.environ, "LIBXDP_SKIP_DISPATCHER": "1"})
-            try:
-                assert proc.stdout is not None
-                line = proc.stdout.readline()  # the receiver's socket exists from here on
-                if line.strip() != "READY":
-                    proc.wait(timeout=10)
-                    raise RuntimeError(f"receiver did not start: {proc.stderr.read()[-3000:]}")  # type: ignore[union-attr]
-                link = Link(be, LinkConfig(role=Role.AGENT, local_mac=AGENT_MAC,
-                                           peer_mac=HOST_MAC), now=time.monotonic())
-                seq = 0
-                deadline = time.monotonic() + timeout
-                t0 = time.perf_counter()
-                while seq < count or link.queued_messages:
-                    while seq < count and link.queued_messages < 256:
-                        link.send_data(seq & 7, payload(seq))
-                        seq += 1
-                    link.poll(64)  # credit from the receiver first, then send on it
-                    sent = link.flush()
-                    if not sent:
-                        if time.monotonic() > deadline:
-                            raise TimeoutError(f"sender stalled at {seq}/{count}")
-                        be.wait_readable(0.005)
-                while be.tx_pending() and time.monotonic() < deadline:
-                    be.flush()
-                secs = time.perf_counter() - t0
-                sst = link.statistics()
-                out, err = proc.communicate(timeout=timeout)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            if proc.returncode != 0:
-                raise RuntimeError(f"receiver failed ({proc.returncode}): {err[-3000:]}")
-            return {"receiver": json.loads(out.strip().splitlines()[-1]),
-                    "sender": {"seconds": secs, "credit_stalls": sst.credit_stalls,
-                               "frames_out": sst.frames_out, "dropped": dict(sst.dropped),
-                               "backend": sst.backend.as_dict() if sst.backend else {}}}
+            sres, rres = finish_child(proc, lambda: sender(be, proc, count, timeout), timeout,
+                                      "receiver")
+            return {"receiver": rres, "sender": sres}
 
 
 @pytest.mark.afxdp
