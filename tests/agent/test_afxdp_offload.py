@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import resource
 import socket
 import ssl
@@ -23,6 +21,8 @@ from typing import Any
 import pytest
 from agent_fakes import frame, run
 from conftest import afxdp_required
+
+from mux_rpc._stats import read_stats, stats_socket_path
 
 pytestmark = pytest.mark.afxdp
 
@@ -38,14 +38,7 @@ def _afxdp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def agent_stats(rt: Any) -> dict[str, Any]:
-    path = Path(os.environ["MUX_RPC_STATS_DIR"]) / f"agent-{rt.agent_proc.pid}.sock"
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(5)
-        s.connect(str(path))
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return json.loads(data)  # type: ignore[no-any-return]
+    return read_stats(stats_socket_path("agent", rt.agent_proc.pid), timeout=5)
 
 
 async def echo_server(listener: Any) -> None:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -21,6 +19,7 @@ import pytest
 from agent_fakes import frame, run
 from conftest import afxdp_required
 
+from mux_rpc._stats import read_stats
 from mux_rpc._workers import _die_with_parent as die_with_parent
 
 pytestmark = pytest.mark.afxdp
@@ -70,13 +69,7 @@ class Topo:
             if path.exists():
                 break
             time.sleep(0.02)
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(5)
-            s.connect(str(path))
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        return json.loads(data)  # type: ignore[no-any-return]
+        return read_stats(path, timeout=5)
 
     async def start_host(self) -> Any:
         from mux_rpc._linkport import link_port
