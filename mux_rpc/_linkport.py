@@ -100,22 +100,13 @@ class AsyncLinkPort:
                 a.send(m)
         await a.drain()
 
-    def send_data_nowait(self, conn_id: int, payload: bytes, header_length: int) -> bool:
-        """Queue one DATA on the link now unless the link pushes back (then
-        False: the caller queues it for :meth:`send`). The host calls
-        :meth:`direct_senders` instead, on the hot path."""
-        return not self._closed and self.alink.try_send_data(conn_id, payload, header_length)
-
-    def send_credit_nowait(self, conn_id: int, messages: int, nbytes: int) -> bool:
-        """Queue one CREDIT on the link now unless it pushes back (then False)."""
-        return not self._closed and self.alink.try_send_credit(conn_id, messages, nbytes)
-
     def direct_senders(self) -> tuple[Callable[[int, bytes, int], bool],
                                       Callable[[int, int, int], bool],
                                       Callable[[int, Sequence[bytes], int], int]]:
-        """The link's own ``try_send_data``, ``try_send_credit`` (what the two
-        methods above call) and ``try_send_many`` (False/0 as well once the
-        port is closed: the link is closed with it)."""
+        """The link's own ``try_send_data``, ``try_send_credit`` and
+        ``try_send_many``: queue DATA / CREDIT on the link now unless it pushes
+        back (then False / 0: the host queues them for :meth:`send`); False/0
+        as well once the port is closed (the link is closed with it)."""
         a = self.alink
         return a.try_send_data, a.try_send_credit, a.try_send_many
 
