@@ -211,6 +211,47 @@ maker_arg(PyObject *m, Py_ssize_t n, const char *who)
     return 1;
 }
 
+/* The Maker for a msgpack-rpc envelope: [0, msgid, method, params] -> req,
+ * [1, msgid, error, result] -> resp, [2, method, params] -> notif, with its
+ * fields (borrowed from obj) in fields[0 .. n-2]; the last, raw, is the caller's.
+ * NULL (no error set) for anything else: Python decides and reports it. */
+static inline MakerObject *
+rpc_envelope(PyObject *obj, MakerObject *req, MakerObject *resp, MakerObject *notif,
+             PyObject **fields)
+{
+    if (!PyList_CheckExact(obj) || PyList_GET_SIZE(obj) < 3)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(obj);
+    PyObject **it = ((PyListObject *)obj)->ob_item;
+    if (!PyLong_CheckExact(it[0]))
+        return NULL;
+    int overflow;
+    long kind = PyLong_AsLongAndOverflow(it[0], &overflow);
+    if (overflow || (kind == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (kind == 0 && n == 4) {
+        if (!is_msgid(it[1]) || !PyUnicode_CheckExact(it[2]) || !PyList_CheckExact(it[3]))
+            return NULL;
+        fields[0] = it[1]; fields[1] = it[2]; fields[2] = it[3];
+        return req;
+    }
+    if (kind == 1 && n == 4) {
+        if (!is_msgid(it[1]))
+            return NULL;
+        fields[0] = it[1]; fields[1] = it[2]; fields[2] = it[3];
+        return resp;
+    }
+    if (kind == 2 && n == 3) {
+        if (!PyUnicode_CheckExact(it[1]) || !PyList_CheckExact(it[2]))
+            return NULL;
+        fields[0] = it[1]; fields[1] = it[2];
+        return notif;
+    }
+    return NULL;
+}
+
 static PyObject *
 rpc_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -244,42 +285,9 @@ rpc_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const char *buf = PyBytes_AS_STRING(data);
     Py_ssize_t size = PyBytes_GET_SIZE(data);
     for (; i < count; i++) {
-        PyObject *obj = PyList_GET_ITEM(objs, i);
-        if (!PyList_CheckExact(obj))
-            break;
-        Py_ssize_t n = PyList_GET_SIZE(obj);
-        if (n < 3)
-            break;
-        PyObject **it = ((PyListObject *)obj)->ob_item;
-        if (!PyLong_CheckExact(it[0]))
-            break;
-        int overflow;
-        long kind = PyLong_AsLongAndOverflow(it[0], &overflow);
-        if (overflow || (kind == -1 && PyErr_Occurred())) {
-            PyErr_Clear();
-            break;
-        }
-        MakerObject *mk;
         PyObject *fields[4];
-        if (kind == 0 && n == 4) {
-            if (!is_msgid(it[1]) || !PyUnicode_CheckExact(it[2]) || !PyList_CheckExact(it[3]))
-                break;
-            mk = req;
-            fields[0] = it[1]; fields[1] = it[2]; fields[2] = it[3];
-        }
-        else if (kind == 1 && n == 4) {
-            if (!is_msgid(it[1]))
-                break;
-            mk = resp;
-            fields[0] = it[1]; fields[1] = it[2]; fields[2] = it[3];
-        }
-        else if (kind == 2 && n == 3) {
-            if (!PyUnicode_CheckExact(it[1]) || !PyList_CheckExact(it[2]))
-                break;
-            mk = notif;
-            fields[0] = it[1]; fields[1] = it[2];
-        }
-        else
+        MakerObject *mk = rpc_envelope(PyList_GET_ITEM(objs, i), req, resp, notif, fields);
+        if (mk == NULL)
             break;
         Py_ssize_t end = ends_get(&ev, i);
         if (end == -1 && PyErr_Occurred())
@@ -731,39 +739,10 @@ mp_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 return NULL;
             }
         }
-        MakerObject *mk = NULL;
         PyObject *fields[4];
-        if (PyList_CheckExact(obj) && PyList_GET_SIZE(obj) >= 3) {
-            Py_ssize_t n = PyList_GET_SIZE(obj);
-            PyObject **it = ((PyListObject *)obj)->ob_item;
-            long kind = -1;
-            if (PyLong_CheckExact(it[0])) {
-                int overflow;
-                kind = PyLong_AsLongAndOverflow(it[0], &overflow);
-                if (overflow || (kind == -1 && PyErr_Occurred())) {
-                    PyErr_Clear();
-                    kind = -1;
-                }
-            }
-            if (kind == 0 && n == 4) {
-                if (is_msgid(it[1]) && PyUnicode_CheckExact(it[2]) && PyList_CheckExact(it[3])) {
-                    mk = req;
-                    fields[0] = it[1]; fields[1] = it[2]; fields[2] = it[3]; fields[3] = raw;
-                }
-            }
-            else if (kind == 1 && n == 4) {
-                if (is_msgid(it[1])) {
-                    mk = resp;
-                    fields[0] = it[1]; fields[1] = it[2]; fields[2] = it[3]; fields[3] = raw;
-                }
-            }
-            else if (kind == 2 && n == 3) {
-                if (PyUnicode_CheckExact(it[1]) && PyList_CheckExact(it[2])) {
-                    mk = notif;
-                    fields[0] = it[1]; fields[1] = it[2]; fields[2] = raw;
-                }
-            }
-        }
+        MakerObject *mk = rpc_envelope(obj, req, resp, notif, fields);
+        if (mk != NULL)
+            fields[mk->n - 1] = raw;
         PyObject *msg = mk ? maker_build(mk, fields) : NULL;
         Py_DECREF(obj);
         Py_DECREF(raw);
