@@ -456,7 +456,7 @@ class Link:
                 return sent
         queue = self._queue
         # read once per flush: sending frames never posts receive buffers
-        posted = self.backend.rx_buffers_posted() - self._posted_base
+        posted = self._posted()
         if queue:
             nframes = min(lc.data_credit(), self.config.max_frames_per_flush)
             if nframes > 0:
