@@ -7,6 +7,7 @@ for the whole process (the rest of the suite then runs on the fallback)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -161,6 +162,58 @@ def test_msgpack_scan_agrees_with_the_unpacker(
     )
     _same(kind, [wire])
     _same(kind, split_at(wire, cuts))
+
+
+# mostly well-formed envelopes, each field sometimes just out of its range
+_msgids = st.integers(-1, 1 << 32) | st.booleans()
+_methods = st.text(max_size=5) | st.binary(max_size=3)
+_params = st.lists(msgpack_values, max_size=2) | st.none()
+_envelopes = (
+    st.tuples(st.just(0), _msgids, _methods, _params).map(list)
+    | st.tuples(st.just(1), _msgids, msgpack_values, msgpack_values).map(list)
+    | st.tuples(st.just(2), _methods, _params).map(list)
+)
+rpc_shaped = _envelopes | _envelopes | _envelopes | msgpack_values
+
+
+def _both_rpc_batches(values: list[Any], start: int, first: int) -> list[tuple[int, Any]]:
+    """(stop, messages) from the C ``rpc_batch`` and from ``_py_rpc_batch``."""
+    from framing import _msgpack_rpc as R
+
+    assert R._rpc_batch is not R._py_rpc_batch
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack(v) for v in values]
+    data = b"".join(parts)
+    objs = [msgpack.unpackb(p, raw=False, strict_map_key=False) for p in parts]
+    offsets = list(itertools.accumulate((len(p) for p in parts), initial=start))
+    first = min(first, len(objs))
+    got = []
+    for batch in (R._rpc_batch, R._py_rpc_batch):
+        out: list[Any] = []
+        stop = batch(objs, offsets[1:], data, start, offsets[first], first, out)
+        got.append((stop, [(repr(m), m.raw) for m in out]))
+    return got
+
+
+@SETTINGS
+@given(values=st.lists(rpc_shaped, max_size=8), start=st.integers(0, 50), first=st.integers(0, 3))
+def test_rpc_batch_c_and_python_agree(values: list[Any], start: int, first: int) -> None:
+    """The C ``rpc_batch`` (used whenever the accelerator is built, also on the
+    Unpacker path) and its pure-Python twin ``_py_rpc_batch`` (used only under
+    FRAMING_PURE_PYTHON=1) take the same envelopes and stop at the same value."""
+    fast, slow = _both_rpc_batches(values, start, first)
+    assert fast == slow
+
+
+@pytest.mark.parametrize("kind", [0, 1])
+@pytest.mark.parametrize(
+    ("msgid", "ok"), [(0, True), ((1 << 32) - 1, True), (-1, False), (1 << 32, False), (True, False)]
+)
+def test_rpc_batch_msgid_bounds(kind: int, msgid: Any, ok: bool) -> None:
+    values = [[0, 7, "m", []], [kind, msgid, "m", []] if kind == 0 else [kind, msgid, None, 1]]
+    fast, slow = _both_rpc_batches(values, 5, 0)
+    assert fast == slow
+    assert fast[0] == (2 if ok else 1)
 
 
 def test_mp_scan_boundaries_and_status() -> None:
