@@ -4,32 +4,54 @@ Theory of operation
 -------------------
 :class:`XdpProgram` opens and loads the BPF object once (its ``xsks_map``
 XSKMAP and per-CPU ``mux_counters`` array come with it) and attaches the
-program to one or more interfaces with ``bpf_xdp_attach`` and explicit mode
-flags: ``"native"`` (``XDP_FLAGS_DRV_MODE``), ``"generic"``
-(``XDP_FLAGS_SKB_MODE``), or ``"auto"``, which tries native then generic and
-records what it got. ``XDP_FLAGS_UPDATE_IF_NOEXIST`` keeps it from replacing
-somebody else's program.
+program to one or more interfaces with explicit mode flags: ``"native"``
+(``XDP_FLAGS_DRV_MODE``), ``"generic"`` (``XDP_FLAGS_SKB_MODE``), or
+``"auto"``, which tries native then generic and records what it got.
 
-Detaching is the subtle part: an attachment is undone only by "fd -1 with the
-*same* mode flag" (``bpf_xdp_detach(ifindex, mode_flag)``); a detach without
-the flag silently leaves a generic-mode program in place. Before detaching we
-check (``bpf_xdp_query_id``) that the program there is still ours.
+Two ways to attach, tried in this order for each mode (``via="auto"``):
 
-netlink attachments outlive the fds that made them, so detaching must not be
-left to the garbage collector alone: :meth:`XdpProgram.close` detaches and is
-idempotent; it runs on ``with`` exit, on failure inside :meth:`attach`, and
-from a ``weakref.finalize`` backstop (which also runs at interpreter exit).
+1. a **bpf_link** (``bpf_link_create(prog_fd, ifindex, BPF_XDP)``, Linux
+   5.9+): the attachment lives as long as the link's fd, so the kernel detaches
+   the program by itself when the process that holds it dies - SIGKILL and the
+   OOM killer included, where no handler of ours runs. A link never replaces
+   an attached program (the kernel answers EBUSY), and nothing but closing or
+   ``BPF_LINK_DETACH`` of its fd removes it (netlink cannot).
+2. **netlink** (``bpf_xdp_attach`` with ``XDP_FLAGS_UPDATE_IF_NOEXIST``, which
+   keeps it from replacing somebody else's program): the fallback when the
+   link cannot be created (older kernel: EINVAL; anything but EBUSY). Such an
+   attachment outlives every fd and process; after a SIGKILL it stays until
+   its interface is deleted (``xport._topology.sweep_stale`` deletes our veth
+   pairs) or someone detaches it.
+
+``via="link"`` or ``via="netlink"`` asks for one of them only;
+:meth:`XdpProgram.via_on` says which one an interface got. The AF_XDP sockets
+do not care: they go into the program's XSKMAP (``xsk_socket__update_xskmap``),
+which is the same map however the program is attached.
+
+Detaching a netlink attachment is the subtle part: it is undone only by "fd -1
+with the *same* mode flag" (``bpf_xdp_detach(ifindex, mode_flag)``); a detach
+without the flag silently leaves a generic-mode program in place. Before
+detaching we check (``bpf_xdp_query_id``) that the program there is still ours.
+A link is detached with ``BPF_LINK_DETACH`` (which also holds when a forked
+child inherited the fd) and its fd closed.
+
+Detaching must not be left to the garbage collector alone:
+:meth:`XdpProgram.close` detaches and is idempotent; it runs on ``with`` exit,
+on failure inside :meth:`attach`, and from a ``weakref.finalize`` backstop
+(which also runs at interpreter exit).
 
 Namespaces: ifindex lookup and netlink both act in the namespace of the
 calling thread, so a process that has entered a netns (``pyroute2.netns.setns``)
 attaches to the interfaces it sees there. Each attachment keeps an fd of the
-attaching thread's namespace; a detach from a thread in another namespace
-(a program attached from a throwaway thread that entered the host's netns,
-closed later from the main thread) runs in a thread that re-enters it.
+attaching thread's namespace; a netlink detach from a thread in another
+namespace (a program attached from a throwaway thread that entered the host's
+netns, closed later from the main thread) runs in a thread that re-enters it.
+A link needs no namespace: its fd names the attachment.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pathlib
@@ -41,7 +63,8 @@ from typing import Literal, Self
 from xport._netns import run_in_netns
 from xport._xsk import check, check_ptr, ffi, lib, libbpf_log, oserror
 
-__all__ = ["DEFAULT_OBJECT", "AttachMode", "XdpAttachment", "XdpProgram", "attached_prog_id"]
+__all__ = ["DEFAULT_OBJECT", "AttachMode", "AttachVia", "XdpAttachment", "XdpProgram",
+           "attached_prog_id"]
 
 log = logging.getLogger("xport.bpf")
 
@@ -52,6 +75,8 @@ COUNTERS_MAP_NAME = b"mux_counters"
 COUNTER_NAMES = ("redirected", "passed", "too_short")
 
 AttachMode = Literal["native", "generic"]
+#: how an attachment was made: a bpf_link (gone with its fd) or netlink (outlives it)
+AttachVia = Literal["link", "netlink"]
 _MODE_FLAGS: dict[str, int] = {
     "native": lib.XDP_FLAGS_DRV_MODE,
     "generic": lib.XDP_FLAGS_SKB_MODE,
@@ -68,6 +93,10 @@ class XdpAttachment:
     #: the network namespace the attaching thread was in (an open fd, and its inode)
     netns_fd: int = -1
     netns_ino: int = 0
+    #: ``"link"``: a bpf_link, detached when ``link_fd`` closes; ``"netlink"``: stays
+    via: AttachVia = "netlink"
+    #: the bpf_link's fd (``via == "link"``), else -1
+    link_fd: int = -1
 
 
 _THREAD_NETNS = "/proc/thread-self/ns/net"
@@ -121,7 +150,9 @@ def _cleanup(obj: object, attachments: list[XdpAttachment], prog_id: int) -> Non
 def _detach(att: XdpAttachment, prog_id: int) -> None:
     """Detach in the namespace the program was attached in, then close its fd."""
     try:
-        if att.netns_fd >= 0 and _current_netns_ino() != att.netns_ino:
+        if att.link_fd >= 0:
+            _detach_link(att)
+        elif att.netns_fd >= 0 and _current_netns_ino() != att.netns_ino:
             # an ifindex means nothing in another namespace: go back to the original one
             run_in_netns(att.netns_fd, lambda: _detach_here(att, prog_id))
         else:
@@ -129,6 +160,27 @@ def _detach(att: XdpAttachment, prog_id: int) -> None:
     finally:
         if att.netns_fd >= 0:
             os.close(att.netns_fd)
+
+
+def _detach_link(att: XdpAttachment) -> None:
+    """BPF_LINK_DETACH, then close the link's fd (the detach also holds for copies
+    of the fd a forked child may have inherited)."""
+    try:
+        rc = lib.bpf_link_detach(att.link_fd)
+        # EOPNOTSUPP: a kernel without forced detach; closing the fd detaches
+        if rc < 0 and -rc != errno.EOPNOTSUPP:
+            raise oserror(-rc, f"bpf_link_detach({att.ifname})")
+    finally:
+        os.close(att.link_fd)
+    log.info("XDP program detached from %s (%s, bpf_link)", att.ifname, att.mode)
+
+
+def _link_create(prog_fd: int, ifindex: int, mode: AttachMode) -> int:
+    """A bpf_link attaching ``prog_fd`` to ``ifindex`` in ``mode``: its fd, or -errno."""
+    opts = ffi.new("struct bpf_link_create_opts *")
+    opts.sz = ffi.sizeof("struct bpf_link_create_opts")
+    opts.flags = _MODE_FLAGS[mode]  # a link takes mode flags only (no UPDATE_IF_NOEXIST)
+    return int(lib.bpf_link_create(prog_fd, ifindex, lib.BPF_XDP, opts))
 
 
 def _detach_here(att: XdpAttachment, prog_id: int) -> None:
@@ -154,9 +206,15 @@ class XdpProgram:
     """The loaded mux XDP program; attach it to interfaces, read its counters.
 
     Use as a context manager; :meth:`close` detaches from every interface.
+    ``via``: ``"auto"`` (a bpf_link where the kernel has them, else netlink),
+    ``"link"`` or ``"netlink"`` only (see the module docstring).
     """
 
-    def __init__(self, path: str | pathlib.Path = DEFAULT_OBJECT) -> None:
+    def __init__(self, path: str | pathlib.Path = DEFAULT_OBJECT, *,
+                 via: Literal["auto", "link", "netlink"] = "auto") -> None:
+        if via not in ("auto", "link", "netlink"):
+            raise ValueError(f"via must be 'auto', 'link' or 'netlink', got {via!r}")
+        self.via = via
         self.path = pathlib.Path(path)
         self._attachments: list[XdpAttachment] = []
         self._obj = ffi.NULL
@@ -189,7 +247,12 @@ class XdpProgram:
     # -- attach/detach -------------------------------------------------------
     def attach(self, ifname: str | int, mode: Literal["auto", "native", "generic"] = "auto"
                ) -> AttachMode:
-        """Attach to ``ifname`` (or ifindex); returns the mode used."""
+        """Attach to ``ifname`` (or ifindex); returns the mode used.
+
+        Per mode, a bpf_link first, netlink when that fails for any reason but
+        EBUSY (unless ``via`` says otherwise). EBUSY: another program is
+        attached there, which is never replaced (:class:`OSError` EBUSY).
+        """
         if self._closed:
             raise ValueError("XdpProgram is closed")
         ifindex, name = _ifindex(ifname)
@@ -200,21 +263,47 @@ class XdpProgram:
         else:
             raise ValueError(f"mode must be 'auto', 'native' or 'generic', got {mode!r}")
         errors: list[str] = []
+        rc = 0
         for m in tries:
             libbpf_log()
+            if self.via != "netlink":
+                rc = _link_create(self.prog_fd, ifindex, m)
+                if rc >= 0:
+                    self._record(ifindex, name, m, "link", rc)
+                    return m
+                errors.append(f"{m} via bpf_link: {oserror(-rc, 'attach')}")
+                self._refuse_if_foreign(-rc, ifindex, name)
+                if self.via == "link":
+                    continue
+                log.info("bpf_link attach to %s (%s) failed (%s): netlink instead", name, m,
+                         os.strerror(-rc))
             flags = _MODE_FLAGS[m] | lib.XDP_FLAGS_UPDATE_IF_NOEXIST
             rc = lib.bpf_xdp_attach(ifindex, self.prog_fd, flags, ffi.NULL)
             if rc == 0:
-                nsfd = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
-                self._attachments.append(
-                    XdpAttachment(ifindex, name, m, nsfd, os.fstat(nsfd).st_ino))
-                log.info("XDP program attached to %s (ifindex %d, %s)", name, ifindex, m)
+                self._record(ifindex, name, m, "netlink", -1)
                 return m
-            errors.append(f"{m}: {oserror(-rc, 'attach')}")
-            if -rc == 16 and attached_prog_id(ifindex) != 0:  # EBUSY: someone else's program
-                raise oserror(16, f"bpf_xdp_attach({name})",
-                              "another XDP program is attached; not replacing it")
+            errors.append(f"{m} via netlink: {oserror(-rc, 'attach')}")
+            self._refuse_if_foreign(-rc, ifindex, name)
         raise OSError(-rc, f"cannot attach XDP program to {name}: " + "; ".join(errors))
+
+    def _record(self, ifindex: int, name: str, mode: AttachMode, via: AttachVia,
+                link_fd: int) -> None:
+        try:
+            nsfd = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            if link_fd >= 0:
+                os.close(link_fd)  # detaches: the attachment would have no owner
+            raise
+        self._attachments.append(
+            XdpAttachment(ifindex, name, mode, nsfd, os.fstat(nsfd).st_ino, via, link_fd))
+        log.info("XDP program attached to %s (ifindex %d, %s, %s)", name, ifindex, mode,
+                 "bpf_link" if via == "link" else "netlink")
+
+    @staticmethod
+    def _refuse_if_foreign(err: int, ifindex: int, name: str) -> None:
+        if err == errno.EBUSY and attached_prog_id(ifindex) != 0:  # someone else's program
+            raise oserror(errno.EBUSY, f"attach XDP to {name}",
+                          "another XDP program is attached; not replacing it")
 
     def detach(self, ifname: str | int) -> None:
         """Detach from one interface (no-op when not attached there)."""
@@ -229,6 +318,14 @@ class XdpProgram:
         for att in self._attachments:
             if att.ifindex == ifindex:
                 return att.mode
+        return None
+
+    def via_on(self, ifname: str | int) -> AttachVia | None:
+        """How this program is attached to ``ifname`` (``"link"``/``"netlink"``), or None."""
+        ifindex = ifname if isinstance(ifname, int) else _ifindex(ifname)[0]
+        for att in self._attachments:
+            if att.ifindex == ifindex:
+                return att.via
         return None
 
     @property
@@ -277,5 +374,5 @@ class XdpProgram:
         self.close()
 
     def __repr__(self) -> str:
-        atts = ", ".join(f"{a.ifname}:{a.mode}" for a in self._attachments)
+        atts = ", ".join(f"{a.ifname}:{a.mode}:{a.via}" for a in self._attachments)
         return f"XdpProgram(id={getattr(self, 'prog_id', 0)}, attached=[{atts}])"

@@ -100,6 +100,13 @@ int bpf_xdp_attach(int ifindex, int prog_fd, uint32_t flags, const void *opts);
 int bpf_xdp_detach(int ifindex, uint32_t flags, const void *opts);
 int bpf_xdp_query_id(int ifindex, int flags, uint32_t *prog_id);
 int libbpf_get_error(const void *ptr);
+/* XDP through a bpf_link (Linux >= 5.9): the kernel detaches the program when
+   the last fd of the link closes, so also when its process is SIGKILLed */
+enum bpf_attach_type { BPF_XDP, ... };
+struct bpf_link_create_opts { size_t sz; uint32_t flags; ...; };
+int bpf_link_create(int prog_fd, int target_fd, enum bpf_attach_type attach_type,
+                    const struct bpf_link_create_opts *opts);
+int bpf_link_detach(int link_fd);
 
 /* ---- our helpers ---- */
 struct mux_xsk {
