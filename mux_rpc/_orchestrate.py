@@ -67,6 +67,7 @@ __all__ = [
     "run_offloaded",
     "serve_listener",
     "serve_main",
+    "sweep_leftovers",
 ]
 
 log = logging.getLogger("mux_rpc.orchestrate")
@@ -88,6 +89,29 @@ def afxdp_unavailable_reason() -> str | None:
     if not Path(DEFAULT_OBJECT).exists():
         return f"BPF object {DEFAULT_OBJECT} not built; run scripts/setup.sh"
     return None
+
+
+def sweep_leftovers(say: Callable[[str], None] | None = None) -> tuple[str, ...]:
+    """Remove the veth pairs and namespaces that killed mux-rpc processes left
+    behind (:func:`xport._topology.sweep_stale`: names of ours whose owner is
+    gone, nothing else); the demo and the bench run it first.
+
+    Returns the names removed. As root only (nothing could be removed
+    otherwise), and not when ``MUX_RPC_NO_SWEEP=1``. Never raises: a failed
+    sweep is logged and the caller goes on. ``say`` gets one line when
+    something was removed (``sweep_stale`` logs each name as well)."""
+    if os.geteuid() != 0 or os.environ.get("MUX_RPC_NO_SWEEP") == "1":
+        return ()
+    try:
+        from xport._topology import sweep_stale
+
+        result = sweep_stale()
+    except Exception as exc:  # noqa: BLE001 - a sweep that fails must not stop the run
+        log.warning("sweeping what killed runs left behind failed: %s", exc)
+        return ()
+    if result.removed and say is not None:
+        say(f"removed what killed mux-rpc processes left behind: {', '.join(result.removed)}")
+    return result.removed
 
 
 def afpacket_unavailable_reason() -> str | None:

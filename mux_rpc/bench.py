@@ -60,6 +60,7 @@ from ._loadgen import (
     raise_fd_limit,
     run_load,
 )
+from ._orchestrate import sweep_leftovers
 
 __all__ = ["run", "run_bench"]
 
@@ -453,6 +454,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``mux-rpc bench``."""
+    sweep_leftovers(lambda line: _say(f"mux-rpc bench: {line}"))
     try:
         summary = run_bench(args)
     except KeyboardInterrupt:

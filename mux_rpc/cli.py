@@ -30,10 +30,40 @@ subcommands:
   demo    end-to-end demo: veth pair, agent process, host echo service, TCP clients
   bench   benchmarks of the offload path against plain asyncio TCP
   stats   print the counters of running agents and hosts
+  cleanup remove veth pairs and namespaces left by killed mux-rpc processes
 
 Ctrl-C (SIGINT) or SIGTERM tears down whatever a command brought up (agent,
 host processes, XDP program, veth pair, namespace); the exit status is then
-130 (SIGINT) or 143 (SIGTERM).
+130 (SIGINT) or 143 (SIGTERM). SIGKILL cannot be caught: what a killed
+process leaves behind is removed by "mux-rpc cleanup", which demo and bench
+(and the first veth pair any process creates) run first.
+"""
+
+CLEANUP_DESCRIPTION = """Remove the veth pairs and network namespaces that mux-rpc processes killed by
+SIGKILL (or the OOM killer, or a crash) left behind; Ctrl-C and SIGTERM never
+leave any.
+
+Only our own are ever removed. Every veth end and namespace mux-rpc creates is
+named
+
+    mx<role><pid><random>        e.g. mxa00ilx3f9a1c (14 bytes)
+
+  role    a = agent end, h = host end, n = network namespace
+  pid     the creating process's pid, 5 base-36 digits (0-9a-z)
+  random  6 hex digits, shared by the pair's names
+
+and its veth ends carry the alias "mux-rpc owner pid=P start=T pidns=N" (see
+"ip -d link"), T being the owner's start time from /proc/P/stat. A veth (link
+kind veth, in this network namespace) or a namespace (/run/netns) is removed
+when its name matches exactly AND its owner is gone: no process P, a zombie, or
+a process P with another start time (the pid was reused). Any other interface
+or namespace, and ours whose owner is alive or in another pid namespace, is
+left alone. XDP programs go with their interface (and mux-rpc attaches them
+through a bpf_link where the kernel has them, which the kernel removes when
+the owning process dies).
+
+Needs root (CAP_NET_ADMIN) to remove anything. Exit status 0 when everything
+stale was removed (or nothing was), 1 when something could not be.
 """
 
 SERVE_EPILOG = """\
@@ -183,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read only this socket (repeatable)")
     p.add_argument("--json", action="store_true", help="print raw JSON")
     p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser(
+        "cleanup", help="remove veth pairs and namespaces left by killed mux-rpc processes",
+        description=CLEANUP_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dry-run", action="store_true",
+                   help="remove nothing; list what would be removed and what is kept")
+    p.set_defaults(func=_cmd_cleanup)
     return parser
 
 
@@ -318,6 +355,33 @@ def _cmd_stats(args: argparse.Namespace) -> int:
             print(f"== {path.name}")
             _print_flat(snap, "  ")
     return rc
+
+
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    import logging
+
+    from xport._topology import sweep_stale
+
+    topo_log = logging.getLogger("xport.topology")
+    level = topo_log.level
+    if not args.verbose:  # the lines below say it once, on stdout
+        topo_log.setLevel(logging.ERROR)
+    try:
+        res = sweep_stale(dry_run=args.dry_run)
+    finally:
+        topo_log.setLevel(level)
+    verb = "would remove" if res.dry_run else "removed"
+    for name in res.links:
+        print(f"{verb} veth {name}")
+    for name in res.netns:
+        print(f"{verb} netns {name}")
+    for name, why in res.kept:
+        print(f"kept {name}: {why}")
+    for name, err in res.errors:
+        print(f"could not remove {name}: {err}", file=sys.stderr)
+    if not (res.removed or res.kept or res.errors):
+        print("nothing to clean up: no veth pair or namespace of mux-rpc's is left")
+    return 1 if res.errors else 0
 
 
 def _print_flat(obj: object, indent: str, prefix: str = "") -> None:

@@ -43,6 +43,7 @@ from ._loadgen import (
     raise_fd_limit,
     run_load,
 )
+from ._orchestrate import sweep_leftovers
 
 __all__ = ["run", "run_demo"]
 
@@ -262,6 +263,7 @@ def format_report(s: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """``mux-rpc demo``."""
+    sweep_leftovers(lambda line: _say(f"mux-rpc demo: {line}"))
     try:
         rc, _ = run_demo(args)
         return rc

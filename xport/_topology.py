@@ -25,7 +25,7 @@ made it, in one strict pattern (:func:`owned_name`)::
     mx <role> <pid: 5 base-36 digits> <random: 6 hex digits>      (14 bytes)
 
     role  a = agent end, h = host end, n = network namespace
-    e.g.  mxa00ibx3f9a1c, mxh00ibx3f9a1c, mxn00ibx3f9a1c  (pid 24117)
+    e.g.  mxa00ilx3f9a1c, mxh00ilx3f9a1c, mxn00ilx3f9a1c  (pid 24117)
 
 The three names of one pair share the pid and the random part (the *token*).
 Both veth ends also carry an interface alias (``IFLA_IFALIAS``, ``ip link``
