@@ -44,7 +44,8 @@ same host coming back just goes on; a new one says HELLO with a new session.
 
 Housekeeping runs on a timer with time passed in (:meth:`Agent.tick`), so it
 is tested without sleeping: keepalives, link-lost detection, connections
-whose client does not drain its replies, and the buffer-stall rule of
+whose client does not drain its replies, half-closed connections whose host
+stays silent (``half_close_timeout``), and the buffer-stall rule of
 :mod:`agent._conn`.
 """
 
@@ -92,6 +93,10 @@ _STATUS_FOR_REASON: dict[str, int] = {
     "tls_error": P.Status.TLS_ERROR,
     "unknown_connection": P.Status.UNKNOWN,
 }
+
+
+#: connection states with a timer (Connection.check_timeouts)
+_TIMED_STATES = frozenset({ConnState.CLOSING, ConnState.HALF_CLOSED})
 
 
 def status_for(reason: str) -> int:
@@ -318,6 +323,12 @@ class Agent:
         self.stats.incr("credits_sent")
         self._send(conn_id % self._nq, P.Credit(conn_id, messages, nbytes))
 
+    def to_host_eof(self, conn: Connection) -> None:
+        self.stats.incr("half_closes")
+        log.debug("connection %d (%s:%d) half-closed by the client: EOF to the host",
+                  conn.conn_id, conn.peer[0], conn.peer[1])
+        self._send(conn.conn_id % self._nq, P.Eof(conn.conn_id))
+
     def to_host_connected(self, conn: Connection, ok: bool, reason: str, text: str) -> None:
         if ok:
             self.stats.incr("connections_connected")
@@ -408,7 +419,8 @@ class Agent:
             now = self._clock()
         if self._drain_watch:
             self._check_drains()
-        for conn in [c for c in self.conns.values() if c.state is ConnState.CLOSING]:
+        timed = _TIMED_STATES
+        for conn in [c for c in self.conns.values() if c.state in timed]:
             conn.check_timeouts(now)
         self._check_budget_stall(now)
         self._check_link_blocked()

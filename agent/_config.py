@@ -78,6 +78,16 @@ class AgentConfig:
     """Seconds a connection closed by the host may spend flushing its replies
     to a client that does not read them; then it is reset."""
 
+    half_close_timeout: float = 30.0
+    """Seconds a half-closed connection may wait on the host. After a client's
+    FIN (plain TCP) the agent delivers what it sent, tells the host EOF and
+    keeps writing the host's replies until the host closes; if the host sends
+    nothing and does not close for this long (counted from the EOF or its
+    latest reply, whichever is later), the agent closes the socket itself
+    (FIN; reset if replies are still buffered), reports CLOSED
+    ``half_close_timeout`` to the host, counts ``half_close_timeouts`` and
+    logs it, so a host that forgets the connection never pins its socket."""
+
     buffer_stall_timeout: float = 2.0
     """Seconds the total of buffered client bytes may stay above
     ``max_buffered_total`` with every holder paused before the connection
@@ -114,5 +124,7 @@ class AgentConfig:
             raise ValueError("initial_window_bytes must not exceed max_write_buffer")
         if self.keepalive_interval <= 0 or self.keepalive_timeout <= self.keepalive_interval:
             raise ValueError("need 0 < keepalive_interval < keepalive_timeout")
+        if self.half_close_timeout <= 0:
+            raise ValueError("half_close_timeout must be positive")
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("tls_certfile and tls_keyfile go together")

@@ -34,6 +34,16 @@ writes it. The write-buffer high-water mark is 0, so asyncio calls
 when the buffer is empty again; :class:`DrainTracker` maps the buffer size
 back to whole host messages, which count as consumed as they drain (never
 before), and their credit goes back in batches (ReceiveWindow's rule, §5.2).
+
+Half-close (:mod:`agent._state`): a client's FIN on plain TCP keeps the
+socket's write side open (``eof_received`` returns True). What the client
+sent before it still goes to the host as credit allows (DRAINING); then the
+host is told EOF (docs/protocol.md §3.13) and its replies are written until
+it sends CLOSE, which flushes them and sends our FIN (HALF_CLOSED, CLOSING).
+``check_timeouts`` closes a half-closed connection whose host stays silent
+for ``half_close_timeout``. TLS cannot half-close: its transport closes on
+the client's EOF, so the agent delivers what was sent and reports CLOSED
+``peer_closed`` (DRAINING_CLOSED), as for a plain close.
 """
 
 from __future__ import annotations
@@ -50,7 +60,7 @@ from xport._flow import FlowControlError, ReceiveWindow, SendWindow
 from ._codec import reply_encoder, wire_fn
 from ._config import AgentConfig
 from ._credit import DrainTracker
-from ._state import REASON_FOR_EVENT, Action, ConnEvent, ConnState, transition
+from ._state import REASON_FOR_EVENT, TRANSITIONS, Action, ConnEvent, ConnState, transition
 from ._stats import AgentStats
 
 __all__ = ["Budget", "ConnOwner", "Connection"]
@@ -58,6 +68,11 @@ __all__ = ["Budget", "ConnOwner", "Connection"]
 log = logging.getLogger("agent")
 
 S, E, A = ConnState, ConnEvent, Action
+
+#: the client's FIN was seen and parsed messages may still wait for credit
+_DRAINING = frozenset({S.DRAINING, S.DRAINING_CLOSED})
+#: states in which host credit still matters (replies can reach the client)
+_CREDIT_STATES = frozenset({S.OPEN, S.DRAINING, S.HALF_CLOSED, S.DRAINING_CLOSED})
 
 
 class Budget:
@@ -91,6 +106,7 @@ class ConnOwner(Protocol):
 
     def to_host_data(self, conn_id: int, wire: bytes, header_length: int) -> None: ...
     def to_host_credit(self, conn_id: int, messages: int, nbytes: int) -> None: ...
+    def to_host_eof(self, conn: Connection) -> None: ...
     def to_host_connected(self, conn: Connection, ok: bool, reason: str, text: str) -> None: ...
     def to_host_new_connection(self, conn: Connection) -> None: ...
     def watch_drain(self, conn: Connection) -> None: ...
@@ -132,6 +148,8 @@ class Connection(asyncio.Protocol):
         self.link_blocked = False  # set by the mux while the link's queue is full
         self.created = now
         self.closing_since: float | None = None
+        #: half-closed: when the EOF went to the host or its latest reply came
+        self.idle_since: float | None = None
         self.close_reason = ""
         self.connect_task: asyncio.Future[Any] | None = None
         self._max_write = cfg.max_write_buffer
@@ -178,24 +196,23 @@ class Connection(asyncio.Protocol):
         self._update_reading()
 
     def eof_received(self) -> bool:
-        self.event(E.CLIENT_EOF)
-        # keep the write side open for the replies (TCP half-close); TLS
-        # cannot half-close: its transport closes, connection_lost follows
+        # plain TCP: keep the write side open for the replies (half-close);
+        # TLS cannot half-close: its transport closes, connection_lost follows
+        self.event(E.CLIENT_CLOSED if self.tls else E.CLIENT_EOF)
         return not self.tls
 
     def connection_lost(self, exc: BaseException | None) -> None:
         transport, self.transport = self.transport, None
         if transport is None and self.state is S.CLOSED:
             return
-        if exc is None and self.state is S.OPEN:
-            # TLS close_notify / transports that do not call eof_received;
-            # pending messages still go to the host (closing is then a no-op)
-            self.event(E.CLIENT_EOF)
-            return
-        if exc is None and self.state is S.DRAINING:
-            return  # as above
         if exc is None and self.state is S.CLOSING:
             self.event(E.WRITES_DRAINED)
+            return
+        if exc is None:
+            # TLS close_notify / transports that do not call eof_received, or
+            # the write side of a half-closed connection went: nothing more
+            # can be written; pending messages still go to the host
+            self.event(E.CLIENT_CLOSED)
             return
         self.event(E.CLIENT_RESET, text=str(exc) if exc else "connection lost")
 
@@ -225,9 +242,13 @@ class Connection(asyncio.Protocol):
 
     def host_data(self, payload: bytes | bytearray | memoryview, header_length: int = 0) -> None:
         """A DATA from the host: one reply message for the client."""
-        if self.state is not S.OPEN and self.state is not S.DRAINING:
-            self.event(E.HOST_DATA)
-            return
+        state = self.state
+        if state is not S.OPEN:
+            if TRANSITIONS[state][E.HOST_DATA][0] is not A.WRITE:
+                self.event(E.HOST_DATA)
+                return
+            if state is S.HALF_CLOSED:
+                self.idle_since = self.owner.now()  # the host is still answering
         size = len(payload)
         try:
             self.recv_window.on_received(size)
@@ -271,7 +292,7 @@ class Connection(asyncio.Protocol):
                 if grant is not None:
                     gm += grant[0]
                     gb += grant[1]
-            if gm and self.state in (S.OPEN, S.DRAINING):
+            if gm and self.state in _CREDIT_STATES:
                 self.owner.to_host_credit(self.conn_id, gm, gb)
         if buffered > self._max_write:
             self.event(E.LIMIT_EXCEEDED, "write_buffer_overflow",
@@ -285,10 +306,18 @@ class Connection(asyncio.Protocol):
         return bool(buffered)
 
     def check_timeouts(self, now: float) -> None:
-        """Close a CLOSING connection whose client never drains its replies."""
+        """Close a CLOSING connection whose client never drains its replies,
+        and a HALF_CLOSED one whose host neither answers nor closes."""
+        cfg = self.owner.config
         if (self.state is S.CLOSING and self.closing_since is not None
-                and now - self.closing_since > self.owner.config.close_linger):
+                and now - self.closing_since > cfg.close_linger):
             self.event(E.LIMIT_EXCEEDED, "close_timeout", "client did not drain before close")
+        elif (self.state is S.HALF_CLOSED and self.idle_since is not None
+                and now - self.idle_since > cfg.half_close_timeout):
+            self.owner.stats.incr("half_close_timeouts")
+            self.event(E.HALF_CLOSE_TIMEOUT, "half_close_timeout",
+                       f"the host neither closed nor answered for {cfg.half_close_timeout:g} s "
+                       "after the client's FIN")
 
     # -- lifecycle -----------------------------------------------------------
     def event(self, ev: ConnEvent, reason: str = "", text: str = "") -> None:
@@ -310,6 +339,13 @@ class Connection(asyncio.Protocol):
             return
         if action is A.START_DRAIN:
             self._start_drain()
+            return
+        if action is A.REPORT_EOF:
+            # everything the client sent is on the link: EOF follows it (§3.13)
+            self.idle_since = owner.now()
+            self._drop_pending()  # nothing pending; zero what the budget counts
+            owner.budget.paused.discard(self)
+            owner.to_host_eof(self)
             return
         if action is A.BEGIN_CLOSE:
             self.closing_since = owner.now()
@@ -344,6 +380,12 @@ class Connection(asyncio.Protocol):
             if transport is not None:
                 if transport.get_write_buffer_size():
                     transport.abort()
+                else:
+                    transport.close()
+        elif action is A.EXPIRE:
+            if transport is not None:
+                if transport.get_write_buffer_size():
+                    transport.abort()  # a client that does not read: do not linger
                 else:
                     transport.close()
         elif action is A.ABORT_SILENT:
@@ -390,7 +432,7 @@ class Connection(asyncio.Protocol):
             window.messages -= 1
             window.bytes -= n
             to_host(cid, wire, hlen)
-        if not pending and self.state is S.DRAINING:
+        if not pending and self.state in _DRAINING:
             self.event(E.PENDING_DELIVERED)
 
     def _start_drain(self) -> None:
@@ -402,13 +444,13 @@ class Connection(asyncio.Protocol):
             return
         if msgs:
             self._queue(msgs)
-            if self.state is not S.DRAINING:
+            if self.state not in _DRAINING:
                 return
         if self.framer.failed is not None:
             self._framing_error(self.framer.failed)
             return
         self._deliver()
-        if self.state is S.DRAINING:
+        if self.state in _DRAINING:
             self._account()
 
     def _framing_error(self, exc: FramingError) -> None:

@@ -19,6 +19,10 @@ it, change nothing) or ``IGNORE``.
 States
     CONNECTING   host sent CONNECT, waits for CONNECTED (outgoing only)
     OPEN         messages flow both ways
+    HALF_CLOSED  the client half-closed (EOF, docs/protocol.md §3.13): no more
+                 DATA comes; buffered messages can still be received, then
+                 recv() returns None; send() still works, and close() ends
+                 the connection as from OPEN (the agent flushes, then FIN)
     PEER_CLOSED  the client closed cleanly (CLOSED "peer_closed"): buffered
                  messages can still be received, then recv() returns None;
                  send() raises ConnectionBrokenError
@@ -39,6 +43,7 @@ __all__ = ["TRANSITIONS", "Action", "ConnEvent", "ConnState", "transition"]
 class ConnState(enum.Enum):
     CONNECTING = "connecting"
     OPEN = "open"
+    HALF_CLOSED = "half_closed"
     PEER_CLOSED = "peer_closed"
     CLOSING = "closing"
     CLOSED = "closed"
@@ -58,6 +63,8 @@ class ConnEvent(enum.Enum):
     """The application called ``close()``."""
     CLOSED_ACK = "closed_ack"
     """CLOSED "closed_by_host": the agent's answer to our CLOSE."""
+    PEER_HALF_CLOSE = "peer_half_close"
+    """EOF: the client sent FIN; no more DATA follows, replies may still go."""
     PEER_EOF = "peer_eof"
     """CLOSED "peer_closed": the client closed its side cleanly."""
     PEER_ERROR = "peer_error"
@@ -85,6 +92,9 @@ class Action(enum.Enum):
     """Send CLOSE to the agent."""
     EOF = "eof"
     """Mark end of stream: ``recv()`` returns None once the queue is empty."""
+    HALF_EOF = "half_eof"
+    """Mark the end of the incoming stream only (``recv()`` returns None once
+    the queue is empty); sending goes on."""
     BREAK = "break"
     """Keep the cause, wake every waiter with ConnectionBrokenError, forget the id."""
     BREAK_AND_CLOSE = "break_and_close"
@@ -108,6 +118,7 @@ TRANSITIONS: dict[tuple[ConnState, ConnEvent], tuple[Action, ConnState]] = {
     (S.CONNECTING, E.CREDIT): (A.ADD_CREDIT, S.CONNECTING),
     (S.CONNECTING, E.LOCAL_CLOSE): (A.SEND_CLOSE, S.CLOSING),
     (S.CONNECTING, E.CLOSED_ACK): (A.BREAK, S.BROKEN),
+    (S.CONNECTING, E.PEER_HALF_CLOSE): (A.HALF_EOF, S.HALF_CLOSED),  # overtook CONNECTED
     (S.CONNECTING, E.PEER_EOF): (A.BREAK, S.BROKEN),
     (S.CONNECTING, E.PEER_ERROR): (A.BREAK, S.BROKEN),
     (S.CONNECTING, E.OVERRUN): (A.BREAK_AND_CLOSE, S.BROKEN),
@@ -119,10 +130,23 @@ TRANSITIONS: dict[tuple[ConnState, ConnEvent], tuple[Action, ConnState]] = {
     (S.OPEN, E.CREDIT): (A.ADD_CREDIT, S.OPEN),
     (S.OPEN, E.LOCAL_CLOSE): (A.SEND_CLOSE, S.CLOSING),
     (S.OPEN, E.CLOSED_ACK): (A.BREAK, S.BROKEN),  # we never asked: the agent gave up on it
+    (S.OPEN, E.PEER_HALF_CLOSE): (A.HALF_EOF, S.HALF_CLOSED),
     (S.OPEN, E.PEER_EOF): (A.EOF, S.PEER_CLOSED),
     (S.OPEN, E.PEER_ERROR): (A.BREAK, S.BROKEN),
     (S.OPEN, E.OVERRUN): (A.BREAK_AND_CLOSE, S.BROKEN),
     (S.OPEN, E.LINK_LOST): (A.BREAK, S.BROKEN),
+    # -- HALF_CLOSED: the agent still writes our replies; it sends no more DATA
+    (S.HALF_CLOSED, E.CONNECTED_OK): (A.OPENED, S.HALF_CLOSED),  # EOF overtook it
+    (S.HALF_CLOSED, E.CONNECTED_FAIL): (A.PROTOCOL_ERROR, S.HALF_CLOSED),
+    (S.HALF_CLOSED, E.DATA): (A.PROTOCOL_ERROR, S.HALF_CLOSED),  # DATA after EOF
+    (S.HALF_CLOSED, E.CREDIT): (A.ADD_CREDIT, S.HALF_CLOSED),  # replies drain
+    (S.HALF_CLOSED, E.LOCAL_CLOSE): (A.SEND_CLOSE, S.CLOSING),
+    (S.HALF_CLOSED, E.CLOSED_ACK): (A.BREAK, S.BROKEN),  # we never asked
+    (S.HALF_CLOSED, E.PEER_HALF_CLOSE): (A.PROTOCOL_ERROR, S.HALF_CLOSED),
+    (S.HALF_CLOSED, E.PEER_EOF): (A.EOF, S.PEER_CLOSED),  # the write side went too
+    (S.HALF_CLOSED, E.PEER_ERROR): (A.BREAK, S.BROKEN),  # e.g. half_close_timeout
+    (S.HALF_CLOSED, E.OVERRUN): (A.BREAK_AND_CLOSE, S.BROKEN),
+    (S.HALF_CLOSED, E.LINK_LOST): (A.BREAK, S.BROKEN),
     # -- PEER_CLOSED: the agent has already forgotten the connection
     (S.PEER_CLOSED, E.CONNECTED_OK): (A.PROTOCOL_ERROR, S.PEER_CLOSED),
     (S.PEER_CLOSED, E.CONNECTED_FAIL): (A.PROTOCOL_ERROR, S.PEER_CLOSED),
@@ -130,6 +154,7 @@ TRANSITIONS: dict[tuple[ConnState, ConnEvent], tuple[Action, ConnState]] = {
     (S.PEER_CLOSED, E.CREDIT): (A.IGNORE, S.PEER_CLOSED),
     (S.PEER_CLOSED, E.LOCAL_CLOSE): (A.FORGET, S.CLOSED),
     (S.PEER_CLOSED, E.CLOSED_ACK): (A.PROTOCOL_ERROR, S.PEER_CLOSED),
+    (S.PEER_CLOSED, E.PEER_HALF_CLOSE): (A.PROTOCOL_ERROR, S.PEER_CLOSED),
     (S.PEER_CLOSED, E.PEER_EOF): (A.PROTOCOL_ERROR, S.PEER_CLOSED),
     (S.PEER_CLOSED, E.PEER_ERROR): (A.PROTOCOL_ERROR, S.PEER_CLOSED),
     (S.PEER_CLOSED, E.OVERRUN): (A.PROTOCOL_ERROR, S.PEER_CLOSED),
@@ -141,6 +166,7 @@ TRANSITIONS: dict[tuple[ConnState, ConnEvent], tuple[Action, ConnState]] = {
     (S.CLOSING, E.CREDIT): (A.IGNORE, S.CLOSING),
     (S.CLOSING, E.LOCAL_CLOSE): (A.NONE, S.CLOSING),
     (S.CLOSING, E.CLOSED_ACK): (A.FORGET, S.CLOSED),
+    (S.CLOSING, E.PEER_HALF_CLOSE): (A.IGNORE, S.CLOSING),  # crossed our CLOSE
     (S.CLOSING, E.PEER_EOF): (A.FORGET, S.CLOSED),
     (S.CLOSING, E.PEER_ERROR): (A.FORGET, S.CLOSED),
     (S.CLOSING, E.OVERRUN): (A.IGNORE, S.CLOSING),  # data is dropped anyway

@@ -108,7 +108,11 @@ class _DirectProtocol(asyncio.Protocol):
         return True  # keep the transport open for our replies
 
     def _maybe_finish(self) -> None:
-        if self.eof and not self.closed and not self.calls and not self.blocked:
+        # every request received before the EOF is answered first: none is
+        # running, none waits for a slot, and none is left unparsed because
+        # writing was paused (resume_writing parses the rest, then comes here)
+        if (self.eof and not self.closed and not self.calls and not self.blocked
+                and not self.write_paused):
             self._flush()
             self.closed = True
             assert self.transport is not None

@@ -44,6 +44,12 @@ Flow control, host → agent: ``send`` waits (FIFO) until the agent's window
 allows the message; CREDIT from the agent refills it. A message larger than
 the whole window may go when nothing is outstanding, so it cannot deadlock.
 
+Half-close (docs/protocol.md §3.13): the agent's EOF for a connection follows
+its last DATA; the connection goes HALF_CLOSED: ``recv()`` returns what is
+queued, then ``None``, while ``send()`` goes on (through ``send()``, not the
+``*_nowait`` fast path, which serves OPEN connections only: no DATA arrives
+after EOF, so nothing on the per-message paths changes) until ``close()``.
+
 Errors (trio's exact meanings): :class:`ConnectionClosedError` closed by you;
 :class:`ConnectionBrokenError` broken by the client, agent or link with the
 agent's reason chained as ``__cause__``; :class:`LinkLostError`;
@@ -196,6 +202,7 @@ class HostStats:
     links_lost: int = 0
     peer_restarts: int = 0
     dropped_while_closing: int = 0
+    peer_half_closes: int = 0
     close_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -263,7 +270,10 @@ class OffloadConnection:
     """One offloaded TCP connection, as whole messages (a ``MessageConnection``).
 
     ``recv()`` returns the next :class:`Message`, or ``None`` once the client
-    closed cleanly and everything before the close was received. After a
+    closed cleanly and everything before the close was received. A client
+    that only half-closed (TCP FIN: the agent's EOF) is still answered:
+    ``recv()`` returns ``None`` after its last message, ``send()`` keeps
+    working, and ``close()`` then flushes the replies and closes. After a
     break, messages that had already arrived are still returned, then
     :class:`ConnectionBrokenError` is raised. After your own ``close()`` every
     call raises :class:`ConnectionClosedError`.
@@ -309,6 +319,12 @@ class OffloadConnection:
         return self._rwin.buffered_messages, self._rwin.buffered_bytes
 
     @property
+    def can_send(self) -> bool:
+        """False once nothing more can be sent: closed, broken, or the client
+        closed both ways (PEER_CLOSED). True after a half-close (HALF_CLOSED)."""
+        return self._state in (ConnState.OPEN, ConnState.HALF_CLOSED, ConnState.CONNECTING)
+
+    @property
     def send_credit(self) -> tuple[int, int]:
         """(messages, bytes) the agent currently lets this side send."""
         return self._swin.messages, self._swin.bytes
@@ -330,7 +346,7 @@ class OffloadConnection:
                     if self.auto_consume:
                         self.on_consumed(msg.nbytes)
                     return msg
-                if st is ConnState.PEER_CLOSED:
+                if st is ConnState.HALF_CLOSED or st is ConnState.PEER_CLOSED:
                     return None
                 if st is ConnState.BROKEN:
                     raise self._broken_error()
@@ -587,6 +603,9 @@ class OffloadConnection:
             self._rx.clear()
             self._wake_rx()
             self._wake_tx()
+        elif action is Action.HALF_EOF:
+            host.stats.peer_half_closes += 1
+            self._wake_rx()
         elif action is Action.EOF:
             self._cause = cause
             host._count_close(cause)
@@ -1024,7 +1043,7 @@ class Host:
             conn._event(ConnEvent.LOCAL_CLOSE)
             raise OffloadRequestError(f"no CONNECTED within {self.config.request_timeout} s") \
                 from None
-        if conn.state is ConnState.OPEN:
+        if conn.state is ConnState.OPEN or conn.state is ConnState.HALF_CLOSED:
             self.stats.connections_connected += 1
             return conn
         if conn.state is ConnState.BROKEN:
@@ -1220,6 +1239,8 @@ class Host:
             else:
                 ev = ConnEvent.PEER_ERROR
             self._to_conn(m, ev, cause=(code, m.text))
+        elif isinstance(m, P.Eof):
+            self._to_conn(m, ConnEvent.PEER_HALF_CLOSE)
         elif isinstance(m, P.NewConnection):
             self._on_new_connection(m)
         elif isinstance(m, P.Connected):
@@ -1284,7 +1305,7 @@ class Host:
         self._conns[m.conn_id] = conn
         for e in early:
             self._on_message(conn.queue, e)
-        if conn.state is not ConnState.OPEN and conn.state is not ConnState.PEER_CLOSED:
+        if conn.state not in (ConnState.OPEN, ConnState.HALF_CLOSED, ConnState.PEER_CLOSED):
             return  # broken before anyone saw it
         if lst is None or not lst._offer(conn):
             self.stats.backlog_overflow += 1

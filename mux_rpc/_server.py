@@ -13,8 +13,18 @@ its own task under the call deadline. When a call is finished - reply sent or
 failed - the message's credit goes back (``conn.on_consumed``) and its slot is
 freed. A connection at its limit stops reading; the agent then stops reading
 its socket once credit runs out: a slow handler backpressures only its own
-clients. When a connection ends (peer close, protocol error, server close) its
+clients. When a connection ends (peer reset, protocol error, server close) its
 in-flight handlers are cancelled and awaited.
+
+End of stream (``recv()`` returns None): a client that half-closed (TCP FIN
+after its last request, the agent's EOF) still reads, and a plain TCP server
+answers every request sent before the FIN. So the calls in flight - task
+path, and replies of the inline path that wait for the agent's window - run
+to the end and their replies go out, then the connection is closed. That
+needs a connection that says it can still send (``can_send``, as
+:class:`~mux_rpc._offload.OffloadConnection` does after a half-close); on
+any other (the client closed both ways, or a connection without
+``can_send``) they are cancelled at once, as nobody can get the replies.
 
 The peer's close is noticed at the next ``recv()``: a connection whose every
 slot is held by a stuck handler notices it when a slot frees or the deadline
@@ -89,6 +99,20 @@ class ServerStats:
 
 def _close_coro(coro: Coroutine[Any, Any, Any], _task: asyncio.Task[None]) -> None:
     coro.close()
+
+
+async def _finish_calls(conn: MessageConnection, calls: set[asyncio.Task[None]],
+                        failed: asyncio.Future[None] | None = None) -> None:
+    """End of stream: wait until every call in flight finished (its reply sent)
+    if the connection can still send (else the caller cancels them), or until
+    ``failed`` (a stream handler failed: the connection closes anyway)."""
+    if getattr(conn, "can_send", False) is not True:
+        return  # closed both ways, or a connection that cannot tell: as before
+    while calls and (failed is None or not failed.done()):
+        if failed is None:
+            await asyncio.wait([*calls])
+        else:
+            await asyncio.wait([*calls, failed], return_when=asyncio.FIRST_COMPLETED)
 
 
 class Server:
@@ -207,6 +231,7 @@ class Server:
                     raise
                 if msg is None:
                     own.release()
+                    await _finish_calls(conn, calls)
                     return
                 stats.messages += 1
                 try:
@@ -434,6 +459,7 @@ class Server:
                     raise
                 if msg is None:
                     own.release()
+                    await _finish_calls(conn, calls, failed)
                     return
                 self.stats.messages += 1
                 task = loop.create_task(run(msg))

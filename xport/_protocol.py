@@ -25,7 +25,7 @@ Public API (stable; the agent and the host runtime code against it)
 -------------------------------------------------------------------
 - ``PROTOCOL_VERSION``, ``MessageType``, ``MsgFlags``, ``Role``, ``Status``
 - message dataclasses: ``Hello, Keepalive, Listen, ListenResult, Connect,
-  Connected, NewConnection, Data, Close, Closed, Credit, Error``; the union
+  Connected, NewConnection, Data, Close, Closed, Credit, Error, Eof``; the union
   ``Message``. Every one has ``conn_id`` (0 for link-wide messages).
 - ``COMMON_HEADER`` (``struct.Struct``), ``HEADER_SIZE``
 - ``make_data(conn_id, payload, header_length=0) -> Data``: a fast constructor
@@ -58,6 +58,7 @@ __all__ = [
     "Connected",
     "Credit",
     "Data",
+    "Eof",
     "Error",
     "Hello",
     "Keepalive",
@@ -113,6 +114,7 @@ class MessageType(enum.IntEnum):
     CLOSED = 10
     CREDIT = 11
     ERROR = 12
+    EOF = 13
 
 
 class MsgFlags(enum.IntFlag):
@@ -333,6 +335,18 @@ class Error:
     text: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Eof:
+    """Agent → host: the client half-closed (TCP FIN) (§3.13).
+
+    No DATA follows on this connection; every DATA the client sent before its
+    FIN came first. The connection stays open the other way: the host may
+    still send DATA, and ends the connection with CLOSE as usual.
+    """
+
+    conn_id: int
+
+
 _new = object.__new__
 _set_conn_id = vars(Data)["conn_id"].__set__
 _set_payload = vars(Data)["payload"].__set__
@@ -368,6 +382,7 @@ Message = Union[  # noqa: UP007 (a runtime alias the docs can name)
     Closed,
     Credit,
     Error,
+    Eof,
 ]
 
 # --- bodies, declared once (docs/protocol.md §3) ------------------------------
@@ -498,6 +513,8 @@ def encode_body(msg: Message) -> tuple[int, int, bytes | bytearray | memoryview]
         return MessageType.CLOSED, 0, _STATUS.pack(int(msg.reason)) + _pack_strings(msg.text)
     if isinstance(msg, Error):
         return MessageType.ERROR, 0, _STATUS.pack(int(msg.code)) + _pack_strings(msg.text)
+    if isinstance(msg, Eof):
+        return MessageType.EOF, 0, b""
     raise TypeError(f"not a transport message: {msg!r}")
 
 
@@ -559,6 +576,11 @@ def decode_body(mtype: int, conn_id: int, aux: int, body: memoryview) -> Message
         (st,) = _fixed(_STATUS, body)
         (text,) = _unpack_strings(body, _STATUS.size, 1)
         return Error(conn_id, st, text)
+    if mtype == MessageType.EOF:
+        # §3.13: an empty body
+        if len(body):
+            raise ProtocolError("bad_body", "trailing bytes in body")
+        return Eof(conn_id)
     raise ProtocolError("unknown_type", f"type {mtype}")
 
 

@@ -89,11 +89,15 @@ async def _accept_forward_reply_close() -> None:
             host.send(P.Data(cid, frame(b"reply-2"), 4))
             assert await read_frames(r, 2) == [b"reply-1", b"reply-2"]
             w.close()
+            # a FIN is a half-close as far as TCP tells: EOF, then the host closes
+            await host.expect(P.Eof, cid)
+            assert host.take(P.Closed) == []
+            host.send(P.Close(cid))
             closed = await host.expect(P.Closed, cid)
-            assert closed.reason == ST.PEER_CLOSED and closed.text == "peer_closed"
+            assert closed.reason == ST.LOCAL_CLOSE and closed.text == "closed_by_host"
             st = agent.statistics()
-            assert st["messages_to_host"] == 3 and st["closed"] == {"peer_closed": 1}
-            assert st["connections_open"] == 0
+            assert st["messages_to_host"] == 3 and st["closed"] == {"closed_by_host": 1}
+            assert st["half_closes"] == 1 and st["connections_open"] == 0
 
 
 def test_listen_refusals() -> None:

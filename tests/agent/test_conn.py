@@ -12,12 +12,23 @@ from agent import AgentConfig, Connection, ConnState
 from agent._codec import make_framer
 
 
-def make(owner: FakeOwner | None = None, *, window: tuple[int, int] = (4, 1000),
+class Owner(FakeOwner):
+    """FakeOwner that also records the EOFs told to the host (§3.13)."""
+
+    def __init__(self, config: AgentConfig | None = None) -> None:
+        super().__init__(config)
+        self.eofs: list[int] = []
+
+    def to_host_eof(self, conn: Connection) -> None:
+        self.eofs.append(conn.conn_id)
+
+
+def make(owner: Owner | None = None, *, window: tuple[int, int] = (4, 1000),
          hold: bool = False, spec: str = "length", outbound: bool = False,
-         ) -> tuple[Connection, FakeOwner, FakeTransport]:
-    owner = owner or FakeOwner(AgentConfig(initial_window_messages=4, initial_window_bytes=1000,
-                                           max_message_size=1000,
-                                           max_buffered_per_connection=8192))
+         ) -> tuple[Connection, Owner, FakeTransport]:
+    owner = owner or Owner(AgentConfig(initial_window_messages=4, initial_window_bytes=1000,
+                                       max_message_size=1000,
+                                       max_buffered_per_connection=8192))
     framer = make_framer(spec, owner.config.max_message_size)
     conn = Connection(owner, 7, framer, host_window=window, outbound=outbound)
     tr = FakeTransport(hold=hold)
@@ -86,17 +97,98 @@ def test_eof_mid_message_is_truncated() -> None:
     assert owner.closed[0][1] == "truncated_message" and tr.aborted
 
 
-def test_eof_drains_pending_then_closes_gracefully() -> None:
-    conn, owner, tr = make(window=(1, 1000))
+def test_eof_drains_pending_then_tells_the_host_and_keeps_answering() -> None:
+    conn, owner, tr = make(window=(1, 1000), hold=True)
     conn.data_received(frame(b"1") + frame(b"2"))
-    assert conn.eof_received() is True
-    assert conn.state is ConnState.DRAINING and not tr.closed
+    assert conn.eof_received() is True  # the write side stays open
+    assert conn.state is ConnState.DRAINING and not tr.closed and owner.eofs == []
     conn.host_data(b"reply")  # the client may still get replies
     assert tr.written == frame(b"reply")
     conn.on_credit(1, 5)
-    assert conn.state is ConnState.CLOSED and tr.closed and not tr.aborted
-    assert owner.closed == [(7, "peer_closed", "", True)]
+    # everything went to the host, then EOF; the socket stays open
     assert [d[1] for d in owner.data] == [frame(b"1"), frame(b"2")]
+    assert owner.eofs == [7] and conn.state is ConnState.HALF_CLOSED
+    assert not tr.closed and owner.closed == [] and owner.budget.used == 0
+    conn.host_data(b"late reply")  # well after the FIN
+    assert tr.written == frame(b"reply") + frame(b"late reply")
+    # replies drain: their credit still goes back to the host
+    tr.drain()
+    conn.check_drain()
+    assert sum(c[1] for c in owner.credits) == 2
+    conn.host_close()  # the host is done: flush, then FIN
+    assert conn.state is ConnState.CLOSED and tr.closed and not tr.aborted
+    assert owner.closed == [(7, "closed_by_host", "", True)] and owner.eofs == [7]
+
+
+def test_eof_waits_for_the_last_pending_message_before_telling_the_host() -> None:
+    conn, owner, tr = make(window=(1, 1000))
+    conn.data_received(frame(b"1") + frame(b"2") + frame(b"3"))
+    conn.eof_received()
+    assert owner.eofs == [] and len(owner.data) == 1
+    conn.on_credit(1, 5)
+    assert owner.eofs == [] and len(owner.data) == 2
+    conn.on_credit(1, 5)
+    assert owner.eofs == [7] and len(owner.data) == 3
+    conn.on_credit(1, 5)  # more credit after EOF changes nothing
+    assert owner.eofs == [7] and conn.state is ConnState.HALF_CLOSED
+
+
+def test_half_closed_host_close_flushes_replies_before_the_fin() -> None:
+    conn, owner, tr = make(hold=True)
+    conn.eof_received()
+    assert owner.eofs == [7]
+    conn.host_data(b"answer")
+    conn.host_close()
+    assert conn.state is ConnState.CLOSING and not tr.closed  # still flushing
+    tr.drain()
+    conn.check_drain()
+    assert conn.state is ConnState.CLOSED and tr.closed and not tr.aborted
+    assert tr.written == frame(b"answer")
+
+
+def test_half_close_timeout_counts_from_the_last_reply() -> None:
+    conn, owner, tr = make()
+    timeout = owner.config.half_close_timeout
+    owner.clock = 100.0
+    conn.eof_received()
+    conn.check_timeouts(100.0 + timeout - 1)
+    owner.clock = 100.0 + timeout - 1
+    conn.host_data(b"still answering")  # restarts the clock
+    conn.check_timeouts(100.0 + timeout + 1)
+    assert conn.state is ConnState.HALF_CLOSED
+    conn.check_timeouts(100.0 + 2 * timeout)
+    assert conn.state is ConnState.CLOSED and tr.closed and not tr.aborted
+    assert owner.closed[0][:2] == (7, "half_close_timeout") and owner.closed[0][3]
+    assert owner.stats.counters["half_close_timeouts"] == 1
+
+
+def test_half_close_timeout_resets_a_client_that_does_not_read() -> None:
+    conn, owner, tr = make(hold=True)
+    conn.eof_received()
+    conn.host_data(b"unread")
+    conn.check_timeouts(owner.config.half_close_timeout + 1)
+    assert conn.state is ConnState.CLOSED and tr.aborted
+    assert owner.closed[0][1] == "half_close_timeout"
+
+
+def test_tls_eof_cannot_half_close_and_closes_after_delivering() -> None:
+    conn, owner, tr = make(window=(1, 1000))
+    conn.tls = True
+    conn.data_received(frame(b"1") + frame(b"2"))
+    assert conn.eof_received() is False  # asyncio closes a TLS transport anyway
+    assert conn.state is ConnState.DRAINING_CLOSED
+    conn.connection_lost(None)
+    conn.on_credit(1, 5)
+    assert [d[1] for d in owner.data] == [frame(b"1"), frame(b"2")]
+    assert owner.eofs == [] and owner.closed == [(7, "peer_closed", "", True)]
+
+
+def test_write_side_lost_after_half_close_reports_peer_closed() -> None:
+    conn, owner, _tr = make()
+    conn.eof_received()
+    conn.connection_lost(None)
+    assert conn.state is ConnState.CLOSED and owner.eofs == [7]
+    assert owner.closed == [(7, "peer_closed", "", True)]
 
 
 def test_reset_reports_peer_reset() -> None:
@@ -197,7 +289,7 @@ def test_outbound_connect_reports_connected() -> None:
 def test_global_budget_pauses_partial_holders() -> None:
     cfg = AgentConfig(max_message_size=4096, max_buffered_per_connection=8192,
                       max_buffered_total=100)
-    owner = FakeOwner(cfg)
+    owner = Owner(cfg)
     a, _, ta = make(owner, window=(1, 10_000))
     b, _, tb = make(owner, window=(1, 10_000))
     a.data_received(frame(b"x") + frame(b"y" * 200))  # second one waits for credit

@@ -18,6 +18,7 @@ from xport._protocol import (
     Connected,
     Credit,
     Data,
+    Eof,
     Error,
     Hello,
     Keepalive,
@@ -63,6 +64,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Closed, u32, u16, text),
     st.builds(Credit, u32, u32, u32),
     st.builds(Error, u32, u16, text),
+    st.builds(Eof, u32),
 )
 
 
@@ -120,6 +122,15 @@ def test_unknown_type_and_version_are_reasons() -> None:
     with pytest.raises(ProtocolError) as info:
         decode(raw)
     assert info.value.reason == "bad_version"
+
+
+def test_eof_body_is_empty() -> None:
+    # docs/protocol.md §3.13: no field; a byte of body is bad_body, not ignored
+    raw = encode(Eof(7))
+    assert len(raw) == HEADER_SIZE and raw[1] == MessageType.EOF == 13
+    with pytest.raises(ProtocolError) as info:
+        decode_body(MessageType.EOF, 7, 0, memoryview(b"\x00"))
+    assert info.value.reason == "bad_body"
 
 
 def test_data_header_and_data_split() -> None:

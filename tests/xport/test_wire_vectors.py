@@ -14,6 +14,7 @@ from xport._protocol import (
     Connected,
     Credit,
     Data,
+    Eof,
     Error,
     Hello,
     Keepalive,
@@ -53,6 +54,7 @@ MESSAGES: dict[str, Message] = {
     "closed": Closed(5, Status.PEER_CLOSED, "eof"),
     "credit": Credit(5, 16, 65536),
     "error": Error(0, Status.PROTOCOL_ERROR, "bad"),
+    "eof": Eof(5),
 }
 
 
