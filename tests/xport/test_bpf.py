@@ -235,3 +235,38 @@ def test_detach_from_another_namespace_goes_back_to_the_attach_one() -> None:
             "attached": XDP_ATTACHED_SKB, "prog_id": prog.prog_id}
         prog.close()  # main thread, root namespace
         assert _xdp_attr(host.ifindex, host.netns)["attached"] == "none"
+
+
+@pytest.mark.parametrize("via", ["link", "netlink"])
+@pytest.mark.parametrize("mode,attached", [("native", XDP_ATTACHED_DRV),
+                                           ("generic", XDP_ATTACHED_SKB)])
+def test_attach_via_link_or_netlink(veth_pair, via: str, mode: str, attached: str) -> None:  # type: ignore[no-untyped-def]
+    """Both ways attach and detach; only a link is tied to its fd (the bpf_link
+    kernels refuse a netlink detach of it, which is how we tell them apart)."""
+    from xport._bpfload import XdpProgram, attached_prog_id
+    from xport._xsk import ffi, lib
+
+    end = veth_pair.agent
+    with XdpProgram(via=via) as p:  # type: ignore[arg-type]
+        assert p.attach(end.ifname, mode) == mode  # type: ignore[arg-type]
+        assert p.via_on(end.ifname) == via and p.via_on(end.ifindex) == via
+        (att,) = p.attachments
+        assert att.via == via and (att.link_fd >= 0) == (via == "link")
+        assert _xdp_attr(end.ifindex) == {"attached": attached, "prog_id": p.prog_id}
+        flag = lib.XDP_FLAGS_DRV_MODE if mode == "native" else lib.XDP_FLAGS_SKB_MODE
+        if via == "link":
+            assert lib.bpf_xdp_detach(end.ifindex, flag, ffi.NULL) == -16  # EBUSY
+            assert attached_prog_id(end.ifindex) == p.prog_id
+    assert _xdp_attr(end.ifindex)["attached"] == "none"
+
+
+def test_link_is_the_default_and_via_is_checked(veth_pair) -> None:  # type: ignore[no-untyped-def]
+    from xport._bpfload import XdpProgram
+
+    with pytest.raises(ValueError):
+        XdpProgram(via="ioctl")  # type: ignore[arg-type]
+    with XdpProgram() as p:
+        assert p.via == "auto"
+        p.attach(veth_pair.agent.ifname, "generic")
+        assert p.via_on(veth_pair.agent.ifname) == "link"  # this kernel has XDP links
+        assert p.via_on(veth_pair.host.ifname) is None
