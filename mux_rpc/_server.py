@@ -97,8 +97,22 @@ class ServerStats:
     handler_failures: int = 0
 
 
-def _close_coro(coro: Coroutine[Any, Any, Any], _task: asyncio.Task[None]) -> None:
-    coro.close()
+def _never_ran(conn: MessageConnection, limits: InflightLimits, key: int, nbytes: int,
+               own: asyncio.Semaphore | None, coro: Coroutine[Any, Any, Any] | None,
+               ran: list[bool], _task: asyncio.Task[None]) -> None:
+    """Done callback of a call's task. A task cancelled before its first step
+    (the connection ended right after the call was received) never entered
+    its body, so the ``finally`` that gives back the message's credit and its
+    slots never ran: do it here (``ran[0]`` is set first thing in the body).
+    Also close the handler's coroutine, never awaited then."""
+    if coro is not None:
+        coro.close()  # no-op if it ran
+    if ran[0]:
+        return
+    conn.on_consumed(nbytes)
+    limits.finish(key)
+    if own is not None:
+        own.release()
 
 
 async def _finish_calls(conn: MessageConnection, calls: set[asyncio.Task[None]],
@@ -253,12 +267,12 @@ class Server:
                         own.release()
                 else:
                     assert isinstance(out, PendingCall)
-                    task = loop.create_task(self._run_call(conn, key, own, out, msg.nbytes))
+                    ran = [False]
+                    task = loop.create_task(self._run_call(conn, key, own, out, msg.nbytes, ran))
                     calls.add(task)
                     task.add_done_callback(calls.discard)
-                    # a task cancelled before it ran never awaited the handler's
-                    # coroutine ("never awaited" warning): close it (no-op if it ran)
-                    task.add_done_callback(functools.partial(_close_coro, out.coro))
+                    task.add_done_callback(functools.partial(
+                        _never_ran, conn, limits, key, msg.nbytes, own, out.coro, ran))
         except ConnectionClosedError as exc:
             logger.info("connection %s closed while replying: %s", conn.conn_id, exc)
         finally:
@@ -280,7 +294,6 @@ class Server:
         limits, stats = self.limits, self.stats
         inline = self.dispatcher.dispatch_inline
         send_nowait = conn.send_nowait
-        loop = asyncio.get_running_loop()
         waiters, by_conn = limits._waiters, limits._by_conn
         total, per_conn = limits.total, limits.per_connection
 
@@ -297,9 +310,7 @@ class Server:
             # the agent's window is full (or a reply waits): send it from a task
             assert isinstance(out, bytes)
             limits.start(key)
-            task = loop.create_task(self._late_reply(conn, key, out, len(payload)))
-            calls.add(task)
-            task.add_done_callback(calls.discard)
+            self._spawn_late_reply(conn, key, out, len(payload), calls)
             return HOOK_OWNED
 
         return hook
@@ -319,7 +330,6 @@ class Server:
         limits, stats = self.limits, self.stats
         many = self.dispatcher.dispatch_many
         send_many = conn.send_many_nowait
-        loop = asyncio.get_running_loop()
         waiters, by_conn = limits._waiters, limits._by_conn
         total, per_conn = limits.total, limits.per_connection
 
@@ -358,15 +368,26 @@ class Server:
                 n = len(request)
                 owned_bytes += n
                 limits.start(key)
-                task = loop.create_task(self._late_reply(conn, key, reply, n))
-                calls.add(task)
-                task.add_done_callback(calls.discard)
+                self._spawn_late_reply(conn, key, reply, n, calls)
             return stop, late, owned_bytes
 
         return batch
 
+    def _spawn_late_reply(self, conn: MessageConnection, key: int, reply: bytes, nbytes: int,
+                          calls: set[asyncio.Task[None]]) -> None:
+        """Send ``reply`` from a task (it holds the request's credit and the
+        slot taken by the caller until it is sent)."""
+        ran = [False]
+        task = asyncio.get_running_loop().create_task(
+            self._late_reply(conn, key, reply, nbytes, ran))
+        calls.add(task)
+        task.add_done_callback(calls.discard)
+        task.add_done_callback(functools.partial(
+            _never_ran, conn, self.limits, key, nbytes, None, None, ran))
+
     async def _late_reply(self, conn: MessageConnection, key: int, reply: bytes,
-                          nbytes: int) -> None:
+                          nbytes: int, ran: list[bool]) -> None:
+        ran[0] = True
         try:
             await conn.send(reply)
         except ConnectionClosedError as exc:
@@ -377,8 +398,9 @@ class Server:
 
     async def _run_call(
         self, conn: MessageConnection, key: int, own: asyncio.Semaphore, call: PendingCall,
-        nbytes: int,
+        nbytes: int, ran: list[bool],
     ) -> None:
+        ran[0] = True
         try:
             reply, failed = await finish_pending(self.dispatcher, call, self.config.call_timeout)
             if failed:
@@ -418,7 +440,8 @@ class Server:
         waitables: list[asyncio.Future[Any]] = [failed]
         loop = asyncio.get_running_loop()
 
-        async def run(msg: Message) -> None:
+        async def run(msg: Message, ran: list[bool]) -> None:
+            ran[0] = True
             try:
                 async with asyncio.timeout(self.config.call_timeout):
                     await spec.func(conn, msg)
@@ -462,9 +485,12 @@ class Server:
                     await _finish_calls(conn, calls, failed)
                     return
                 self.stats.messages += 1
-                task = loop.create_task(run(msg))
+                ran = [False]
+                task = loop.create_task(run(msg, ran))
                 calls.add(task)
                 task.add_done_callback(calls.discard)
+                task.add_done_callback(functools.partial(
+                    _never_ran, conn, self.limits, key, msg.nbytes, own, None, ran))
         except ConnectionClosedError as exc:
             logger.info("connection %s broke: %s", conn.conn_id, exc)
         finally:
