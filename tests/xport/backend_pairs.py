@@ -6,14 +6,17 @@
 ``"afpacket"`` when ``netns=True``), a fresh shared-memory link for ``"shm"``.
 Everything is removed on exit.
 
-Also a small two-process harness (this file run as a script): a sender and a
-receiver in separate processes, with link-level credits carried back on the
-reverse direction (the receiver advertises ``rx_buffers_posted()``; the
-sender never exceeds it), order and integrity checked, frames/s reported::
+Also the one two-process send-window harness (:func:`two_process`, and this
+file run as a script): a sender and a receiver in separate processes, with
+link-level credits carried back on the reverse direction (the receiver
+advertises its cumulative ``rx_buffers_posted()`` in CRED frames; the sender
+never has sent more than that), so no frame may be lost; the receiver checks
+every frame's number and every byte, and frames/s are reported::
 
     .venv/bin/python tests/xport/backend_pairs.py bench --kind shm --count 200000
     .venv/bin/python tests/xport/backend_pairs.py bench --kind afpacket --count 200000
     .venv/bin/python tests/xport/backend_pairs.py bench --kind afxdp --count 200000
+    .venv/bin/python tests/xport/backend_pairs.py bench --kind afxdp --netns --count 200000
 """
 
 from __future__ import annotations
@@ -44,8 +47,6 @@ CRED = b"CRED"
 _DATA_HDR = struct.Struct("!4sI")  # tag, seq
 _CRED = struct.Struct("!4sQ")  # tag, rx_buffers_posted
 
-
-
 _T = TypeVar("_T")
 
 
@@ -67,21 +68,30 @@ def finish_child(proc: subprocess.Popen[str], work: Callable[[], _T], timeout: f
         raise RuntimeError(f"{who} failed ({proc.returncode}): {err[-3000:]}")
     return res, json.loads(out.strip().splitlines()[-1])
 
+
 def eth_frame(payload: bytes) -> bytes:
     """An Ethernet frame with our EtherType around ``payload`` (broadcast destination)."""
     return ETH_HDR + payload
 
 
+_PATTERN = bytes(range(256)) * 64  # padding source: 16 KiB, longer frames repeat it
+
+
 def data_frame(seq: int, size: int = 64) -> bytes:
-    """A numbered test frame of ``size`` bytes whose padding is derived from ``seq``."""
+    """A numbered test frame of ``size`` bytes (broadcast destination) whose
+    padding, every byte of it, depends on ``seq``: a frame mixed up with
+    another, or a buffer holding part of an older one, does not compare equal."""
     head = ETH_HDR + _DATA_HDR.pack(DATA, seq & 0xFFFFFFFF)
     pad = size - len(head)
     if pad < 0:
         raise ValueError("size too small")
-    return head + bytes([(seq + i) & 0xFF for i in range(min(pad, 64))]) + b"\xa5" * max(0, pad - 64)
+    off = (seq * 7) & 0xFF
+    src = _PATTERN if off + pad <= len(_PATTERN) else _PATTERN[:256] * ((off + pad) // 256 + 1)
+    return head + src[off:off + pad]
 
 
 def frame_seq(frame: bytes | memoryview) -> int:
+    """The number of a :func:`data_frame`; ``ValueError`` for any other frame."""
     tag, seq = _DATA_HDR.unpack_from(frame, 14)
     if tag != DATA:
         raise ValueError(f"not a data frame: {bytes(frame[:24])!r}")
@@ -188,33 +198,74 @@ def recv_n(be: FrameBackend, n: int, timeout: float = 5.0, *, copy: bool = True)
 
 
 def _open_end(kind: str, spec: dict[str, Any]) -> FrameBackend:
+    """One end of a two-process link. ``spec``: ``ring``; ``name`` and ``create``
+    (shm); ``ifname`` and ``netns`` (veth: afpacket opens in ``netns`` itself,
+    afxdp cannot - see :func:`_child_end`); ``open``: extra keyword arguments
+    for the backend's ``open`` (afpacket, afxdp: ring sizes)."""
+    extra = spec.get("open") or {}
+    ring = spec["ring"]
     if kind == "shm":
         from xport._shm import ShmBackend
 
         if spec["create"]:
-            return ShmBackend.create(spec["name"], slots=spec["ring"])
+            return ShmBackend.create(spec["name"], slots=ring)
         return ShmBackend.attach(spec["name"])
     if kind == "afpacket":
         from xport._afpacket import AfPacketBackend
 
-        return AfPacketBackend.open(spec["ifname"], frame_count=spec["ring"],
-                                    netns=spec.get("netns"))
+        return AfPacketBackend.open(spec["ifname"], **{"frame_count": ring,
+                                                       "netns": spec.get("netns"), **extra})
     if kind == "afxdp":
         from xport._afxdp import AfXdpBackend
 
-        ring = spec["ring"]
-        return AfXdpBackend.open(spec["ifname"], 0, frame_count=2 * ring, rx_size=ring,
-                                 tx_size=ring)
+        if spec.get("netns"):
+            raise ValueError("AfXdpBackend.open has no netns=: open the end in a child "
+                             "process that entered the namespace (_child_end)")
+        return AfXdpBackend.open(spec["ifname"], 0, **{"frame_count": 2 * ring, "rx_size": ring,
+                                                       "tx_size": ring, **extra})
     raise ValueError(f"two-process harness does not support {kind!r}")
+
+
+def _child_end(kind: str, spec: dict[str, Any]) -> FrameBackend:
+    """:func:`_open_end` in a child process, which first enters the end's netns
+    for afxdp (before any socket: AF_XDP binds, and its XDP program loads, in
+    the namespace the process is in when the socket is made)."""
+    if kind == "afxdp" and spec.get("netns"):
+        from pyroute2 import netns
+
+        netns.setns(spec["netns"])
+        spec = {k: v for k, v in spec.items() if k != "netns"}
+    return _open_end(kind, spec)
+
+
+def _describe(kind: str, be: FrameBackend) -> dict[str, Any]:
+    """What a result says of its end besides statistics: AF_XDP's socket mode
+    ("copy"/"zerocopy") and XDP attach mode ("native"/"generic")."""
+    if kind != "afxdp":
+        return {}
+    from xport._afxdp import AfXdpBackend
+
+    assert isinstance(be, AfXdpBackend)
+    return {"mode": be.mode, "xdp_mode": be.xdp_mode}
+
+
+def _send_credit(be: FrameBackend, posted: int, deadline: float) -> None:
+    """Advertise ``posted`` (a CRED frame). Retried at once while the TX ring is
+    full - the sender is waiting for it - until ``deadline``."""
+    frame = [eth_frame(_CRED.pack(CRED, posted))]
+    while be.send_batch(frame) == 0:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"credit {posted} not sent: the TX ring stays full")
+        be.flush()
 
 
 def run_sender(be: FrameBackend, count: int, size: int, batch: int,
                timeout: float) -> dict[str, Any]:
-    """Send ``count`` numbered frames, never more than the receiver's advertised credit."""
+    """Send ``count`` numbered frames of ``size`` bytes (:func:`data_frame`),
+    ``batch`` at a time, never more than the receiver's advertised credit."""
     credit = 0  # receiver's rx_buffers_posted as last advertised
     sent = 0
     deadline = time.monotonic() + timeout
-    frames = [data_frame(i, size) for i in range(count)]
     t0 = time.perf_counter()
     while sent < count:
         for f in be.recv_batch(64):
@@ -225,9 +276,10 @@ def run_sender(be: FrameBackend, count: int, size: int, batch: int,
         if room <= 0:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"sender stalled at {sent}/{count}, credit {credit}")
-            be.wait_readable(0.2)
+            be.flush()  # what is queued must go out for the credit to come back
+            be.wait_readable(0.05)
             continue
-        out = frames[sent:sent + room]
+        out = [data_frame(s, size) for s in range(sent, sent + room)]
         n = be.send_batch(out)
         sent += n
         if n < len(out):
@@ -238,85 +290,127 @@ def run_sender(be: FrameBackend, count: int, size: int, batch: int,
     return {"sent": sent, "seconds": time.perf_counter() - t0, "stats": be.statistics().as_dict()}
 
 
-def run_receiver(be: FrameBackend, count: int, ring: int, timeout: float) -> dict[str, Any]:
-    """Receive ``count`` frames, checking order; advertise credit every ring/4 frees."""
-    threshold = max(1, ring // 4)
-    advertised = be.rx_buffers_posted()
-    send_all(be, [eth_frame(_CRED.pack(CRED, advertised))])
-    expect = 0
-    bad = 0
+def run_receiver(be: FrameBackend, count: int, ring: int, timeout: float, *, size: int = 64,
+                 copy: bool = True, credit_every: int | None = None) -> dict[str, Any]:
+    """Receive frames numbered 0 to ``count - 1`` (:func:`data_frame` of ``size``
+    bytes), advertising credit every ``credit_every`` (default ``ring // 4``)
+    buffers posted, and at once when idle (the sender may have started after
+    the last advertisement).
+
+    Every frame is checked: a number other than the next expected counts in
+    ``out_of_order`` (and the count resyncs to it, so a loss shows up as a count,
+    not as a timeout); bytes other than :func:`data_frame`'s, or a frame that is
+    not a data frame, count in ``damaged``. ``copy=False`` receives zero-copy
+    views, released once checked. Ends when frame ``count - 1`` arrives."""
+    threshold = credit_every or max(1, ring // 4)
     deadline = time.monotonic() + timeout
+    advertised = be.rx_buffers_posted()
+    _send_credit(be, advertised, deadline)
+    expect = received = out_of_order = damaged = 0
     t0 = None
     while expect < count:
-        got = be.recv_batch(64)
+        got = be.recv_batch(64, copy=copy)
         if not got:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"receiver stalled at {expect}/{count}")
             if not be.wait_readable(0.05):
-                # idle: re-advertise (the sender may have started after the last one)
-                send_all(be, [eth_frame(_CRED.pack(CRED, advertised))])
+                advertised = be.rx_buffers_posted()
+                _send_credit(be, advertised, deadline)
             continue
         if t0 is None:
             t0 = time.perf_counter()
         for f in got:
-            if frame_seq(f.data) != expect:
-                bad += 1
-            expect += 1
+            d = f.data
+            tag, seq = _DATA_HDR.unpack_from(d, 14)
+            if tag != DATA:
+                damaged += 1
+            else:
+                if seq != expect:
+                    out_of_order += 1
+                if d != data_frame(seq, size):
+                    damaged += 1
+                expect = seq + 1
+                received += 1
+            f.release()
         posted = be.rx_buffers_posted()
         if posted - advertised >= threshold or expect >= count:
             advertised = posted
-            send_all(be, [eth_frame(_CRED.pack(CRED, advertised))])
+            _send_credit(be, advertised, deadline)
     secs = time.perf_counter() - (t0 or time.perf_counter())
-    return {"received": expect, "out_of_order": bad, "seconds": secs,
-            "stats": be.statistics().as_dict()}
+    return {"received": received, "out_of_order": out_of_order, "damaged": damaged,
+            "seconds": secs, "stats": be.statistics().as_dict()}
 
 
 def two_process(kind: str, *, count: int = 20000, size: int = 64, batch: int = 64,
-                ring: int = 1024, timeout: float = 30.0) -> dict[str, Any]:
-    """Receiver here, sender in a child process; returns both sides' results.
+                ring: int = 1024, timeout: float = 30.0, netns: bool | None = None,
+                copy: bool = True, credit_every: int | None = None,
+                receiver_open: dict[str, Any] | None = None,
+                sender_open: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A sender and a receiver (:func:`run_sender`, :func:`run_receiver`) in two
+    processes over a fresh link; returns ``{"receiver": ..., "sender": ...}``.
 
-    afpacket: a fresh veth pair, the receiver on the host end inside its own
-    netns. shm: this process creates the link, the child attaches by name.
-    """
+    shm: the receiver here creates the link, the sender in a child attaches
+    by name. afpacket: a fresh veth pair, the receiver here on the host end,
+    in its own netns unless ``netns=False``; the sender in a child. afxdp: a
+    fresh veth pair; by default both ends in the root namespace, the receiver
+    here; with ``netns=True`` the host end is in its own netns and the
+    receiver is the child, which enters it before making its socket (and
+    loads its own XDP program there), the sender here.
+
+    ``ring`` sizes both ends; ``receiver_open`` / ``sender_open`` are extra
+    keyword arguments for that end's backend ``open`` (veth kinds).
+    ``copy=False``: the receiver takes zero-copy views."""
+    netns = kind == "afpacket" if netns is None else netns
+    if netns and kind == "shm":
+        raise ValueError("shm has no network namespace")
+    rspec: dict[str, Any] = {"ring": ring, "open": receiver_open or {}}
+    sspec: dict[str, Any] = {"ring": ring, "open": sender_open or {}}
     with contextlib.ExitStack() as st:
         if kind == "shm":
-            from xport._shm import ShmBackend
-
             name = f"tp-{os.getpid()}-{random_suffix()}"
-            rx: FrameBackend = st.enter_context(ShmBackend.create(name, slots=ring))
-            child_spec: dict[str, Any] = {"create": False, "name": name, "ring": ring}
-        elif kind == "afpacket":
-            from xport._afpacket import AfPacketBackend
+            rspec.update(create=True, name=name)
+            sspec.update(create=False, name=name)
+        elif kind in ("afpacket", "afxdp"):
             from xport._topology import VethPair
 
-            pair = st.enter_context(VethPair(queues=1, host_netns=True))
+            pair = st.enter_context(VethPair(queues=1, host_netns=netns))
             assert pair.agent is not None and pair.host is not None
-            rx = st.enter_context(AfPacketBackend.open(pair.host.ifname, frame_count=ring,
-                                                       netns=pair.host.netns))
-            child_spec = {"ifname": pair.agent.ifname, "ring": ring}
-        elif kind == "afxdp":
-            from xport._topology import VethPair
-
-            # both ends in the root namespace (AfXdpBackend.open has no netns= argument)
-            pair = st.enter_context(VethPair(queues=1))
-            assert pair.agent is not None and pair.host is not None
-            rx = st.enter_context(_open_end("afxdp", {"ifname": pair.host.ifname,
-                                                      "ring": ring}))
-            child_spec = {"ifname": pair.agent.ifname, "ring": ring}
+            rspec.update(ifname=pair.host.ifname, netns=pair.host.netns)
+            sspec["ifname"] = pair.agent.ifname
         else:
             raise ValueError(f"two-process harness does not support {kind!r}")
-        cmd = [sys.executable, os.path.abspath(__file__), "send", "--kind", kind,
-               "--spec", json.dumps(child_spec), "--count", str(count), "--size", str(size),
-               "--batch", str(batch), "--timeout", str(timeout)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        rres, sres = finish_child(proc, lambda: run_receiver(rx, count, ring, timeout), timeout,
-                                  "sender")
-        return {"receiver": rres, "sender": sres}
+        common = ["--kind", kind, "--count", str(count), "--size", str(size),
+                  "--timeout", str(timeout)]
+        env = None
+        if kind == "afxdp" and netns:  # the receiver is the child
+            here, child = "sender", "receiver"
+            be = st.enter_context(_open_end(kind, sspec))
+            cmd = ["recv", "--spec", json.dumps(rspec), "--ring", str(ring), *common]
+            cmd += ([] if copy else ["--zero-copy"])
+            cmd += ([] if credit_every is None else ["--credit-every", str(credit_every)])
+            env = {**os.environ, "LIBXDP_SKIP_DISPATCHER": "1"}
+
+            def work() -> dict[str, Any]:
+                return run_sender(be, count, size, batch, timeout)
+        else:
+            here, child = "receiver", "sender"
+            be = st.enter_context(_open_end(kind, rspec))
+            cmd = ["send", "--spec", json.dumps(sspec), "--batch", str(batch), *common]
+
+            def work() -> dict[str, Any]:
+                return run_receiver(be, count, ring, timeout, size=size, copy=copy,
+                                    credit_every=credit_every)
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *cmd],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+        mine, theirs = finish_child(proc, work, timeout, child)
+        mine.update(_describe(kind, be))
+        return {here: mine, child: theirs}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("role", choices=["send", "bench"])
+    ap.add_argument("role", choices=["send", "recv", "bench"])
     ap.add_argument("--kind", default="shm", choices=["shm", "afpacket", "afxdp"])
     ap.add_argument("--spec", default="{}")
     ap.add_argument("--count", type=int, default=200000)
@@ -324,21 +418,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--ring", type=int, default=1024)
     ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--zero-copy", action="store_true", help="the receiver takes views")
+    ap.add_argument("--credit-every", type=int, default=None)
+    ap.add_argument("--netns", action="store_true",
+                    help="bench: the receiver's end in its own netns (afxdp: in the child)")
     args = ap.parse_args(argv)
-    if args.role == "send":
-        be = _open_end(args.kind, json.loads(args.spec))
+    if args.role in ("send", "recv"):  # the child of two_process
+        be = _child_end(args.kind, json.loads(args.spec))
         try:
-            res = run_sender(be, args.count, args.size, args.batch, args.timeout)
+            if args.role == "send":
+                res = run_sender(be, args.count, args.size, args.batch, args.timeout)
+            else:
+                res = run_receiver(be, args.count, args.ring, args.timeout, size=args.size,
+                                   copy=not args.zero_copy, credit_every=args.credit_every)
+            res.update(_describe(args.kind, be))
         finally:
             be.close()
         print(json.dumps(res))
         return 0
     res = two_process(args.kind, count=args.count, size=args.size, batch=args.batch,
-                      ring=args.ring, timeout=args.timeout)
-    r = res["receiver"]
+                      ring=args.ring, timeout=args.timeout, netns=args.netns or None,
+                      copy=not args.zero_copy, credit_every=args.credit_every)
+    r, s = res["receiver"], res["sender"]
     print(f"{args.kind}: {r['received']} frames of {args.size} B in {r['seconds']:.3f} s = "
-          f"{r['received'] / r['seconds']:,.0f} frames/s; out of order {r['out_of_order']}, "
-          f"rx_dropped {r['stats']['rx_dropped']}")
+          f"{r['received'] / max(r['seconds'], 1e-9):,.0f} frames/s; out of order "
+          f"{r['out_of_order']}, damaged {r['damaged']}, rx_dropped {r['stats']['rx_dropped']}, "
+          f"rx_fill_empty {r['stats']['rx_fill_empty']}"
+          + (f"; sender kicks {s['stats']['extra']['kicks']} busy "
+             f"{s['stats']['extra']['kick_busy']}" if args.kind == "afxdp" else ""))
     return 0
 
 
