@@ -95,7 +95,6 @@ _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _OWNED = re.compile(r"mx([ahn])([0-9a-z]{5})([0-9a-f]{6})")
 _ALIAS = re.compile(r"mux-rpc owner pid=([1-9][0-9]{0,9}) start=([0-9]{1,20}) "
                     r"pidns=([0-9]{1,20})")
-IFNAMSIZ = 16  # include/uapi/linux/if.h: 15 bytes and the NUL
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +241,8 @@ class VethPair:
     Use as a context manager. Names are unique per instance unless given; the
     ones made up here follow :func:`owned_name` (the creating process's pid and
     six random hex digits), so that :func:`sweep_stale` can remove them once
-    that process is gone. Given names are never swept.
+    that process is gone. A given name is swept only if it matches that
+    pattern itself (and the alias written here names the same pid).
     """
 
     def __init__(
