@@ -267,3 +267,50 @@ def test_half_close_gets_every_reply() -> None:
             w.close()
 
     run(main)
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+        self.reading = True
+
+    def write(self, data: Any) -> None:
+        assert not self.closed
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def test_eof_while_writing_is_paused_still_answers_what_was_read() -> None:
+    """Requests read while writing toward the client was paused are not
+    parsed yet; a FIN arriving then must not close before they are answered
+    (the reply comes once writing resumes, then the close)."""
+
+    async def main() -> None:
+        app, _ = make_app()
+        server = mux_rpc.DirectServer(app, mux_rpc.ServerConfig())
+        proto = server._protocol_factory()
+        tr = _Transport()
+        proto.connection_made(tr)
+        proto.pause_writing()
+        proto.data_received(msgpack.packb([0, 1, "echo", ["a"]]))
+        assert tr.written == b""  # not parsed while paused
+        proto.eof_received()
+        assert not tr.closed
+        proto.resume_writing()
+        assert msgpack.unpackb(bytes(tr.written)) == [1, 1, None, ["a"]]
+        assert tr.closed
+
+    run(main)

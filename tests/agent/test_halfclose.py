@@ -1,0 +1,207 @@
+"""Half-close in the agent (docs/protocol.md §3.13) with real TCP clients on
+loopback, the real xport link over the in-memory backend pair and a fake
+host: EOF after the last DATA, replies after the FIN, the host's CLOSE ending
+it with a FIN, the half-close timeout, and an old peer dropping EOF."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from agent_fakes import FakeHost, frame, run
+
+from agent import Agent, AgentConfig
+from xport import _link
+from xport import _protocol as P
+from xport._link import Link, LinkConfig
+from xport.testing import memory_backend_pair
+
+ST = P.Status
+
+
+@contextlib.asynccontextmanager
+async def rig(host_window: tuple[int, int] = (64, 0),
+              **cfg: Any) -> AsyncIterator[tuple[Agent, FakeHost, int]]:
+    a, h = memory_backend_pair(rx_buffers=64)
+    agent = Agent([a], AgentConfig(queues=1, **cfg), tick_interval=0.02)
+    await agent.start()
+    host = FakeHost([h], window=host_window)
+    try:
+        host.send(P.Listen(1, "127.0.0.1", 0, "length"), q=0)
+        res = await host.expect(P.ListenResult)
+        assert res.status == ST.OK
+        yield agent, host, int(res.port)
+    finally:
+        await agent.close()
+        host.close()
+
+
+async def raw_client(port: int) -> socket.socket:
+    s = socket.socket()
+    s.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", port))
+    return s
+
+
+async def read_to_eof(s: socket.socket, timeout: float = 5.0) -> bytes:
+    """Everything until the server's FIN (raises on a reset)."""
+    loop = asyncio.get_running_loop()
+    out = bytearray()
+    async with asyncio.timeout(timeout):
+        while chunk := await loop.sock_recv(s, 65536):
+            out += chunk
+    return bytes(out)
+
+
+def frames(data: bytes) -> list[bytes]:
+    out, off = [], 0
+    while off < len(data):
+        (n,) = struct.unpack_from("!I", data, off)
+        out.append(data[off + 4:off + 4 + n])
+        off += 4 + n
+    assert off == len(data)
+    return out
+
+
+def test_fin_then_eof_then_replies_then_host_close_is_a_fin() -> None:
+    async def main() -> None:
+        # the host's window: 2 messages, so most requests wait in the agent
+        async with rig(host_window=(2, 1 << 20)) as (agent, host, port):
+            s = await raw_client(port)
+            s.sendall(b"".join(frame(b"req%d" % i) for i in range(5)))
+            s.shutdown(socket.SHUT_WR)  # as `nc -N` does
+            cid = (await host.expect(P.NewConnection)).conn_id
+            got = await host.collect(P.Data, cid, 2)
+            await asyncio.sleep(0.05)
+            assert host.take(P.Eof) == []  # three still wait for credit
+            host.send(P.Credit(cid, 3, 1 << 20))
+            got += await host.collect(P.Data, cid, 3)
+            assert [bytes(m.payload) for m in got] == [frame(b"req%d" % i) for i in range(5)]
+            await host.expect(P.Eof, cid)  # after the last DATA
+            # replies, well after the FIN
+            await asyncio.sleep(0.1)
+            for i in range(5):
+                host.send(P.Data(cid, b"rep%d" % i))
+            host.send(P.Close(cid))
+            assert frames(await read_to_eof(s)) == [b"rep%d" % i for i in range(5)]
+            closed = await host.expect(P.Closed, cid)
+            assert (closed.reason, closed.text) == (ST.LOCAL_CLOSE, "closed_by_host")
+            st = agent.statistics()
+            assert st["half_closes"] == 1 and st["closed"] == {"closed_by_host": 1}
+            assert st["buffered_bytes"] == 0 and st["connections_open"] == 0
+            assert st["host_errors"] == {}
+            s.close()
+    run(main())
+
+
+def test_replies_drain_with_credit_after_the_fin() -> None:
+    async def main() -> None:
+        # the agent grants the host 4 messages: 40 replies need CREDIT back
+        async with rig(initial_window_messages=4) as (agent, host, port):
+            s = await raw_client(port)
+            s.sendall(frame(b"go"))
+            s.shutdown(socket.SHUT_WR)
+            cid = (await host.expect(P.NewConnection)).conn_id
+            await host.expect(P.Eof, cid)
+            reader = asyncio.ensure_future(read_to_eof(s))
+            sent = credit = 0
+            while sent < 40:
+                while sent < 40 and sent - credit < 4:
+                    host.send(P.Data(cid, b"%d" % sent))
+                    sent += 1
+                if sent < 40:
+                    credit += (await host.expect(P.Credit, cid)).messages
+            host.send(P.Close(cid))
+            assert frames(await reader) == [b"%d" % i for i in range(40)]
+            await host.expect(P.Closed, cid)
+            assert agent.statistics()["host_errors"] == {}
+            s.close()
+    run(main())
+
+
+def test_half_close_timeout_closes_the_socket_when_the_host_never_does() -> None:
+    async def main() -> None:
+        async with rig(half_close_timeout=0.3) as (agent, host, port):
+            s = await raw_client(port)
+            s.sendall(frame(b"q"))
+            s.shutdown(socket.SHUT_WR)
+            cid = (await host.expect(P.NewConnection)).conn_id
+            await host.expect(P.Data, cid)
+            await host.expect(P.Eof, cid)
+            t0 = time.monotonic()
+            host.send(P.Data(cid, b"only answer"))  # and then nothing, no CLOSE
+            data = await read_to_eof(s)
+            waited = time.monotonic() - t0
+            assert frames(data) == [b"only answer"]
+            assert 0.25 < waited < 3, waited
+            closed = await host.expect(P.Closed, cid)
+            assert closed.text.startswith("half_close_timeout")
+            st = agent.statistics()
+            assert st["half_close_timeouts"] == 1 and st["closed"] == {"half_close_timeout": 1}
+            assert st["connections_open"] == 0
+            s.close()
+    run(main())
+
+
+def test_client_reset_after_fin_is_reported() -> None:
+    async def main() -> None:
+        async with rig() as (agent, host, port):
+            s = await raw_client(port)
+            s.shutdown(socket.SHUT_WR)
+            cid = (await host.expect(P.NewConnection)).conn_id
+            await host.expect(P.Eof, cid)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # RST
+            await asyncio.sleep(0.05)
+            host.send(P.Data(cid, b"into the void"))  # the write meets the reset
+            closed = await host.expect(P.Closed, cid)
+            assert closed.reason in (ST.RESET, ST.PEER_CLOSED)
+            assert agent.statistics()["connections_open"] == 0
+    run(main())
+
+
+@pytest.mark.parametrize("eof_known", [True, False])
+def test_an_old_peer_counts_eof_as_unknown_and_keeps_going(
+        eof_known: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """§3.13.5: a receiver that does not know type 13 counts ``unknown_type``,
+    drops it, and every other message still arrives."""
+    if not eof_known:
+        real = _link.decode_body
+
+        def old_decode(mtype: int, conn_id: int, aux: int, body: memoryview) -> P.Message:
+            if mtype == P.MessageType.EOF:
+                raise P.ProtocolError("unknown_type", f"type {mtype}")
+            return real(mtype, conn_id, aux, body)
+        monkeypatch.setattr(_link, "decode_body", old_decode)
+    a, b = memory_backend_pair(rx_buffers=16)
+    now = 0.0
+    mk = lambda role, mine, peer: LinkConfig(  # noqa: E731
+        role=role, local_mac=mine, peer_mac=peer)
+    sender = Link(a, mk(P.Role.AGENT, b"\x02\0\0\0\0\x01", b"\x02\0\0\0\0\x02"), now=now)
+    receiver = Link(b, mk(P.Role.HOST, b"\x02\0\0\0\0\x02", b"\x02\0\0\0\0\x01"), now=now)
+    got: list[P.Message] = []
+    for _ in range(5):  # the handshake
+        sender.flush(now)
+        got += receiver.poll(64, now)
+        receiver.flush(now)
+        sender.poll(64, now)
+    sender.send(P.Data(5, b"before"))
+    sender.send(P.Eof(5))
+    sender.send(P.Data(6, b"after"))
+    sender.flush(now)
+    got += receiver.poll(64, now)
+    payloads = [m for m in got if not isinstance(m, P.Hello)]
+    if eof_known:
+        assert payloads == [P.Data(5, b"before"), P.Eof(5), P.Data(6, b"after")]
+        assert "unknown_type" not in receiver.stats.dropped
+    else:
+        assert payloads == [P.Data(5, b"before"), P.Data(6, b"after")]
+        assert receiver.stats.dropped["unknown_type"] == 1
+    a.close()
+    b.close()
