@@ -57,11 +57,20 @@ from ._wire import ETHERTYPE, WireError
 if TYPE_CHECKING:
     from ._afxdp import AfXdpBackend
     from ._bpfload import XdpProgram
-    from ._topology import LinkEnd, VethPair, install_cleanup_handlers
+    from ._topology import (
+        LinkEnd,
+        SweepResult,
+        VethPair,
+        install_cleanup_handlers,
+        owned_name,
+        parse_owned_name,
+        sweep_stale,
+    )
 
     AFXDP_IMPORT_ERROR: str | None
 
-_TOPOLOGY_NAMES = frozenset({"LinkEnd", "VethPair", "install_cleanup_handlers"})
+_TOPOLOGY_NAMES = frozenset({"LinkEnd", "SweepResult", "VethPair", "install_cleanup_handlers",
+                             "owned_name", "parse_owned_name", "sweep_stale"})
 _AFXDP_NAMES = frozenset({"AfXdpBackend", "XdpProgram", "AFXDP_IMPORT_ERROR"})
 
 
@@ -125,10 +134,14 @@ __all__ = [
     "SendWindow",
     "ShmBackend",
     "Status",
+    "SweepResult",
     "TxSlot",
     "VethPair",
     "WireError",
     "XdpProgram",
     "install_cleanup_handlers",
     "make_data",
+    "owned_name",
+    "parse_owned_name",
+    "sweep_stale",
 ]
