@@ -96,7 +96,7 @@ _STATUS_FOR_REASON: dict[str, int] = {
 
 
 #: connection states with a timer (Connection.check_timeouts)
-_TIMED_STATES = frozenset({ConnState.CLOSING, ConnState.HALF_CLOSED})
+_TIMED_STATES = (ConnState.CLOSING, ConnState.HALF_CLOSED)  # a tuple: identity compares
 
 
 def status_for(reason: str) -> int:

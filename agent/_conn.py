@@ -69,10 +69,12 @@ log = logging.getLogger("agent")
 
 S, E, A = ConnState, ConnEvent, Action
 
+# (tuples, not sets: ``in`` then compares identities, while hashing an Enum
+# member is a Python-level call)
 #: the client's FIN was seen and parsed messages may still wait for credit
-_DRAINING = frozenset({S.DRAINING, S.DRAINING_CLOSED})
+_DRAINING = (S.DRAINING, S.DRAINING_CLOSED)
 #: states in which host credit still matters (replies can reach the client)
-_CREDIT_STATES = frozenset({S.OPEN, S.DRAINING, S.HALF_CLOSED, S.DRAINING_CLOSED})
+_CREDIT_STATES = (S.OPEN, S.DRAINING, S.HALF_CLOSED, S.DRAINING_CLOSED)
 
 
 class Budget:
