@@ -14,9 +14,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from agent_fakes import FakeHost, frame, run
+from agent_fakes import FakeHost, FakeOwner, FakeTransport, frame, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from agent import Agent, AgentConfig
+from agent import Agent, AgentConfig, Connection, ConnState
+from agent._codec import make_framer
 from xport import _link
 from xport import _protocol as P
 from xport._link import Link, LinkConfig
@@ -205,3 +208,62 @@ def test_an_old_peer_counts_eof_as_unknown_and_keeps_going(
         assert receiver.stats.dropped["unknown_type"] == 1
     a.close()
     b.close()
+
+
+# -- the connection shell: credit and budget stay consistent across a FIN ---------------
+
+class _Owner(FakeOwner):
+    def __init__(self, config: AgentConfig) -> None:
+        super().__init__(config)
+        self.eof_after: list[int] = []  # messages delivered when EOF went out
+
+    def to_host_eof(self, conn: Connection) -> None:
+        self.eof_after.append(len(self.data))
+
+
+@settings(max_examples=200, deadline=None)
+@given(bodies=st.lists(st.binary(max_size=40), max_size=12),
+       cuts=st.lists(st.integers(0, 600), max_size=8),
+       window=st.tuples(st.integers(1, 4), st.integers(44, 200)),
+       grants=st.lists(st.tuples(st.booleans(), st.integers(0, 2), st.integers(0, 60)),
+                       max_size=30))
+def test_fin_amid_random_reads_and_credits_delivers_all_then_one_eof(
+        bodies: list[bytes], cuts: list[int], window: tuple[int, int],
+        grants: list[tuple[bool, int, int]]) -> None:
+    cfg = AgentConfig(max_message_size=1000, max_buffered_per_connection=8192,
+                      initial_window_bytes=1000, max_write_buffer=1000)
+    owner = _Owner(cfg)
+    conn = Connection(owner, 7, make_framer("length", 1000), host_window=window)
+    tr = FakeTransport()
+    conn.connection_made(tr)
+    wire = b"".join(frame(b) for b in bodies)
+    points = sorted({0, len(wire), *(c for c in cuts if c < len(wire))})
+    chunks = [wire[a:b] for a, b in zip(points, points[1:])]
+    granted = [window[0], window[1]]
+
+    def credit(m: int, b: int) -> None:
+        # never beyond what was consumed (the host's side of §5)
+        sw = conn.send_window
+        m = min(m, granted[0] - sw.messages)
+        b = min(b, granted[1] - sw.bytes)
+        if m or b:
+            conn.on_credit(m, b)
+
+    for to_client, m, b in grants:
+        if to_client and chunks:
+            conn.data_received(chunks.pop(0))
+        else:
+            credit(m, b)
+        assert conn.send_window.messages >= 0 and conn.send_window.bytes >= 0
+    for chunk in chunks:
+        conn.data_received(chunk)
+    assert conn.eof_received() is True
+    for _ in range(len(bodies) + 1):  # the host consumes everything eventually
+        credit(window[0], window[1])
+    assert [d[1] for d in owner.data] == [frame(b) for b in bodies]
+    assert owner.eof_after == [len(bodies)]  # once, after the last message
+    assert conn.state is ConnState.HALF_CLOSED and not tr.closed
+    assert owner.budget.used == 0 and conn.accounted == 0 and not conn.pending
+    assert owner.closed == [] and not owner.stats.host_errors
+    conn.host_data(b"answer")
+    assert tr.written.endswith(frame(b"answer"))
