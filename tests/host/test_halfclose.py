@@ -213,3 +213,38 @@ async def test_server_full_close_still_cancels_the_calls() -> None:
     await asyncio.gather(serving, return_exceptions=True)
     await host.close()
     await agent.close()
+
+
+@run
+async def test_stream_handlers_finish_and_reply_after_the_fin() -> None:
+    host, agent, _ = await make(config=dataclasses.replace(HostConfig(), close_timeout=2.0))
+    app = App()
+    gate = asyncio.Event()
+
+    @app.stream_handler(port=0, framer="length", concurrency=4)
+    async def h(conn: Any, msg: Any) -> None:
+        await gate.wait()
+        await conn.send(msg.payload.upper())
+
+    server = Server(app)
+    lst = await host.listen(0, "length")
+    serving = asyncio.create_task(server.serve(lst, handler=app.stream_handlers[0]))
+    await agent.send(0, P.NewConnection(31, lst.listener_id, "127.0.0.1", 1))
+    await settle()
+    await agent.send(0, P.Data(31, b"a"), P.Data(31, b"b"), P.Eof(31))
+    await settle()
+    assert agent.of_type(P.Close) == []  # the handlers still run
+    gate.set()
+    await settle()
+    sent = [(type(m), getattr(m, "payload", None)) for _, m in agent.received
+            if getattr(m, "conn_id", None) == 31 and isinstance(m, (P.Data, P.Close))]
+    assert sorted(bytes(p) for t, p in sent if t is P.Data) == [b"A", b"B"]
+    assert sent[-1][0] is P.Close
+    await agent.send(0, P.Closed(31, P.Status.LOCAL_CLOSE, "closed_by_host"))
+    await settle()
+    assert server.limits.inflight() == 0
+    await server.close()
+    serving.cancel()
+    await asyncio.gather(serving, return_exceptions=True)
+    await host.close()
+    await agent.close()
