@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="SECONDS",
                    help="silence from the host after which its link is lost and its "
                         "connections reset (default %(default)s)")
+    p.add_argument("--half-close-timeout", type=float, default=_D.half_close_timeout,
+                   metavar="SECONDS",
+                   help="after a client's FIN the host may still reply; a connection "
+                        "the host neither answers nor closes for this long is closed "
+                        "(default %(default)s)")
     p.add_argument("--tls-cert", metavar="PEM", help="default TLS certificate for LISTEN")
     p.add_argument("--tls-key", metavar="PEM", help="default TLS key for LISTEN")
     p.add_argument("--allow-non-loopback", action="store_true",
@@ -118,6 +123,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         initial_window_bytes=args.window_bytes,
         max_write_buffer=max(_D.max_write_buffer, args.window_bytes),
         keepalive_interval=args.keepalive, keepalive_timeout=args.keepalive_timeout,
+        half_close_timeout=args.half_close_timeout,
         use_uvloop=args.uvloop, allow_non_loopback=args.allow_non_loopback,
         tls_certfile=args.tls_cert, tls_keyfile=args.tls_key)
 

@@ -22,8 +22,18 @@ def test_help_explains() -> None:
                          text=True, timeout=30, cwd=REPO)
     assert out.returncode == 0
     for word in ("--ifname", "--queues", "--netns", "--backend", "--shm-name", "afxdp",
-                 "shm", "SIGTERM", "loopback"):
+                 "shm", "SIGTERM", "loopback", "--half-close-timeout"):
         assert word in out.stdout
+
+
+def test_half_close_timeout_reaches_the_config() -> None:
+    from agent._main import _config, build_parser
+
+    args = build_parser().parse_args(["--backend", "shm", "--shm-name", "x",
+                                      "--half-close-timeout", "2.5"])
+    assert _config(args).half_close_timeout == 2.5
+    default = build_parser().parse_args(["--backend", "shm", "--shm-name", "x"])
+    assert _config(default).half_close_timeout == agent.AgentConfig().half_close_timeout
 
 
 def test_bad_arguments_fail_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
