@@ -243,7 +243,8 @@ def format_report(s: dict[str, Any]) -> str:
     h, a = s["host"], s["agent"]
     out.append(f"host:  {h.get('messages_in', 0):,} messages in, {h.get('messages_out', 0):,} "
                f"out, {h.get('connections_accepted', 0)} connections accepted, "
-               f"{h.get('credits_sent', 0):,} credit grants sent, close reasons "
+               f"{h.get('credits_sent', 0):,} credit grants sent, "
+               f"{h.get('peer_half_closes', 0)} client half-closes answered, close reasons "
                f"{h.get('close_reasons', {})}")
     if "error" in a:
         out.append(f"agent: {a['error']}")
