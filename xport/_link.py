@@ -1028,6 +1028,36 @@ class AsyncLink:
         self._queued(queued + nb)
         return len(payloads)
 
+    def try_send_runs(
+        self,
+        runs: Sequence[tuple[int, Sequence[bytes | bytearray | memoryview]]],
+        credits: Sequence[tuple[int, int, int]],
+        nbytes: int,
+    ) -> bool:
+        """Many ``try_send_many`` and ``try_send_credit`` calls with one
+        backpressure check, for a sender that batches a whole receive batch's
+        output (mux_rpc's run engine): ``runs`` are ``(conn_id, payloads)``
+        (DATA without a ULP header), ``credits`` are ``(conn_id, messages,
+        bytes)``; ``nbytes`` is the payloads' total length (the caller counted
+        it). Queue all of them - every run's DATA in order, then the CREDITs -
+        and return True, or queue nothing and return False when the link
+        pushes back. Like ``try_send_many`` it may leave the queue above
+        ``max_queued_bytes`` by what it added (bounded by the callers'
+        windows). Payload sizes are the caller's contract (each within the
+        peer's maximum message size): they are not checked here."""
+        link = self.link
+        queued = link._queued_bytes
+        if self._closed or queued > self._max_queued:
+            return False
+        extend = link._queue.extend
+        for conn_id, payloads in runs:
+            extend(zip(_REPEAT_DATA, repeat(conn_id), _REPEAT_0, payloads))
+        if credits:
+            pack = _CREDIT_BODY.pack
+            extend([(_CREDIT, c, 0, pack(m, b)) for c, m, b in credits])
+        self._queued(queued + nbytes + 8 * len(credits))
+        return True
+
     def _queued(self, queued: int) -> None:
         # after try_send_*: the link's new queue length, backpressure, one flush
         self.link._queued_bytes = queued
