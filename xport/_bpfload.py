@@ -312,21 +312,22 @@ class XdpProgram:
             self._attachments.remove(att)
             _detach(att, self.prog_id)
 
-    def mode_on(self, ifname: str | int) -> AttachMode | None:
-        """The mode this program is attached with on ``ifname``, or None."""
+    def _attachment_on(self, ifname: str | int) -> XdpAttachment | None:
         ifindex = ifname if isinstance(ifname, int) else _ifindex(ifname)[0]
         for att in self._attachments:
             if att.ifindex == ifindex:
-                return att.mode
+                return att
         return None
+
+    def mode_on(self, ifname: str | int) -> AttachMode | None:
+        """The mode this program is attached with on ``ifname``, or None."""
+        att = self._attachment_on(ifname)
+        return att.mode if att is not None else None
 
     def via_on(self, ifname: str | int) -> AttachVia | None:
         """How this program is attached to ``ifname`` (``"link"``/``"netlink"``), or None."""
-        ifindex = ifname if isinstance(ifname, int) else _ifindex(ifname)[0]
-        for att in self._attachments:
-            if att.ifindex == ifindex:
-                return att.via
-        return None
+        att = self._attachment_on(ifname)
+        return att.via if att is not None else None
 
     @property
     def attachments(self) -> tuple[XdpAttachment, ...]:

@@ -148,6 +148,15 @@ def req(msgid: int, method: str, *params: Any) -> bytes:
     return msgpack.packb([0, msgid, method, list(params)])  # type: ignore[no-any-return]
 
 
+async def shut_down(server: Server, serving: asyncio.Task[None], host: Any,
+                    agent: FakeAgent) -> None:
+    await server.close()
+    serving.cancel()
+    await asyncio.gather(serving, return_exceptions=True)
+    await host.close()
+    await agent.close()
+
+
 def reply_ids(agent: FakeAgent, cid: int) -> list[int]:
     return [msgpack.unpackb(m.payload)[1] for m in agent.of_type(P.Data)  # type: ignore[attr-defined]
             if m.conn_id == cid]
@@ -183,11 +192,7 @@ async def test_server_answers_every_request_sent_before_the_fin_then_closes() ->
     await agent.send(0, P.Closed(21, P.Status.LOCAL_CLOSE, "closed_by_host"))
     await settle()
     assert server.stats.connections_closed == 1 and server.limits.inflight() == 0
-    await server.close()
-    serving.cancel()
-    await asyncio.gather(serving, return_exceptions=True)
-    await host.close()
-    await agent.close()
+    await shut_down(server, serving, host, agent)
 
 
 @run
@@ -208,11 +213,7 @@ async def test_server_full_close_still_cancels_the_calls() -> None:
             break
     assert server.stats.connections_closed == 1 and server.limits.inflight() == 0
     assert reply_ids(agent, 23) == []
-    await server.close()
-    serving.cancel()
-    await asyncio.gather(serving, return_exceptions=True)
-    await host.close()
-    await agent.close()
+    await shut_down(server, serving, host, agent)
 
 
 @run
@@ -243,8 +244,4 @@ async def test_stream_handlers_finish_and_reply_after_the_fin() -> None:
     await agent.send(0, P.Closed(31, P.Status.LOCAL_CLOSE, "closed_by_host"))
     await settle()
     assert server.limits.inflight() == 0
-    await server.close()
-    serving.cancel()
-    await asyncio.gather(serving, return_exceptions=True)
-    await host.close()
-    await agent.close()
+    await shut_down(server, serving, host, agent)
