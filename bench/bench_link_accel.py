@@ -1,6 +1,7 @@
 """Link per-message cost with and without the C accelerator (``xport._linkfast``).
 
     .venv/bin/python bench/bench_link_accel.py [--size 64] [--runs 5] [--seconds 0.4]
+    .venv/bin/python bench/bench_link_accel.py --wakeup [--batch 4] [--base /tmp/wt-link]
 
 Two :class:`xport._link.Link` ends over ``xport.testing``'s in-memory backend
 pair (no kernel, no copies but the link's own): the sender queues a batch of
@@ -12,6 +13,16 @@ the sender ``poll``s. Reported per message, in ns: ``tx`` (the sender's
 (``XPORT_PURE_PYTHON=1`` for the pure-Python loops), alternated ``runs``
 times; medians of the runs and the pure/C ratios are printed. The machine is
 noisy: compare ratios, not absolute numbers.
+
+``--wakeup`` (root): the host's per-wake-up cost over real AF_XDP (a veth
+pair, one process, both ends): the agent end sends ``--batch`` small DATA
+(default 4) and flushes; the host end ``poll``s (``raw_runs``, as the host
+runs it), queues one reply per message (``try_send_runs``) and ``flush``es;
+the agent polls the replies. Reported per wake-up, in us of wall time (one
+process, no waiting inside the measured calls): ``poll`` and ``flush`` of the
+host end. With ``--base DIR`` a third mode runs the same with ``DIR`` (an
+older tree, e.g. a git worktree with the built ``*.so`` copied in) first on
+``PYTHONPATH``: before/after in one run.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,18 +81,95 @@ def measure(size: int, seconds: float, batch: int, raw: bool) -> dict[str, float
     }
 
 
+def measure_wakeup(size: int, seconds: float, batch: int) -> dict[str, float]:
+    """One run: us per host wake-up (poll, flush) over a real AF_XDP veth pair."""
+    import contextlib
+    import select
+
+    from xport import _link
+    from xport._afxdp import AfXdpBackend
+    from xport._link import AsyncLink, Link, LinkConfig
+    from xport._protocol import Role
+    from xport._topology import VethPair
+
+    with contextlib.ExitStack() as st:
+        pair = st.enter_context(VethPair(queues=1))
+        assert pair.agent is not None and pair.host is not None
+        ends = [st.enter_context(AfXdpBackend.open(e.ifname, 0, frame_count=512,
+                                                   rx_size=256, tx_size=256))
+                for e in (pair.agent, pair.host)]
+        a = Link(ends[0], LinkConfig(role=Role.AGENT))
+        h = Link(ends[1], LinkConfig(role=Role.HOST))
+        h.raw_runs = True
+        pa, ph = select.poll(), select.poll()
+        pa.register(a.fileno(), select.POLLIN)
+        ph.register(h.fileno(), select.POLLIN)
+        for _ in range(200):  # handshake (§3.1)
+            a.flush(), h.flush()
+            ph.poll(5), h.poll(), pa.poll(5), a.poll()
+            if a.established and h.established:
+                break
+        assert a.established and h.established
+        # the host's queueing, without an event loop: what AsyncLink.try_send_runs does
+        shim: Any = object.__new__(AsyncLink)
+        shim.link, shim._closed, shim._max_queued = h, False, h.config.max_queued_bytes
+        shim._flush_scheduled, shim._blocked = True, False
+        payload = bytes(size)
+        clock = time.perf_counter_ns
+        t_poll = t_flush = wakeups = msgs = 0
+        deadline = clock() + int(seconds * 1e9)
+        while clock() < deadline:
+            for i in range(batch):
+                a.send_data(1 + i % 2, payload)
+            a.flush()
+            got = 0
+            while got < batch:
+                ph.poll(1000)
+                t0 = clock()
+                out = h.poll(64)
+                t1 = clock()
+                n = sum(len(p) for _c, p in out)
+                shim.try_send_runs(out, [], n * size)
+                t2 = clock()
+                h.flush()
+                t3 = clock()
+                t_poll += t1 - t0
+                t_flush += t3 - t2
+                wakeups += 1
+                got += n
+            msgs += got
+            back = 0
+            while back < batch:
+                pa.poll(1000)
+                back += len(a.poll(64))
+        assert a.stats.dropped == {} and h.stats.dropped == {}, (a.stats, h.stats)
+        return {
+            "accelerated": float(getattr(_link, "ACCELERATED", False)),
+            "poll": t_poll / wakeups / 1e3,
+            "flush": t_flush / wakeups / 1e3,
+            "msgs": msgs / wakeups,
+        }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=64, help="DATA payload bytes")
-    ap.add_argument("--batch", type=int, default=512, help="messages queued per cycle")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="messages queued per cycle (default 512; 4 with --wakeup)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=0.4, help="per run")
     ap.add_argument("--objects", action="store_true", help="Data objects, not raw tuples")
+    ap.add_argument("--wakeup", action="store_true",
+                    help="per host wake-up over real AF_XDP (root; --batch default 4)")
+    ap.add_argument("--base", default="", help="with --wakeup: also run this tree (before)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.wakeup:
+        return wakeup_main(a)
     if a.worker:
         print(json.dumps(measure(a.size, a.seconds, a.batch, not a.objects)))
         return 0
+    a.batch = a.batch or 512
     argv = [sys.executable, __file__, "--worker", "--size", str(a.size), "--batch",
             str(a.batch), "--seconds", str(a.seconds)] + (["--objects"] * a.objects)  # fmt: skip
     res: dict[str, list[dict[str, float]]] = {"c": [], "pure": []}
@@ -105,6 +194,44 @@ def main() -> int:
         p = statistics.median(r[key] for r in res["pure"])
         c = statistics.median(r[key] for r in res["c"])
         print(f"{key:6}{p:9.0f}{c:9.0f}{p / c:8.2f}")
+    return 0
+
+
+def wakeup_main(a: argparse.Namespace) -> int:
+    batch = a.batch or 4
+    if a.worker:
+        sys.path.insert(0, os.environ.get("BENCH_TREE") or str(REPO))
+        print(json.dumps(measure_wakeup(a.size, a.seconds, batch)))
+        return 0
+    argv = [sys.executable, __file__, "--wakeup", "--worker", "--size", str(a.size),
+            "--batch", str(batch), "--seconds", str(a.seconds)]  # fmt: skip
+    modes = {"pure": ("1", str(REPO)), "c": ("", str(REPO))}
+    if a.base:
+        modes["base"] = ("", a.base)
+    res: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    for _ in range(a.runs):
+        for mode, (pure, tree) in modes.items():
+            env = dict(os.environ)
+            env.pop("XPORT_PURE_PYTHON", None)
+            if pure:
+                env["XPORT_PURE_PYTHON"] = "1"
+            env["BENCH_TREE"] = tree
+            env["PYTHONPATH"] = tree
+            out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120,
+                                 cwd=tree)  # fmt: skip
+            if out.returncode:
+                sys.stderr.write(out.stderr)
+                return 1
+            res[mode].append(json.loads(out.stdout))
+    print(f"AF_XDP host wake-up, {a.size}-byte DATA, {batch} per batch, {a.runs} runs of "
+          f"{a.seconds}s, median us per wake-up")
+    print(f"{'':7}" + "".join(f"{m:>9}" for m in res) + "".join(
+        f"{m + '/c':>9}" for m in res if m != "c"))
+    for key in ("poll", "flush", "msgs"):
+        med = {m: statistics.median(r[key] for r in rs) for m, rs in res.items()}
+        row = "".join(f"{med[m]:9.2f}" for m in res)
+        row += "".join(f"{med[m] / med['c']:9.2f}" for m in res if m != "c")
+        print(f"{key:7}{row}")
     return 0
 
 

@@ -32,7 +32,7 @@ import socket
 import struct
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from xport._backend import BackendStats, Buffer, FrameBackend, RxFrame, TxSlot
@@ -204,6 +204,15 @@ class AfXdpBackend(FrameBackend):
         if max(lens) > self.frame_size:
             raise ValueError(f"frame of {max(lens)} bytes exceeds frame_size {self.frame_size}")
         return self._sock.tx_burst(b"".join(frames), lens)
+
+    def strided_sender(self, buf: bytearray, stride: int,
+                       lens: array[int]) -> Callable[[int], int]:
+        """``send(n)``: ``send_batch`` of the frames ``buf[i * stride:][:lens[i]]`` for
+        ``i < n`` in one C call (``XskSocket.tx_stride_sender``): how ``xport.Link``
+        hands its frames over. ``lens`` is an ``array('I')`` with one entry per slot;
+        a frame longer than a UMEM frame raises ``OSError`` (EMSGSIZE)."""
+        self._check_open()
+        return self._sock.tx_stride_sender(buf, stride, lens)
 
     def reserve_tx(self, n: int) -> list[TxSlot]:
         self._check_open()

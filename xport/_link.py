@@ -71,6 +71,7 @@ import os
 import secrets
 import struct
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -149,6 +150,10 @@ _rx_whole: Callable[[bytes, int, int, int, int, list[Any]], tuple[int, int, int]
 )
 _pack_whole: Callable[[deque[Any], bytearray, int, int, int], tuple[int, int, int]] | None = (
     _linkfast.pack_whole if ACCELERATED else None
+)
+# newer builds: whole frames per call (pack_frames, FEATURES >= 3)
+_pack_frames: Callable[..., tuple[int, int, int, int, int]] | None = (
+    _linkfast.pack_frames if ACCELERATED and getattr(_linkfast, "FEATURES", 0) >= 3 else None
 )
 
 
@@ -309,12 +314,21 @@ class Link:
         self._head_sent = 0  # bytes of the queue head already sent as fragments
         self._queued_bytes = 0
         self._backlog: deque[bytes] = deque()  # built frames a full TX ring refused
-        self._bufs = [bytearray(self._frame_size) for _ in range(cfg.max_frames_per_flush)]
-        # Ethernet part of the header never changes: pack it once per buffer
-        for b in self._bufs:
-            b[0:6] = cfg.peer_mac
-            b[6:12] = cfg.local_mac
-            b[12:14] = ETHERTYPE.to_bytes(2, "big")
+        # the frames of one flush, built in place: frame i in the slot
+        # _txbuf[i * frame_size:(i + 1) * frame_size], its length in _txlens[i]
+        nslots = cfg.max_frames_per_flush
+        self._txbuf = bytearray(frame_size * nslots)
+        self._txlens = array("I", bytes(4 * nslots))
+        # Ethernet part of the header never changes: pack it once per slot
+        eth = cfg.peer_mac + cfg.local_mac + ETHERTYPE.to_bytes(2, "big")
+        for i in range(nslots):
+            self._txbuf[i * frame_size : i * frame_size + ETH_HEADER_SIZE] = eth
+        # a backend that sends the slots straight from _txbuf (AfXdpBackend:
+        # one C call, no join): tx(n) hands frames 0..n-1 over, returns how many
+        strided = getattr(backend, "strided_sender", None)
+        self._tx_strided: Callable[[int], int] | None = (
+            strided(self._txbuf, frame_size, self._txlens) if strided is not None else None
+        )
         self.stats = LinkStats()
         self._dropped = self.stats.dropped
         #: the peer's HELLO, once received (the first of its current session)
@@ -473,27 +487,85 @@ class Link:
         lc = self.credit
         queue = self._queue
         frame_size = self._frame_size
+        credit, ack = lc.advertise(posted)
+        seq = lc.sent
+        buf = self._txbuf
+        lens = self._txlens
+        msgs_out = frags_out = bytes_out = 0
+        head_sent = self._head_sent
+        nf = 0  # frames closed (frame nf is built at buf[nf * frame_size:])
+        off = count = 0  # an open frame left by pack_frames (count 0: none)
+        if self.accelerated and _pack_frames is not None and not head_sent:
+            # C: whole frames of whole messages, as the loop below builds them
+            nf, off, count, msgs_out, bytes_out = _pack_frames(
+                queue, buf, frame_size, nframes, seq & _MASK, credit, ack, lens
+            )
+        if queue and nf < nframes:
+            nf, off, msgs_out, frags_out, bytes_out = self._pack_frames_py(
+                nf, off, count, nframes, seq, credit, ack, msgs_out, bytes_out
+            )
+        self._queued_bytes -= bytes_out
+        lc.on_data_sent(nf)
+        st = self.stats
+        st.fragments_out += frags_out
+        st.messages_out += msgs_out
+        tx = self._tx_strided
+        if tx is not None:
+            taken = tx(nf)
+        else:
+            mv = memoryview(buf)
+            taken = self.backend.send_batch(
+                [mv[i * frame_size : i * frame_size + lens[i]] for i in range(nf)]
+            )
+        st.frames_out += taken
+        if taken < nf:
+            st.tx_short += 1
+            mv = memoryview(buf)
+            self._backlog.extend(
+                bytes(mv[i * frame_size : i * frame_size + lens[i]]) for i in range(taken, nf)
+            )
+        return taken
+
+    def _pack_frames_py(
+        self,
+        nf: int,
+        off: int,
+        count: int,
+        nframes: int,
+        seq: int,
+        credit: int,
+        ack: int,
+        msgs_out: int,
+        bytes_out: int,
+    ) -> tuple[int, int, int, int, int]:
+        """Frames ``nf..nframes-1`` of a flush (frame ``nf`` filled up to
+        ``off`` with ``count`` messages when ``count``): the pure-Python
+        loop, the reference for ``pack_frames``, which goes on from any
+        entry the C side leaves (fragments, odd entries). Returns frames
+        closed, the last offset, and the messages, fragments and payload
+        bytes sent (counted from ``msgs_out``, ``bytes_out``)."""
+        queue = self._queue
+        frame_size = self._frame_size
         min_frag = self.config.min_fragment
         pack_msg = COMMON_HEADER.pack_into
         pack_link = _LINK_HEADER.pack_into
-        credit, ack = lc.advertise(posted)
-        seq = lc.sent
-        frames: list[memoryview] = []
-        bufs = self._bufs
-        msgs_out = frags_out = bytes_out = 0
+        buf = self._txbuf
+        lens = self._txlens
+        frags_out = 0
         head_sent = self._head_sent
         popleft = queue.popleft
-        limit = frame_size - HEADER_SIZE  # room test: remaining <= limit - off
         frag_room = frame_size - FRAME_HEADER_SIZE - HEADER_SIZE
         pack_whole = _pack_whole if self.accelerated else None
-        while queue and len(frames) < nframes:
-            buf = bufs[len(frames)]
-            off = FRAME_HEADER_SIZE
-            count = 0
+        while queue and nf < nframes:
+            base = nf * frame_size
+            if not count:
+                off = base + FRAME_HEADER_SIZE
+            frame_end = base + frame_size
+            limit = frame_end - HEADER_SIZE  # room test: remaining <= limit - off
             while queue:
                 if pack_whole is not None and not head_sent:
                     # C: the whole messages that fit, as the branch below packs them
-                    off, n, nbytes = pack_whole(queue, buf, off, count, frame_size)
+                    off, n, nbytes = pack_whole(queue, buf, off, count, frame_end)
                     count += n
                     msgs_out += n
                     bytes_out += nbytes
@@ -549,24 +621,14 @@ class Link:
                 break
             if count == 0:
                 break  # nothing fits (cannot happen with frame_size checked at init)
-            # the Ethernet header is in every buffer already (__init__)
-            pack_link(buf, ETH_HEADER_SIZE, LINK_VERSION, 0, count, seq & _MASK, credit, ack,
-                      off - FRAME_HEADER_SIZE, 0)  # fmt: skip
-            seq += 1
-            frames.append(memoryview(buf)[:off])
+            # the Ethernet header is in every slot already (__init__)
+            pack_link(buf, base + ETH_HEADER_SIZE, LINK_VERSION, 0, count, (seq + nf) & _MASK,
+                      credit, ack, off - base - FRAME_HEADER_SIZE, 0)  # fmt: skip
+            lens[nf] = off - base
+            nf += 1
+            count = 0
         self._head_sent = head_sent
-        self._queued_bytes -= bytes_out
-        n = len(frames)
-        lc.on_data_sent(n)
-        st = self.stats
-        st.fragments_out += frags_out
-        st.messages_out += msgs_out
-        taken = self.backend.send_batch(frames)
-        st.frames_out += taken
-        if taken < n:
-            st.tx_short += 1
-            self._backlog.extend(bytes(f) for f in frames[taken:])
-        return taken
+        return nf, off, msgs_out, frags_out, bytes_out
 
     def _send_backlog(self) -> int:
         frames = list(self._backlog)

@@ -322,6 +322,85 @@ entry_uint(PyObject *v, unsigned long max)
     return x <= max ? (long long)x : -1;
 }
 
+/* What pack_head did with the queue's head entry. */
+enum { HEAD_PACKED = 1, HEAD_PYTHON = 0, HEAD_NO_ROOM = 2, HEAD_ERROR = -1 };
+
+/* Pack the head entry `(mtype, conn_id, aux, payload)` of `queue` whole at
+ * buf[*off], the frame ending at buf[frame_end], and pop it: HEAD_PACKED
+ * (*off and *nbytes advanced). HEAD_NO_ROOM: it is packable but does not fit
+ * (*total: its payload length). HEAD_PYTHON: the queue is empty or the entry
+ * is one Python packs (odd payload types, fields out of range: Python packs
+ * them, or raises as before). HEAD_ERROR: an exception is set. */
+static int
+pack_head(PyObject *queue, PyObject *popleft, PyObject *buf, Py_ssize_t *off,
+          Py_ssize_t frame_end, Py_ssize_t *nbytes, Py_ssize_t *total_out)
+{
+    Py_ssize_t qlen = PySequence_Size(queue);
+    if (qlen < 0)
+        return HEAD_ERROR;
+    if (qlen == 0)
+        return HEAD_PYTHON;
+    PyObject *entry = PySequence_GetItem(queue, 0); /* peek; popped once packed */
+    if (entry == NULL)
+        return HEAD_ERROR;
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4) {
+        Py_DECREF(entry);
+        return HEAD_PYTHON;
+    }
+    long long mtype = entry_uint(PyTuple_GET_ITEM(entry, 0), 0xFF);
+    long long conn = entry_uint(PyTuple_GET_ITEM(entry, 1), 0xFFFFFFFFUL);
+    long long aux = entry_uint(PyTuple_GET_ITEM(entry, 2), 0xFFFF);
+    PyObject *payload = PyTuple_GET_ITEM(entry, 3);
+    if (mtype < 0 || conn < 0 || aux < 0) {
+        Py_DECREF(entry);
+        return HEAD_PYTHON; /* Python's struct.pack_into raises for these, as before */
+    }
+    /* the payload's bytes; anything but 1-byte contiguous items goes to Python */
+    Py_buffer view;
+    if (!(PyBytes_CheckExact(payload) || PyByteArray_CheckExact(payload)
+          || PyMemoryView_Check(payload))) {
+        Py_DECREF(entry);
+        return HEAD_PYTHON;
+    }
+    if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        Py_DECREF(entry);
+        return HEAD_PYTHON;
+    }
+    Py_ssize_t total = view.len;
+    if (PyMemoryView_Check(payload) && PyObject_Size(payload) != total) {
+        PyErr_Clear();
+        PyBuffer_Release(&view);
+        Py_DECREF(entry);
+        return HEAD_PYTHON;
+    }
+    if (total > 0xFFFF || *off + HEADER_SIZE + total > frame_end) {
+        PyBuffer_Release(&view);
+        Py_DECREF(entry);
+        *total_out = total;
+        return HEAD_NO_ROOM; /* needs fragments (§2.2) or the next frame */
+    }
+    unsigned char *p = (unsigned char *)PyByteArray_AS_STRING(buf) + *off;
+    p[0] = PROTOCOL_VERSION;
+    p[1] = (unsigned char)mtype;
+    p[2] = FLAGS_WHOLE;
+    p[3] = 0;
+    put32(p + 4, (uint32_t)conn);
+    put16(p + 8, (unsigned)total);
+    put16(p + 10, (unsigned)aux);
+    put32(p + 12, (uint32_t)total);
+    memcpy(p + HEADER_SIZE, view.buf, (size_t)total);
+    PyBuffer_Release(&view);
+    Py_DECREF(entry);
+    PyObject *popped = PyObject_CallNoArgs(popleft);
+    if (popped == NULL)
+        return HEAD_ERROR;
+    Py_DECREF(popped);
+    *off += HEADER_SIZE + total;
+    *nbytes += total;
+    return HEAD_PACKED;
+}
+
 static PyObject *
 pack_whole(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -343,74 +422,128 @@ pack_whole(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     PyObject *popleft = PyObject_GetAttrString(queue, "popleft");
     if (popleft == NULL)
         return NULL;
-    Py_ssize_t n = 0, nbytes = 0;
+    Py_ssize_t n = 0, nbytes = 0, total = 0;
     while (count + n < MAX_COUNT) {
-        Py_ssize_t qlen = PySequence_Size(queue);
-        if (qlen < 0)
-            goto error;
-        if (qlen == 0)
+        int rc = pack_head(queue, popleft, buf, &off, frame_size, &nbytes, &total);
+        if (rc == HEAD_ERROR) {
+            Py_DECREF(popleft);
+            return NULL;
+        }
+        if (rc != HEAD_PACKED)
             break;
-        PyObject *entry = PySequence_GetItem(queue, 0); /* peek; popped once packed */
-        if (entry == NULL)
-            goto error;
-        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4) {
-            Py_DECREF(entry);
-            break;
-        }
-        long long mtype = entry_uint(PyTuple_GET_ITEM(entry, 0), 0xFF);
-        long long conn = entry_uint(PyTuple_GET_ITEM(entry, 1), 0xFFFFFFFFUL);
-        long long aux = entry_uint(PyTuple_GET_ITEM(entry, 2), 0xFFFF);
-        PyObject *payload = PyTuple_GET_ITEM(entry, 3);
-        if (mtype < 0 || conn < 0 || aux < 0) {
-            Py_DECREF(entry);
-            break; /* Python's struct.pack_into raises for these, as before */
-        }
-        /* the payload's bytes; anything but 1-byte contiguous items goes to Python */
-        Py_buffer view;
-        if (PyBytes_CheckExact(payload) || PyByteArray_CheckExact(payload)
-            || PyMemoryView_Check(payload)) {
-            if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0) {
-                PyErr_Clear();
-                Py_DECREF(entry);
-                break;
-            }
-        }
-        else {
-            Py_DECREF(entry);
-            break;
-        }
-        Py_ssize_t total = view.len;
-        if ((PyMemoryView_Check(payload) && PyObject_Size(payload) != total)
-            || total > 0xFFFF || off + HEADER_SIZE + total > frame_size) {
-            PyErr_Clear();
-            PyBuffer_Release(&view);
-            Py_DECREF(entry);
-            break; /* needs fragments (§2.2) or the next frame: Python decides */
-        }
-        unsigned char *p = (unsigned char *)PyByteArray_AS_STRING(buf) + off;
-        p[0] = PROTOCOL_VERSION;
-        p[1] = (unsigned char)mtype;
-        p[2] = FLAGS_WHOLE;
-        p[3] = 0;
-        put32(p + 4, (uint32_t)conn);
-        put16(p + 8, (unsigned)total);
-        put16(p + 10, (unsigned)aux);
-        put32(p + 12, (uint32_t)total);
-        memcpy(p + HEADER_SIZE, view.buf, (size_t)total);
-        PyBuffer_Release(&view);
-        Py_DECREF(entry);
-        PyObject *popped = PyObject_CallNoArgs(popleft);
-        if (popped == NULL)
-            goto error;
-        Py_DECREF(popped);
-        off += HEADER_SIZE + total;
-        nbytes += total;
         n++;
     }
     Py_DECREF(popleft);
     return Py_BuildValue("(nnn)", off, n, nbytes);
+}
+
+/* docs/protocol.md §1: Ethernet (14) + link header (20) */
+#define ETH_HEADER_SIZE 14
+#define FRAME_HEADER_SIZE 34
+#define LINK_VERSION 1
+
+/* pack_frames(queue, buf, frame_size, nframes, seq, credit, ack, lens)
+ *     -> (frames, off, count, msgs, nbytes)
+ * Link._send_data_frames's common case, all frames of a flush in one call:
+ * frame i is built in the slot buf[i * frame_size:(i + 1) * frame_size]
+ * (its Ethernet header written there already) from whole queued messages,
+ * as pack_whole packs them; a message that does not fit closes the frame
+ * and goes first in the next one when it fits in an empty frame. A closed
+ * frame gets its link header (§1: version 1, flags 0, msg_count, seq + i,
+ * credit, ack, payload_length) and lens[i] = its length. Stops after
+ * `nframes` frames, when the queue is empty (the last frame closed), or at
+ * an entry it leaves to Python (one to fragment, §2.2, or that pack_whole
+ * would not pack): then frame `frames` stays open, `off` (absolute in buf)
+ * and `count` saying how far it is filled (count 0: not started). `msgs`
+ * and `nbytes`: messages and payload bytes packed. */
+static PyObject *
+pack_frames(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8 || !PyByteArray_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "pack_frames(queue: deque, buf: bytearray, frame_size, "
+                                         "nframes, seq, credit, ack, lens: array)");
+        return NULL;
+    }
+    PyObject *queue = args[0], *buf = args[1];
+    Py_ssize_t frame_size, nframes;
+    if (ssize_arg(args[2], &frame_size) < 0 || ssize_arg(args[3], &nframes) < 0)
+        return NULL;
+    unsigned long hv[3];
+    for (int i = 0; i < 3; i++) {
+        hv[i] = PyLong_AsUnsignedLong(args[4 + i]);
+        if (hv[i] == (unsigned long)-1 && PyErr_Occurred())
+            return NULL;
+        if (hv[i] > 0xFFFFFFFFUL) {
+            PyErr_SetString(PyExc_ValueError, "pack_frames: seq, credit, ack must be u32");
+            return NULL;
+        }
+    }
+    Py_buffer lens;
+    if (PyObject_GetBuffer(args[7], &lens, PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
+        return NULL;
+    if (lens.itemsize != 4 || lens.format == NULL || strcmp(lens.format, "I") != 0
+        || frame_size < FRAME_HEADER_SIZE + HEADER_SIZE || nframes < 0
+        || lens.len / 4 < nframes || nframes > PyByteArray_GET_SIZE(buf) / frame_size) {
+        PyBuffer_Release(&lens);
+        PyErr_SetString(PyExc_ValueError,
+                        "pack_frames: lens must be array('I') and buf hold nframes slots");
+        return NULL;
+    }
+    PyObject *popleft = PyObject_GetAttrString(queue, "popleft");
+    if (popleft == NULL) {
+        PyBuffer_Release(&lens);
+        return NULL;
+    }
+    uint32_t *lenp = (uint32_t *)lens.buf;
+    Py_ssize_t nf = 0, msgs = 0, nbytes = 0, off = 0, count = 0, total = 0;
+    int rc = HEAD_PYTHON;
+    while (nf < nframes) {
+        Py_ssize_t base = nf * frame_size;
+        off = base + FRAME_HEADER_SIZE;
+        count = 0;
+        for (;;) {
+            rc = pack_head(queue, popleft, buf, &off, base + frame_size, &nbytes, &total);
+            if (rc != HEAD_PACKED)
+                break;
+            msgs++;
+            if (++count == MAX_COUNT)
+                break;
+        }
+        if (rc == HEAD_ERROR)
+            goto error;
+        if (rc == HEAD_PYTHON && count > 0) {
+            Py_ssize_t qlen = PySequence_Size(queue);
+            if (qlen < 0)
+                goto error;
+            if (qlen > 0)
+                break; /* an entry for Python: the frame stays open */
+        }
+        /* HEAD_NO_ROOM: Python fragments what fits in no frame (§2.2) */
+        if (count == 0 || (rc == HEAD_NO_ROOM
+                           && total > frame_size - FRAME_HEADER_SIZE - HEADER_SIZE))
+            break;
+        unsigned char *h = (unsigned char *)PyByteArray_AS_STRING(buf) + base + ETH_HEADER_SIZE;
+        h[0] = LINK_VERSION;
+        h[1] = 0;
+        put16(h + 2, (unsigned)count);
+        put32(h + 4, (uint32_t)(hv[0] + (unsigned long)nf));
+        put32(h + 8, (uint32_t)hv[1]);
+        put32(h + 12, (uint32_t)hv[2]);
+        put16(h + 16, (unsigned)(off - base - FRAME_HEADER_SIZE));
+        put16(h + 18, 0);
+        lenp[nf] = (uint32_t)(off - base);
+        nf++;
+        off = 0;
+        count = 0;
+        if (rc == HEAD_PYTHON)
+            break; /* the queue is empty */
+    }
+    Py_DECREF(popleft);
+    PyBuffer_Release(&lens);
+    return Py_BuildValue("(nnnnn)", nf, count ? off : 0, count, msgs, nbytes);
 error:
     Py_DECREF(popleft);
+    PyBuffer_Release(&lens);
     return NULL;
 }
 
@@ -435,6 +568,9 @@ static PyMethodDef methods[] = {
     {"rx_whole", (PyCFunction)(void (*)(void))rx_whole, METH_FASTCALL,
      "rx_whole(data, off, end, left, raw, out) -> (off, left, merged): whole DATA and CREDIT "
      "messages of one frame (the hot path of xport._link.Link.poll)."},
+    {"pack_frames", (PyCFunction)(void (*)(void))pack_frames, METH_FASTCALL,
+     "pack_frames(queue, buf, frame_size, nframes, seq, credit, ack, lens) -> (frames, off, "
+     "count, msgs, nbytes): the frames of one flush (Link._send_data_frames)."},
     {"pack_whole", (PyCFunction)(void (*)(void))pack_whole, METH_FASTCALL,
      "pack_whole(queue, buf, off, count, frame_size) -> (off, n, nbytes): pack whole "
      "queued messages into one frame (the hot path of Link._send_data_frames)."},
@@ -460,7 +596,9 @@ PyInit__linkfast(void)
         || PyModule_AddIntConstant(mod, "DATA", TYPE_DATA) < 0
         || PyModule_AddIntConstant(mod, "CREDIT", TYPE_CREDIT) < 0
         /* 2: rx_whole returns (off, left, merged) and takes raw = 2 (runs) */
-        || PyModule_AddIntConstant(mod, "API", 2) < 0) {
+        || PyModule_AddIntConstant(mod, "API", 2) < 0
+        /* 3: pack_frames; 4: rx_frames */
+        || PyModule_AddIntConstant(mod, "FEATURES", 3) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

@@ -29,6 +29,7 @@ import logging
 import mmap
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -266,6 +267,31 @@ class XskSocket:
         rc = lib.mux_xsk_tx_burst(self.ctx, ffi.from_buffer(buf),
                                   ffi.from_buffer("uint32_t[]", lens), n)
         return check(rc, "tx_burst")
+
+    def tx_stride_sender(self, buf: bytearray, stride: int,
+                         lens: array[int]) -> Callable[[int], int]:
+        """``send(n)``: ``tx_burst`` of the frames ``0..n-1`` of ``buf``, frame ``i`` at
+        ``i * stride``, ``lens[i]`` bytes long, without converting ``buf`` and ``lens``
+        per call (both stay exported, so neither can be resized, while ``send`` lives).
+        Returns how many (a prefix) were taken; ``ValueError`` once the socket is closed,
+        ``OSError`` (EMSGSIZE) for a frame longer than a UMEM frame."""
+        if len(lens) * stride > len(buf) or not 0 < stride < 1 << 32:
+            raise ValueError("buf must hold len(lens) frames of stride bytes")
+        ctx = self.ctx
+        pbuf = ffi.from_buffer(buf)
+        plens = ffi.from_buffer("uint32_t[]", lens)
+        slots = len(lens)
+        burst = lib.mux_xsk_tx_stride
+
+        def send(n: int) -> int:
+            if self._closed:
+                raise ValueError("XskSocket is closed")
+            if not 0 <= n <= slots:
+                raise ValueError(f"{n} frames of {slots} slots")
+            rc = burst(ctx, pbuf, stride, plens, n)
+            return rc if rc >= 0 else check(rc, "tx_stride")
+
+        return send
 
     def tx_reserve(self, n: int, out: Any) -> int:
         """Pop up to ``n`` free TX frame addresses into ``out`` (``uint64_t[]``)."""

@@ -156,6 +156,8 @@ int mux_xsk_stats(struct mux_xsk *c, struct xdp_statistics *out);
 int mux_xsk_setsockopt_int(struct mux_xsk *c, int level, int name, int value);
 
 int mux_xsk_tx_burst(struct mux_xsk *c, const char *buf, const uint32_t *lens, uint32_t n);
+int mux_xsk_tx_stride(struct mux_xsk *c, const char *buf, uint32_t stride, const uint32_t *lens,
+                      uint32_t n);
 uint32_t mux_xsk_tx_reserve(struct mux_xsk *c, uint64_t *addrs, uint32_t n);
 int mux_xsk_tx_submit(struct mux_xsk *c, const uint64_t *addrs, const uint32_t *lens,
                       uint32_t n);
@@ -562,7 +564,18 @@ static uint32_t tx_room(struct mux_xsk *c, uint32_t n)
     return k;
 }
 
+int mux_xsk_tx_stride(struct mux_xsk *c, const char *buf, uint32_t stride, const uint32_t *lens,
+                      uint32_t n);
+
 int mux_xsk_tx_burst(struct mux_xsk *c, const char *buf, const uint32_t *lens, uint32_t n)
+{
+    return mux_xsk_tx_stride(c, buf, 0, lens, n);
+}
+
+/* tx_burst with frame i at buf + i * stride (stride 0: frames back to back):
+ * the link builds its frames in one buffer of fixed-size slots */
+int mux_xsk_tx_stride(struct mux_xsk *c, const char *buf, uint32_t stride, const uint32_t *lens,
+                      uint32_t n)
 {
     uint32_t idx = 0, i, k;
     uint64_t off = 0, bytes = 0;
@@ -581,7 +594,7 @@ int mux_xsk_tx_burst(struct mux_xsk *c, const char *buf, const uint32_t *lens, u
         for (i = 0; i < k; i++) {
             struct xdp_desc *d = xsk_ring_prod__tx_desc(&c->tx, idx + i);
             uint64_t addr = c->free_stack[--c->tx_free];
-            memcpy(c->area + addr, buf + off, lens[i]);
+            memcpy(c->area + addr, buf + (stride ? (uint64_t)i * stride : off), lens[i]);
             d->addr = addr;
             d->len = lens[i];
             d->options = 0;

@@ -68,8 +68,8 @@ def test_accelerator_is_built() -> None:
 def test_links_use_the_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
     """Both loops go through C, once per frame, when not forced off."""
     calls = {"rx": 0, "tx": 0}
-    rx_whole, pack_whole = _link._rx_whole, _link._pack_whole
-    assert rx_whole is not None and pack_whole is not None
+    rx_whole, pack_whole, pack_frames = _link._rx_whole, _link._pack_whole, _link._pack_frames
+    assert rx_whole is not None and pack_whole is not None and pack_frames is not None
 
     def rx(*args: Any) -> tuple[int, int, int]:
         calls["rx"] += 1
@@ -79,8 +79,13 @@ def test_links_use_the_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
         calls["tx"] += 1
         return pack_whole(*args)
 
+    def frames(*args: Any) -> tuple[int, int, int, int, int]:
+        calls["tx"] += 1
+        return pack_frames(*args)
+
     monkeypatch.setattr(_link, "_rx_whole", rx)
     monkeypatch.setattr(_link, "_pack_whole", tx)
+    monkeypatch.setattr(_link, "_pack_frames", frames)
     a_be, b_be = memory_backend_pair()
     a, b = Link(a_be, session=1), Link(b_be, session=2)
     assert a.accelerated and b.accelerated
@@ -463,8 +468,8 @@ ROUNDS = 10_000
 
 
 def test_no_reference_leaks() -> None:
-    rx_whole, pack_whole = _link._rx_whole, _link._pack_whole
-    assert rx_whole is not None and pack_whole is not None
+    rx_whole, pack_whole, pack_frames = _link._rx_whole, _link._pack_whole, _link._pack_frames
+    assert rx_whole is not None and pack_whole is not None and pack_frames is not None
     payload = b"".join(
         encode(m) for m in (Data(2**31, b"p" * 40), Data(3, b"hh" * 10, 2), Credit(2**32 - 1, 5, 6))
     ) + encode(Keepalive())
