@@ -151,10 +151,14 @@ _rx_whole: Callable[[bytes, int, int, int, int, list[Any]], tuple[int, int, int]
 _pack_whole: Callable[[deque[Any], bytearray, int, int, int], tuple[int, int, int]] | None = (
     _linkfast.pack_whole if ACCELERATED else None
 )
-# newer builds: whole frames per call (pack_frames, FEATURES >= 3)
+# whole frames per call: pack_frames (FEATURES >= 3), rx_frames (>= 4)
+_features = getattr(_linkfast, "FEATURES", 0) if ACCELERATED else 0
 _pack_frames: Callable[..., tuple[int, int, int, int, int]] | None = (
-    _linkfast.pack_frames if ACCELERATED and getattr(_linkfast, "FEATURES", 0) >= 3 else None
+    _linkfast.pack_frames if _features >= 3 else None
 )
+_rx_frames: (
+    Callable[[list[bytes], int, LinkCredit, int, list[Any]], tuple[int, int, int, int, int]] | None
+) = _linkfast.rx_frames if _features >= 4 else None
 
 
 # the slot setters of Data and Credit: the Python loop of Link.poll builds
@@ -170,6 +174,10 @@ _SETTERS: tuple[Callable[[object, object], None], ...] = tuple(
 # docs/protocol.md §1 after the Ethernet header: FRAME_HEADER from ``version`` on
 _LINK_HEADER = struct.Struct("!BBHIIIHH")
 assert FRAME_HEADER.format == "!6s6sH" + _LINK_HEADER.format[1:]
+# seq, credit, credit_ack, payload_length of the link header (§1)
+_SEQ_TO_PLEN = struct.Struct("!IIIH")
+_SEQ_OFFSET = ETH_HEADER_SIZE + 4
+assert _LINK_HEADER.unpack(bytes(range(20)))[3:7] == _SEQ_TO_PLEN.unpack(bytes(range(4, 18)))
 _REPEAT_DATA = repeat(_DATA)
 _REPEAT_0 = repeat(0)
 
@@ -688,7 +696,28 @@ class Link:
         st = self.stats
         st.frames_in += len(rx)
         fresh = not self.peer_session  # §3.1: no peer session yet
-        for index, data in enumerate(rx):
+        start = 0  # rx[:start] were handled by C
+        rx_frames = _rx_frames if self.accelerated and not fresh else None
+        while rx_frames is not None:
+            # C: the clean frames (valid header, credit in order) and their
+            # whole DATA/CREDIT messages, as the loop below handles them
+            start, off, left, joined, co_in = rx_frames(rx, start, lc, raw, out)
+            merged += joined
+            st.credit_only_in += co_in
+            if not off:
+                break  # rx[start:] are the loop's (an anomaly, or the end)
+            # rx[start] is accounted; its messages from off on are Python's
+            data = rx[start]
+            seq, credit, ack, plen = _SEQ_TO_PLEN.unpack_from(data, _SEQ_OFFSET)
+            end = FRAME_HEADER_SIZE + plen
+            merged, restarted = self._rx_messages(
+                data, off, end, left, raw, out, merged,
+                (start + st.frames_in - len(rx), seq, credit, ack, None),
+            )  # fmt: skip
+            if restarted:
+                lc = self.credit
+            start += 1
+        for index, data in enumerate(rx[start:] if start else rx, start):
             n = len(data)
             # §1: bounds check before reading the header
             if n < FRAME_HEADER_SIZE:

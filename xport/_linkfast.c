@@ -238,6 +238,60 @@ ssize_arg(PyObject *v, Py_ssize_t *out)
     return *out == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* rx_whole's loop: the whole DATA/CREDIT messages of a frame from *off;
+ * *off, *left and *merged advanced; -1 with an exception set. */
+static int
+rx_msgs(const unsigned char *data, Py_ssize_t *offp, Py_ssize_t end, Py_ssize_t *leftp,
+        long raw, PyObject *out, Py_ssize_t *mergedp)
+{
+    Py_ssize_t off = *offp, left = *leftp, merged = *mergedp;
+    int rc = 0;
+    while (left > 0) {
+        /* §2: bounds check before reading each message header */
+        if (off > end - HEADER_SIZE)
+            break;
+        const unsigned char *p = data + off;
+        unsigned mtype = p[1];
+        unsigned length = be16(p + 8);
+        unsigned aux = be16(p + 10);
+        Py_ssize_t mend = off + HEADER_SIZE + (Py_ssize_t)length;
+        if (mend > end || p[0] != PROTOCOL_VERSION)
+            break; /* truncated or another version: Python counts and drops */
+        /* whole (§2: FIRST|LAST, length == total) and one of the hot types */
+        if ((p[2] & FLAGS_WHOLE) != FLAGS_WHOLE || be32(p + 12) != length)
+            break;
+        if (!(mtype == TYPE_DATA && aux <= length)
+            && !(mtype == TYPE_CREDIT && length == CREDIT_BODY))
+            break;
+        if (raw == 2 && mtype == TYPE_DATA && aux == 0) {
+            int joined = rx_run(out, p, length, be32(p + 4));
+            if (joined < 0) {
+                rc = -1;
+                break;
+            }
+            merged += joined;
+            off = mend;
+            left--;
+            continue;
+        }
+        PyObject *msg = rx_message(p, mtype, length, aux, raw != 0);
+        if (msg == NULL) {
+            rc = -1;
+            break;
+        }
+        rc = PyList_Append(out, msg);
+        Py_DECREF(msg);
+        if (rc < 0)
+            break;
+        off = mend;
+        left--;
+    }
+    *offp = off;
+    *leftp = left;
+    *mergedp = merged;
+    return rc;
+}
+
 static PyObject *
 rx_whole(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -269,42 +323,8 @@ rx_whole(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "rx_whole: off/end outside data");
         return NULL;
     }
-    while (left > 0) {
-        /* §2: bounds check before reading each message header */
-        if (off > end - HEADER_SIZE)
-            break;
-        const unsigned char *p = data + off;
-        unsigned mtype = p[1];
-        unsigned length = be16(p + 8);
-        unsigned aux = be16(p + 10);
-        Py_ssize_t mend = off + HEADER_SIZE + (Py_ssize_t)length;
-        if (mend > end || p[0] != PROTOCOL_VERSION)
-            break; /* truncated or another version: Python counts and drops */
-        /* whole (§2: FIRST|LAST, length == total) and one of the hot types */
-        if ((p[2] & FLAGS_WHOLE) != FLAGS_WHOLE || be32(p + 12) != length)
-            break;
-        if (!(mtype == TYPE_DATA && aux <= length)
-            && !(mtype == TYPE_CREDIT && length == CREDIT_BODY))
-            break;
-        if (raw == 2 && mtype == TYPE_DATA && aux == 0) {
-            int joined = rx_run(out, p, length, be32(p + 4));
-            if (joined < 0)
-                return NULL;
-            merged += joined;
-            off = mend;
-            left--;
-            continue;
-        }
-        PyObject *msg = rx_message(p, mtype, length, aux, raw != 0);
-        if (msg == NULL)
-            return NULL;
-        int rc = PyList_Append(out, msg);
-        Py_DECREF(msg);
-        if (rc < 0)
-            return NULL;
-        off = mend;
-        left--;
-    }
+    if (rx_msgs(data, &off, end, &left, raw, out, &merged) < 0)
+        return NULL;
     return Py_BuildValue("(nnn)", off, left, merged);
 }
 
@@ -547,6 +567,147 @@ error:
     return NULL;
 }
 
+/* docs/protocol.md §1 link header fields, offsets from the frame's start */
+#define ETHERTYPE 0x88B5
+#define FLAG_CREDIT_ONLY 0x01
+
+/* LinkCredit's receive-side counters rx_frames reads and writes back */
+enum { LC_FRAMES_RX, LC_CO_RECV, LC_CO_RX, LC_PEER_POSTED, LC_PEER_ACK, LC_N };
+static const char *const lc_names[LC_N] = {"frames_rx", "co_recv", "co_rx", "peer_posted",
+                                           "peer_ack"};
+static PyObject *lc_attr[LC_N]; /* interned names, set at module init */
+#define LC_LIMIT ((long long)1 << 62) /* beyond: Python (ints never overflow there) */
+
+/* rx_frames(rx, start, lc, raw, out) -> (index, off, left, merged, credit_only)
+ * Link.poll's per-frame loop for the clean case, from rx[start] on: a frame
+ * is taken when its link header is valid (§1: length, EtherType, version,
+ * payload_length, msg_count against CREDIT_ONLY) and LinkCredit.on_frame
+ * would find no anomaly (§4.3 seq in order, §4.1 no credit regress); its
+ * credit is accounted into `lc` (as on_frame, and on_credit_only_released
+ * for a credit-only frame) and its whole DATA/CREDIT messages appended to
+ * `out` as rx_whole does. The caller never calls it before the peer's
+ * HELLO (§3.1.6). Returns at the first frame it does not take, untouched
+ * (`off` 0: Python's loop handles it whole), or at a frame taken whose
+ * messages from `off` (with `left` of them) it leaves to Python (fragments,
+ * control messages, anything malformed). `merged`: payloads that joined a
+ * run already in `out`; `credit_only`: credit-only frames taken. */
+static PyObject *
+rx_frames(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "rx_frames(rx: list, start, lc, raw, out: list)");
+        return NULL;
+    }
+    if (data_cls.cls == NULL || credit_cls.cls == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "rx_frames: init(Data, Credit) not called");
+        return NULL;
+    }
+    PyObject *rx = args[0], *lc = args[2], *out = args[4];
+    Py_ssize_t start;
+    if (ssize_arg(args[1], &start) < 0)
+        return NULL;
+    long raw = PyLong_AsLong(args[3]);
+    if (raw == -1 && PyErr_Occurred())
+        return NULL;
+    if (raw < 0 || raw > 2) {
+        PyErr_SetString(PyExc_ValueError, "rx_frames: raw must be 0, 1 or 2");
+        return NULL;
+    }
+    Py_ssize_t nrx = PyList_GET_SIZE(rx);
+    if (start < 0 || start > nrx) {
+        PyErr_SetString(PyExc_ValueError, "rx_frames: start outside rx");
+        return NULL;
+    }
+    long long v[LC_N];
+    for (int i = 0; i < LC_N; i++) {
+        PyObject *o = PyObject_GetAttr(lc, lc_attr[i]);
+        if (o == NULL)
+            return NULL;
+        int overflow = 0;
+        v[i] = PyLong_Check(o) ? PyLong_AsLongLongAndOverflow(o, &overflow) : 0;
+        int bad = !PyLong_Check(o);
+        Py_DECREF(o);
+        if (v[i] == -1 && PyErr_Occurred())
+            return NULL;
+        if (bad) {
+            PyErr_Format(PyExc_TypeError, "rx_frames: lc.%s is not an int", lc_names[i]);
+            return NULL;
+        }
+        if (overflow || v[i] >= LC_LIMIT || v[i] <= -LC_LIMIT)
+            return Py_BuildValue("(nnnnn)", start, (Py_ssize_t)0, (Py_ssize_t)0,
+                                 (Py_ssize_t)0, (Py_ssize_t)0); /* Python's, all of it */
+    }
+    long long frames_rx = v[LC_FRAMES_RX], co_recv = v[LC_CO_RECV], co_rx = v[LC_CO_RX];
+    long long posted = v[LC_PEER_POSTED], ack = v[LC_PEER_ACK];
+    Py_ssize_t index = start, off = 0, left = 0, merged = 0, co_in = 0;
+    int rc = 0;
+    for (; index < nrx; index++) {
+        PyObject *frame = PyList_GET_ITEM(rx, index);
+        if (!PyBytes_CheckExact(frame))
+            break;
+        const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(frame);
+        Py_ssize_t n = PyBytes_GET_SIZE(frame);
+        /* §1: bounds check before reading the header, then the header */
+        if (n < FRAME_HEADER_SIZE || be16(data + 12) != ETHERTYPE || data[14] != LINK_VERSION)
+            break;
+        Py_ssize_t end = FRAME_HEADER_SIZE + (Py_ssize_t)be16(data + 30);
+        unsigned count = be16(data + 16);
+        int credit_only = (data[15] & FLAG_CREDIT_ONLY) != 0;
+        if (end > n || credit_only != (count == 0))
+            break;
+        uint32_t seq = be32(data + 18);
+        /* LinkCredit.on_frame with no anomaly (§4.1, §4.3); else Python's */
+        if (seq != (uint32_t)frames_rx)
+            break;
+        uint32_t d = be32(data + 22) - (uint32_t)posted;
+        long long p = posted + (long long)d - (d >= 0x80000000u ? (1LL << 32) : 0);
+        d = be32(data + 26) - (uint32_t)ack;
+        long long a = ack + (long long)d - (d >= 0x80000000u ? (1LL << 32) : 0);
+        if (p < posted || a < ack || p - a < posted - ack)
+            break;
+        frames_rx++;
+        posted = p;
+        ack = a;
+        if (credit_only) {
+            co_recv++;
+            co_rx++; /* released at once: the frame is our copy */
+            co_in++;
+            continue;
+        }
+        off = FRAME_HEADER_SIZE;
+        left = count;
+        rc = rx_msgs(data, &off, end, &left, raw, out, &merged);
+        if (rc < 0 || left > 0)
+            break; /* the rest of this frame is Python's (off != 0) */
+        off = 0;
+    }
+    /* the credit of the frames taken, even on an error (they were accounted) */
+    v[LC_FRAMES_RX] = frames_rx;
+    v[LC_CO_RECV] = co_recv;
+    v[LC_CO_RX] = co_rx;
+    v[LC_PEER_POSTED] = posted;
+    v[LC_PEER_ACK] = ack;
+    if (index > start || off != 0) {
+        PyObject *et, *ev, *tb; /* an error of rx_msgs, kept across the writes */
+        PyErr_Fetch(&et, &ev, &tb);
+        for (int i = 0; i < LC_N; i++) {
+            PyObject *o = PyLong_FromLongLong(v[i]);
+            if (o == NULL || PyObject_SetAttr(lc, lc_attr[i], o) < 0) {
+                Py_XDECREF(o);
+                Py_XDECREF(et);
+                Py_XDECREF(ev);
+                Py_XDECREF(tb);
+                return NULL;
+            }
+            Py_DECREF(o);
+        }
+        PyErr_Restore(et, ev, tb);
+    }
+    if (rc < 0)
+        return NULL;
+    return Py_BuildValue("(nnnnn)", index, off, left, merged, co_in);
+}
+
 static PyObject *
 init(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -568,6 +729,9 @@ static PyMethodDef methods[] = {
     {"rx_whole", (PyCFunction)(void (*)(void))rx_whole, METH_FASTCALL,
      "rx_whole(data, off, end, left, raw, out) -> (off, left, merged): whole DATA and CREDIT "
      "messages of one frame (the hot path of xport._link.Link.poll)."},
+    {"rx_frames", (PyCFunction)(void (*)(void))rx_frames, METH_FASTCALL,
+     "rx_frames(rx, start, lc, raw, out) -> (index, off, left, merged, credit_only): the "
+     "clean frames of a receive batch (the per-frame loop of xport._link.Link.poll)."},
     {"pack_frames", (PyCFunction)(void (*)(void))pack_frames, METH_FASTCALL,
      "pack_frames(queue, buf, frame_size, nframes, seq, credit, ack, lens) -> (frames, off, "
      "count, msgs, nbytes): the frames of one flush (Link._send_data_frames)."},
@@ -588,6 +752,9 @@ static struct PyModuleDef moduledef = {
 PyMODINIT_FUNC
 PyInit__linkfast(void)
 {
+    for (int i = 0; i < LC_N; i++)
+        if (lc_attr[i] == NULL && (lc_attr[i] = PyUnicode_InternFromString(lc_names[i])) == NULL)
+            return NULL;
     PyObject *mod = PyModule_Create(&moduledef);
     if (mod == NULL)
         return NULL;
@@ -598,7 +765,7 @@ PyInit__linkfast(void)
         /* 2: rx_whole returns (off, left, merged) and takes raw = 2 (runs) */
         || PyModule_AddIntConstant(mod, "API", 2) < 0
         /* 3: pack_frames; 4: rx_frames */
-        || PyModule_AddIntConstant(mod, "FEATURES", 3) < 0) {
+        || PyModule_AddIntConstant(mod, "FEATURES", 4) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

@@ -83,9 +83,17 @@ def test_links_use_the_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
         calls["tx"] += 1
         return pack_frames(*args)
 
+    rx_frames = _link._rx_frames
+    assert rx_frames is not None
+
+    def rx_many(*args: Any) -> tuple[int, int, int, int, int]:
+        calls["rx"] += 1
+        return rx_frames(*args)
+
     monkeypatch.setattr(_link, "_rx_whole", rx)
     monkeypatch.setattr(_link, "_pack_whole", tx)
     monkeypatch.setattr(_link, "_pack_frames", frames)
+    monkeypatch.setattr(_link, "_rx_frames", rx_many)
     a_be, b_be = memory_backend_pair()
     a, b = Link(a_be, session=1), Link(b_be, session=2)
     assert a.accelerated and b.accelerated
