@@ -110,6 +110,13 @@ class AsyncLinkPort:
         a = self.alink
         return a.try_send_data, a.try_send_credit, a.try_send_many
 
+    def run_sender(self) -> Callable[[Sequence[tuple[int, Sequence[bytes]]],
+                                      Sequence[tuple[int, int, int]], int], bool]:
+        """The link's ``try_send_runs``: a whole received batch's replies and
+        CREDITs queued with one backpressure check (the host's run engine),
+        or nothing and False when the link pushes back (or the port is closed)."""
+        return self.alink.try_send_runs
+
     async def recv(self) -> Sequence[P.Message]:
         while not self._inbox:
             if self._closed:

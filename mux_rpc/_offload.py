@@ -67,7 +67,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from xport import _protocol as P
 from xport._flow import FlowControlError, ReceiveWindow, SendWindow
@@ -75,6 +75,7 @@ from xport._link import new_session
 
 from ._conn import ListenerClosedError, Message
 from ._connstate import Action, ConnEvent, ConnState, transition
+from ._dispatch import _rpcfast
 from ._offload_errors import (
     BusyError,
     ConnectionBrokenError,
@@ -91,6 +92,7 @@ __all__ = [
     "LinkPort",
     "OffloadConnection",
     "OffloadListener",
+    "RunSpec",
     "reason_code",
 ]
 
@@ -112,6 +114,30 @@ BatchHook = Callable[[list[bytes]], tuple[int, int, int]]
 #: ``(conn_id, [payload, ...])``, consecutive DATA without a ULP header of one
 #: connection, in order
 RawRun = tuple[int, list[bytes]]
+
+#: what finishes a run after ``Dispatcher.dispatch_many``: ``finish(payloads,
+#: replies, stop) -> (taken, owned, owned_bytes)``, the batch hook's answer
+RunFinish = Callable[[list[bytes], list[bytes], int], tuple[int, int, int]]
+
+
+class RunSpec(NamedTuple):
+    """What the run engine (``mux_rpc/_rpcfast.c``, :meth:`Host._on_batch`)
+    needs to serve a connection's runs in C: set by the server with its batch
+    hook (:meth:`OffloadConnection.set_batch_hook`) when its dispatcher is
+    accelerated. The engine does what the batch hook's checks, dispatch and
+    common outcome do; ``finish`` is the hook's own rest, which the engine
+    calls (through :meth:`OffloadConnection._run_tail`) for anything else."""
+
+    core: Any
+    """The dispatcher's C core (``mux_rpc._rpcfast.Core``)."""
+    limits: Any
+    """The server's :class:`~mux_rpc._limits.InflightLimits`."""
+    key: int
+    """The connection's key in ``limits``."""
+    stats: Any
+    """The server's stats (``messages`` counts calls)."""
+    finish: RunFinish
+    """The batch hook after its dispatch (the run's "tail")."""
 
 
 def reason_code(status: int) -> str:
@@ -304,6 +330,7 @@ class OffloadConnection:
         self._send_waiter: asyncio.Future[None] | None = None
         self._hook: Callable[[bytes], int] | None = None
         self._batch_hook: BatchHook | None = None
+        self._fast: RunSpec | None = None
         self._cause: tuple[str, str] | None = None
         self._done = self._loop.create_future()  # set when CLOSED/BROKEN
         self._opened = self._loop.create_future()  # CONNECTING -> OPEN
@@ -422,7 +449,7 @@ class OffloadConnection:
         :meth:`on_consumed` later itself)."""
         self._hook = hook
 
-    def set_batch_hook(self, hook: BatchHook | None) -> None:
+    def set_batch_hook(self, hook: BatchHook | None, *, fast: RunSpec | None = None) -> None:
         """Let ``hook(payloads)`` see a *run* first: two or more consecutive
         messages of this connection, without ULP header, from one received
         batch (``None`` removes it; a run of one goes to the message hook of
@@ -437,8 +464,12 @@ class OffloadConnection:
         reports later itself with :meth:`on_consumed`, the others are finished
         and their credit goes back with one update for the run (the rule of
         :meth:`set_message_hook`). ``payloads[taken:]`` are queued for
-        ``recv()`` in order, as if no hook were set."""
+        ``recv()`` in order, as if no hook were set.
+
+        ``fast``: the same hook as the run engine can run it in C (see
+        :class:`RunSpec`); set and cleared with ``hook``."""
         self._batch_hook = hook
+        self._fast = fast if hook is not None else None
 
     def send_nowait(self, payload: bytes) -> bool:
         """Send ``payload`` at once if nothing waits to send on this connection
@@ -714,7 +745,21 @@ class OffloadConnection:
             self._rx.extend(map(Message, payloads))
             self._wake_rx()
             return
-        taken, owned, owned_bytes = hook(payloads)
+        self._after_hook(payloads, nb, *hook(payloads))
+
+    def _run_tail(self, finish: RunFinish, payloads: list[bytes], nb: int, replies: list[bytes],
+                  stop: int) -> None:
+        """The run engine's way back to Python: the run (``nb`` bytes) went
+        through :meth:`_deliver_run` up to the batch hook's dispatch, which
+        gave ``(replies, stop)``; finish it as the hook (``finish``: its
+        :attr:`RunSpec.finish`) and :meth:`_deliver_run` do - one statement
+        of the rules for both paths."""
+        self._after_hook(payloads, nb, *finish(payloads, replies, stop))
+
+    def _after_hook(self, payloads: list[bytes], nb: int, taken: int, owned: int,
+                    owned_bytes: int) -> None:
+        # _deliver_run after its batch hook answered (taken, owned, owned_bytes)
+        k = len(payloads)
         if taken:
             done = taken - owned
             if done:
@@ -729,6 +774,7 @@ class OffloadConnection:
             return
         # the hook closed the connection: the rest meets the state table, as
         # each would have without runs
+        st = self._host.stats
         st.messages_in -= len(payloads)
         st.bytes_in -= sum(map(len, payloads))
         for p in payloads:
@@ -829,10 +875,17 @@ class _Outbox:
 
 class Host:
     """The host side of the offload link. Use ``async with Host(ports) as host``
-    (or ``await host.start()`` / ``await host.close()``)."""
+    (or ``await host.start()`` / ``await host.close()``).
+
+    ``run_engine``: serve received runs with the C run engine (one call per
+    received batch; see :meth:`_on_batch`): None (default) when
+    ``mux_rpc._rpcfast`` is built and not forced off (``MUX_RPC_PURE_PYTHON``)
+    and every port has ``run_sender()``; False never (the Python chain, the
+    reference); True requires it (RuntimeError without)."""
 
     def __init__(self, ports: Sequence[LinkPort], config: HostConfig | None = None, *,
-                 clock: Callable[[], float] = time.monotonic, run_timer: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, run_timer: bool = True,
+                 run_engine: bool | None = None) -> None:
         if not ports:
             raise ValueError("need at least one port")
         self.config = config or HostConfig()
@@ -880,6 +933,20 @@ class Host:
             self._direct_many.append(m)
         self._credit_dirty: set[OffloadConnection] = set()
         self._credit_timer: asyncio.TimerHandle | None = None
+        # the run engine (mux_rpc/_rpcfast.c): each received batch's runs on
+        # the fast path in C, one call per batch; the rest in _on_batch's loop
+        self._engine: Callable[[int, list[Any]], list[Any]] | None = None
+        senders = [getattr(p, "run_sender", None) for p in self._ports]
+        if run_engine is None:
+            run_engine = _rpcfast is not None and all(s is not None for s in senders)
+        if run_engine:
+            if _rpcfast is None or not all(s is not None for s in senders):
+                raise RuntimeError("the run engine needs mux_rpc._rpcfast (scripts/setup.sh, "
+                                   "MUX_RPC_PURE_PYTHON unset) and ports with run_sender()")
+            self._engine = _rpcfast.RunEngine(
+                self, [s() for s in senders if s is not None], _OPEN,
+                (P.Data, P.Credit, P.Closed, P.Eof, P.Connected, P.Error, P.NewConnection),
+                (P.Keepalive,)).run
 
     def _announce_window(self) -> None:
         """Managed links announce the window in their HELLO (§3.1): make it
@@ -1169,6 +1236,18 @@ class Host:
         if self._closed:
             return
         self._last_rx = self._clock()
+        engine = self._engine
+        if engine is not None:
+            # every run on the fast path handled in C; the rest, in order, below
+            try:
+                msgs = engine(q, msgs)  # type: ignore[arg-type]
+            finally:
+                if self._credit_dirty and self._credit_timer is None:
+                    # the engine held credit back (_consumed_inline's rule)
+                    self._credit_timer = asyncio.get_running_loop().call_later(
+                        self.config.credit_delay, self._credit_sweep)
+            if not msgs:
+                return
         # the batch: DATA for OPEN connections (_on_message's hot path) inline;
         # a run of consecutive raw DATA of one connection (the link groups
         # them: Link.raw_runs) in one call (_deliver_run): per connection,
@@ -1199,6 +1278,18 @@ class Host:
             except Exception:  # a bug in one message's handling must not kill the link
                 self.stats.protocol_errors += 1
                 log.exception("handling %r", m)
+
+    def _outbox_runs(self, q: int, runs: Sequence[tuple[int, Sequence[bytes]]],
+                     credits: Sequence[tuple[int, int, int]]) -> None:
+        """The run engine's output when the link pushed back: the same
+        messages, in order, through the writer task (the slow paths of
+        ``send_many_nowait`` and ``_send_credit``)."""
+        ob = self._outboxes[q]
+        for cid, payloads in runs:
+            ob.items.extend([P.Data(cid, p, 0) for p in payloads])
+        ob.items.extend([P.Credit(cid, m, b) for cid, m, b in credits])
+        ob.event.set()
+        self._last_tx[q] = self._clock()
 
     def _data_failed(self, cid: int) -> None:
         self.stats.protocol_errors += 1

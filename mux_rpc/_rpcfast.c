@@ -675,6 +675,9 @@ Core_dispatch_inline(CoreObject *c, PyObject *payload)
     return r;
 }
 
+static Py_ssize_t dispatch_range(CoreObject *c, PyObject *payloads, int fast, Py_ssize_t start,
+                                 Py_ssize_t n, PyObject *replies);
+
 static PyObject *
 Core_dispatch_many(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -705,6 +708,29 @@ Core_dispatch_many(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, PyObj
     PyObject *replies = PyList_New(0);
     if (replies == NULL) return NULL;
     int fast = PyList_CheckExact(payloads) || PyTuple_CheckExact(payloads);
+    Py_ssize_t i = dispatch_range(c, payloads, fast, start, n, replies);
+    if (i < 0) goto error;
+    PyObject *stop = PyLong_FromSsize_t(i);
+    if (stop == NULL) goto error;
+    PyObject *t = PyTuple_New(2);
+    if (t == NULL) { Py_DECREF(stop); goto error; }
+    PyTuple_SET_ITEM(t, 0, replies);
+    PyTuple_SET_ITEM(t, 1, stop);
+    return t;
+error:
+    Py_DECREF(replies);
+    return NULL;
+usage:
+    PyErr_SetString(PyExc_TypeError, "dispatch_many(payloads, start=0)");
+    return NULL;
+}
+
+/* The loop of dispatch_many over payloads[start:n]: replies appended, the stop
+ * index returned (Core.handled counts the messages handled); -1 on an error. */
+static Py_ssize_t
+dispatch_range(CoreObject *c, PyObject *payloads, int fast, Py_ssize_t start, Py_ssize_t n,
+               PyObject *replies)
+{
     Py_ssize_t i;
     for (i = start; i < n; i++) {
         PyObject *p;
@@ -729,19 +755,9 @@ Core_dispatch_many(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, PyObj
         Py_DECREF(r);
     }
     c->handled += (unsigned long long)(i - start);
-    PyObject *stop = PyLong_FromSsize_t(i);
-    if (stop == NULL) goto error;
-    PyObject *t = PyTuple_New(2);
-    if (t == NULL) { Py_DECREF(stop); goto error; }
-    PyTuple_SET_ITEM(t, 0, replies);
-    PyTuple_SET_ITEM(t, 1, stop);
-    return t;
-error:
-    Py_DECREF(replies);
-    return NULL;
-usage:
-    PyErr_SetString(PyExc_TypeError, "dispatch_many(payloads, start=0)");
-    return NULL;
+    return i;
+error:   /* as the Python method: an exception leaves the counter alone */
+    return -1;
 }
 
 static PyObject *
@@ -922,6 +938,547 @@ static PyTypeObject Core_Type = {
               "slow_obj, slow_inline): one Dispatcher's C fast path.",
 };
 
+/* ---- the run engine ------------------------------------------------------------------
+ *
+ * RunEngine(host, senders, open_state, conn_types, inert_types).run(q, msgs) -> left
+ *
+ * One call per batch received on queue q (mux_rpc._offload.Host._on_batch). The
+ * Python chain it stands for, per run (conn_id, [payloads]) of an OPEN
+ * connection, is OffloadConnection._deliver_run -> the Server's batch hook
+ * (_server.Server._batch_hook) -> send_many_nowait / _consumed_inline. That
+ * chain stays the reference (MUX_RPC_PURE_PYTHON=1 runs it alone); here:
+ *
+ *   fast path    every check of the chain that can fail *before* the dispatch
+ *                passes: the connection is OPEN, its server installed a RunSpec
+ *                (conn._fast: the Dispatcher's Core, the InflightLimits, the
+ *                limits key, the ServerStats, the tail), the receive window
+ *                takes the whole run, recv() is parked with nothing queued,
+ *                the limits have room for the run, the host's outbox for q is
+ *                empty. Then, in C: the window update and host stats of
+ *                _deliver_run, the dispatch (dispatch_range, no Python call
+ *                but the handlers), and - when every message ran inline and
+ *                the agent's window takes every reply - the server stats, the
+ *                send-window update and stats of send_many_nowait and the
+ *                credit rule of _consumed_inline / _grant_pending.
+ *   tail         anything that can only fail after the dispatch (a message
+ *                needs the task path, the send window, sizes, the send lock,
+ *                a connection no longer OPEN): the run is finished by
+ *                conn._run_tail(finish, payloads, nbytes, replies, stop), the Python
+ *                code both paths share, after this call's output so far went
+ *                to the link (so it keeps its place).
+ *   left         everything else (runs off the fast path, non-run messages)
+ *                is returned, in order, for Host._on_batch's Python loop. Once
+ *                an item of a connection is left, all later items of that
+ *                connection are too (its order is kept); a message of no
+ *                single connection (HELLO, ...) leaves everything after it.
+ *
+ * Output: replies as (conn_id, replies) runs and CREDITs as (conn_id, messages,
+ * bytes), handed to the link once, at the end (or before a tail), with
+ * AsyncLink.try_send_runs; when the link pushes back, host._outbox_runs(q,
+ * runs, credits) queues the same messages in the outbox, in order. A
+ * connection whose credit is held back is added to host._credit_dirty; the
+ * caller starts the sweep timer. An Exception while handling a run goes to
+ * host._data_failed(conn_id) (as the Python loop's except does) and the batch
+ * goes on; any other exception propagates after the output so far is sent.
+ */
+
+static PyObject *s_conns, *s_stats, *s_outboxes, *s_items, *s_credit_dirty, *s_state, *s_fast,
+    *s_rwin, *s_swin, *s_rx, *s_rx_waiter, *s_send_lock, *s_locked, *s_conn_id,
+    *s_outstanding_messages, *s_outstanding_bytes, *s_buffered_messages, *s_buffered_bytes,
+    *s_pending_messages, *s_pending_bytes, *s_window_messages, *s_window_bytes,
+    *s_max_message_size, *s_messages, *s_bytes, *s_messages_in, *s_bytes_in, *s_messages_out,
+    *s_bytes_out, *s_credits_sent, *s_max_send_size, *s_waiters, *s_ltotal, *s_by_conn,
+    *s_total, *s_per_connection, *s_run_tail, *s_data_failed, *s_outbox_runs;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *host;
+    PyObject *senders;      /* list: queue -> AsyncLink.try_send_runs */
+    PyObject *open_state;   /* ConnState.OPEN */
+    PyObject *conn_types;   /* tuple: message classes with a conn_id (that connection waits) */
+    PyObject *inert_types;  /* tuple: message classes that change nothing (KEEPALIVE) */
+} EngineObject;
+
+typedef struct {   /* one run() call */
+    PyObject *host, *hstats, *obitems, *sender;   /* borrowed / held by the caller */
+    Py_ssize_t q;
+    PyObject *runs, *credits;   /* output so far; NULL until the first */
+    long long out_bytes;
+    PyObject *tainted;          /* set of conn_ids left for Python; NULL: none */
+} Batch;
+
+/* obj.name, an int, as a long long: 0, or -1 with an exception set */
+static int
+geti(PyObject *obj, PyObject *name, long long *v)
+{
+    PyObject *x = PyObject_GetAttr(obj, name);
+    if (x == NULL) return -1;
+    if (!PyLong_Check(x)) {
+        PyErr_Format(PyExc_TypeError, "%R.%U is not an int", Py_TYPE(obj), name);
+        Py_DECREF(x);
+        return -1;
+    }
+    *v = PyLong_AsLongLong(x);
+    Py_DECREF(x);
+    return (*v == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+seti(PyObject *obj, PyObject *name, long long v)
+{
+    PyObject *x = PyLong_FromLongLong(v);
+    if (x == NULL) return -1;
+    int r = PyObject_SetAttr(obj, name, x);
+    Py_DECREF(x);
+    return r;
+}
+
+static int
+addi(PyObject *obj, PyObject *name, long long delta)
+{
+    long long v;
+    return geti(obj, name, &v) < 0 ? -1 : seti(obj, name, v + delta);
+}
+
+static int
+out_ready(Batch *b)
+{
+    if (b->runs != NULL) return 0;
+    b->runs = PyList_New(0);
+    b->credits = PyList_New(0);
+    if (b->runs == NULL || b->credits == NULL) {
+        Py_CLEAR(b->runs);
+        Py_CLEAR(b->credits);
+        return -1;
+    }
+    b->out_bytes = 0;
+    return 0;
+}
+
+/* The output so far to the link in one call (or, pushed back, to the outbox). */
+static int
+flush_out(Batch *b)
+{
+    if (b->runs == NULL) return 0;
+    PyObject *runs = b->runs, *credits = b->credits;
+    b->runs = b->credits = NULL;
+    int rc = -1;
+    PyObject *nbo = PyLong_FromLongLong(b->out_bytes), *r = NULL;
+    if (nbo == NULL) goto done;
+    PyObject *argv[3] = {runs, credits, nbo};
+    r = PyObject_Vectorcall(b->sender, argv, 3, NULL);
+    if (r == NULL) goto done;
+    int ok = PyObject_IsTrue(r);
+    if (ok < 0) goto done;
+    if (ok) { rc = 0; goto done; }
+    PyObject *qo = PyLong_FromSsize_t(b->q);
+    if (qo == NULL) goto done;
+    PyObject *margv[4] = {b->host, qo, runs, credits};
+    PyObject *x = PyObject_VectorcallMethod(s_outbox_runs, margv,
+                                            4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(qo);
+    if (x == NULL) goto done;
+    Py_DECREF(x);
+    rc = 0;
+done:
+    Py_XDECREF(r);
+    Py_XDECREF(nbo);
+    Py_DECREF(runs);
+    Py_DECREF(credits);
+    return rc;
+}
+
+/* One run: 1 handled (in C, or finished by the tail), 0 left for Python
+ * (nothing changed), -1 an exception (the run got as far as the Python chain
+ * would have before raising it). */
+static int
+engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *run)
+{
+    int rc = 0;
+    PyObject *conn = NULL, *tmp = NULL, *fast = NULL, *rwin = NULL, *swin = NULL,
+             *replies = NULL;
+    if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) == 0) return 0;
+    conn = PyDict_GetItemWithError(conns, cid);
+    if (conn == NULL) return PyErr_Occurred() ? -1 : 0;
+    Py_INCREF(conn);
+#define GET(var, obj, name) do { Py_XSETREF(var, PyObject_GetAttr((obj), (name))); \
+                                 if ((var) == NULL) goto error; } while (0)
+    GET(tmp, conn, s_state);
+    if (tmp != e->open_state) goto leave;
+    GET(fast, conn, s_fast);
+    if (!PyTuple_Check(fast) || PyTuple_GET_SIZE(fast) != 5) goto leave;   /* None: no spec */
+    CoreObject *core = (CoreObject *)PyTuple_GET_ITEM(fast, 0);
+    PyObject *limits = PyTuple_GET_ITEM(fast, 1), *key = PyTuple_GET_ITEM(fast, 2);
+    PyObject *sstats = PyTuple_GET_ITEM(fast, 3);
+    if (Py_TYPE(core) != &Core_Type || core->methods == NULL) goto leave;
+    Py_ssize_t k = PyList_GET_SIZE(run);
+    long long nb = 0, mx = 0;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *p = PyList_GET_ITEM(run, i);
+        if (!PyBytes_CheckExact(p)) goto leave;
+        Py_ssize_t n = PyBytes_GET_SIZE(p);
+        nb += n;
+        if (n > mx) mx = n;
+    }
+    /* _deliver_run: the receive window takes the whole run (else message by message) */
+    long long om, ob, mms;
+    GET(rwin, conn, s_rwin);
+    if (geti(rwin, s_outstanding_messages, &om) < 0 || geti(rwin, s_outstanding_bytes, &ob) < 0
+        || geti(rwin, s_max_message_size, &mms) < 0)
+        goto error;
+    if (k > om || nb > ob || mx > mms) goto leave;
+    /* ... and the hook only while recv() is parked with nothing queued */
+    GET(tmp, conn, s_rx_waiter);
+    if (tmp == Py_None) goto leave;
+    GET(tmp, conn, s_rx);
+    Py_ssize_t len = PyObject_Length(tmp);
+    if (len < 0) goto error;
+    if (len) goto leave;
+    /* the batch hook's limits check: room for every message of the run */
+    GET(tmp, limits, s_waiters);
+    if ((len = PyObject_Length(tmp)) < 0) goto error;
+    if (len) goto leave;
+    long long lt, ltot, per, bc = 0;
+    if (geti(limits, s_ltotal, &lt) < 0 || geti(limits, s_total, &ltot) < 0
+        || geti(limits, s_per_connection, &per) < 0)
+        goto error;
+    GET(tmp, limits, s_by_conn);
+    if (!PyDict_Check(tmp)) goto leave;
+    PyObject *bco = PyDict_GetItemWithError(tmp, key);
+    if (bco == NULL && PyErr_Occurred()) goto error;
+    if (bco != NULL && (bc = PyLong_AsLongLong(bco)) == -1 && PyErr_Occurred()) goto error;
+    if (lt + k > ltot || bc + k > per) goto leave;
+    /* replies keep their place behind what waits in the outbox */
+    if ((len = PyObject_Length(b->obitems)) < 0) goto error;
+    if (len) goto leave;
+
+    /* _deliver_run: window update and host stats */
+    if (seti(rwin, s_outstanding_messages, om - k) < 0 || seti(rwin, s_outstanding_bytes, ob - nb) < 0
+        || addi(rwin, s_buffered_messages, k) < 0 || addi(rwin, s_buffered_bytes, nb) < 0
+        || addi(b->hstats, s_messages_in, k) < 0 || addi(b->hstats, s_bytes_in, nb) < 0)
+        goto error;
+    rc = 1;
+    /* the batch hook: Dispatcher.dispatch_many */
+    if ((replies = PyList_New(0)) == NULL) goto error;
+    Py_ssize_t stop = dispatch_range(core, run, 1, 0, k, replies);
+    if (stop < 0) goto error;
+    if (k == 1)   /* the chain serves a run of one with dispatch_inline: not counted */
+        core->handled -= (unsigned long long)stop;
+    if (stop < k) goto tail;
+    Py_ssize_t kr = PyList_GET_SIZE(replies);
+    if (kr) {
+        /* send_many_nowait, when the agent's window takes every reply */
+        long long nbr = 0, mxr = 0, sm, sb, msx;
+        for (Py_ssize_t i = 0; i < kr; i++) {
+            PyObject *r = PyList_GET_ITEM(replies, i);
+            if (!PyBytes_CheckExact(r)) goto tail;
+            Py_ssize_t n = PyBytes_GET_SIZE(r);
+            nbr += n;
+            if (n > mxr) mxr = n;
+        }
+        GET(tmp, conn, s_state);
+        if (tmp != e->open_state) goto tail;
+        GET(tmp, conn, s_send_lock);
+        Py_XSETREF(tmp, PyObject_GetAttr(tmp, s_locked));   /* asyncio.Lock.locked() */
+        if (tmp == NULL) goto error;
+        int locked = PyObject_IsTrue(tmp);
+        if (locked < 0) goto error;
+        if (locked) goto tail;
+        GET(swin, conn, s_swin);
+        if (geti(swin, s_messages, &sm) < 0 || geti(swin, s_bytes, &sb) < 0
+            || geti(b->host, s_max_send_size, &msx) < 0)
+            goto error;
+        if (kr > sm || nbr > sb || mxr > msx) goto tail;
+        if (seti(swin, s_messages, sm - kr) < 0 || seti(swin, s_bytes, sb - nbr) < 0
+            || addi(b->hstats, s_messages_out, kr) < 0 || addi(b->hstats, s_bytes_out, nbr) < 0
+            || out_ready(b) < 0)
+            goto error;
+        PyObject *t = PyTuple_Pack(2, cid, replies);
+        if (t == NULL) goto error;
+        int r = PyList_Append(b->runs, t);
+        Py_DECREF(t);
+        if (r < 0) goto error;
+        b->out_bytes += nbr;
+    }
+    if (addi(sstats, s_messages, k) < 0) goto error;
+    /* _consumed_inline(nb, k): grant at half a window pending or the agent out
+     * of message credit (_grant_pending), else the sweep grants it later */
+    long long bm, bb, pm, pb, wm, wb;
+    if (geti(rwin, s_buffered_messages, &bm) < 0 || geti(rwin, s_buffered_bytes, &bb) < 0
+        || seti(rwin, s_buffered_messages, bm - k) < 0 || seti(rwin, s_buffered_bytes, bb - nb) < 0
+        || geti(rwin, s_pending_messages, &pm) < 0 || geti(rwin, s_pending_bytes, &pb) < 0
+        || geti(rwin, s_window_messages, &wm) < 0 || geti(rwin, s_window_bytes, &wb) < 0
+        || geti(rwin, s_outstanding_messages, &om) < 0)
+        goto error;
+    pm += k;
+    pb += nb;
+    if (pm * 2 >= wm || pb * 2 >= wb || om < 1) {
+        if (geti(rwin, s_outstanding_bytes, &ob) < 0
+            || seti(rwin, s_pending_messages, 0) < 0 || seti(rwin, s_pending_bytes, 0) < 0
+            || seti(rwin, s_outstanding_messages, om + pm) < 0
+            || seti(rwin, s_outstanding_bytes, ob + pb) < 0
+            || addi(b->hstats, s_credits_sent, 1) < 0 || out_ready(b) < 0)
+            goto error;
+        PyObject *t = Py_BuildValue("(OLL)", cid, pm, pb);
+        if (t == NULL) goto error;
+        int r = PyList_Append(b->credits, t);
+        Py_DECREF(t);
+        if (r < 0) goto error;
+    }
+    else {
+        if (seti(rwin, s_pending_messages, pm) < 0 || seti(rwin, s_pending_bytes, pb) < 0)
+            goto error;
+        GET(tmp, b->host, s_credit_dirty);
+        if (PySet_Add(tmp, conn) < 0) goto error;
+    }
+    goto done;
+tail:
+    if (flush_out(b) < 0) goto error;
+    {
+        PyObject *nbo = PyLong_FromLongLong(nb), *so = PyLong_FromSsize_t(stop);
+        if (nbo == NULL || so == NULL) {
+            Py_XDECREF(nbo);
+            Py_XDECREF(so);
+            goto error;
+        }
+        PyObject *argv[6] = {conn, PyTuple_GET_ITEM(fast, 4), run, nbo, replies, so};
+        PyObject *x = PyObject_VectorcallMethod(s_run_tail, argv,
+                                                6 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(nbo);
+        Py_DECREF(so);
+        if (x == NULL) goto error;
+        Py_DECREF(x);
+    }
+    goto done;
+leave:
+    rc = 0;
+    goto done;
+error:
+    rc = -1;
+done:
+#undef GET
+    Py_XDECREF(replies);
+    Py_XDECREF(swin);
+    Py_XDECREF(rwin);
+    Py_XDECREF(fast);
+    Py_XDECREF(tmp);
+    Py_DECREF(conn);
+    return rc;
+}
+
+/* An Exception while handling conn_id's run: log it as the Python loop does
+ * (host._data_failed(conn_id) inside the except, so log.exception sees it). */
+static int
+report_failed(PyObject *host, PyObject *cid)
+{
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL && exc != NULL)
+        PyException_SetTraceback(exc, tb);
+    PyObject *prev = PyErr_GetHandledException();
+    PyErr_SetHandledException(exc);
+    PyObject *argv[2] = {host, cid};
+    PyObject *x = PyObject_VectorcallMethod(s_data_failed, argv,
+                                            2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyErr_SetHandledException(prev);
+    Py_XDECREF(prev);
+    Py_XDECREF(type);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+    if (x == NULL) return -1;
+    Py_DECREF(x);
+    return 0;
+}
+
+static int
+type_in(PyObject *tp, PyObject *types)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(types); i++)
+        if (PyTuple_GET_ITEM(types, i) == tp) return 1;
+    return 0;
+}
+
+static int
+taint(Batch *b, PyObject *cid)
+{
+    if (b->tainted == NULL && (b->tainted = PySet_New(NULL)) == NULL) return -1;
+    return PySet_Add(b->tainted, cid);
+}
+
+static PyObject *
+Engine_run(EngineObject *e, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "run(q, msgs)");
+        return NULL;
+    }
+    if (e->host == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "mux_rpc._rpcfast.RunEngine was cleared");
+        return NULL;
+    }
+    Py_ssize_t q = PyLong_AsSsize_t(args[0]);
+    if (q == -1 && PyErr_Occurred()) return NULL;
+    PyObject *msgs = args[1];
+    if (q < 0 || q >= PyList_GET_SIZE(e->senders)) {
+        PyErr_Format(PyExc_ValueError, "no queue %zd", q);
+        return NULL;
+    }
+    if (!PyList_CheckExact(msgs))
+        return PySequence_List(msgs);   /* all of it for Python */
+    Batch b = {0};
+    b.host = e->host;
+    b.q = q;
+    b.sender = PyList_GET_ITEM(e->senders, q);
+    PyObject *conns = NULL, *outboxes = NULL, *ob = NULL, *left = NULL;
+    Py_INCREF(b.sender);
+    if ((conns = PyObject_GetAttr(e->host, s_conns)) == NULL
+        || (b.hstats = PyObject_GetAttr(e->host, s_stats)) == NULL
+        || (outboxes = PyObject_GetAttr(e->host, s_outboxes)) == NULL
+        || (ob = PySequence_GetItem(outboxes, q)) == NULL
+        || (b.obitems = PyObject_GetAttr(ob, s_items)) == NULL
+        || (left = PyList_New(0)) == NULL)
+        goto fail;
+    if (!PyDict_Check(conns)) {
+        PyErr_SetString(PyExc_TypeError, "host._conns is not a dict");
+        goto fail;
+    }
+    int barrier = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(msgs); i++) {
+        PyObject *m = PyList_GET_ITEM(msgs, i);
+        Py_INCREF(m);
+        int r = 0;
+        if (!barrier && PyTuple_CheckExact(m) && PyTuple_GET_SIZE(m) == 2) {
+            PyObject *cid = PyTuple_GET_ITEM(m, 0), *run = PyTuple_GET_ITEM(m, 1);
+            int t = b.tainted == NULL ? 0 : PySet_Contains(b.tainted, cid);
+            if (t < 0) goto fail_m;
+            if (!t) {
+                r = engine_run(e, &b, conns, cid, run);
+                if (r < 0) {
+                    if (!PyErr_ExceptionMatches(PyExc_Exception) || report_failed(e->host, cid) < 0)
+                        goto fail_m;
+                    r = 1;   /* done with, as far as it went */
+                }
+            }
+            if (!r && taint(&b, cid) < 0) goto fail_m;
+        }
+        else if (!barrier && !type_in((PyObject *)Py_TYPE(m), e->inert_types)) {
+            if (type_in((PyObject *)Py_TYPE(m), e->conn_types)) {
+                PyObject *cid = PyObject_GetAttr(m, s_conn_id);
+                if (cid == NULL) goto fail_m;
+                int t = taint(&b, cid);
+                Py_DECREF(cid);
+                if (t < 0) goto fail_m;
+            }
+            else
+                barrier = 1;   /* concerns more than one connection: all after it wait */
+        }
+        if (!r && PyList_Append(left, m) < 0) goto fail_m;
+        Py_DECREF(m);
+        continue;
+fail_m:
+        Py_DECREF(m);
+        goto fail;
+    }
+    if (flush_out(&b) < 0) goto fail;
+    goto done;
+fail:
+    if (b.runs != NULL) {   /* what was handled goes out, as the Python chain sent it */
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        if (flush_out(&b) < 0)
+            PyErr_WriteUnraisable(e->host);
+        PyErr_Restore(type, exc, tb);
+    }
+    Py_CLEAR(left);
+done:
+    Py_XDECREF(b.runs);
+    Py_XDECREF(b.credits);
+    Py_XDECREF(b.tainted);
+    Py_XDECREF(b.obitems);
+    Py_XDECREF(b.hstats);
+    Py_DECREF(b.sender);
+    Py_XDECREF(ob);
+    Py_XDECREF(outboxes);
+    Py_XDECREF(conns);
+    return left;
+}
+
+static PyObject *
+Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *host, *senders, *open_state, *conn_types, *inert_types;
+    static char *kwlist[] = {"host", "senders", "open_state", "conn_types", "inert_types", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!OO!O!:RunEngine", kwlist, &host,
+                                     &PyList_Type, &senders, &open_state, &PyTuple_Type,
+                                     &conn_types, &PyTuple_Type, &inert_types))
+        return NULL;
+    EngineObject *e = PyObject_GC_New(EngineObject, type);
+    if (e == NULL) return NULL;
+    e->host = Py_NewRef(host);
+    e->senders = PyList_GetSlice(senders, 0, PyList_GET_SIZE(senders));   /* a copy */
+    e->open_state = Py_NewRef(open_state);
+    e->conn_types = Py_NewRef(conn_types);
+    e->inert_types = Py_NewRef(inert_types);
+    if (e->senders == NULL) {
+        Py_DECREF(e);
+        return NULL;
+    }
+    PyObject_GC_Track(e);
+    return (PyObject *)e;
+}
+
+static int
+Engine_traverse(EngineObject *e, visitproc visit, void *arg)
+{
+    Py_VISIT(e->host);
+    Py_VISIT(e->senders);
+    Py_VISIT(e->open_state);
+    Py_VISIT(e->conn_types);
+    Py_VISIT(e->inert_types);
+    return 0;
+}
+
+static int
+Engine_clear(EngineObject *e)
+{
+    Py_CLEAR(e->host);
+    Py_CLEAR(e->senders);
+    Py_CLEAR(e->open_state);
+    Py_CLEAR(e->conn_types);
+    Py_CLEAR(e->inert_types);
+    return 0;
+}
+
+static void
+Engine_dealloc(EngineObject *e)
+{
+    PyObject_GC_UnTrack(e);
+    Engine_clear(e);
+    PyObject_GC_Del(e);
+}
+
+static PyMethodDef Engine_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))Engine_run, METH_FASTCALL,
+     "run(q, msgs) -> left: one received batch of queue q; what it did not handle, in "
+     "order, for the Python loop (see the comment atop the run engine in _rpcfast.c)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject Engine_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mux_rpc._rpcfast.RunEngine",
+    .tp_basicsize = sizeof(EngineObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Engine_new,
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_traverse = (traverseproc)Engine_traverse,
+    .tp_clear = (inquiry)Engine_clear,
+    .tp_methods = Engine_methods,
+    .tp_doc = "RunEngine(host, senders, open_state, conn_types, inert_types): a Host's "
+              "receive batches, fast path in C (see mux_rpc/_rpcfast.c).",
+};
+
 /* ---- module functions (the tests compare them with msgpack) ------------------------ */
 
 static PyObject *
@@ -975,7 +1532,27 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__rpcfast(void)
 {
-    if (PyType_Ready(&Core_Type) < 0) return NULL;
+    if (PyType_Ready(&Core_Type) < 0 || PyType_Ready(&Engine_Type) < 0) return NULL;
+#define INTERN(var, text) if (!(var = PyUnicode_InternFromString(text))) return NULL
+    INTERN(s_conns, "_conns"); INTERN(s_stats, "stats"); INTERN(s_outboxes, "_outboxes");
+    INTERN(s_items, "items"); INTERN(s_credit_dirty, "_credit_dirty"); INTERN(s_state, "_state");
+    INTERN(s_fast, "_fast"); INTERN(s_rwin, "_rwin"); INTERN(s_swin, "_swin"); INTERN(s_rx, "_rx");
+    INTERN(s_rx_waiter, "_rx_waiter"); INTERN(s_send_lock, "_send_lock");
+    INTERN(s_locked, "_locked"); INTERN(s_conn_id, "conn_id");
+    INTERN(s_outstanding_messages, "outstanding_messages");
+    INTERN(s_outstanding_bytes, "outstanding_bytes");
+    INTERN(s_buffered_messages, "buffered_messages"); INTERN(s_buffered_bytes, "buffered_bytes");
+    INTERN(s_pending_messages, "pending_messages"); INTERN(s_pending_bytes, "pending_bytes");
+    INTERN(s_window_messages, "window_messages"); INTERN(s_window_bytes, "window_bytes");
+    INTERN(s_max_message_size, "max_message_size"); INTERN(s_messages, "messages");
+    INTERN(s_bytes, "bytes"); INTERN(s_messages_in, "messages_in"); INTERN(s_bytes_in, "bytes_in");
+    INTERN(s_messages_out, "messages_out"); INTERN(s_bytes_out, "bytes_out");
+    INTERN(s_credits_sent, "credits_sent"); INTERN(s_max_send_size, "max_send_size");
+    INTERN(s_waiters, "_waiters"); INTERN(s_ltotal, "_total"); INTERN(s_by_conn, "_by_conn");
+    INTERN(s_total, "total"); INTERN(s_per_connection, "per_connection");
+    INTERN(s_run_tail, "_run_tail"); INTERN(s_data_failed, "_data_failed");
+    INTERN(s_outbox_runs, "_outbox_runs");
+#undef INTERN
     if (!(s_func = PyUnicode_InternFromString("func"))
         || !(s_is_async = PyUnicode_InternFromString("is_async"))
         || !(s_min_args = PyUnicode_InternFromString("min_args"))
@@ -986,6 +1563,12 @@ PyInit__rpcfast(void)
     Py_INCREF(&Core_Type);
     if (PyModule_AddObject(m, "Core", (PyObject *)&Core_Type) < 0) {
         Py_DECREF(&Core_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&Engine_Type);
+    if (PyModule_AddObject(m, "RunEngine", (PyObject *)&Engine_Type) < 0) {
+        Py_DECREF(&Engine_Type);
         Py_DECREF(m);
         return NULL;
     }

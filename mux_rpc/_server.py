@@ -52,7 +52,7 @@ from ._conn import (
 from ._calls import finish_pending
 from ._dispatch import DEFER, Dispatcher, PendingCall, ProtocolError
 from ._limits import InflightLimits
-from ._offload import HOOK_DEFER, HOOK_DONE, HOOK_OWNED
+from ._offload import HOOK_DEFER, HOOK_DONE, HOOK_OWNED, RunSpec
 from ._service import App, StreamHandlerSpec
 
 __all__ = ["Server", "ServerConfig", "ServerStats"]
@@ -225,7 +225,11 @@ class Server:
             hook = self._inline_hook(conn, key, calls)
             set_hook(hook)
             if set_batch_hook is not None:
-                set_batch_hook(self._batch_hook(conn, key, calls, hook))
+                batch, finish = self._batch_hook(conn, key, calls, hook)
+                core = dispatcher._core
+                # the host's run engine runs this hook in C when the dispatcher does
+                set_batch_hook(batch, fast=None if core is None else RunSpec(
+                    core, limits, key, stats, finish))
         try:
             while True:
                 # a slot of this connection before reading; the overall slot after,
@@ -317,7 +321,8 @@ class Server:
 
     def _batch_hook(
         self, conn: Any, key: int, calls: set[asyncio.Task[None]], hook: Callable[[bytes], int]
-    ) -> Callable[[list[bytes]], tuple[int, int, int]]:
+    ) -> tuple[Callable[[list[bytes]], tuple[int, int, int]],
+               Callable[[list[bytes], list[bytes], int], tuple[int, int, int]]]:
         """:meth:`_inline_hook` for a run of messages of one connection
         (``OffloadConnection.set_batch_hook``): one limits check, one
         ``Dispatcher.dispatch_many``, the replies sent with one
@@ -326,7 +331,12 @@ class Server:
         task path and all after it are left to ``recv()``, a reply the
         agent's window refuses goes from a task (and so do all after it, in
         order). Without room in the limits for the whole run, ``hook`` runs
-        on each message (some may then need a slot)."""
+        on each message (some may then need a slot).
+
+        Returns ``(batch, finish)``: the hook, and its part after the
+        dispatch (``finish(payloads, replies, stop)``), which the host's run
+        engine calls for a run it dispatched in C but cannot finish there
+        (:class:`~mux_rpc._offload.RunSpec`)."""
         limits, stats = self.limits, self.stats
         many = self.dispatcher.dispatch_many
         send_many = conn.send_many_nowait
@@ -351,6 +361,10 @@ class Server:
             if waiters or limits._total + k > total or by_conn.get(key, 0) + k > per_conn:
                 return each(payloads)
             replies, stop = many(payloads)
+            return finish(payloads, replies, stop)
+
+        def finish(payloads: list[bytes], replies: list[bytes],
+                   stop: int) -> tuple[int, int, int]:
             stats.messages += stop
             if not replies:
                 return stop, 0, 0
@@ -371,7 +385,7 @@ class Server:
                 self._spawn_late_reply(conn, key, reply, n, calls)
             return stop, late, owned_bytes
 
-        return batch
+        return batch, finish
 
     def _spawn_late_reply(self, conn: MessageConnection, key: int, reply: bytes, nbytes: int,
                           calls: set[asyncio.Task[None]]) -> None:
