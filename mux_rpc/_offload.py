@@ -944,8 +944,8 @@ class Host:
                 raise RuntimeError("the run engine needs mux_rpc._rpcfast (scripts/setup.sh, "
                                    "MUX_RPC_PURE_PYTHON unset) and ports with run_sender()")
             self._engine = _rpcfast.RunEngine(
-                self, [s() for s in senders if s is not None], _OPEN,
-                (P.Data, P.Credit, P.Closed, P.Eof, P.Connected, P.Error, P.NewConnection),
+                self, [s() for s in senders if s is not None], _OPEN, P.Credit,
+                (P.Data, P.Closed, P.Eof, P.Connected, P.Error, P.NewConnection),
                 (P.Keepalive,)).run
 
     def _announce_window(self) -> None:
@@ -1276,8 +1276,11 @@ class Host:
                         continue
                 self._on_message(q, m)  # type: ignore[arg-type]
             except Exception:  # a bug in one message's handling must not kill the link
-                self.stats.protocol_errors += 1
-                log.exception("handling %r", m)
+                self._message_failed(m)
+
+    def _message_failed(self, m: object) -> None:
+        self.stats.protocol_errors += 1
+        log.exception("handling %r", m)
 
     def _outbox_runs(self, q: int, runs: Sequence[tuple[int, Sequence[bytes]]],
                      credits: Sequence[tuple[int, int, int]]) -> None:

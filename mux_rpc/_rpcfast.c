@@ -940,7 +940,8 @@ static PyTypeObject Core_Type = {
 
 /* ---- the run engine ------------------------------------------------------------------
  *
- * RunEngine(host, senders, open_state, conn_types, inert_types).run(q, msgs) -> left
+ * RunEngine(host, senders, open_state, credit_type, conn_types, inert_types).run(q, msgs)
+ *     -> left
  *
  * One call per batch received on queue q (mux_rpc._offload.Host._on_batch). The
  * Python chain it stands for, per run (conn_id, [payloads]) of an OPEN
@@ -966,7 +967,9 @@ static PyTypeObject Core_Type = {
  *                conn._run_tail(finish, payloads, nbytes, replies, stop), the Python
  *                code both paths share, after this call's output so far went
  *                to the link (so it keeps its place).
- *   left         everything else (runs off the fast path, non-run messages)
+ *   CREDIT       from the agent, for an OPEN connection: conn._add_credit(msg)
+ *                in place (what the chain calls for it; it sends nothing).
+ *   left         everything else (runs off the fast path, other messages)
  *                is returned, in order, for Host._on_batch's Python loop. Once
  *                an item of a connection is left, all later items of that
  *                connection are too (its order is kept); a message of no
@@ -978,8 +981,9 @@ static PyTypeObject Core_Type = {
  * runs, credits) queues the same messages in the outbox, in order. A
  * connection whose credit is held back is added to host._credit_dirty; the
  * caller starts the sweep timer. An Exception while handling a run goes to
- * host._data_failed(conn_id) (as the Python loop's except does) and the batch
- * goes on; any other exception propagates after the output so far is sent.
+ * host._data_failed(conn_id) (host._message_failed(msg) for a CREDIT), as the
+ * Python loop's excepts do, and the batch goes on; any other exception
+ * propagates after the output so far is sent.
  */
 
 static PyObject *s_conns, *s_stats, *s_outboxes, *s_items, *s_credit_dirty, *s_state, *s_fast,
@@ -988,13 +992,15 @@ static PyObject *s_conns, *s_stats, *s_outboxes, *s_items, *s_credit_dirty, *s_s
     *s_pending_messages, *s_pending_bytes, *s_window_messages, *s_window_bytes,
     *s_max_message_size, *s_messages, *s_bytes, *s_messages_in, *s_bytes_in, *s_messages_out,
     *s_bytes_out, *s_credits_sent, *s_max_send_size, *s_waiters, *s_ltotal, *s_by_conn,
-    *s_total, *s_per_connection, *s_run_tail, *s_data_failed, *s_outbox_runs;
+    *s_total, *s_per_connection, *s_run_tail, *s_data_failed, *s_outbox_runs,
+    *s_add_credit, *s_message_failed;
 
 typedef struct {
     PyObject_HEAD
     PyObject *host;
     PyObject *senders;      /* list: queue -> AsyncLink.try_send_runs */
     PyObject *open_state;   /* ConnState.OPEN */
+    PyObject *credit_type;  /* xport's Credit */
     PyObject *conn_types;   /* tuple: message classes with a conn_id (that connection waits) */
     PyObject *inert_types;  /* tuple: message classes that change nothing (KEEPALIVE) */
 } EngineObject;
@@ -1266,10 +1272,10 @@ done:
     return rc;
 }
 
-/* An Exception while handling conn_id's run: log it as the Python loop does
- * (host._data_failed(conn_id) inside the except, so log.exception sees it). */
+/* An Exception while handling an item: log it as the Python loop does
+ * (host.<how>(arg) inside the except, so log.exception sees it). */
 static int
-report_failed(PyObject *host, PyObject *cid)
+report_failed(PyObject *host, PyObject *how, PyObject *arg)
 {
     PyObject *type, *exc, *tb;
     PyErr_Fetch(&type, &exc, &tb);
@@ -1278,8 +1284,8 @@ report_failed(PyObject *host, PyObject *cid)
         PyException_SetTraceback(exc, tb);
     PyObject *prev = PyErr_GetHandledException();
     PyErr_SetHandledException(exc);
-    PyObject *argv[2] = {host, cid};
-    PyObject *x = PyObject_VectorcallMethod(s_data_failed, argv,
+    PyObject *argv[2] = {host, arg};
+    PyObject *x = PyObject_VectorcallMethod(how, argv,
                                             2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     PyErr_SetHandledException(prev);
     Py_XDECREF(prev);
@@ -1304,6 +1310,45 @@ taint(Batch *b, PyObject *cid)
 {
     if (b->tainted == NULL && (b->tainted = PySet_New(NULL)) == NULL) return -1;
     return PySet_Add(b->tainted, cid);
+}
+
+/* A CREDIT: 1 added (conn._add_credit), 0 left for Python (its connection
+ * waits from now on), -1 an exception that propagates. */
+static int
+engine_credit(EngineObject *e, Batch *b, PyObject *conns, PyObject *m)
+{
+    PyObject *cid = PyObject_GetAttr(m, s_conn_id), *conn = NULL, *state = NULL;
+    int rc = -1;
+    if (cid == NULL) return -1;
+    int t = b->tainted == NULL ? 0 : PySet_Contains(b->tainted, cid);
+    if (t < 0) goto done;
+    if (!t) {
+        conn = Py_XNewRef(PyDict_GetItemWithError(conns, cid));
+        if (conn == NULL && PyErr_Occurred()) goto done;
+        if (conn != NULL) {
+            if ((state = PyObject_GetAttr(conn, s_state)) == NULL) goto done;
+            if (state == e->open_state) {
+                /* Host._on_message's hot path for CREDIT */
+                PyObject *argv[2] = {conn, m};
+                PyObject *x = PyObject_VectorcallMethod(s_add_credit, argv,
+                                                        2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+                if (x == NULL) {
+                    if (!PyErr_ExceptionMatches(PyExc_Exception)
+                        || report_failed(e->host, s_message_failed, m) < 0)
+                        goto done;
+                }
+                Py_XDECREF(x);
+                rc = 1;
+                goto done;
+            }
+        }
+    }
+    rc = taint(b, cid) < 0 ? -1 : 0;
+done:
+    Py_XDECREF(state);
+    Py_XDECREF(conn);
+    Py_DECREF(cid);
+    return rc;
 }
 
 static PyObject *
@@ -1355,12 +1400,16 @@ Engine_run(EngineObject *e, PyObject *const *args, Py_ssize_t nargs)
             if (!t) {
                 r = engine_run(e, &b, conns, cid, run);
                 if (r < 0) {
-                    if (!PyErr_ExceptionMatches(PyExc_Exception) || report_failed(e->host, cid) < 0)
+                    if (!PyErr_ExceptionMatches(PyExc_Exception)
+                        || report_failed(e->host, s_data_failed, cid) < 0)
                         goto fail_m;
                     r = 1;   /* done with, as far as it went */
                 }
             }
             if (!r && taint(&b, cid) < 0) goto fail_m;
+        }
+        else if (!barrier && (PyObject *)Py_TYPE(m) == e->credit_type) {
+            if ((r = engine_credit(e, &b, conns, m)) < 0) goto fail_m;
         }
         else if (!barrier && !type_in((PyObject *)Py_TYPE(m), e->inert_types)) {
             if (type_in((PyObject *)Py_TYPE(m), e->conn_types)) {
@@ -1407,17 +1456,19 @@ done:
 static PyObject *
 Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *host, *senders, *open_state, *conn_types, *inert_types;
-    static char *kwlist[] = {"host", "senders", "open_state", "conn_types", "inert_types", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!OO!O!:RunEngine", kwlist, &host,
-                                     &PyList_Type, &senders, &open_state, &PyTuple_Type,
-                                     &conn_types, &PyTuple_Type, &inert_types))
+    PyObject *host, *senders, *open_state, *credit_type, *conn_types, *inert_types;
+    static char *kwlist[] = {"host", "senders", "open_state", "credit_type", "conn_types",
+                             "inert_types", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!OOO!O!:RunEngine", kwlist, &host,
+                                     &PyList_Type, &senders, &open_state, &credit_type,
+                                     &PyTuple_Type, &conn_types, &PyTuple_Type, &inert_types))
         return NULL;
     EngineObject *e = PyObject_GC_New(EngineObject, type);
     if (e == NULL) return NULL;
     e->host = Py_NewRef(host);
     e->senders = PyList_GetSlice(senders, 0, PyList_GET_SIZE(senders));   /* a copy */
     e->open_state = Py_NewRef(open_state);
+    e->credit_type = Py_NewRef(credit_type);
     e->conn_types = Py_NewRef(conn_types);
     e->inert_types = Py_NewRef(inert_types);
     if (e->senders == NULL) {
@@ -1434,6 +1485,7 @@ Engine_traverse(EngineObject *e, visitproc visit, void *arg)
     Py_VISIT(e->host);
     Py_VISIT(e->senders);
     Py_VISIT(e->open_state);
+    Py_VISIT(e->credit_type);
     Py_VISIT(e->conn_types);
     Py_VISIT(e->inert_types);
     return 0;
@@ -1445,6 +1497,7 @@ Engine_clear(EngineObject *e)
     Py_CLEAR(e->host);
     Py_CLEAR(e->senders);
     Py_CLEAR(e->open_state);
+    Py_CLEAR(e->credit_type);
     Py_CLEAR(e->conn_types);
     Py_CLEAR(e->inert_types);
     return 0;
@@ -1475,7 +1528,7 @@ static PyTypeObject Engine_Type = {
     .tp_traverse = (traverseproc)Engine_traverse,
     .tp_clear = (inquiry)Engine_clear,
     .tp_methods = Engine_methods,
-    .tp_doc = "RunEngine(host, senders, open_state, conn_types, inert_types): a Host's "
+    .tp_doc = "RunEngine(host, senders, open_state, credit_type, conn_types, inert_types): a Host's "
               "receive batches, fast path in C (see mux_rpc/_rpcfast.c).",
 };
 
@@ -1551,7 +1604,8 @@ PyInit__rpcfast(void)
     INTERN(s_waiters, "_waiters"); INTERN(s_ltotal, "_total"); INTERN(s_by_conn, "_by_conn");
     INTERN(s_total, "total"); INTERN(s_per_connection, "per_connection");
     INTERN(s_run_tail, "_run_tail"); INTERN(s_data_failed, "_data_failed");
-    INTERN(s_outbox_runs, "_outbox_runs");
+    INTERN(s_outbox_runs, "_outbox_runs"); INTERN(s_add_credit, "_add_credit");
+    INTERN(s_message_failed, "_message_failed");
 #undef INTERN
     if (!(s_func = PyUnicode_InternFromString("func"))
         || !(s_is_async = PyUnicode_InternFromString("is_async"))

@@ -409,8 +409,9 @@ def test_control_messages_keep_each_connections_order() -> None:
     items = [("run", 1, ["echo"]), ("credit", 1, 1, 10), ("run", 1, ["echo"]),
              ("run", 2, ["echo"]), ("data", 2), ("run", 2, ["echo"]), ("run", 3, ["echo"]),
              ("keepalive",), ("run", 3, ["echo"])]
-    # 1: first run; 2: first run; 3: both runs and the KEEPALIVE left harmlessly
-    assert compare(Setup(), build([(items, False, False, False)])) == 4
+    # 1: a CREDIT is added in place: all three; 2: the DATA object is left,
+    # and so is the run after it; 3: both runs (a KEEPALIVE changes nothing)
+    assert compare(Setup(), build([(items, False, False, False)])) == 6
 
 
 @needs_engine
