@@ -39,7 +39,7 @@ from xport._backend import BackendStats, Buffer, FrameBackend, RxFrame, TxSlot
 from xport._bpfload import AttachMode, XdpProgram
 from xport._netns import run_in_netns
 from xport._umem import Umem, UmemLayout, XskSocket
-from xport._xsk import ffi
+from xport._xsk import ffi, lib
 
 __all__ = ["AfXdpBackend"]
 
@@ -303,13 +303,15 @@ class AfXdpBackend(FrameBackend):
     def recv_copies(self, max_frames: int = 64) -> list[bytes]:
         """``recv_batch(max_frames, copy=True)`` as the frames' bytes: copies,
         nothing to release (``xport.Link``'s hot path: one object per frame)."""
-        if not self._rx_prepare(max_frames):
-            return []
+        if self._closed or not 0 < max_frames <= self._batch or self._pending_release:
+            if not self._rx_prepare(max_frames):  # the rare cases, checked there
+                return []
         sock = self._sock
-        if sock.ctx.tx_stalled:
+        ctx = sock.ctx
+        if ctx.tx_stalled:
             sock.kick()  # keep TX moving even when the owner only receives
         lens = self._rx_lens
-        n = sock.rx_burst(self._rx_out, lens, max_frames)
+        n = lib.mux_xsk_rx_burst(ctx, self._rx_out, lens, max_frames)  # sock.rx_burst
         if n == 0:
             return []
         buf = self._rx_out_buf

@@ -324,7 +324,7 @@ class Link:
         self._backlog: deque[bytes] = deque()  # built frames a full TX ring refused
         # the frames of one flush, built in place: frame i in the slot
         # _txbuf[i * frame_size:(i + 1) * frame_size], its length in _txlens[i]
-        nslots = cfg.max_frames_per_flush
+        nslots = self._max_frames = cfg.max_frames_per_flush
         self._txbuf = bytearray(frame_size * nslots)
         self._txlens = array("I", bytes(4 * nslots))
         # Ethernet part of the header never changes: pack it once per slot
@@ -478,12 +478,15 @@ class Link:
                 return sent
         queue = self._queue
         # read once per flush: sending frames never posts receive buffers
-        posted = self._posted()
+        posted = self.backend.rx_buffers_posted() - self._posted_base  # _posted()
         if queue:
-            nframes = min(lc.data_credit(), self.config.max_frames_per_flush)
-            if nframes > 0:
-                sent += self._send_data_frames(nframes, posted)
-            if queue and lc.data_credit() < 1:
+            # lc.data_credit(), inline (once or twice per flush)
+            credit = (lc.peer_posted - lc.sent) - lc.reserve + (lc.co_sent - lc.peer_ack)
+            if credit > 0:
+                sent += self._send_data_frames(min(credit, self._max_frames), posted)
+                if queue and lc.data_credit() < 1:
+                    self.stats.credit_stalls += 1
+            elif queue:
                 self.stats.credit_stalls += 1
         if not self._backlog and lc.want_credit_only(posted):
             sent += self._send_credit_only(posted)
@@ -513,7 +516,7 @@ class Link:
                 nf, off, count, nframes, seq, credit, ack, msgs_out, bytes_out
             )
         self._queued_bytes -= bytes_out
-        lc.on_data_sent(nf)
+        lc.sent += nf  # lc.on_data_sent(nf): nf <= nframes <= data_credit()
         st = self.stats
         st.fragments_out += frags_out
         st.messages_out += msgs_out

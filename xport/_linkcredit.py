@@ -202,7 +202,15 @@ class LinkCredit:
 
         ``posted`` is ``backend.rx_buffers_posted()`` (cumulative, may wrap).
         """
-        p, a = self._local(posted)
+        # _local(posted) with unwrap_u32 inline (once per flush)
+        last = self.adv_posted
+        delta = (posted - last) & _MASK
+        if delta >= _HALF:
+            p = last  # a step back: never advertise less (see _local)
+        else:
+            p = last + delta
+        # §4.1: clamp A so that P − A never decreases
+        a = min(self.co_rx, p - (last - self.adv_ack))
         self.adv_posted, self.adv_ack = p, a
         return p & _MASK, a & _MASK
 

@@ -233,3 +233,22 @@ class TwoEnds(RuleBasedStateMachine):
 
 TestTwoEnds = TwoEnds.TestCase
 TestTwoEnds.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+
+
+@given(
+    st.integers(0, 1 << 40),
+    st.integers(0, 1 << 20),
+    st.integers(0, 1 << 20),
+    st.integers(-(1 << 33), 1 << 33),
+)
+def test_advertise_is_local_then_recorded(base: int, co_rx: int, adv_ack: int, step: int) -> None:
+    """advertise (unwrap inlined) returns and records what _local computes,
+    the reference: P never steps back, A clamped so P - A never decreases."""
+    lc = LinkCredit(counter_base=base)
+    lc.co_rx = base + co_rx
+    lc.adv_ack = base + min(adv_ack, co_rx)
+    posted = (lc.adv_posted + step) & 0xFFFFFFFF
+    p, a = lc._local(posted)
+    assert lc.advertise(posted) == (p & 0xFFFFFFFF, a & 0xFFFFFFFF)
+    assert (lc.adv_posted, lc.adv_ack) == (p, a)
+    assert p >= base + 4
