@@ -51,6 +51,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>   /* T_OBJECT_EX: __slots__ members (the run engine) */
 #include <stdint.h>
 #include <string.h>
 
@@ -973,7 +974,11 @@ static PyTypeObject Core_Type = {
  *                is returned, in order, for Host._on_batch's Python loop. Once
  *                an item of a connection is left, all later items of that
  *                connection are too (its order is kept); a message of no
- *                single connection (HELLO, ...) leaves everything after it.
+ *                single connection (HELLO, ...) leaves everything after it,
+ *                and so does an item of an OPEN connection with hooks (when
+ *                Python delivers it, its calls take shared slots - the
+ *                server's limits - that later runs of other connections
+ *                must see as the chain would).
  *
  * Output: replies as (conn_id, replies) runs and CREDITs as (conn_id, messages,
  * bytes), handed to the link once, at the end (or before a tail), with
@@ -993,7 +998,7 @@ static PyObject *s_conns, *s_stats, *s_outboxes, *s_items, *s_credit_dirty, *s_s
     *s_max_message_size, *s_messages, *s_bytes, *s_messages_in, *s_bytes_in, *s_messages_out,
     *s_bytes_out, *s_credits_sent, *s_max_send_size, *s_waiters, *s_ltotal, *s_by_conn,
     *s_total, *s_per_connection, *s_run_tail, *s_data_failed, *s_outbox_runs,
-    *s_add_credit, *s_message_failed;
+    *s_add_credit, *s_message_failed, *s_hook, *s_batch_hook;
 
 typedef struct {
     PyObject_HEAD
@@ -1013,10 +1018,51 @@ typedef struct {   /* one run() call */
     PyObject *tainted;          /* set of conn_ids left for Python; NULL: none */
 } Batch;
 
+/* Where a __slots__ attribute lives, per (interned name, exact type): the
+ * windows and stats objects the engine updates are slotted classes, so their
+ * int fields are read and written in place, as their member descriptors do
+ * (a strong reference to the type keeps the address from being reused).
+ * Anything else - no entry yet, another type, not a plain slot - goes through
+ * PyObject_GetAttr / PyObject_SetAttr. */
+#define SLOT_CACHE 64
+static struct {
+    PyObject *name;        /* borrowed: an interned, immortal-for-us name */
+    PyTypeObject *type;    /* strong */
+    Py_ssize_t offset;     /* -1: not a plain slot of that type */
+} slot_cache[SLOT_CACHE];
+
+static PyObject **
+slot_of(PyObject *obj, PyObject *name)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    size_t h = (((uintptr_t)name >> 4) ^ ((uintptr_t)tp >> 6)) & (SLOT_CACHE - 1);
+    if (slot_cache[h].name != name || slot_cache[h].type != tp) {
+        Py_ssize_t off = -1;
+        PyObject *d = _PyType_Lookup(tp, name);   /* borrowed */
+        if (d != NULL && Py_TYPE(d) == &PyMemberDescr_Type) {
+            PyMemberDef *md = ((PyMemberDescrObject *)d)->d_member;
+            if (md->type == T_OBJECT_EX && !(md->flags & READONLY))
+                off = md->offset;
+        }
+        Py_INCREF(tp);
+        Py_XSETREF(slot_cache[h].type, tp);
+        slot_cache[h].name = name;
+        slot_cache[h].offset = off;
+    }
+    if (slot_cache[h].offset < 0)
+        return NULL;
+    return (PyObject **)((char *)obj + slot_cache[h].offset);
+}
+
 /* obj.name, an int, as a long long: 0, or -1 with an exception set */
 static int
 geti(PyObject *obj, PyObject *name, long long *v)
 {
+    PyObject **slot = slot_of(obj, name);
+    if (slot != NULL && *slot != NULL && PyLong_CheckExact(*slot)) {
+        *v = PyLong_AsLongLong(*slot);
+        return (*v == -1 && PyErr_Occurred()) ? -1 : 0;
+    }
     PyObject *x = PyObject_GetAttr(obj, name);
     if (x == NULL) return -1;
     if (!PyLong_Check(x)) {
@@ -1034,6 +1080,11 @@ seti(PyObject *obj, PyObject *name, long long v)
 {
     PyObject *x = PyLong_FromLongLong(v);
     if (x == NULL) return -1;
+    PyObject **slot = slot_of(obj, name);
+    if (slot != NULL) {
+        Py_XSETREF(*slot, x);
+        return 0;
+    }
     int r = PyObject_SetAttr(obj, name, x);
     Py_DECREF(x);
     return r;
@@ -1094,9 +1145,32 @@ done:
     return rc;
 }
 
+/* Whether an item of conn left for Python must hold back everything after it
+ * (2) or only that connection's (0): an OPEN connection with hooks runs calls
+ * when Python delivers it, which take the server's shared slots (limits) the
+ * later runs of other connections would see; -1: an exception. */
+static int
+barrier_conn(EngineObject *e, PyObject *conn)
+{
+    PyObject *x = PyObject_GetAttr(conn, s_state);
+    if (x == NULL) return -1;
+    int open = x == e->open_state;
+    Py_DECREF(x);
+    if (!open) return 0;
+    PyObject *hooks[2] = {s_hook, s_batch_hook};
+    for (int i = 0; i < 2; i++) {
+        if ((x = PyObject_GetAttr(conn, hooks[i])) == NULL) return -1;
+        int set = x != Py_None;
+        Py_DECREF(x);
+        if (set) return 2;
+    }
+    return 0;
+}
+
 /* One run: 1 handled (in C, or finished by the tail), 0 left for Python
- * (nothing changed), -1 an exception (the run got as far as the Python chain
- * would have before raising it). */
+ * (nothing changed), 2 left and everything after it too (barrier_conn), -1
+ * an exception (the run got as far as the Python chain would have before
+ * raising it). */
 static int
 engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *run)
 {
@@ -1257,7 +1331,7 @@ tail:
     }
     goto done;
 leave:
-    rc = 0;
+    rc = barrier_conn(e, conn);
     goto done;
 error:
     rc = -1;
@@ -1405,6 +1479,10 @@ Engine_run(EngineObject *e, PyObject *const *args, Py_ssize_t nargs)
                         goto fail_m;
                     r = 1;   /* done with, as far as it went */
                 }
+                else if (r == 2) {
+                    barrier = 1;
+                    r = 0;
+                }
             }
             if (!r && taint(&b, cid) < 0) goto fail_m;
         }
@@ -1416,8 +1494,14 @@ Engine_run(EngineObject *e, PyObject *const *args, Py_ssize_t nargs)
                 PyObject *cid = PyObject_GetAttr(m, s_conn_id);
                 if (cid == NULL) goto fail_m;
                 int t = taint(&b, cid);
+                PyObject *conn = t < 0 ? NULL : PyDict_GetItemWithError(conns, cid);
                 Py_DECREF(cid);
-                if (t < 0) goto fail_m;
+                if (t < 0 || (conn == NULL && PyErr_Occurred())) goto fail_m;
+                if (conn != NULL && (Py_INCREF(conn), t = barrier_conn(e, conn),
+                                     Py_DECREF(conn), t) != 0) {
+                    if (t < 0) goto fail_m;
+                    barrier = 1;   /* a DATA object may run a call (the message hook) */
+                }
             }
             else
                 barrier = 1;   /* concerns more than one connection: all after it wait */
@@ -1605,7 +1689,8 @@ PyInit__rpcfast(void)
     INTERN(s_total, "total"); INTERN(s_per_connection, "per_connection");
     INTERN(s_run_tail, "_run_tail"); INTERN(s_data_failed, "_data_failed");
     INTERN(s_outbox_runs, "_outbox_runs"); INTERN(s_add_credit, "_add_credit");
-    INTERN(s_message_failed, "_message_failed");
+    INTERN(s_message_failed, "_message_failed"); INTERN(s_hook, "_hook");
+    INTERN(s_batch_hook, "_batch_hook");
 #undef INTERN
     if (!(s_func = PyUnicode_InternFromString("func"))
         || !(s_is_async = PyUnicode_InternFromString("is_async"))
