@@ -6,12 +6,13 @@ no clients: what is left is the host's per-message bookkeeping plus dispatch.
 
 Usage (from the repository root, or with PYTHONPATH pointing at another checkout):
 
-    .venv/bin/python tests/host/measure_batch_delivery.py [CONNS] [RUN] [BATCH] [SECONDS]
+    .venv/bin/python tests/host/measure_batch_delivery.py [CONNS] [RUN] [BATCH] [SECONDS] [--python]
 
 CONNS connections (64), each batch holds runs of RUN consecutive calls per
 connection (8; 1 = connections interleaved message by message), BATCH
 messages per batch (512), for SECONDS (3). Prints microseconds per RPC, the
-fastest round of 8 batches.
+fastest round of 8 batches. The host uses the C run engine when it is built
+(``Host(run_engine=None)``); ``--python`` measures the Python chain instead.
 """
 
 from __future__ import annotations
@@ -31,11 +32,47 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mux_rpc import App, Server  # noqa: E402
 from mux_rpc._offload import Host, HostConfig  # noqa: E402
-from tests.host._fake import FakeAgent, port_pair  # noqa: E402
+from tests.host._fake import FakeAgent, MemoryPort  # noqa: E402
 from xport import _protocol as P  # noqa: E402
 
 
-async def main(nconn: int, run: int, batch: int, seconds: float) -> None:
+class StubPort(MemoryPort):
+    """A MemoryPort whose direct link senders only count (as the xport link's
+    ``try_send_*`` would take everything)."""
+
+    sent = [0, 0]
+
+    def direct_senders(self) -> tuple[object, object, object]:
+        sent = self.sent
+
+        def data(conn_id: int, payload: bytes, header_length: int) -> bool:
+            sent[0] += 1
+            return True
+
+        def credit(conn_id: int, messages: int, nbytes: int) -> bool:
+            sent[1] += 1
+            return True
+
+        def many(conn_id: int, payloads: Sequence[bytes], nbytes: int) -> int:
+            sent[0] += len(payloads)
+            return len(payloads)
+
+        return data, credit, many
+
+    def run_sender(self) -> object:
+        sent = self.sent
+
+        def runs(runs: Sequence[tuple[int, Sequence[bytes]]],
+                 credits: Sequence[tuple[int, int, int]], nbytes: int) -> bool:
+            for _, ps in runs:
+                sent[0] += len(ps)
+            sent[1] += len(credits)
+            return True
+
+        return runs
+
+
+async def main(nconn: int, run: int, batch: int, seconds: float, engine: bool) -> None:
     logging.disable(logging.WARNING)  # the fake agent never confirms a CLOSE
     app = App()
 
@@ -43,9 +80,11 @@ async def main(nconn: int, run: int, batch: int, seconds: float) -> None:
     def echo(x: object, i: int) -> object:
         return x
 
-    a, b = port_pair()
+    a, b = StubPort(), MemoryPort()
+    a.peer, b.peer = b, a
     agent = FakeAgent([b])
-    host = Host([a], dataclasses.replace(HostConfig(), close_timeout=0.05), run_timer=False)
+    host = Host([a], dataclasses.replace(HostConfig(), close_timeout=0.05), run_timer=False,
+                run_engine=None if engine else False)
     start = asyncio.create_task(host.start())
     await agent.wait_for(P.Hello)
     await agent.hello()
@@ -57,23 +96,7 @@ async def main(nconn: int, run: int, batch: int, seconds: float) -> None:
         await agent.send(0, P.NewConnection(cid, lst.listener_id, "127.0.0.1", cid))
     for _ in range(50):
         await asyncio.sleep(0)
-    sent = [0, 0]
-
-    def data(conn_id: int, payload: bytes, header_length: int) -> bool:
-        sent[0] += 1
-        return True
-
-    def credit(conn_id: int, messages: int, nbytes: int) -> bool:
-        sent[1] += 1
-        return True
-
-    def many(conn_id: int, payloads: Sequence[bytes], nbytes: int) -> int:
-        sent[0] += len(payloads)
-        return len(payloads)
-
-    host._direct[0] = data
-    host._direct_credit[0] = credit
-    host._direct_many[0] = many
+    sent = StubPort.sent
     msgid = 0
     batches = []
     for _ in range(8):
@@ -105,7 +128,8 @@ async def main(nconn: int, run: int, batch: int, seconds: float) -> None:
         best = min(best, (time.perf_counter() - t0) / n * 1e6)
         await asyncio.sleep(0)  # credit timers, as the event loop would
     assert sent[0] > 0 and server.stats.messages >= sent[0]
-    print(f"{nconn} conns, runs of {run}, {batch} msgs/batch: {best:.2f} us per RPC "
+    how = "run engine" if host._engine is not None else "Python chain"
+    print(f"{how}: {nconn} conns, runs of {run}, {batch} msgs/batch: {best:.2f} us per RPC "
           f"(replies {sent[0]:,}, credits {sent[1]:,}, "
           f"protocol errors {host.stats.protocol_errors})")
     await server.close()
@@ -116,6 +140,7 @@ async def main(nconn: int, run: int, batch: int, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    args = [int(x) for x in sys.argv[1:4]] + [64, 8, 512][len(sys.argv[1:4]):]
-    asyncio.run(main(args[0], args[1], args[2],
-                     float(sys.argv[4]) if len(sys.argv) > 4 else 3.0))
+    argv = [a for a in sys.argv[1:] if a != "--python"]
+    args = [int(x) for x in argv[0:3]] + [64, 8, 512][len(argv[0:3]):]
+    asyncio.run(main(args[0], args[1], args[2], float(argv[3]) if len(argv) > 3 else 3.0,
+                     "--python" not in sys.argv[1:]))
