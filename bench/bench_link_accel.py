@@ -20,7 +20,9 @@ pair, one process, both ends): the agent end sends ``--batch`` small DATA
 runs it), queues one reply per message (``try_send_runs``) and ``flush``es;
 the agent polls the replies. Reported per wake-up, in us of wall time (one
 process, no waiting inside the measured calls): ``poll`` and ``flush`` of the
-host end. With ``--base DIR`` a third mode runs the same with ``DIR`` (an
+host end, the median wake-up of each run (robust to a noisy neighbour
+preempting a few), and ``cycle_cpu``: the process's CPU time (user + system,
+both ends and the kernel's veth/XDP work) per request/reply round. With ``--base DIR`` a third mode runs the same with ``DIR`` (an
 older tree, e.g. a git worktree with the built ``*.so`` copied in) first on
 ``PYTHONPATH``: before/after in one run.
 """
@@ -116,8 +118,11 @@ def measure_wakeup(size: int, seconds: float, batch: int) -> dict[str, float]:
         shim._flush_scheduled, shim._blocked = True, False
         payload = bytes(size)
         clock = time.perf_counter_ns
-        t_poll = t_flush = wakeups = msgs = 0
+        polls: list[int] = []
+        flushes: list[int] = []
+        wakeups = msgs = 0
         deadline = clock() + int(seconds * 1e9)
+        cpu0 = time.process_time_ns()
         while clock() < deadline:
             for i in range(batch):
                 a.send_data(1 + i % 2, payload)
@@ -133,8 +138,8 @@ def measure_wakeup(size: int, seconds: float, batch: int) -> dict[str, float]:
                 t2 = clock()
                 h.flush()
                 t3 = clock()
-                t_poll += t1 - t0
-                t_flush += t3 - t2
+                polls.append(t1 - t0)
+                flushes.append(t3 - t2)
                 wakeups += 1
                 got += n
             msgs += got
@@ -142,12 +147,18 @@ def measure_wakeup(size: int, seconds: float, batch: int) -> dict[str, float]:
             while back < batch:
                 pa.poll(1000)
                 back += len(a.poll(64))
+        cpu = time.process_time_ns() - cpu0
         assert a.stats.dropped == {} and h.stats.dropped == {}, (a.stats, h.stats)
         return {
             "accelerated": float(getattr(_link, "ACCELERATED", False)),
-            "poll": t_poll / wakeups / 1e3,
-            "flush": t_flush / wakeups / 1e3,
+            # medians: a wake-up preempted by a neighbour does not count
+            "poll": statistics.median(polls) / 1e3,
+            "flush": statistics.median(flushes) / 1e3,
             "msgs": msgs / wakeups,
+            "wakeups": float(wakeups),
+            # process CPU (user + system, both ends, the kernel's sends included)
+            # per request/reply round: what a neighbour's preemption does not inflate
+            "cycle_cpu": cpu / (msgs / batch) / 1e3,
         }
 
 
@@ -227,7 +238,7 @@ def wakeup_main(a: argparse.Namespace) -> int:
           f"{a.seconds}s, median us per wake-up")
     print(f"{'':7}" + "".join(f"{m:>9}" for m in res) + "".join(
         f"{m + '/c':>9}" for m in res if m != "c"))
-    for key in ("poll", "flush", "msgs"):
+    for key in ("poll", "flush", "cycle_cpu", "msgs"):
         med = {m: statistics.median(r[key] for r in rs) for m, rs in res.items()}
         row = "".join(f"{med[m]:9.2f}" for m in res)
         row += "".join(f"{med[m] / med['c']:9.2f}" for m in res if m != "c")
