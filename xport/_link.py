@@ -42,12 +42,14 @@ turns that into ``await drain()``.
 Hot path: received frames are copied once (``recv_batch(copy=True)``, or a
 backend's ``recv_copies`` straight into ``bytes``) and message payloads are
 ``bytes`` slices of that copy (grouped per connection with ``raw_runs``); outgoing frames are
-built with ``struct.pack_into`` into preallocated ``bytearray`` buffers that
-``send_batch`` copies (every backend copies into its TX ring on the call).
-With the optional C accelerator (``xport._linkfast``, see below) the whole
-DATA and CREDIT messages of a frame are parsed, and the whole queued messages
-that fit in a frame are packed, in one C call per frame; the Python loops
-take over at anything else and are the reference.
+built in place in fixed-size slots of one preallocated ``bytearray``
+(``_txbuf``) that ``send_batch`` copies (every backend copies into its TX ring
+on the call), or that a backend with ``strided_sender`` (AF_XDP) takes
+straight from the slots in one C call. With the optional C accelerator
+(``xport._linkfast``, see below) the clean frames of a receive batch (header,
+credit, whole DATA and CREDIT messages) are taken in one C call, and the
+frames of a flush are packed in one; the Python loops take over at anything
+else and are the reference.
 
 Public API
 ----------
@@ -121,12 +123,15 @@ _CREDIT_ONLY = int(FrameFlags.CREDIT_ONLY)
 _MASK = 0xFFFFFFFF
 
 # The optional C accelerator (xport/_linkfast.c, built by
-# ``python scripts/build_accelerators.py``) runs the two per-message loops, once per
-# frame: the whole DATA/CREDIT messages of a received frame (``rx_whole``) and
-# the whole messages packed into a frame to send (``pack_whole``). Everything
-# else (fragments, control messages, malformed input, frame headers, credit)
-# stays in Python, and the pure-Python loops are the reference and the
-# fallback (tests/xport/test_linkfast.py compares the two).
+# ``python scripts/build_accelerators.py``) runs the hot loops: per receive
+# batch, the clean frames (link header checks, LinkCredit.on_frame without an
+# anomaly, credit-only frames) and their whole DATA/CREDIT messages
+# (``rx_frames``); per flush, the frames of whole messages (``pack_frames``);
+# per frame, the whole messages from an offset (``rx_whole``, ``pack_whole``)
+# where the Python loops hand back to C. Everything else (fragments, control
+# messages, malformed input, anomalies, the handshake) stays in Python, and
+# the pure-Python loops are the reference and the fallback
+# (tests/xport/test_linkfast.py and test_link_fast_frames.py compare them).
 # ``XPORT_PURE_PYTHON=1`` turns it off for the process.
 _linkfast: Any
 try:

@@ -3,9 +3,10 @@
  * XPORT_PURE_PYTHON=1) the link runs its pure-Python loops, which are the
  * reference: tests/xport/test_linkfast.py compares the two.
  *
- * Two functions, each called once per frame, never once per message. Both do
- * only the hot, common case and stop at anything else, leaving it to the one
- * Python statement of the rare path in xport/_link.py:
+ * Functions called once per receive batch or flush (rx_frames, pack_frames;
+ * documented where they are defined) or once per frame, never once per
+ * message. All do only the hot, common case and stop at anything else,
+ * leaving it to the Python loop of the rare path in xport/_link.py:
  *
  *   rx_whole(data, off, end, left, raw, out) -> (off, left, merged)
  *       Walk the messages of one received frame from `off` (a message header)
