@@ -330,7 +330,10 @@ class OffloadConnection:
         self._send_waiter: asyncio.Future[None] | None = None
         self._hook: Callable[[bytes], int] | None = None
         self._batch_hook: BatchHook | None = None
-        self._fast: RunSpec | None = None
+        # what the run engine reads per run: the server's RunSpec, then this
+        # connection's and the limits' objects that never change (see
+        # set_batch_hook); None: not served by the engine
+        self._fast: tuple[Any, ...] | None = None
         self._cause: tuple[str, str] | None = None
         self._done = self._loop.create_future()  # set when CLOSED/BROKEN
         self._opened = self._loop.create_future()  # CONNECTING -> OPEN
@@ -469,7 +472,12 @@ class OffloadConnection:
         ``fast``: the same hook as the run engine can run it in C (see
         :class:`RunSpec`); set and cleared with ``hook``."""
         self._batch_hook = hook
-        self._fast = fast if hook is not None else None
+        if hook is None or fast is None:
+            self._fast = None
+        else:
+            lim = fast.limits
+            self._fast = (*fast, self._rwin, self._swin, self._rx, self._send_lock,
+                          lim._waiters, lim._by_conn, lim.total, lim.per_connection)
 
     def send_nowait(self, payload: bytes) -> bool:
         """Send ``payload`` at once if nothing waits to send on this connection
@@ -1237,17 +1245,24 @@ class Host:
             return
         self._last_rx = self._clock()
         engine = self._engine
+        stopped: BaseException | None = None
         if engine is not None:
             # every run on the fast path handled in C; the rest, in order, below
-            try:
-                msgs = engine(q, msgs)  # type: ignore[arg-type]
-            finally:
-                if self._credit_dirty and self._credit_timer is None:
-                    # the engine held credit back (_consumed_inline's rule)
-                    self._credit_timer = asyncio.get_running_loop().call_later(
-                        self.config.credit_delay, self._credit_sweep)
-            if not msgs:
+            left: Any = engine(q, msgs)  # type: ignore[arg-type]
+            if self._credit_dirty and self._credit_timer is None:
+                # the engine held credit back (_consumed_inline's rule)
+                self._credit_timer = asyncio.get_running_loop().call_later(
+                    self.config.credit_delay, self._credit_sweep)
+            if left.__class__ is tuple:
+                # an exception that is not an Exception (it passes the loop's
+                # excepts) stopped the engine: what it left before it goes
+                # on below, as in the chain; then it propagates
+                left, stopped = left
+            if not left:
+                if stopped is not None:
+                    raise stopped
                 return
+            msgs = left
         # the batch: DATA for OPEN connections (_on_message's hot path) inline;
         # a run of consecutive raw DATA of one connection (the link groups
         # them: Link.raw_runs) in one call (_deliver_run): per connection,
@@ -1277,6 +1292,8 @@ class Host:
                 self._on_message(q, m)  # type: ignore[arg-type]
             except Exception:  # a bug in one message's handling must not kill the link
                 self._message_failed(m)
+        if stopped is not None:
+            raise stopped
 
     def _message_failed(self, m: object) -> None:
         self.stats.protocol_errors += 1

@@ -987,8 +987,9 @@ static PyTypeObject Core_Type = {
  * connection whose credit is held back is added to host._credit_dirty; the
  * caller starts the sweep timer. An Exception while handling a run goes to
  * host._data_failed(conn_id) (host._message_failed(msg) for a CREDIT), as the
- * Python loop's excepts do, and the batch goes on; any other exception
- * propagates after the output so far is sent.
+ * Python loop's excepts do, and the batch goes on. Any other exception stops
+ * the batch: the output so far is sent and run() returns (left, exc) instead
+ * - the items left before it - for Python to finish and then raise exc.
  */
 
 static PyObject *s_conns, *s_stats, *s_outboxes, *s_items, *s_credit_dirty, *s_state, *s_fast,
@@ -1024,7 +1025,7 @@ typedef struct {   /* one run() call */
  * (a strong reference to the type keeps the address from being reused).
  * Anything else - no entry yet, another type, not a plain slot - goes through
  * PyObject_GetAttr / PyObject_SetAttr. */
-#define SLOT_CACHE 64
+#define SLOT_CACHE 256   /* power of two; about 30 (name, type) pairs are in use */
 static struct {
     PyObject *name;        /* borrowed: an interned, immortal-for-us name */
     PyTypeObject *type;    /* strong */
@@ -1035,7 +1036,8 @@ static PyObject **
 slot_of(PyObject *obj, PyObject *name)
 {
     PyTypeObject *tp = Py_TYPE(obj);
-    size_t h = (((uintptr_t)name >> 4) ^ ((uintptr_t)tp >> 6)) & (SLOT_CACHE - 1);
+    uint64_t x = ((uint64_t)(uintptr_t)name ^ ((uint64_t)(uintptr_t)tp << 17)) * 0x9E3779B97F4A7C15ULL;
+    size_t h = (size_t)(x >> 56) & (SLOT_CACHE - 1);
     if (slot_cache[h].name != name || slot_cache[h].type != tp) {
         Py_ssize_t off = -1;
         PyObject *d = _PyType_Lookup(tp, name);   /* borrowed */
@@ -1186,11 +1188,19 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
     GET(tmp, conn, s_state);
     if (tmp != e->open_state) goto leave;
     GET(fast, conn, s_fast);
-    if (!PyTuple_Check(fast) || PyTuple_GET_SIZE(fast) != 5) goto leave;   /* None: no spec */
+    /* conn._fast: the RunSpec's (core, limits, key, stats, finish), then the
+     * connection's rwin, swin, rx, send_lock and the limits' waiters, by_conn,
+     * total, per_connection (objects that never change; see set_batch_hook) */
+    if (!PyTuple_CheckExact(fast) || PyTuple_GET_SIZE(fast) != 13) goto leave;   /* None */
     CoreObject *core = (CoreObject *)PyTuple_GET_ITEM(fast, 0);
     PyObject *limits = PyTuple_GET_ITEM(fast, 1), *key = PyTuple_GET_ITEM(fast, 2);
-    PyObject *sstats = PyTuple_GET_ITEM(fast, 3);
-    if (Py_TYPE(core) != &Core_Type || core->methods == NULL) goto leave;
+    PyObject *sstats = PyTuple_GET_ITEM(fast, 3), *rx = PyTuple_GET_ITEM(fast, 7);
+    PyObject *waiters = PyTuple_GET_ITEM(fast, 9), *by_conn = PyTuple_GET_ITEM(fast, 10);
+    rwin = Py_NewRef(PyTuple_GET_ITEM(fast, 5));
+    if (Py_TYPE(core) != &Core_Type || core->methods == NULL || !PyDict_Check(by_conn)
+        || !PyLong_CheckExact(PyTuple_GET_ITEM(fast, 11))
+        || !PyLong_CheckExact(PyTuple_GET_ITEM(fast, 12)))
+        goto leave;
     Py_ssize_t k = PyList_GET_SIZE(run);
     long long nb = 0, mx = 0;
     for (Py_ssize_t i = 0; i < k; i++) {
@@ -1202,7 +1212,6 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
     }
     /* _deliver_run: the receive window takes the whole run (else message by message) */
     long long om, ob, mms;
-    GET(rwin, conn, s_rwin);
     if (geti(rwin, s_outstanding_messages, &om) < 0 || geti(rwin, s_outstanding_bytes, &ob) < 0
         || geti(rwin, s_max_message_size, &mms) < 0)
         goto error;
@@ -1210,21 +1219,18 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
     /* ... and the hook only while recv() is parked with nothing queued */
     GET(tmp, conn, s_rx_waiter);
     if (tmp == Py_None) goto leave;
-    GET(tmp, conn, s_rx);
-    Py_ssize_t len = PyObject_Length(tmp);
+    Py_ssize_t len = PyObject_Length(rx);
     if (len < 0) goto error;
     if (len) goto leave;
     /* the batch hook's limits check: room for every message of the run */
-    GET(tmp, limits, s_waiters);
-    if ((len = PyObject_Length(tmp)) < 0) goto error;
+    if ((len = PyObject_Length(waiters)) < 0) goto error;
     if (len) goto leave;
-    long long lt, ltot, per, bc = 0;
-    if (geti(limits, s_ltotal, &lt) < 0 || geti(limits, s_total, &ltot) < 0
-        || geti(limits, s_per_connection, &per) < 0)
-        goto error;
-    GET(tmp, limits, s_by_conn);
-    if (!PyDict_Check(tmp)) goto leave;
-    PyObject *bco = PyDict_GetItemWithError(tmp, key);
+    long long lt, bc = 0;
+    long long ltot = PyLong_AsLongLong(PyTuple_GET_ITEM(fast, 11));
+    long long per = PyLong_AsLongLong(PyTuple_GET_ITEM(fast, 12));
+    if ((ltot == -1 || per == -1) && PyErr_Occurred()) goto error;
+    if (geti(limits, s_ltotal, &lt) < 0) goto error;
+    PyObject *bco = PyDict_GetItemWithError(by_conn, key);
     if (bco == NULL && PyErr_Occurred()) goto error;
     if (bco != NULL && (bc = PyLong_AsLongLong(bco)) == -1 && PyErr_Occurred()) goto error;
     if (lt + k > ltot || bc + k > per) goto leave;
@@ -1258,13 +1264,12 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
         }
         GET(tmp, conn, s_state);
         if (tmp != e->open_state) goto tail;
-        GET(tmp, conn, s_send_lock);
-        Py_XSETREF(tmp, PyObject_GetAttr(tmp, s_locked));   /* asyncio.Lock.locked() */
+        Py_XSETREF(tmp, PyObject_GetAttr(PyTuple_GET_ITEM(fast, 8), s_locked));   /* Lock.locked() */
         if (tmp == NULL) goto error;
         int locked = PyObject_IsTrue(tmp);
         if (locked < 0) goto error;
         if (locked) goto tail;
-        GET(swin, conn, s_swin);
+        swin = Py_NewRef(PyTuple_GET_ITEM(fast, 6));
         if (geti(swin, s_messages, &sm) < 0 || geti(swin, s_bytes, &sb) < 0
             || geti(b->host, s_max_send_size, &msx) < 0)
             goto error;
@@ -1516,14 +1521,23 @@ fail_m:
     if (flush_out(&b) < 0) goto fail;
     goto done;
 fail:
-    if (b.runs != NULL) {   /* what was handled goes out, as the Python chain sent it */
+    /* stopped by an exception that is not an Exception (the chain's excepts
+     * let it through): what was handled goes out, as the chain sent it, and
+     * the caller gets (left, exc): the items left before it, then it raises */
+    if (left != NULL) {
         PyObject *type, *exc, *tb;
         PyErr_Fetch(&type, &exc, &tb);
+        PyErr_NormalizeException(&type, &exc, &tb);
+        if (tb != NULL && exc != NULL)
+            PyException_SetTraceback(exc, tb);
         if (flush_out(&b) < 0)
             PyErr_WriteUnraisable(e->host);
-        PyErr_Restore(type, exc, tb);
+        PyObject *t = exc == NULL ? NULL : PyTuple_Pack(2, left, exc);
+        Py_XDECREF(type);
+        Py_XDECREF(exc);
+        Py_XDECREF(tb);
+        Py_SETREF(left, t);
     }
-    Py_CLEAR(left);
 done:
     Py_XDECREF(b.runs);
     Py_XDECREF(b.credits);

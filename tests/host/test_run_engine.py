@@ -150,11 +150,13 @@ class Rig:
         self.task = asyncio.get_running_loop().create_task(self.server.serve(lst))
         for cid in range(1, s.conns + 1):
             await self.agent.send(0, P.NewConnection(cid, lst.listener_id, "127.0.0.1", cid))
-        for _ in range(50):
+        for _ in range(500):
             await settle()
             if all(c in self.host._conns and self.host._conns[c]._rx_waiter is not None
                    for c in range(1, s.conns + 1)):
                 break
+        else:
+            raise AssertionError("the server's connections never parked in recv()")
         self.conns = {c: self.host._conns[c] for c in range(1, s.conns + 1)}
         assert all(c._fast is not None for c in self.conns.values()) == (_rpcfast is not None)
 
