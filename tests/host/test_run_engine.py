@@ -124,11 +124,14 @@ class Rig:
                          max_message_size=min(1024, s.window[1]), credit_delay=3600.0,
                          close_timeout=0.05)
         a, b = memory_backend_pair(rx_buffers=64, frame_size=1514)
-        port = link_port(a, max_message_size=cfg.max_message_size,
-                         window_messages=s.window[0], window_bytes=s.window[1])
+        # keepalive timers far away: a stalled machine must not lose the link
+        port = link_port(a, max_message_size=cfg.max_message_size, keepalive_interval=60.0,
+                         peer_timeout=600.0, window_messages=s.window[0],
+                         window_bytes=s.window[1])
         agent_port = link_port(b, link_config=agent_cfg(
             window_messages=s.agent_window[0], window_bytes=s.agent_window[1],
-            max_message_size=min(1024, s.agent_window[1])))
+            max_message_size=min(1024, s.agent_window[1]), keepalive_interval=60.0,
+            peer_timeout=600.0))
         self.agent = FakeAgent([agent_port])  # type: ignore[list-item]
         self.host = Host([port], cfg, run_timer=False, run_engine=self.engine)
         assert (self.host._engine is not None) == self.engine
