@@ -122,7 +122,7 @@ class Rig:
         s = self.setup
         cfg = HostConfig(window_messages=s.window[0], window_bytes=s.window[1],
                          max_message_size=min(1024, s.window[1]), credit_delay=3600.0,
-                         close_timeout=0.05)
+                         close_timeout=3600.0)  # no timer may fire within a scenario
         a, b = memory_backend_pair(rx_buffers=64, frame_size=1514)
         # keepalive timers far away: a stalled machine must not lose the link
         port = link_port(a, max_message_size=cfg.max_message_size, keepalive_interval=60.0,
@@ -216,10 +216,10 @@ class Rig:
         got = [wire_of_msg(m) for _, m in self.agent.received
                if isinstance(m, (P.Data, P.Credit))]
         end = (per_conn_wire(got), self.state())
+        await self.host.close()  # first: it ends the closes that wait for the agent
         await self.server.close()
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
-        await self.host.close()
         await self.agent.close()
         return end
 
@@ -252,7 +252,11 @@ def per_conn_wire(entries: list[tuple[Any, ...]]) -> dict[Any, list[Any]]:
 
 # -- scenarios -----------------------------------------------------------------------------
 
-KINDS = ["echo", "echo", "echo", "echo", "note", "boom", "slow", "bad", "big", "nasty", "halt"]
+# "nasty" (an Exception out of the dispatch itself) only in the targeted test:
+# the chain then leaves that message counted as buffered for good, and the
+# clamped credit of later task-path calls (on_consumed) may split a byte
+# differently between pending and outstanding depending on task order
+KINDS = ["echo", "echo", "echo", "echo", "note", "boom", "slow", "bad", "big", "halt"]
 
 
 def payload(kind: str, msgid: int) -> bytes:
