@@ -407,13 +407,22 @@ class Dispatcher:
         elif isinstance(exc, TimeoutError):
             code, message = ErrorCode.TIMEOUT, f"{spec.name} passed its deadline"
         else:
-            code, message = ErrorCode.HANDLER_ERROR, f"{type(exc).__name__}: {exc}"
+            code, message = ErrorCode.HANDLER_ERROR, f"{type(exc).__name__}: {_text(exc)}"
             logger.warning("handler %s raised", spec.name, exc_info=exc)
         if msgid is None:
             if isinstance(exc, (RemoteError, TimeoutError)):
                 logger.warning("notification %s failed: %s: %s", spec.name, code, message)
             return None
         return encode_error(msgid, code, message, self._packer)
+
+
+def _text(exc: BaseException) -> str:
+    # an exception whose str() fails still gets its error reply (raising here
+    # would leave the call unanswered and its credit held)
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - any failure of a user's __str__
+        return "<str() of the exception failed>"
 
 
 def _method_name(method: Any) -> str:

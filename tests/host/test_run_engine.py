@@ -48,7 +48,7 @@ class Stop(BaseException):
 
 
 class Nasty(Exception):
-    """An Exception whose text cannot be made: the dispatcher's error reply fails."""
+    """An Exception whose text cannot be made (its error reply says so)."""
 
     def __str__(self) -> str:
         raise RuntimeError("no text")
@@ -252,11 +252,7 @@ def per_conn_wire(entries: list[tuple[Any, ...]]) -> dict[Any, list[Any]]:
 
 # -- scenarios -----------------------------------------------------------------------------
 
-# "nasty" (an Exception out of the dispatch itself) only in the targeted test:
-# the chain then leaves that message counted as buffered for good, and the
-# clamped credit of later task-path calls (on_consumed) may split a byte
-# differently between pending and outstanding depending on task order
-KINDS = ["echo", "echo", "echo", "echo", "note", "boom", "slow", "bad", "big", "halt"]
+KINDS = ["echo", "echo", "echo", "echo", "note", "boom", "nasty", "slow", "bad", "big", "halt"]
 
 
 def payload(kind: str, msgid: int) -> bytes:

@@ -217,3 +217,27 @@ def test_dispatch_many_handles_in_order_and_stops_at_the_first_defer() -> None:
     assert d.dispatch_many(batch, 5) == ([], 5) and d.dispatch_many([]) == ([], 0)
     # the deferred message itself is never touched
     assert d.dispatch_many(batch, 3) == ([], 3) and len(calls) == 4
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+@pytest.mark.parametrize("accelerated", [False, None])
+def test_an_exception_whose_text_fails_still_gets_its_error_reply(accelerated: bool | None) -> None:
+    # before: fail_call's f-string raised out of the dispatch, the call went
+    # unanswered and (offloaded) its credit stayed held for good
+    app = mux_rpc.App()
+
+    @app.method
+    def nasty() -> None:
+        raise _Unprintable
+
+    d = Dispatcher(app, accelerated=accelerated)
+    for out in (d.dispatch(msgpack.packb([0, 3, "nasty", []])),
+                d.dispatch_many([msgpack.packb([0, 4, "nasty", []])])[0][0]):
+        assert isinstance(out, bytes)
+        r = msgpack.unpackb(out)
+        assert r[2]["code"] == "HANDLER_ERROR"
+        assert r[2]["message"] == "_Unprintable: <str() of the exception failed>"
