@@ -239,6 +239,26 @@ ssize_arg(PyObject *v, Py_ssize_t *out)
     return *out == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* The receive calls' common arguments: init() done, and `raw` (0: Data
+ * objects, 1: (conn_id, payload), 2: runs; bools are 0 and 1) in range;
+ * -1 with an exception set naming `fn`. */
+static int
+rx_ready(const char *fn, PyObject *v, long *raw)
+{
+    if (data_cls.cls == NULL || credit_cls.cls == NULL) {
+        PyErr_Format(PyExc_RuntimeError, "%s: init(Data, Credit) not called", fn);
+        return -1;
+    }
+    *raw = PyLong_AsLong(v);
+    if (*raw == -1 && PyErr_Occurred())
+        return -1;
+    if (*raw < 0 || *raw > 2) {
+        PyErr_Format(PyExc_ValueError, "%s: raw must be 0, 1 or 2", fn);
+        return -1;
+    }
+    return 0;
+}
+
 /* rx_whole's loop: the whole DATA/CREDIT messages of a frame from *off;
  * *off, *left and *merged advanced; -1 with an exception set. */
 static int
@@ -300,22 +320,13 @@ rx_whole(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "rx_whole(data: bytes, off, end, left, raw, out: list)");
         return NULL;
     }
-    if (data_cls.cls == NULL || credit_cls.cls == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "rx_whole: init(Data, Credit) not called");
+    long raw;
+    if (rx_ready("rx_whole", args[4], &raw) < 0)
         return NULL;
-    }
     Py_ssize_t off, end, left;
     if (ssize_arg(args[1], &off) < 0 || ssize_arg(args[2], &end) < 0
         || ssize_arg(args[3], &left) < 0)
         return NULL;
-    /* 0: Data objects, 1: (conn_id, payload), 2: runs (bools are 0 and 1) */
-    long raw = PyLong_AsLong(args[4]);
-    if (raw == -1 && PyErr_Occurred())
-        return NULL;
-    if (raw < 0 || raw > 2) {
-        PyErr_SetString(PyExc_ValueError, "rx_whole: raw must be 0, 1 or 2");
-        return NULL;
-    }
     Py_ssize_t merged = 0;
     PyObject *out = args[5];
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
@@ -579,6 +590,15 @@ static const char *const lc_names[LC_N] = {"frames_rx", "co_recv", "co_rx", "pee
 static PyObject *lc_attr[LC_N]; /* interned names, set at module init */
 #define LC_LIMIT ((long long)1 << 62) /* beyond: Python (ints never overflow there) */
 
+/* xport._linkcredit.unwrap_u32: the counter whose low 32 bits are `wire`,
+ * nearest after `last` (a step of 2**31 or more reads as a step back). */
+static inline long long
+unwrap_u32(long long last, uint32_t wire)
+{
+    uint32_t d = wire - (uint32_t)last;
+    return last + (long long)d - (d >= 0x80000000u ? (1LL << 32) : 0);
+}
+
 /* rx_frames(rx, start, lc, raw, out) -> (index, off, left, merged, credit_only)
  * Link.poll's per-frame loop for the clean case, from rx[start] on: a frame
  * is taken when its link header is valid (§1: length, EtherType, version,
@@ -599,21 +619,13 @@ rx_frames(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "rx_frames(rx: list, start, lc, raw, out: list)");
         return NULL;
     }
-    if (data_cls.cls == NULL || credit_cls.cls == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "rx_frames: init(Data, Credit) not called");
+    long raw;
+    if (rx_ready("rx_frames", args[3], &raw) < 0)
         return NULL;
-    }
     PyObject *rx = args[0], *lc = args[2], *out = args[4];
     Py_ssize_t start;
     if (ssize_arg(args[1], &start) < 0)
         return NULL;
-    long raw = PyLong_AsLong(args[3]);
-    if (raw == -1 && PyErr_Occurred())
-        return NULL;
-    if (raw < 0 || raw > 2) {
-        PyErr_SetString(PyExc_ValueError, "rx_frames: raw must be 0, 1 or 2");
-        return NULL;
-    }
     Py_ssize_t nrx = PyList_GET_SIZE(rx);
     if (start < 0 || start > nrx) {
         PyErr_SetString(PyExc_ValueError, "rx_frames: start outside rx");
@@ -660,10 +672,8 @@ rx_frames(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         /* LinkCredit.on_frame with no anomaly (§4.1, §4.3); else Python's */
         if (seq != (uint32_t)frames_rx)
             break;
-        uint32_t d = be32(data + 22) - (uint32_t)posted;
-        long long p = posted + (long long)d - (d >= 0x80000000u ? (1LL << 32) : 0);
-        d = be32(data + 26) - (uint32_t)ack;
-        long long a = ack + (long long)d - (d >= 0x80000000u ? (1LL << 32) : 0);
+        long long p = unwrap_u32(posted, be32(data + 22));
+        long long a = unwrap_u32(ack, be32(data + 26));
         if (p < posted || a < ack || p - a < posted - ack)
             break;
         frames_rx++;
