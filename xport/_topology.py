@@ -196,12 +196,22 @@ def owner_alive(owner: Owner) -> bool:
     """False only when ``owner`` is certainly gone: no such pid, a zombie, or a
     process that started at another time (the pid was reused). An owner in
     another pid namespace cannot be judged from here and counts as alive."""
+    return _owner_state(owner)[0]
+
+
+def _owner_state(owner: Owner) -> tuple[bool, str]:
+    """(:func:`owner_alive`, why): one look at /proc for both."""
+    pid = owner.pid
     if owner.pidns is not None and owner.pidns != _own_pidns():
-        return True
-    stat = _proc_stat(owner.pid)
-    if stat is None or stat[0] in ("Z", "X"):
-        return False
-    return owner.start is None or stat[1] == owner.start
+        return True, f"owner pid {pid} is in another pid namespace"
+    stat = _proc_stat(pid)
+    if stat is None:
+        return False, f"owner pid {pid} is gone"
+    if stat[0] in ("Z", "X"):
+        return False, f"owner pid {pid} is dead (zombie)"
+    if owner.start is None or stat[1] == owner.start:
+        return True, f"owner pid {pid} is alive"
+    return False, f"pid {pid} now belongs to another process (start {stat[1]}, not {owner.start})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,17 +427,8 @@ def _verdict(pid: int, aliases: list[str | None]) -> tuple[bool, str]:
         owners.add(owner)
     if len(owners) > 1:
         return False, "its two ends name different owners"
-    owner = owners.pop() if owners else Owner(pid)
-    if owner_alive(owner):
-        if owner.pidns is not None and owner.pidns != _own_pidns():
-            return False, f"owner pid {pid} is in another pid namespace"
-        return False, f"owner pid {pid} is alive"
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True, f"owner pid {pid} is gone"
-    if stat[0] in ("Z", "X"):
-        return True, f"owner pid {pid} is dead (zombie)"
-    return True, f"pid {pid} now belongs to another process (start {stat[1]}, not {owner.start})"
+    alive, why = _owner_state(owners.pop() if owners else Owner(pid))
+    return not alive, why
 
 
 def sweep_stale(*, dry_run: bool = False) -> SweepResult:
