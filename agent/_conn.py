@@ -77,6 +77,16 @@ _DRAINING = (S.DRAINING, S.DRAINING_CLOSED)
 _CREDIT_STATES = (S.OPEN, S.DRAINING, S.HALF_CLOSED, S.DRAINING_CLOSED)
 
 
+def _close_or_reset(transport: asyncio.Transport | None) -> None:
+    """FIN if everything was written; a reset if replies are still buffered
+    (a client that does not read them: do not linger)."""
+    if transport is not None:
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
+
+
 class Budget:
     """Bytes buffered from clients, summed over every connection."""
 
@@ -379,17 +389,9 @@ class Connection(asyncio.Protocol):
             if reason != "closed_by_host":
                 text = f"{reason}: {text}" if text else reason
             self.close_reason = reason = "closed_by_host"
-            if transport is not None:
-                if transport.get_write_buffer_size():
-                    transport.abort()
-                else:
-                    transport.close()
+            _close_or_reset(transport)
         elif action is A.EXPIRE:
-            if transport is not None:
-                if transport.get_write_buffer_size():
-                    transport.abort()  # a client that does not read: do not linger
-                else:
-                    transport.close()
+            _close_or_reset(transport)
         elif action is A.ABORT_SILENT:
             report = False
             if transport is not None:
