@@ -568,19 +568,9 @@ class OffloadConnection:
 
     def _grant_pending(self) -> None:
         """Grant everything pending now (one CREDIT), if anything is."""
-        w = self._rwin
-        m, b = w.pending_messages, w.pending_bytes
+        m, b = self._rwin.take_pending()
         if m or b:
-            # ReceiveWindow.take_pending and Host._send_credit, inline
-            w.pending_messages = w.pending_bytes = 0
-            w.outstanding_messages += m
-            w.outstanding_bytes += b
-            host = self._host
-            host.stats.credits_sent += 1
-            q = self.queue
-            direct = host._direct_credit[q]
-            if direct is None or host._outboxes[q].items or not direct(self.conn_id, m, b):
-                host._send_ctl(q, P.Credit(self.conn_id, m, b))
+            self._host._send_credit(self.queue, self.conn_id, m, b)
 
     # -- internals ----------------------------------------------------------------
 
@@ -1322,8 +1312,7 @@ class Host:
             try:
                 self._on_message(q, P.Data(cid, payload))
             except Exception:  # a bug in one message's handling must not kill the link
-                self.stats.protocol_errors += 1
-                log.exception("handling DATA of connection %#x", cid)
+                self._data_failed(cid)
 
     def _on_message(self, q: int, m: P.Message) -> None:
         if m.__class__ is P.Data:
