@@ -276,25 +276,33 @@ def test_localhost_binds_every_address_the_resolver_gives() -> None:
     uvloop.run(main())
 
 
-def test_a_port_taken_on_a_later_address_is_retried_with_a_fresh_one(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # the kernel picks port P for 127.0.0.1; just before the 127.0.0.2 socket
-    # binds P, another program takes 127.0.0.2:P (a real collision, staged)
+def _raced_socket(blockers: list[socket.socket], races: int) -> type[socket.socket]:
+    """A socket class under which, for the first ``races`` binds of 127.0.0.2
+    on a given port, another program takes that port there just before (a
+    real collision, staged); each such blocker is appended to ``blockers``."""
     real = socket.socket
-    blockers: list[socket.socket] = []
 
     class Raced(socket.socket):
         def bind(self, address: Any) -> None:
-            if address[0] == "127.0.0.2" and address[1] and len(blockers) < 2:
+            if address[0] == "127.0.0.2" and address[1] and len(blockers) < races:
                 b = real(socket.AF_INET, socket.SOCK_STREAM)
                 b.bind(address)
                 b.listen(1)
                 blockers.append(b)
             super().bind(address)
 
+    return Raced
+
+
+def test_a_port_taken_on_a_later_address_is_retried_with_a_fresh_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the kernel picks port P for 127.0.0.1; just before the 127.0.0.2 socket
+    # binds P, another program takes 127.0.0.2:P - twice
+    blockers: list[socket.socket] = []
+
     async def main() -> None:
         _fake_resolver(asyncio.get_running_loop(), "127.0.0.1", "127.0.0.2")
-        monkeypatch.setattr(socket, "socket", Raced)
+        monkeypatch.setattr(socket, "socket", _raced_socket(blockers, races=2))
         try:
             lst = await Listener.start(_Made, "x", 0)
         finally:
@@ -319,21 +327,13 @@ def test_a_port_taken_on_a_later_address_is_retried_with_a_fresh_one(
 
 def test_a_port_never_free_everywhere_fails_after_a_few_attempts(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    real = socket.socket
     blockers: list[socket.socket] = []
-
-    class Raced(socket.socket):
-        def bind(self, address: Any) -> None:
-            if address[0] == "127.0.0.2" and address[1]:
-                b = real(socket.AF_INET, socket.SOCK_STREAM)
-                b.bind(address)
-                b.listen(1)
-                blockers.append(b)
-            super().bind(address)
 
     async def main() -> None:
         _fake_resolver(asyncio.get_running_loop(), "127.0.0.1", "127.0.0.2")
-        monkeypatch.setattr(socket, "socket", Raced)
+        # every attempt loses its port (more races than attempts)
+        monkeypatch.setattr(socket, "socket",
+                            _raced_socket(blockers, races=_accept.PORT_ATTEMPTS + 1))
         try:
             with pytest.raises(OSError) as info:
                 await Listener.start(_Made, "x", 0)
