@@ -1164,8 +1164,7 @@ class AsyncLink:
             self._writable.clear()
             self._blocked = True
         if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._schedule_flush()
 
     def try_send_credit(self, conn_id: int, messages: int, nbytes: int) -> bool:
         """``send(Credit(conn_id, messages, nbytes))`` without the dataclass,
