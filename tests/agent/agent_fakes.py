@@ -12,7 +12,6 @@ from agent import AgentConfig, Budget, Connection
 from agent._stats import AgentStats
 
 
-
 def frame(body: bytes) -> bytes:
     """One length-prefixed message (the ``length`` framer's wire form)."""
     return struct.pack("!I", len(body)) + body
@@ -84,6 +83,8 @@ class FakeOwner:
         self.connected: list[tuple[int, bool, str]] = []
         self.new: list[int] = []
         self.closed: list[tuple[int, str, str, bool]] = []
+        self.eofs: list[int] = []  # EOFs told to the host (§3.13), by conn id
+        self.eof_after: list[int] = []  # len(data) when each EOF went out
         self.watched: set[Connection] = set()
         self.clock = 0.0
 
@@ -92,6 +93,10 @@ class FakeOwner:
 
     def to_host_credit(self, conn_id: int, messages: int, nbytes: int) -> None:
         self.credits.append((conn_id, messages, nbytes))
+
+    def to_host_eof(self, conn: Connection) -> None:
+        self.eofs.append(conn.conn_id)
+        self.eof_after.append(len(self.data))
 
     def to_host_connected(self, conn: Connection, ok: bool, reason: str, text: str) -> None:
         self.connected.append((conn.conn_id, ok, reason))

@@ -12,23 +12,12 @@ from agent import AgentConfig, Connection, ConnState
 from agent._codec import make_framer
 
 
-class Owner(FakeOwner):
-    """FakeOwner that also records the EOFs told to the host (§3.13)."""
-
-    def __init__(self, config: AgentConfig | None = None) -> None:
-        super().__init__(config)
-        self.eofs: list[int] = []
-
-    def to_host_eof(self, conn: Connection) -> None:
-        self.eofs.append(conn.conn_id)
-
-
-def make(owner: Owner | None = None, *, window: tuple[int, int] = (4, 1000),
+def make(owner: FakeOwner | None = None, *, window: tuple[int, int] = (4, 1000),
          hold: bool = False, spec: str = "length", outbound: bool = False,
-         ) -> tuple[Connection, Owner, FakeTransport]:
-    owner = owner or Owner(AgentConfig(initial_window_messages=4, initial_window_bytes=1000,
-                                       max_message_size=1000,
-                                       max_buffered_per_connection=8192))
+         ) -> tuple[Connection, FakeOwner, FakeTransport]:
+    owner = owner or FakeOwner(AgentConfig(initial_window_messages=4, initial_window_bytes=1000,
+                                           max_message_size=1000,
+                                           max_buffered_per_connection=8192))
     framer = make_framer(spec, owner.config.max_message_size)
     conn = Connection(owner, 7, framer, host_window=window, outbound=outbound)
     tr = FakeTransport(hold=hold)
@@ -289,7 +278,7 @@ def test_outbound_connect_reports_connected() -> None:
 def test_global_budget_pauses_partial_holders() -> None:
     cfg = AgentConfig(max_message_size=4096, max_buffered_per_connection=8192,
                       max_buffered_total=100)
-    owner = Owner(cfg)
+    owner = FakeOwner(cfg)
     a, _, ta = make(owner, window=(1, 10_000))
     b, _, tb = make(owner, window=(1, 10_000))
     a.data_received(frame(b"x") + frame(b"y" * 200))  # second one waits for credit

@@ -212,15 +212,6 @@ def test_an_old_peer_counts_eof_as_unknown_and_keeps_going(
 
 # -- the connection shell: credit and budget stay consistent across a FIN ---------------
 
-class _Owner(FakeOwner):
-    def __init__(self, config: AgentConfig) -> None:
-        super().__init__(config)
-        self.eof_after: list[int] = []  # messages delivered when EOF went out
-
-    def to_host_eof(self, conn: Connection) -> None:
-        self.eof_after.append(len(self.data))
-
-
 @settings(max_examples=200, deadline=None)
 @given(bodies=st.lists(st.binary(max_size=40), max_size=12),
        cuts=st.lists(st.integers(0, 600), max_size=8),
@@ -232,7 +223,7 @@ def test_fin_amid_random_reads_and_credits_delivers_all_then_one_eof(
         grants: list[tuple[bool, int, int]]) -> None:
     cfg = AgentConfig(max_message_size=1000, max_buffered_per_connection=8192,
                       initial_window_bytes=1000, max_write_buffer=1000)
-    owner = _Owner(cfg)
+    owner = FakeOwner(cfg)
     conn = Connection(owner, 7, make_framer("length", 1000), host_window=window)
     tr = FakeTransport()
     conn.connection_made(tr)
