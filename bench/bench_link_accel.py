@@ -162,6 +162,32 @@ def measure_wakeup(size: int, seconds: float, batch: int) -> dict[str, float]:
         }
 
 
+def run_modes(
+    argv: list[str], modes: dict[str, tuple[bool, str]], runs: int, timeout: float
+) -> dict[str, list[dict[str, float]]] | None:
+    """``argv`` (a worker printing one JSON dict) once per mode, the modes
+    alternated ``runs`` times; a mode is (pure Python?, tree: "" for this
+    one, else put first on PYTHONPATH, BENCH_TREE and the cwd). None (its
+    stderr shown) when a worker fails."""
+    res: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    for _ in range(runs):
+        for mode, (pure, tree) in modes.items():
+            env = dict(os.environ)
+            env.pop("XPORT_PURE_PYTHON", None)
+            if pure:
+                env["XPORT_PURE_PYTHON"] = "1"
+            if tree:
+                env["BENCH_TREE"] = tree
+                env["PYTHONPATH"] = tree
+            out = subprocess.run(argv, env=env, capture_output=True, text=True,
+                                 timeout=timeout, cwd=tree or None)  # fmt: skip
+            if out.returncode:
+                sys.stderr.write(out.stderr)
+                return None
+            res[mode].append(json.loads(out.stdout))
+    return res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=64, help="DATA payload bytes")
@@ -183,18 +209,9 @@ def main() -> int:
     a.batch = a.batch or 512
     argv = [sys.executable, __file__, "--worker", "--size", str(a.size), "--batch",
             str(a.batch), "--seconds", str(a.seconds)] + (["--objects"] * a.objects)  # fmt: skip
-    res: dict[str, list[dict[str, float]]] = {"c": [], "pure": []}
-    for _ in range(a.runs):
-        for mode in res:
-            env = dict(os.environ)
-            env.pop("XPORT_PURE_PYTHON", None)
-            if mode == "pure":
-                env["XPORT_PURE_PYTHON"] = "1"
-            out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
-            if out.returncode:
-                sys.stderr.write(out.stderr)
-                return 1
-            res[mode].append(json.loads(out.stdout))
+    res = run_modes(argv, {"c": (False, ""), "pure": (True, "")}, a.runs, 60)
+    if res is None:
+        return 1
     if not all(r["accelerated"] for r in res["c"]):
         print("xport._linkfast is not built: run scripts/setup.sh", file=sys.stderr)
         return 1
@@ -216,24 +233,12 @@ def wakeup_main(a: argparse.Namespace) -> int:
         return 0
     argv = [sys.executable, __file__, "--wakeup", "--worker", "--size", str(a.size),
             "--batch", str(batch), "--seconds", str(a.seconds)]  # fmt: skip
-    modes = {"pure": ("1", str(REPO)), "c": ("", str(REPO))}
+    modes = {"pure": (True, str(REPO)), "c": (False, str(REPO))}
     if a.base:
-        modes["base"] = ("", a.base)
-    res: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
-    for _ in range(a.runs):
-        for mode, (pure, tree) in modes.items():
-            env = dict(os.environ)
-            env.pop("XPORT_PURE_PYTHON", None)
-            if pure:
-                env["XPORT_PURE_PYTHON"] = "1"
-            env["BENCH_TREE"] = tree
-            env["PYTHONPATH"] = tree
-            out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120,
-                                 cwd=tree)  # fmt: skip
-            if out.returncode:
-                sys.stderr.write(out.stderr)
-                return 1
-            res[mode].append(json.loads(out.stdout))
+        modes["base"] = (False, a.base)
+    res = run_modes(argv, modes, a.runs, 120)
+    if res is None:
+        return 1
     print(f"AF_XDP host wake-up, {a.size}-byte DATA, {batch} per batch, {a.runs} runs of "
           f"{a.seconds}s, median us per wake-up")
     print(f"{'':7}" + "".join(f"{m:>9}" for m in res) + "".join(
