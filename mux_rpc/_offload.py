@@ -549,8 +549,7 @@ class OffloadConnection:
         # grant at half a window or when the agent is out of message credit;
         # the rest goes back after HostConfig.credit_delay (Host._credit_sweep),
         # so a sender blocked on a large message never waits for a batch that
-        # cannot fill
-        # (once per run; the sweep's timer is started inline)
+        # cannot fill (once per run)
         w = self._rwin
         w.buffered_messages -= count
         w.buffered_bytes -= n
@@ -563,8 +562,7 @@ class OffloadConnection:
         host = self._host
         host._credit_dirty.add(self)
         if host._credit_timer is None:
-            host._credit_timer = self._loop.call_later(host.config.credit_delay,
-                                                       host._credit_sweep)
+            host._start_credit_timer()
 
     def _grant_pending(self) -> None:
         """Grant everything pending now (one CREDIT), if anything is."""
@@ -1181,6 +1179,11 @@ class Host:
             return  # nothing queued before it: order kept
         self._send_ctl(q, P.Credit(conn_id, messages, nbytes))
 
+    def _start_credit_timer(self) -> None:
+        # credit held back in _credit_dirty goes after HostConfig.credit_delay
+        self._credit_timer = asyncio.get_running_loop().call_later(
+            self.config.credit_delay, self._credit_sweep)
+
     def _stop_credit_timer(self) -> None:
         if self._credit_timer is not None:
             self._credit_timer.cancel()
@@ -1240,9 +1243,7 @@ class Host:
             # every run on the fast path handled in C; the rest, in order, below
             left: Any = engine(q, msgs)  # type: ignore[arg-type]
             if self._credit_dirty and self._credit_timer is None:
-                # the engine held credit back (_consumed_inline's rule)
-                self._credit_timer = asyncio.get_running_loop().call_later(
-                    self.config.credit_delay, self._credit_sweep)
+                self._start_credit_timer()  # the engine held credit back (_consumed_inline)
             if left.__class__ is tuple:
                 # an exception that is not an Exception (it passes the loop's
                 # excepts) stopped the engine: what it left before it goes
