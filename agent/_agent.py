@@ -631,7 +631,7 @@ class Agent:
             server.close()
             return
         lst.server = server
-        lst.port = server.sockets[0].getsockname()[1]
+        lst.port = server.port
         self.listeners[lkey] = lst
         log.info("listening on %s:%d (listener %d of queue %d, framer %r%s)", bind, lst.port,
                  m.listener_id, q, m.framer, ", TLS" if ctx else "")
