@@ -116,11 +116,11 @@ class Listener:
     retry_delay = 1.0  # seconds accepting pauses after an EMFILE-like error
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 socks: socket.socket | Sequence[socket.socket],
+                 socks: Sequence[socket.socket],
                  factory: Callable[[], asyncio.Protocol], *, ssl_context: ssl.SSLContext | None,
                  ssl_handshake_timeout: float | None, burst: int) -> None:
         """Accept on ``socks`` (bound and listening, all on one port)."""
-        socks = (socks,) if isinstance(socks, socket.socket) else tuple(socks)
+        socks = tuple(socks)
         ports = {s.getsockname()[1] for s in socks}
         if len(ports) != 1:
             raise ValueError(f"a Listener needs sockets on one port, got {sorted(ports)}")

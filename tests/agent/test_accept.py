@@ -117,7 +117,7 @@ def test_out_of_descriptors_pauses_accepting_instead_of_spinning(
         sock = _Exhausted()
         sock.bind(("127.0.0.1", 0))
         sock.listen(8)
-        lst = Listener(asyncio.get_running_loop(), sock, _Made, ssl_context=None,
+        lst = Listener(asyncio.get_running_loop(), [sock], _Made, ssl_context=None,
                        ssl_handshake_timeout=None, burst=1024)
         client = socket.create_connection(sock.getsockname())
         try:
