@@ -993,12 +993,12 @@ static PyTypeObject Core_Type = {
  */
 
 static PyObject *s_conns, *s_stats, *s_outboxes, *s_items, *s_credit_dirty, *s_state, *s_fast,
-    *s_rwin, *s_swin, *s_rx, *s_rx_waiter, *s_send_lock, *s_locked, *s_conn_id,
+    *s_rx_waiter, *s_locked, *s_conn_id,
     *s_outstanding_messages, *s_outstanding_bytes, *s_buffered_messages, *s_buffered_bytes,
     *s_pending_messages, *s_pending_bytes, *s_window_messages, *s_window_bytes,
     *s_max_message_size, *s_messages, *s_bytes, *s_messages_in, *s_bytes_in, *s_messages_out,
-    *s_bytes_out, *s_credits_sent, *s_max_send_size, *s_waiters, *s_ltotal, *s_by_conn,
-    *s_total, *s_per_connection, *s_run_tail, *s_data_failed, *s_outbox_runs,
+    *s_bytes_out, *s_credits_sent, *s_max_send_size, *s_ltotal,
+    *s_run_tail, *s_data_failed, *s_outbox_runs,
     *s_add_credit, *s_message_failed, *s_hook, *s_batch_hook;
 
 typedef struct {
@@ -1687,8 +1687,7 @@ PyInit__rpcfast(void)
 #define INTERN(var, text) if (!(var = PyUnicode_InternFromString(text))) return NULL
     INTERN(s_conns, "_conns"); INTERN(s_stats, "stats"); INTERN(s_outboxes, "_outboxes");
     INTERN(s_items, "items"); INTERN(s_credit_dirty, "_credit_dirty"); INTERN(s_state, "_state");
-    INTERN(s_fast, "_fast"); INTERN(s_rwin, "_rwin"); INTERN(s_swin, "_swin"); INTERN(s_rx, "_rx");
-    INTERN(s_rx_waiter, "_rx_waiter"); INTERN(s_send_lock, "_send_lock");
+    INTERN(s_fast, "_fast"); INTERN(s_rx_waiter, "_rx_waiter");
     INTERN(s_locked, "_locked"); INTERN(s_conn_id, "conn_id");
     INTERN(s_outstanding_messages, "outstanding_messages");
     INTERN(s_outstanding_bytes, "outstanding_bytes");
@@ -1699,8 +1698,7 @@ PyInit__rpcfast(void)
     INTERN(s_bytes, "bytes"); INTERN(s_messages_in, "messages_in"); INTERN(s_bytes_in, "bytes_in");
     INTERN(s_messages_out, "messages_out"); INTERN(s_bytes_out, "bytes_out");
     INTERN(s_credits_sent, "credits_sent"); INTERN(s_max_send_size, "max_send_size");
-    INTERN(s_waiters, "_waiters"); INTERN(s_ltotal, "_total"); INTERN(s_by_conn, "_by_conn");
-    INTERN(s_total, "total"); INTERN(s_per_connection, "per_connection");
+    INTERN(s_ltotal, "_total");
     INTERN(s_run_tail, "_run_tail"); INTERN(s_data_failed, "_data_failed");
     INTERN(s_outbox_runs, "_outbox_runs"); INTERN(s_add_credit, "_add_credit");
     INTERN(s_message_failed, "_message_failed"); INTERN(s_hook, "_hook");
