@@ -142,8 +142,9 @@ try:
     _c_wire = (_linkfast.PROTOCOL_VERSION, _linkfast.HEADER_SIZE, _linkfast.DATA, _linkfast.CREDIT)
     if _c_wire != (PROTOCOL_VERSION, HEADER_SIZE, _DATA, _CREDIT):
         raise ImportError(f"xport._linkfast was built for other wire constants {_c_wire}")
-    if getattr(_linkfast, "API", 1) != 2:  # rx_whole's runs (raw=2) and 3-tuple
-        raise ImportError("xport._linkfast is a stale build (API != 2)")
+    # API 2: rx_whole's runs (raw=2) and 3-tuple; FEATURES 4: pack_frames, rx_frames
+    if (getattr(_linkfast, "API", 1), getattr(_linkfast, "FEATURES", 0)) != (2, 4):
+        raise ImportError("xport._linkfast is a stale build (API != 2 or FEATURES != 4)")
     _linkfast.init(Data, Credit)  # TypeError if they stopped being slotted classes
 except (ImportError, TypeError):
     _linkfast = None
@@ -156,14 +157,12 @@ _rx_whole: Callable[[bytes, int, int, int, int, list[Any]], tuple[int, int, int]
 _pack_whole: Callable[[deque[Any], bytearray, int, int, int], tuple[int, int, int]] | None = (
     _linkfast.pack_whole if ACCELERATED else None
 )
-# whole frames per call: pack_frames (FEATURES >= 3), rx_frames (>= 4)
-_features = getattr(_linkfast, "FEATURES", 0) if ACCELERATED else 0
 _pack_frames: Callable[..., tuple[int, int, int, int, int]] | None = (
-    _linkfast.pack_frames if _features >= 3 else None
+    _linkfast.pack_frames if ACCELERATED else None
 )
 _rx_frames: (
     Callable[[list[bytes], int, LinkCredit, int, list[Any]], tuple[int, int, int, int, int]] | None
-) = _linkfast.rx_frames if _features >= 4 else None
+) = _linkfast.rx_frames if ACCELERATED else None
 
 
 # the slot setters of Data and Credit: the Python loop of Link.poll builds
