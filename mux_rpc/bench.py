@@ -329,9 +329,8 @@ def _ratios(cells: list[dict[str, Any]], conn_counts: list[int]) -> list[dict[st
                 continue
             cpu = c["host_cpu_s_per_100k"]
             row[f"{mode}_vs_floor"] = c["vs_floor"]
-            if mode == "afxdp":
-                if c["vs_floor_c"] is not None:
-                    row["afxdp_vs_floor_c"] = c["vs_floor_c"]
+            if mode == "afxdp" and c["vs_floor_c"] is not None:
+                row["afxdp_vs_floor_c"] = c["vs_floor_c"]
             if direct is not None:
                 row[f"{mode}_vs_direct"] = cpu / direct["host_cpu_s_per_100k"]
         if direct is not None:
