@@ -214,7 +214,7 @@ class Listener:
                 else:  # ECONNABORTED...: this one is lost, the listener lives
                     log.warning("accept failed: %s", exc)
                 return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # (no TCP_NODELAY here: both loops' transports set it themselves)
             task: asyncio.Task[object] = self._loop.create_task(self._adopt(conn))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -435,3 +435,29 @@ def test_sockets_on_different_ports_are_refused() -> None:
             b.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("loop_name", ["uvloop", "asyncio"])
+def test_accepted_connections_have_nodelay(loop_name: str) -> None:
+    # the Listener leaves TCP_NODELAY to the loop's transport: pin that it is set
+    got: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            got.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def main() -> None:
+        lst = await Listener.start(Probe, "127.0.0.1", 0)
+        try:
+            with socket.create_connection(("127.0.0.1", lst.port)):
+                for _ in range(200):
+                    if got:
+                        break
+                    await asyncio.sleep(0.01)
+        finally:
+            lst.close()
+
+    (uvloop.run if loop_name == "uvloop" else asyncio.run)(main())
+    assert got == [1]
