@@ -1099,6 +1099,41 @@ addi(PyObject *obj, PyObject *name, long long delta)
     return geti(obj, name, &v) < 0 ? -1 : seti(obj, name, v + delta);
 }
 
+/* argv[0].name(*argv[1:n]), the result dropped: 0, or -1 with an exception set */
+static int
+call_method(PyObject *name, PyObject *const *argv, size_t n)
+{
+    PyObject *x = PyObject_VectorcallMethod(name, argv, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (x == NULL) return -1;
+    Py_DECREF(x);
+    return 0;
+}
+
+/* list.append(item), item a new reference (or NULL: an exception) taken */
+static int
+append_new(PyObject *list, PyObject *item)
+{
+    if (item == NULL) return -1;
+    int r = PyList_Append(list, item);
+    Py_DECREF(item);
+    return r;
+}
+
+/* The exception being raised, normalized, its traceback attached; the error
+ * indicator is cleared. A new reference (NULL: none was set). */
+static PyObject *
+fetch_exc(void)
+{
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL && exc != NULL)
+        PyException_SetTraceback(exc, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return exc;
+}
+
 static int
 out_ready(Batch *b)
 {
@@ -1133,12 +1168,8 @@ flush_out(Batch *b)
     PyObject *qo = PyLong_FromSsize_t(b->q);
     if (qo == NULL) goto done;
     PyObject *margv[4] = {b->host, qo, runs, credits};
-    PyObject *x = PyObject_VectorcallMethod(s_outbox_runs, margv,
-                                            4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    rc = call_method(s_outbox_runs, margv, 4);
     Py_DECREF(qo);
-    if (x == NULL) goto done;
-    Py_DECREF(x);
-    rc = 0;
 done:
     Py_XDECREF(r);
     Py_XDECREF(nbo);
@@ -1278,11 +1309,7 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
             || addi(b->hstats, s_messages_out, kr) < 0 || addi(b->hstats, s_bytes_out, nbr) < 0
             || out_ready(b) < 0)
             goto error;
-        PyObject *t = PyTuple_Pack(2, cid, replies);
-        if (t == NULL) goto error;
-        int r = PyList_Append(b->runs, t);
-        Py_DECREF(t);
-        if (r < 0) goto error;
+        if (append_new(b->runs, PyTuple_Pack(2, cid, replies)) < 0) goto error;
         b->out_bytes += nbr;
     }
     if (addi(sstats, s_messages, k) < 0) goto error;
@@ -1304,11 +1331,7 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
             || seti(rwin, s_outstanding_bytes, ob + pb) < 0
             || addi(b->hstats, s_credits_sent, 1) < 0 || out_ready(b) < 0)
             goto error;
-        PyObject *t = Py_BuildValue("(OLL)", cid, pm, pb);
-        if (t == NULL) goto error;
-        int r = PyList_Append(b->credits, t);
-        Py_DECREF(t);
-        if (r < 0) goto error;
+        if (append_new(b->credits, Py_BuildValue("(OLL)", cid, pm, pb)) < 0) goto error;
     }
     else {
         if (seti(rwin, s_pending_messages, pm) < 0 || seti(rwin, s_pending_bytes, pb) < 0)
@@ -1327,12 +1350,10 @@ tail:
             goto error;
         }
         PyObject *argv[6] = {conn, PyTuple_GET_ITEM(fast, 4), run, nbo, replies, so};
-        PyObject *x = PyObject_VectorcallMethod(s_run_tail, argv,
-                                                6 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        int r = call_method(s_run_tail, argv, 6);
         Py_DECREF(nbo);
         Py_DECREF(so);
-        if (x == NULL) goto error;
-        Py_DECREF(x);
+        if (r < 0) goto error;
     }
     goto done;
 leave:
@@ -1356,24 +1377,15 @@ done:
 static int
 report_failed(PyObject *host, PyObject *how, PyObject *arg)
 {
-    PyObject *type, *exc, *tb;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
-    if (tb != NULL && exc != NULL)
-        PyException_SetTraceback(exc, tb);
+    PyObject *exc = fetch_exc();
     PyObject *prev = PyErr_GetHandledException();
     PyErr_SetHandledException(exc);
     PyObject *argv[2] = {host, arg};
-    PyObject *x = PyObject_VectorcallMethod(how, argv,
-                                            2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    int r = call_method(how, argv, 2);
     PyErr_SetHandledException(prev);
     Py_XDECREF(prev);
-    Py_XDECREF(type);
     Py_XDECREF(exc);
-    Py_XDECREF(tb);
-    if (x == NULL) return -1;
-    Py_DECREF(x);
-    return 0;
+    return r;
 }
 
 static int
@@ -1409,14 +1421,10 @@ engine_credit(EngineObject *e, Batch *b, PyObject *conns, PyObject *m)
             if (state == e->open_state) {
                 /* Host._on_message's hot path for CREDIT */
                 PyObject *argv[2] = {conn, m};
-                PyObject *x = PyObject_VectorcallMethod(s_add_credit, argv,
-                                                        2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-                if (x == NULL) {
-                    if (!PyErr_ExceptionMatches(PyExc_Exception)
-                        || report_failed(e->host, s_message_failed, m) < 0)
-                        goto done;
-                }
-                Py_XDECREF(x);
+                if (call_method(s_add_credit, argv, 2) < 0
+                    && (!PyErr_ExceptionMatches(PyExc_Exception)
+                        || report_failed(e->host, s_message_failed, m) < 0))
+                    goto done;
                 rc = 1;
                 goto done;
             }
@@ -1525,17 +1533,11 @@ fail:
      * let it through): what was handled goes out, as the chain sent it, and
      * the caller gets (left, exc): the items left before it, then it raises */
     if (left != NULL) {
-        PyObject *type, *exc, *tb;
-        PyErr_Fetch(&type, &exc, &tb);
-        PyErr_NormalizeException(&type, &exc, &tb);
-        if (tb != NULL && exc != NULL)
-            PyException_SetTraceback(exc, tb);
+        PyObject *exc = fetch_exc();
         if (flush_out(&b) < 0)
             PyErr_WriteUnraisable(e->host);
         PyObject *t = exc == NULL ? NULL : PyTuple_Pack(2, left, exc);
-        Py_XDECREF(type);
         Py_XDECREF(exc);
-        Py_XDECREF(tb);
         Py_SETREF(left, t);
     }
 done:
