@@ -45,11 +45,15 @@ async def rig(host_window: tuple[int, int] = (64, 0),
         host.close()
 
 
-async def raw_client(port: int) -> socket.socket:
+async def fin_client(host: FakeHost, port: int, *bodies: bytes) -> tuple[socket.socket, int]:
+    """A client that sends ``bodies`` framed and then half-closes (FIN, as
+    `nc -N` does); returned with its conn id once the host was told of it."""
     s = socket.socket()
     s.setblocking(False)
     await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", port))
-    return s
+    s.sendall(b"".join(frame(b) for b in bodies))
+    s.shutdown(socket.SHUT_WR)
+    return s, (await host.expect(P.NewConnection)).conn_id
 
 
 async def read_to_eof(s: socket.socket, timeout: float = 5.0) -> bytes:
@@ -76,10 +80,7 @@ def test_fin_then_eof_then_replies_then_host_close_is_a_fin() -> None:
     async def main() -> None:
         # the host's window: 2 messages, so most requests wait in the agent
         async with rig(host_window=(2, 1 << 20)) as (agent, host, port):
-            s = await raw_client(port)
-            s.sendall(b"".join(frame(b"req%d" % i) for i in range(5)))
-            s.shutdown(socket.SHUT_WR)  # as `nc -N` does
-            cid = (await host.expect(P.NewConnection)).conn_id
+            s, cid = await fin_client(host, port, *(b"req%d" % i for i in range(5)))
             got = await host.collect(P.Data, cid, 2)
             await asyncio.sleep(0.05)
             assert host.take(P.Eof) == []  # three still wait for credit
@@ -107,10 +108,7 @@ def test_replies_drain_with_credit_after_the_fin() -> None:
     async def main() -> None:
         # the agent grants the host 4 messages: 40 replies need CREDIT back
         async with rig(initial_window_messages=4) as (agent, host, port):
-            s = await raw_client(port)
-            s.sendall(frame(b"go"))
-            s.shutdown(socket.SHUT_WR)
-            cid = (await host.expect(P.NewConnection)).conn_id
+            s, cid = await fin_client(host, port, b"go")
             await host.expect(P.Eof, cid)
             reader = asyncio.ensure_future(read_to_eof(s))
             sent = credit = 0
@@ -131,10 +129,7 @@ def test_replies_drain_with_credit_after_the_fin() -> None:
 def test_half_close_timeout_closes_the_socket_when_the_host_never_does() -> None:
     async def main() -> None:
         async with rig(half_close_timeout=0.3) as (agent, host, port):
-            s = await raw_client(port)
-            s.sendall(frame(b"q"))
-            s.shutdown(socket.SHUT_WR)
-            cid = (await host.expect(P.NewConnection)).conn_id
+            s, cid = await fin_client(host, port, b"q")
             await host.expect(P.Data, cid)
             await host.expect(P.Eof, cid)
             t0 = time.monotonic()
@@ -155,9 +150,7 @@ def test_half_close_timeout_closes_the_socket_when_the_host_never_does() -> None
 def test_client_reset_after_fin_is_reported() -> None:
     async def main() -> None:
         async with rig() as (agent, host, port):
-            s = await raw_client(port)
-            s.shutdown(socket.SHUT_WR)
-            cid = (await host.expect(P.NewConnection)).conn_id
+            s, cid = await fin_client(host, port)
             await host.expect(P.Eof, cid)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             s.close()  # RST
