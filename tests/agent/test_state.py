@@ -19,7 +19,8 @@ ALL_PAIRS = list(itertools.product(ConnState, ConnEvent))
 TERMINAL_ACTIONS = {A.REPORT_CONNECT_FAILED, A.CLOSE_AND_REPORT, A.ABORT_AND_REPORT,
                     A.REPORT_CLOSED, A.FINISH_CLOSE, A.ABORT_SILENT, A.EXPIRE}
 
-LIVE = (S.CONNECTING, S.OPEN, S.DRAINING, S.HALF_CLOSED, S.DRAINING_CLOSED, S.CLOSING)
+#: every state but the terminal one (derived: a new state is covered at once)
+LIVE = tuple(s for s in ConnState if s is not S.CLOSED)
 
 #: the pairs that cannot happen: a client event before any TCP connection exists,
 #: or a connect outcome for a connection that is already established
