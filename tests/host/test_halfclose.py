@@ -15,6 +15,7 @@ from mux_rpc import App, Server
 from mux_rpc._connstate import ConnState
 from mux_rpc._offload import HostConfig
 from mux_rpc._offload_errors import ConnectionBrokenError
+from mux_rpc._service import StreamHandlerSpec
 from xport import _protocol as P
 
 from ._fake import FakeAgent
@@ -157,6 +158,18 @@ async def shut_down(server: Server, serving: asyncio.Task[None], host: Any,
     await agent.close()
 
 
+async def serve_conn(server: Server, host: Any, agent: FakeAgent, cid: int,
+                     framer: str = "msgpack-rpc",
+                     handler: StreamHandlerSpec | None = None) -> asyncio.Task[None]:
+    """``server`` serving a listener of ``framer``, with the agent's connection
+    ``cid`` on it: the serving task (for :func:`shut_down`)."""
+    lst = await host.listen(0, framer)
+    serving = asyncio.create_task(server.serve(lst, handler=handler))
+    await agent.send(0, P.NewConnection(cid, lst.listener_id, "127.0.0.1", 1))
+    await settle()
+    return serving
+
+
 def reply_ids(agent: FakeAgent, cid: int) -> list[int]:
     return [msgpack.unpackb(m.payload)[1] for m in agent.of_type(P.Data)  # type: ignore[attr-defined]
             if m.conn_id == cid]
@@ -169,10 +182,7 @@ async def test_server_answers_every_request_sent_before_the_fin_then_closes() ->
                                 agent_window=(4, 1 << 20))
     gate = asyncio.Event()
     server = Server(app_with(gate))
-    lst = await host.listen(0, "msgpack-rpc")
-    serving = asyncio.create_task(server.serve(lst))
-    await agent.send(0, P.NewConnection(21, lst.listener_id, "127.0.0.1", 1))
-    await settle()
+    serving = await serve_conn(server, host, agent, 21)
     # 6 inline calls (one run: the batch hook) and 3 async ones, then the FIN
     msgs = [P.Data(21, req(i, "slow" if i % 3 == 2 else "echo", i)) for i in range(9)]
     await agent.send(0, *msgs, P.Eof(21))
@@ -201,10 +211,7 @@ async def test_server_full_close_still_cancels_the_calls() -> None:
     host, agent, _ = await make(config=dataclasses.replace(HostConfig(), close_timeout=0.05))
     gate = asyncio.Event()
     server = Server(app_with(gate))
-    lst = await host.listen(0, "msgpack-rpc")
-    serving = asyncio.create_task(server.serve(lst))
-    await agent.send(0, P.NewConnection(23, lst.listener_id, "127.0.0.1", 1))
-    await settle()
+    serving = await serve_conn(server, host, agent, 23)
     await agent.send(0, P.Data(23, req(1, "slow", 1)),
                      P.Closed(23, P.Status.PEER_CLOSED, "peer_closed"))
     for _ in range(20):
@@ -228,10 +235,7 @@ async def test_stream_handlers_finish_and_reply_after_the_fin() -> None:
         await conn.send(msg.payload.upper())
 
     server = Server(app)
-    lst = await host.listen(0, "length")
-    serving = asyncio.create_task(server.serve(lst, handler=app.stream_handlers[0]))
-    await agent.send(0, P.NewConnection(31, lst.listener_id, "127.0.0.1", 1))
-    await settle()
+    serving = await serve_conn(server, host, agent, 31, "length", app.stream_handlers[0])
     await agent.send(0, P.Data(31, b"a"), P.Data(31, b"b"), P.Eof(31))
     await settle()
     assert agent.of_type(P.Close) == []  # the handlers still run
