@@ -355,13 +355,13 @@ entry_uint(PyObject *v, unsigned long max)
 }
 
 /* What pack_head did with the queue's head entry. */
-enum { HEAD_PACKED = 1, HEAD_PYTHON = 0, HEAD_NO_ROOM = 2, HEAD_ERROR = -1 };
+enum { HEAD_PACKED = 1, HEAD_PYTHON = 0, HEAD_NO_ROOM = 2, HEAD_EMPTY = 3, HEAD_ERROR = -1 };
 
 /* Pack the head entry `(mtype, conn_id, aux, payload)` of `queue` whole at
  * buf[*off], the frame ending at buf[frame_end], and pop it: HEAD_PACKED
  * (*off and *nbytes advanced). HEAD_NO_ROOM: it is packable but does not fit
- * (*total: its payload length). HEAD_PYTHON: the queue is empty or the entry
- * is one Python packs (odd payload types, fields out of range: Python packs
+ * (*total: its payload length). HEAD_EMPTY: the queue is empty. HEAD_PYTHON:
+ * the entry is one Python packs (odd payload types, fields out of range: Python packs
  * them, or raises as before). HEAD_ERROR: an exception is set. */
 static int
 pack_head(PyObject *queue, PyObject *popleft, PyObject *buf, Py_ssize_t *off,
@@ -371,7 +371,7 @@ pack_head(PyObject *queue, PyObject *popleft, PyObject *buf, Py_ssize_t *off,
     if (qlen < 0)
         return HEAD_ERROR;
     if (qlen == 0)
-        return HEAD_PYTHON;
+        return HEAD_EMPTY;
     PyObject *entry = PySequence_GetItem(queue, 0); /* peek; popped once packed */
     if (entry == NULL)
         return HEAD_ERROR;
@@ -543,16 +543,10 @@ pack_frames(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         }
         if (rc == HEAD_ERROR)
             goto error;
-        if (rc == HEAD_PYTHON && count > 0) {
-            Py_ssize_t qlen = PySequence_Size(queue);
-            if (qlen < 0)
-                goto error;
-            if (qlen > 0)
-                break; /* an entry for Python: the frame stays open */
-        }
-        /* HEAD_NO_ROOM: Python fragments what fits in no frame (§2.2) */
-        if (count == 0 || (rc == HEAD_NO_ROOM
-                           && total > frame_size - FRAME_HEADER_SIZE - HEADER_SIZE))
+        /* nothing packed, an entry for Python (the frame stays open), or
+         * HEAD_NO_ROOM for what fits in no frame (Python fragments it, §2.2) */
+        if (count == 0 || rc == HEAD_PYTHON
+            || (rc == HEAD_NO_ROOM && total > frame_size - FRAME_HEADER_SIZE - HEADER_SIZE))
             break;
         unsigned char *h = (unsigned char *)PyByteArray_AS_STRING(buf) + base + ETH_HEADER_SIZE;
         h[0] = LINK_VERSION;
@@ -567,8 +561,8 @@ pack_frames(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         nf++;
         off = 0;
         count = 0;
-        if (rc == HEAD_PYTHON)
-            break; /* the queue is empty */
+        if (rc == HEAD_EMPTY)
+            break;
     }
     Py_DECREF(popleft);
     PyBuffer_Release(&lens);
