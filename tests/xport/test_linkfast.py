@@ -14,6 +14,7 @@ import os
 import struct
 import sys
 import tracemalloc
+from array import array
 from collections import deque
 from dataclasses import asdict
 from typing import Any
@@ -451,6 +452,23 @@ def test_pack_whole_stops_at_0xffff_messages() -> None:
     assert pack_whole(queue, buf, 34, 0xFFFF - 3, 200) == (34 + 3 * 16, 3, 0)
     assert len(queue) == 2
     assert buf[34:50] == _header(DATA, 3, 1, 0, 0, 0)
+
+
+def test_an_entry_for_python_mid_frame_keeps_the_frame_open() -> None:
+    """pack_frames leaves an entry it does not pack (a payload that is no
+    bytes/bytearray/memoryview) to Python with the frame still open: the
+    same frames as the Python loop, one frame for all three."""
+    queue: list[tuple[int, int, int, Any]] = [
+        (DATA, 1, 0, b"a" * 10),
+        (DATA, 2, 0, array("B", b"b" * 20)),
+        (DATA, 3, 0, b"c" * 30),
+    ]
+    fast = _send(queue, 1514, 2, True)
+    assert fast == _send(queue, 1514, 2, False)
+    (frame,) = fast[0]
+    body = b"".join(_header(DATA, 3, c, n, 0, n) + p * n for c, n, p in
+                    ((1, 10, b"a"), (2, 20, b"b"), (3, 30, b"c")))  # fmt: skip
+    assert frame.endswith(body)
 
 
 def test_queue_entries_c_cannot_pack_fall_back_to_python() -> None:
