@@ -216,7 +216,6 @@ class Server:
     async def _run_rpc_connection(self, conn: MessageConnection) -> None:
         key = next(self._keys)
         calls: set[asyncio.Task[None]] = set()
-        loop = asyncio.get_running_loop()
         limits, dispatcher, stats = self.limits, self.dispatcher, self.stats
         own = asyncio.Semaphore(self.config.max_inflight_per_connection)
         set_hook = getattr(conn, "set_message_hook", None)
@@ -271,12 +270,9 @@ class Server:
                         own.release()
                 else:
                     assert isinstance(out, PendingCall)
-                    ran = [False]
-                    task = loop.create_task(self._run_call(conn, key, own, out, msg.nbytes, ran))
-                    calls.add(task)
-                    task.add_done_callback(calls.discard)
-                    task.add_done_callback(functools.partial(
-                        _never_ran, conn, limits, key, msg.nbytes, own, out.coro, ran))
+                    self._spawn_call(functools.partial(self._run_call, conn, key, own, out,
+                                                       msg.nbytes),
+                                     conn, key, msg.nbytes, own, out.coro, calls)
         except ConnectionClosedError as exc:
             logger.info("connection %s closed while replying: %s", conn.conn_id, exc)
         finally:
@@ -391,13 +387,23 @@ class Server:
                           calls: set[asyncio.Task[None]]) -> None:
         """Send ``reply`` from a task (it holds the request's credit and the
         slot taken by the caller until it is sent)."""
+        self._spawn_call(functools.partial(self._late_reply, conn, key, reply, nbytes),
+                         conn, key, nbytes, None, None, calls)
+
+    def _spawn_call(self, body: Callable[[list[bool]], Coroutine[Any, Any, None]],
+                    conn: MessageConnection, key: int, nbytes: int,
+                    own: asyncio.Semaphore | None, coro: Coroutine[Any, Any, Any] | None,
+                    calls: set[asyncio.Task[None]]) -> None:
+        """Run ``body(ran)`` - a call's task, holding the credit of its
+        request (``nbytes``), a slot of ``limits`` and one of ``own`` - as one
+        of ``calls``; if it is cancelled before its first step, :func:`_never_ran`
+        gives them back (``body`` sets ``ran[0]`` first thing)."""
         ran = [False]
-        task = asyncio.get_running_loop().create_task(
-            self._late_reply(conn, key, reply, nbytes, ran))
+        task = asyncio.get_running_loop().create_task(body(ran))
         calls.add(task)
         task.add_done_callback(calls.discard)
         task.add_done_callback(functools.partial(
-            _never_ran, conn, self.limits, key, nbytes, None, None, ran))
+            _never_ran, conn, self.limits, key, nbytes, own, coro, ran))
 
     async def _late_reply(self, conn: MessageConnection, key: int, reply: bytes,
                           nbytes: int, ran: list[bool]) -> None:
@@ -499,12 +505,8 @@ class Server:
                     await _finish_calls(conn, calls, failed)
                     return
                 self.stats.messages += 1
-                ran = [False]
-                task = loop.create_task(run(msg, ran))
-                calls.add(task)
-                task.add_done_callback(calls.discard)
-                task.add_done_callback(functools.partial(
-                    _never_ran, conn, self.limits, key, msg.nbytes, own, None, ran))
+                self._spawn_call(functools.partial(run, msg), conn, key, msg.nbytes, own,
+                                 None, calls)
         except ConnectionClosedError as exc:
             logger.info("connection %s broke: %s", conn.conn_id, exc)
         finally:
