@@ -100,14 +100,13 @@ def sweep_leftovers(say: Callable[[str], None] | None = None) -> tuple[str, ...]
     otherwise), and not when ``MUX_RPC_NO_SWEEP=1``. Never raises: a failed
     sweep is logged and the caller goes on. ``say`` gets one line when
     something was removed (``sweep_stale`` logs each name as well)."""
-    if os.geteuid() != 0 or os.environ.get("MUX_RPC_NO_SWEEP") == "1":
+    if os.geteuid() != 0:
         return ()
-    try:
-        from xport._topology import sweep_stale
+    from xport._topology import sweep_once
 
-        result = sweep_stale()
-    except Exception as exc:  # noqa: BLE001 - a sweep that fails must not stop the run
-        log.warning("sweeping what killed runs left behind failed: %s", exc)
+    # this process's sweep: its first VethPair does not sweep again
+    result = sweep_once(force=True)
+    if result is None:
         return ()
     if result.removed and say is not None:
         say(f"removed what killed mux-rpc processes left behind: {', '.join(result.removed)}")

@@ -301,7 +301,7 @@ class VethPair:
         """Sweep stale pairs (once per process), then create this one."""
         if self._name_pid != os.getpid():  # built before a fork: the names carry the creator
             self._make_names()
-        _sweep_once()
+        sweep_once()
         with _live_lock:
             _live_pairs.add(self)
         try:
@@ -516,17 +516,25 @@ _sweep_lock = threading.Lock()
 _swept_pid = 0
 
 
-def _sweep_once() -> None:
-    """:func:`sweep_stale` before the first pair this process creates."""
+def sweep_once(*, force: bool = False) -> SweepResult | None:
+    """:func:`sweep_stale` once per process: the first call sweeps, later ones
+    return None at once (``force=True`` sweeps again and counts as the
+    process's sweep too). None as well when ``MUX_RPC_NO_SWEEP=1``, or when
+    the sweep failed (logged: what calls it must never depend on it).
+    ``VethPair.create`` calls it before the process's first pair; the demo
+    and the bench call it first thing with ``force=True``."""
     global _swept_pid
+    if os.environ.get("MUX_RPC_NO_SWEEP") == "1":
+        return None
     with _sweep_lock:
-        if _swept_pid == os.getpid() or os.environ.get("MUX_RPC_NO_SWEEP") == "1":
-            return
+        if _swept_pid == os.getpid() and not force:
+            return None
         _swept_pid = os.getpid()
     try:
-        sweep_stale()
+        return sweep_stale()
     except Exception as exc:  # noqa: BLE001 - creating our own pair must not depend on it
         log.warning("sweeping stale veth pairs and namespaces failed: %s", exc)
+        return None
 
 
 def _close_all() -> None:

@@ -284,3 +284,25 @@ def test_demo_and_bench_sweep_first(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(mod, "sweep_leftovers", sweep)
         with pytest.raises(Swept):
             mod.run(argparse.Namespace())  # before anything else reads its arguments
+
+
+def test_the_demo_and_bench_sweep_is_the_process_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sweep_leftovers (demo, bench) counts as this process's sweep: its first
+    VethPair does not list every link and namespace a second time."""
+    from mux_rpc._orchestrate import sweep_leftovers
+    from xport import _topology
+
+    if os.geteuid() != 0:
+        pytest.fail("needs root (sweep_leftovers sweeps as root only)")
+    calls: list[int] = []
+
+    def counted(*, dry_run: bool = False) -> _topology.SweepResult:
+        calls.append(1)
+        return _topology.SweepResult((), (), (), (), dry_run)
+
+    monkeypatch.delenv("MUX_RPC_NO_SWEEP", raising=False)
+    monkeypatch.setattr(_topology, "sweep_stale", counted)
+    assert sweep_leftovers() == ()
+    assert _topology.sweep_once() is None  # VethPair.create's call: already swept
+    assert calls == [1]
+    assert _topology.sweep_once(force=True) is not None and calls == [1, 1]
