@@ -534,14 +534,11 @@ class OffloadConnection:
         q = self.queue
         cid = self.conn_id
         direct = host._direct_many[q]
-        ob = host._outboxes[q]
-        if direct is not None and not ob.items and direct(cid, payloads, nb):
+        if direct is not None and not host._outboxes[q].items and direct(cid, payloads, nb):
             return k  # all queued on the link (AsyncLink.try_send_many)
         # the link pushes back (or something is queued before): all of them,
         # in order, through the writer task (Host._send_data's slow path)
-        ob.items.extend([P.Data(cid, p, 0) for p in payloads])
-        ob.event.set()
-        host._last_tx[q] = host._clock()
+        host._send_ctl_many(q, [P.Data(cid, p, 0) for p in payloads])
         return k
 
     def _consumed_inline(self, n: int, count: int = 1) -> None:
@@ -1160,6 +1157,13 @@ class Host:
         ob.event.set()
         self._last_tx[q] = self._clock()
 
+    def _send_ctl_many(self, q: int, msgs: list[P.Message]) -> None:
+        # _send_ctl for several messages, in order
+        ob = self._outboxes[q]
+        ob.items.extend(msgs)
+        ob.event.set()
+        self._last_tx[q] = self._clock()
+
     def _send_data(self, conn: OffloadConnection, body: bytes, header_length: int, n: int) -> None:
         st = self.stats
         st.messages_out += 1
@@ -1295,12 +1299,9 @@ class Host:
         """The run engine's output when the link pushed back: the same
         messages, in order, through the writer task (the slow paths of
         ``send_many_nowait`` and ``_send_credit``)."""
-        ob = self._outboxes[q]
-        for cid, payloads in runs:
-            ob.items.extend([P.Data(cid, p, 0) for p in payloads])
-        ob.items.extend([P.Credit(cid, m, b) for cid, m, b in credits])
-        ob.event.set()
-        self._last_tx[q] = self._clock()
+        msgs: list[P.Message] = [P.Data(cid, p, 0) for cid, payloads in runs for p in payloads]
+        msgs += [P.Credit(cid, m, b) for cid, m, b in credits]
+        self._send_ctl_many(q, msgs)
 
     def _data_failed(self, cid: int) -> None:
         self.stats.protocol_errors += 1
