@@ -1208,8 +1208,7 @@ static int
 engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *run)
 {
     int rc = 0;
-    PyObject *conn = NULL, *tmp = NULL, *fast = NULL, *rwin = NULL, *swin = NULL,
-             *replies = NULL;
+    PyObject *conn = NULL, *tmp = NULL, *fast = NULL, *replies = NULL;
     if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) == 0) return 0;
     conn = PyDict_GetItemWithError(conns, cid);
     if (conn == NULL) return PyErr_Occurred() ? -1 : 0;
@@ -1227,7 +1226,7 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
     PyObject *limits = PyTuple_GET_ITEM(fast, 1), *key = PyTuple_GET_ITEM(fast, 2);
     PyObject *sstats = PyTuple_GET_ITEM(fast, 3), *rx = PyTuple_GET_ITEM(fast, 7);
     PyObject *waiters = PyTuple_GET_ITEM(fast, 9), *by_conn = PyTuple_GET_ITEM(fast, 10);
-    rwin = Py_NewRef(PyTuple_GET_ITEM(fast, 5));
+    PyObject *rwin = PyTuple_GET_ITEM(fast, 5);   /* all borrowed: fast is held to the end */
     if (Py_TYPE(core) != &Core_Type || core->methods == NULL || !PyDict_Check(by_conn)
         || !PyLong_CheckExact(PyTuple_GET_ITEM(fast, 11))
         || !PyLong_CheckExact(PyTuple_GET_ITEM(fast, 12)))
@@ -1300,7 +1299,7 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
         int locked = PyObject_IsTrue(tmp);
         if (locked < 0) goto error;
         if (locked) goto tail;
-        swin = Py_NewRef(PyTuple_GET_ITEM(fast, 6));
+        PyObject *swin = PyTuple_GET_ITEM(fast, 6);
         if (geti(swin, s_messages, &sm) < 0 || geti(swin, s_bytes, &sb) < 0
             || geti(b->host, s_max_send_size, &msx) < 0)
             goto error;
@@ -1364,8 +1363,6 @@ error:
 done:
 #undef GET
     Py_XDECREF(replies);
-    Py_XDECREF(swin);
-    Py_XDECREF(rwin);
     Py_XDECREF(fast);
     Py_XDECREF(tmp);
     Py_DECREF(conn);
