@@ -191,7 +191,10 @@ class HostConfig:
     credit_delay: float = 0.002
     """Seconds a connection served inline (the batch fast path, see
     :meth:`OffloadConnection.set_message_hook`) may hold consumed credit below
-    half a window before it goes back anyway."""
+    half a window while the agent's byte credit is below one maximum-size
+    message (it may be waiting to send one) before it goes back anyway. While
+    the agent holds more than that, credit goes back at half a window or when
+    the agent is out of message credit (:func:`inline_grant_rule`)."""
 
     def __post_init__(self) -> None:
         if self.window_messages < 1 or self.window_bytes < 1:
@@ -267,6 +270,37 @@ class LinkPort(Protocol):
 
 
 # -- connections --------------------------------------------------------------------
+
+
+GRANT_NOW = "now"
+GRANT_LATER = "later"
+GRANT_HOLD = "hold"
+
+
+def inline_grant_rule(pending_messages: int, pending_bytes: int, window_messages: int,
+                      window_bytes: int, outstanding_messages: int, outstanding_bytes: int,
+                      max_message_size: int) -> str:
+    """When consumed credit of inline-served messages goes back (docs/protocol.md §5.2).
+
+    :data:`GRANT_NOW` at half a window pending (messages or bytes) or when the
+    agent is out of message credit; :data:`GRANT_LATER` (after
+    ``HostConfig.credit_delay``, batched by ``Host._credit_sweep``) when its
+    byte credit is below one maximum-size message, since its next message may
+    be that large; else :data:`GRANT_HOLD`: the agent holds at least one
+    message and one largest message's bytes of credit, so this connection's
+    sender cannot be blocked by what stays pending, and the credit rides a
+    later grant (at the latest when half a window is pending). Holding is what
+    keeps a steadily pipelining client at one CREDIT per half window instead of
+    one per ``credit_delay``. No deadlock: pending + outstanding + buffered is
+    the window, so a sender that is blocked on messages or bytes drives the
+    rule, at its last consumed message, to NOW or LATER.
+    """
+    if (pending_messages * 2 >= window_messages or pending_bytes * 2 >= window_bytes
+            or outstanding_messages < 1):
+        return GRANT_NOW
+    if outstanding_bytes < max_message_size:
+        return GRANT_LATER
+    return GRANT_HOLD
 
 
 class _HostReceiveWindow(ReceiveWindow):
@@ -542,24 +576,23 @@ class OffloadConnection:
         return k
 
     def _consumed_inline(self, n: int, count: int = 1) -> None:
-        # on_consumed for ``count`` messages (``n`` bytes) the hook finished:
-        # grant at half a window or when the agent is out of message credit;
-        # the rest goes back after HostConfig.credit_delay (Host._credit_sweep),
-        # so a sender blocked on a large message never waits for a batch that
-        # cannot fill (once per run)
+        # on_consumed for ``count`` messages (``n`` bytes) the hook finished,
+        # by inline_grant_rule (once per run)
         w = self._rwin
         w.buffered_messages -= count
         w.buffered_bytes -= n
         pm = w.pending_messages = w.pending_messages + count
         pb = w.pending_bytes = w.pending_bytes + n
-        if (pm * 2 >= w.window_messages or pb * 2 >= w.window_bytes
-                or w.outstanding_messages < 1):
+        rule = inline_grant_rule(pm, pb, w.window_messages, w.window_bytes,
+                                 w.outstanding_messages, w.outstanding_bytes,
+                                 w.max_message_size)
+        if rule is GRANT_NOW:
             self._grant_pending()
-            return
-        host = self._host
-        host._credit_dirty.add(self)
-        if host._credit_timer is None:
-            host._start_credit_timer()
+        elif rule is GRANT_LATER:
+            host = self._host
+            host._credit_dirty.add(self)
+            if host._credit_timer is None:
+                host._start_credit_timer()
 
     def _grant_pending(self) -> None:
         """Grant everything pending now (one CREDIT), if anything is."""

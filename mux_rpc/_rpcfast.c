@@ -961,7 +961,8 @@ static PyTypeObject Core_Type = {
  *                but the handlers), and - when every message ran inline and
  *                the agent's window takes every reply - the server stats, the
  *                send-window update and stats of send_many_nowait and the
- *                credit rule of _consumed_inline / _grant_pending.
+ *                credit rule of _consumed_inline (inline_grant_rule) /
+ *                _grant_pending.
  *   tail         anything that can only fail after the dispatch (a message
  *                needs the task path, the send window, sizes, the send lock,
  *                a connection no longer OPEN): the run is finished by
@@ -1312,20 +1313,20 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
         b->out_bytes += nbr;
     }
     if (addi(sstats, s_messages, k) < 0) goto error;
-    /* _consumed_inline(nb, k): grant at half a window pending or the agent out
-     * of message credit (_grant_pending), else the sweep grants it later */
+    /* _consumed_inline(nb, k), by inline_grant_rule: now at half a window
+     * pending or the agent out of message credit (_grant_pending); later (the
+     * sweep) while its byte credit is below one largest message; else held */
     long long bm, bb, pm, pb, wm, wb;
     if (geti(rwin, s_buffered_messages, &bm) < 0 || geti(rwin, s_buffered_bytes, &bb) < 0
         || seti(rwin, s_buffered_messages, bm - k) < 0 || seti(rwin, s_buffered_bytes, bb - nb) < 0
         || geti(rwin, s_pending_messages, &pm) < 0 || geti(rwin, s_pending_bytes, &pb) < 0
         || geti(rwin, s_window_messages, &wm) < 0 || geti(rwin, s_window_bytes, &wb) < 0
-        || geti(rwin, s_outstanding_messages, &om) < 0)
+        || geti(rwin, s_outstanding_messages, &om) < 0 || geti(rwin, s_outstanding_bytes, &ob) < 0)
         goto error;
     pm += k;
     pb += nb;
     if (pm * 2 >= wm || pb * 2 >= wb || om < 1) {
-        if (geti(rwin, s_outstanding_bytes, &ob) < 0
-            || seti(rwin, s_pending_messages, 0) < 0 || seti(rwin, s_pending_bytes, 0) < 0
+        if (seti(rwin, s_pending_messages, 0) < 0 || seti(rwin, s_pending_bytes, 0) < 0
             || seti(rwin, s_outstanding_messages, om + pm) < 0
             || seti(rwin, s_outstanding_bytes, ob + pb) < 0
             || addi(b->hstats, s_credits_sent, 1) < 0 || out_ready(b) < 0)
@@ -1335,8 +1336,10 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
     else {
         if (seti(rwin, s_pending_messages, pm) < 0 || seti(rwin, s_pending_bytes, pb) < 0)
             goto error;
-        GET(tmp, b->host, s_credit_dirty);
-        if (PySet_Add(tmp, conn) < 0) goto error;
+        if (ob < mms) {
+            GET(tmp, b->host, s_credit_dirty);
+            if (PySet_Add(tmp, conn) < 0) goto error;
+        }
     }
     goto done;
 tail:

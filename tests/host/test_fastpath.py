@@ -91,11 +91,34 @@ async def test_sync_calls_are_answered_inline_and_credit_is_batched() -> None:
     assert replies(agent, 5) == [[1, i, None, i] for i in range(7)]
     assert server.stats.messages == 7
     assert conn.buffered == (0, 0)  # every message done with
-    # half a window (4) went back at once; the other 3 wait for the batch timer
+    # half a window (4) went back at once; the agent still holds 5 messages and
+    # the whole byte window, so the other 3 are held, timer or not
     assert granted(agent, 5) == 4
     await asyncio.sleep(0.1)
     await settle()
-    assert granted(agent, 5) == 7  # nothing leaks
+    assert granted(agent, 5) == 4 and conn._rwin.pending_messages == 3
+    # ... and go back with the next half window
+    await agent.send(0, *on(5, req(7, "echo", 7)))
+    await settle()
+    assert granted(agent, 5) == 8 and conn._rwin.pending_messages == 0
+    await finish(host, agent, server, task)
+
+
+@run
+async def test_credit_goes_back_after_the_delay_when_the_agent_may_be_blocked() -> None:
+    # a byte window of one largest message: after any call the agent holds less
+    # than a largest message, so what is below half a window goes back after
+    # credit_delay instead of being held
+    host, agent, server, _, lid, task = await serving(
+        host_config=HostConfig(window_messages=8, window_bytes=4096, max_message_size=4096,
+                               credit_delay=0.05))
+    await connect(agent, lid, 5)
+    await agent.send(0, *on(5, req(1, "echo", 1)))
+    await settle()
+    assert replies(agent, 5) == [[1, 1, None, 1]] and granted(agent, 5) == 0
+    await asyncio.sleep(0.1)
+    await settle()
+    assert granted(agent, 5) == 1  # nothing leaks
     await finish(host, agent, server, task)
 
 
