@@ -127,6 +127,7 @@ _MASK = 0xFFFFFFFF
 # batch, the clean frames (link header checks, LinkCredit.on_frame without an
 # anomaly, credit-only frames) and their whole DATA/CREDIT messages
 # (``rx_frames``); per flush, the frames of whole messages (``pack_frames``);
+# per ``AsyncLink.try_send_runs``, the queue entries of all its runs (``queue_runs``);
 # per frame, the whole messages from an offset (``rx_whole``, ``pack_whole``)
 # where the Python loops hand back to C. Everything else (fragments, control
 # messages, malformed input, anomalies, the handshake) stays in Python, and
@@ -142,9 +143,10 @@ try:
     _c_wire = (_linkfast.PROTOCOL_VERSION, _linkfast.HEADER_SIZE, _linkfast.DATA, _linkfast.CREDIT)
     if _c_wire != (PROTOCOL_VERSION, HEADER_SIZE, _DATA, _CREDIT):
         raise ImportError(f"xport._linkfast was built for other wire constants {_c_wire}")
-    # API 2: rx_whole's runs (raw=2) and 3-tuple; FEATURES 4: pack_frames, rx_frames
-    if (getattr(_linkfast, "API", 1), getattr(_linkfast, "FEATURES", 0)) != (2, 4):
-        raise ImportError("xport._linkfast is a stale build (API != 2 or FEATURES != 4)")
+    # API 2: rx_whole's runs (raw=2) and 3-tuple; FEATURES 5: pack_frames, rx_frames,
+    # queue_runs
+    if (getattr(_linkfast, "API", 1), getattr(_linkfast, "FEATURES", 0)) != (2, 5):
+        raise ImportError("xport._linkfast is a stale build (API != 2 or FEATURES != 5)")
     _linkfast.init(Data, Credit)  # TypeError if they stopped being slotted classes
 except (ImportError, TypeError):
     _linkfast = None
@@ -163,6 +165,9 @@ _pack_frames: Callable[..., tuple[int, int, int, int, int]] | None = (
 _rx_frames: (
     Callable[[list[bytes], int, LinkCredit, int, list[Any]], tuple[int, int, int, int, int]] | None
 ) = _linkfast.rx_frames if ACCELERATED else None
+_queue_runs: Callable[[deque[Any], Any, Any], bool] | None = (
+    _linkfast.queue_runs if ACCELERATED else None
+)
 
 
 # the slot setters of Data and Credit: the Python loop of Link.poll builds
@@ -1147,13 +1152,24 @@ class AsyncLink:
         queued = link._queued_bytes
         if self._closed or queued > self._max_queued:
             return False
-        extend = link._queue.extend
-        for conn_id, payloads in runs:
-            extend(zip(_REPEAT_DATA, repeat(conn_id), _REPEAT_0, payloads))
-        if credits:
-            pack = _CREDIT_BODY.pack
-            extend([(_CREDIT, c, 0, pack(m, b)) for c, m, b in credits])
-        self._queued(queued + nbytes + 8 * len(credits))
+        # C: every entry built and queued in one call, as the loop below does
+        # (False: inputs it leaves to the loop, nothing queued)
+        if not (link.accelerated and _queue_runs is not None
+                and _queue_runs(link._queue, runs, credits)):  # fmt: skip
+            extend = link._queue.extend
+            for conn_id, payloads in runs:
+                extend(zip(_REPEAT_DATA, repeat(conn_id), _REPEAT_0, payloads))
+            if credits:
+                pack = _CREDIT_BODY.pack
+                extend([(_CREDIT, c, 0, pack(m, b)) for c, m, b in credits])
+        # self._queued(queued), inline (once per wake-up)
+        queued += nbytes + 8 * len(credits)
+        link._queued_bytes = queued
+        if queued > self._max_queued:
+            self._writable.clear()
+            self._blocked = True
+        if not self._flush_scheduled:
+            self._schedule_flush()
         return True
 
     def _queued(self, queued: int) -> None:

@@ -573,6 +573,120 @@ error:
     return NULL;
 }
 
+/* queue_runs(queue, runs, credits) -> bool
+ * AsyncLink.try_send_runs's queueing, in one call: for each run
+ * `(conn_id, payloads)` of `runs` the entries `(DATA, conn_id, 0, payload)`,
+ * in order, then for each `(conn_id, messages, bytes)` of `credits` the entry
+ * `(CREDIT, conn_id, 0, messages and bytes as two big-endian u32)`, appended
+ * to the deque `queue` with one extend: the entries the Python loop builds
+ * (the same conn_id and payload objects). False, with nothing queued, when an
+ * input is not of the shapes taken here (runs and credits lists or tuples,
+ * a run a 2-tuple whose payloads are a list or tuple, a credit a 3-tuple of
+ * ints with messages and bytes in u32): Python's loop then queues them, or
+ * raises as before. */
+static PyObject *s_extend, *o_data, *o_credit, *o_zero;
+
+static PyObject *
+queue_runs(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "queue_runs(queue: deque, runs, credits)");
+        return NULL;
+    }
+    PyObject *queue = args[0], *runs = args[1], *credits = args[2];
+    if (!(PyList_CheckExact(runs) || PyTuple_CheckExact(runs))
+        || !(PyList_CheckExact(credits) || PyTuple_CheckExact(credits)))
+        Py_RETURN_FALSE;
+    Py_ssize_t nr = PySequence_Fast_GET_SIZE(runs), nc = PySequence_Fast_GET_SIZE(credits);
+    Py_ssize_t total = nc;
+    /* check everything first: all or nothing */
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        PyObject *run = PySequence_Fast_GET_ITEM(runs, i);
+        if (!PyTuple_CheckExact(run) || PyTuple_GET_SIZE(run) != 2)
+            Py_RETURN_FALSE;
+        PyObject *pl = PyTuple_GET_ITEM(run, 1);
+        if (!(PyList_CheckExact(pl) || PyTuple_CheckExact(pl)))
+            Py_RETURN_FALSE;
+        total += PySequence_Fast_GET_SIZE(pl);
+    }
+    uint32_t cv[2];
+    for (Py_ssize_t i = 0; i < nc; i++) {
+        PyObject *c = PySequence_Fast_GET_ITEM(credits, i);
+        if (!PyTuple_CheckExact(c) || PyTuple_GET_SIZE(c) != 3)
+            Py_RETURN_FALSE;
+        for (int k = 0; k < 2; k++)
+            if (entry_uint(PyTuple_GET_ITEM(c, 1 + k), 0xFFFFFFFFUL) < 0
+                || !PyLong_CheckExact(PyTuple_GET_ITEM(c, 1 + k)))
+                Py_RETURN_FALSE; /* struct.pack's to judge (it raises for most) */
+    }
+    PyObject *entries = PyList_New(total);
+    if (entries == NULL)
+        return NULL;
+    Py_ssize_t n = 0;
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        PyObject *run = PySequence_Fast_GET_ITEM(runs, i);
+        PyObject *conn = PyTuple_GET_ITEM(run, 0), *pl = PyTuple_GET_ITEM(run, 1);
+        Py_ssize_t np = PySequence_Fast_GET_SIZE(pl);
+        PyObject **items = PySequence_Fast_ITEMS(pl);
+        /* nothing above runs Python code, but a garbage collection may: never
+         * trust the sizes counted before for memory safety */
+        if (np > total - nc - n)
+            goto changed;
+        for (Py_ssize_t j = 0; j < np; j++) {
+            PyObject *t = PyTuple_New(4);
+            if (t == NULL)
+                goto error;
+            Py_INCREF(o_data);
+            PyTuple_SET_ITEM(t, 0, o_data);
+            Py_INCREF(conn);
+            PyTuple_SET_ITEM(t, 1, conn);
+            Py_INCREF(o_zero);
+            PyTuple_SET_ITEM(t, 2, o_zero);
+            Py_INCREF(items[j]);
+            PyTuple_SET_ITEM(t, 3, items[j]);
+            PyList_SET_ITEM(entries, n++, t);
+        }
+    }
+    if (n != total - nc || PySequence_Fast_GET_SIZE(credits) != nc)
+        goto changed;
+    for (Py_ssize_t i = 0; i < nc; i++) {
+        PyObject *c = PySequence_Fast_GET_ITEM(credits, i);
+        for (int k = 0; k < 2; k++)
+            cv[k] = (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(c, 1 + k));
+        PyObject *body = PyBytes_FromStringAndSize(NULL, CREDIT_BODY);
+        if (body == NULL)
+            goto error;
+        unsigned char *b = (unsigned char *)PyBytes_AS_STRING(body);
+        put32(b, cv[0]);
+        put32(b + 4, cv[1]);
+        PyObject *t = PyTuple_New(4);
+        if (t == NULL) {
+            Py_DECREF(body);
+            goto error;
+        }
+        PyObject *conn = PyTuple_GET_ITEM(c, 0);
+        Py_INCREF(o_credit);
+        PyTuple_SET_ITEM(t, 0, o_credit);
+        Py_INCREF(conn);
+        PyTuple_SET_ITEM(t, 1, conn);
+        Py_INCREF(o_zero);
+        PyTuple_SET_ITEM(t, 2, o_zero);
+        PyTuple_SET_ITEM(t, 3, body);
+        PyList_SET_ITEM(entries, n++, t);
+    }
+    PyObject *r = PyObject_CallMethodOneArg(queue, s_extend, entries);
+    Py_DECREF(entries);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_TRUE;
+changed:
+    PyErr_SetString(PyExc_RuntimeError, "queue_runs: runs changed size during the call");
+error:
+    Py_DECREF(entries); /* items not yet set are NULL: list_dealloc skips them */
+    return NULL;
+}
+
 /* docs/protocol.md §1 link header fields, offsets from the frame's start */
 #define ETHERTYPE 0x88B5
 #define FLAG_CREDIT_ONLY 0x01
@@ -740,6 +854,9 @@ static PyMethodDef methods[] = {
     {"pack_frames", (PyCFunction)(void (*)(void))pack_frames, METH_FASTCALL,
      "pack_frames(queue, buf, frame_size, nframes, seq, credit, ack, lens) -> (frames, off, "
      "count, msgs, nbytes): the frames of one flush (Link._send_data_frames)."},
+    {"queue_runs", (PyCFunction)(void (*)(void))queue_runs, METH_FASTCALL,
+     "queue_runs(queue, runs, credits) -> bool: AsyncLink.try_send_runs's queue entries "
+     "built and appended in one call (False: inputs left to the Python loop)."},
     {"pack_whole", (PyCFunction)(void (*)(void))pack_whole, METH_FASTCALL,
      "pack_whole(queue, buf, off, count, frame_size) -> (off, n, nbytes): pack whole "
      "queued messages into one frame (the hot path of Link._send_data_frames)."},
@@ -760,6 +877,11 @@ PyInit__linkfast(void)
     for (int i = 0; i < LC_N; i++)
         if (lc_attr[i] == NULL && (lc_attr[i] = PyUnicode_InternFromString(lc_names[i])) == NULL)
             return NULL;
+    if ((s_extend == NULL && (s_extend = PyUnicode_InternFromString("extend")) == NULL)
+        || (o_data == NULL && (o_data = PyLong_FromLong(TYPE_DATA)) == NULL)
+        || (o_credit == NULL && (o_credit = PyLong_FromLong(TYPE_CREDIT)) == NULL)
+        || (o_zero == NULL && (o_zero = PyLong_FromLong(0)) == NULL))
+        return NULL;
     PyObject *mod = PyModule_Create(&moduledef);
     if (mod == NULL)
         return NULL;
@@ -769,8 +891,8 @@ PyInit__linkfast(void)
         || PyModule_AddIntConstant(mod, "CREDIT", TYPE_CREDIT) < 0
         /* 2: rx_whole returns (off, left, merged) and takes raw = 2 (runs) */
         || PyModule_AddIntConstant(mod, "API", 2) < 0
-        /* 3: pack_frames; 4: rx_frames */
-        || PyModule_AddIntConstant(mod, "FEATURES", 4) < 0) {
+        /* 3: pack_frames; 4: rx_frames; 5: queue_runs */
+        || PyModule_AddIntConstant(mod, "FEATURES", 5) < 0) {
         Py_DECREF(mod);
         return NULL;
     }
