@@ -307,7 +307,9 @@ class AfXdpBackend(FrameBackend):
             if not self._rx_prepare(max_frames):  # the rare cases, checked there
                 return []
         sock = self._sock
-        ctx = sock.ctx
+        if sock._closed:
+            raise ValueError("XskSocket is closed")  # as sock.ctx would
+        ctx = sock._ctx  # sock.ctx, without the property's call (once per wake-up)
         if ctx.tx_stalled:
             sock.kick()  # keep TX moving even when the owner only receives
         lens = self._rx_lens
@@ -315,6 +317,8 @@ class AfXdpBackend(FrameBackend):
         if n == 0:
             return []
         buf = self._rx_out_buf
+        if n == 1:
+            return [buf[: lens[0]]]  # the common case at low load
         out = []
         off = 0
         for i in range(n):
@@ -343,7 +347,10 @@ class AfXdpBackend(FrameBackend):
             self._check_open()  # raises
         if self._pending_release:
             self._flush_releases()
-        return int(self._sock.ctx.fill_posted)  # XskSocket.fill_posted (once per flush)
+        sock = self._sock
+        if sock._closed:
+            raise ValueError("XskSocket is closed")  # as sock.ctx would
+        return int(sock._ctx.fill_posted)  # XskSocket.fill_posted (once per flush)
 
     def fileno(self) -> int:
         self._check_open()

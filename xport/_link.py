@@ -121,6 +121,7 @@ _FIRST = 0x01
 _LAST = 0x02
 _CREDIT_ONLY = int(FrameFlags.CREDIT_ONLY)
 _MASK = 0xFFFFFFFF
+_HALF = 1 << 31
 
 # The optional C accelerator (xport/_linkfast.c, built by
 # ``python scripts/build_accelerators.py``) runs the hot loops: per receive
@@ -497,7 +498,10 @@ class Link:
                     self.stats.credit_stalls += 1
             elif queue:
                 self.stats.credit_stalls += 1
-        if not self._backlog and lc.want_credit_only(posted):
+        # lc.want_credit_only(posted), its early answer inline: False when nothing
+        # was posted since the last advertisement (often: this flush's data
+        # frame carried it)
+        if (posted ^ lc.adv_posted) & _MASK and not self._backlog and lc.want_credit_only(posted):
             sent += self._send_credit_only(posted)
         if sent and now is not None:
             self._last_tx = now
@@ -507,7 +511,18 @@ class Link:
         lc = self.credit
         queue = self._queue
         frame_size = self._frame_size
-        credit, ack = lc.advertise(posted)
+        # credit, ack = lc.advertise(posted), inline (once per flush; a test
+        # compares the two)
+        last = lc.adv_posted
+        delta = (posted - last) & _MASK
+        p = last if delta >= _HALF else last + delta  # never advertise less
+        a = p - (last - lc.adv_ack)  # §4.1: clamp A so that P − A never decreases
+        if lc.co_rx < a:
+            a = lc.co_rx
+        lc.adv_posted = p
+        lc.adv_ack = a
+        credit = p & _MASK
+        ack = a & _MASK
         seq = lc.sent
         buf = self._txbuf
         lens = self._txlens

@@ -101,3 +101,55 @@ def test_recv_copies_is_recv_batch_copied() -> None:
             b.wait_readable(0.05)
         assert rest == frames[20:]
         assert recv_copies(0) == [] and recv_copies(8) == []
+        # one frame (recv_copies' shortcut), then a closed socket raises
+        send_all(a, frames[:1])
+        one: list[bytes] = []
+        while not one and time.monotonic() < deadline:
+            b.wait_readable(0.05)
+            one = recv_copies(8)
+        assert one == frames[:1] and type(one[0]) is bytes
+        b.socket.close()
+        with pytest.raises(ValueError):
+            recv_copies(8)
+        with pytest.raises(ValueError):
+            b.rx_buffers_posted()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([0, 2**32 - 5, 2**31 - 2]),
+    st.integers(0, 40),
+    st.integers(0, 40),
+    st.integers(0, 40),
+    st.one_of(st.integers(-6, 40), st.integers(2**31 - 3, 2**31 + 3)),
+)
+def test_flush_advertises_as_linkcredit(
+    base: int, ack: int, window: int, released: int, step: int
+) -> None:
+    """``Link._send_data_frames``' inline advertisement: the frame header's
+    (credit, credit_ack) and the credit state after it are
+    ``LinkCredit.advertise``'s (a step back or of 2**31 and more is never
+    advertised; A clamped so that P - A never decreases)."""
+    import copy
+
+    from xport._link import Link
+    from xport._wire import FRAME_HEADER
+    from xport.testing import memory_backend_pair
+
+    be, _peer = memory_backend_pair()
+    link = Link(be)  # its HELLO is queued: the flush sends one data frame
+    sent: list[bytes] = []
+    send = be.send_batch
+    be.send_batch = lambda frames: (sent.extend(bytes(f) for f in frames), send(frames))[1]  # type: ignore[method-assign]
+    lc = link.credit
+    lc.adv_ack = base + ack
+    lc.adv_posted = lc.adv_ack + window
+    lc.co_rx = lc.adv_ack + released
+    posted = (lc.adv_posted + step) & MASK
+    link._posted_base = be.rx_buffers_posted() - posted
+    ref = copy.copy(lc)
+    want = ref.advertise(posted)
+    assert link.flush() >= 1
+    *_h, credit, credit_ack, _plen, _r = FRAME_HEADER.unpack_from(sent[0])
+    assert (credit, credit_ack) == want
+    assert (lc.adv_posted, lc.adv_ack) == (ref.adv_posted, ref.adv_ack)
