@@ -16,12 +16,13 @@ noisy: compare ratios, not absolute numbers.
 
 ``--wakeup`` (root): the host's per-wake-up cost over real AF_XDP (a veth
 pair, one process, both ends): the agent end sends ``--batch`` small DATA
-(default 4) and flushes; the host end ``poll``s (``raw_runs``, as the host
+(default 4, over ``--conns`` connections in turn, default 2) and flushes; the host end ``poll``s (``raw_runs``, as the host
 runs it), queues one reply per message (``try_send_runs``) and ``flush``es;
 the agent polls the replies. Reported per wake-up, in us of wall time (one
-process, no waiting inside the measured calls): ``poll`` and ``flush`` of the
-host end, the median wake-up of each run (robust to a noisy neighbour
-preempting a few), and ``cycle_cpu``: the process's CPU time (user + system,
+process, no waiting inside the measured calls): ``poll``, ``queue`` (the
+replies' ``try_send_runs``) and ``flush`` of the host end and ``wakeup``
+(the three together), each the median wake-up of each run (robust to a noisy
+neighbour preempting a few), and ``cycle_cpu``: the process's CPU time (user + system,
 both ends and the kernel's veth/XDP work) per request/reply round. With ``--base DIR`` a third mode runs the same with ``DIR`` (an
 older tree, e.g. a git worktree with the built ``*.so`` copied in) first on
 ``PYTHONPATH``: before/after in one run.
@@ -83,7 +84,7 @@ def measure(size: int, seconds: float, batch: int, raw: bool) -> dict[str, float
     }
 
 
-def measure_wakeup(size: int, seconds: float, batch: int) -> dict[str, float]:
+def measure_wakeup(size: int, seconds: float, batch: int, conns: int = 2) -> dict[str, float]:
     """One run: us per host wake-up (poll, flush) over a real AF_XDP veth pair."""
     import contextlib
     import select
@@ -119,13 +120,14 @@ def measure_wakeup(size: int, seconds: float, batch: int) -> dict[str, float]:
         payload = bytes(size)
         clock = time.perf_counter_ns
         polls: list[int] = []
+        queues: list[int] = []
         flushes: list[int] = []
         wakeups = msgs = 0
         deadline = clock() + int(seconds * 1e9)
         cpu0 = time.process_time_ns()
         while clock() < deadline:
             for i in range(batch):
-                a.send_data(1 + i % 2, payload)
+                a.send_data(1 + i % conns, payload)
             a.flush()
             got = 0
             while got < batch:
@@ -133,12 +135,14 @@ def measure_wakeup(size: int, seconds: float, batch: int) -> dict[str, float]:
                 t0 = clock()
                 out = h.poll(64)
                 t1 = clock()
-                n = sum(len(p) for _c, p in out)
+                n = sum(len(p) for _c, p in out)  # the engine counts as it goes: not timed
+                t1q = clock()
                 shim.try_send_runs(out, [], n * size)
                 t2 = clock()
                 h.flush()
                 t3 = clock()
                 polls.append(t1 - t0)
+                queues.append(t2 - t1q)
                 flushes.append(t3 - t2)
                 wakeups += 1
                 got += n
@@ -153,7 +157,11 @@ def measure_wakeup(size: int, seconds: float, batch: int) -> dict[str, float]:
             "accelerated": float(getattr(_link, "ACCELERATED", False)),
             # medians: a wake-up preempted by a neighbour does not count
             "poll": statistics.median(polls) / 1e3,
+            "queue": statistics.median(queues) / 1e3,
             "flush": statistics.median(flushes) / 1e3,
+            # poll + try_send_runs + flush of one wake-up, median
+            "wakeup": statistics.median(map(sum, zip(polls, queues, flushes,
+                                                     strict=True))) / 1e3,
             "msgs": msgs / wakeups,
             "wakeups": float(wakeups),
             # process CPU (user + system, both ends, the kernel's sends included)
@@ -198,6 +206,9 @@ def main() -> int:
     ap.add_argument("--objects", action="store_true", help="Data objects, not raw tuples")
     ap.add_argument("--wakeup", action="store_true",
                     help="per host wake-up over real AF_XDP (root; --batch default 4)")
+    ap.add_argument("--conns", type=int, default=2,
+                    help="with --wakeup: connections the batch's messages rotate over "
+                         "(runs of one message each while batch <= conns)")
     ap.add_argument("--base", default="", help="with --wakeup: also run this tree (before)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -229,21 +240,24 @@ def wakeup_main(a: argparse.Namespace) -> int:
     batch = a.batch or 4
     if a.worker:
         sys.path.insert(0, os.environ.get("BENCH_TREE") or str(REPO))
-        print(json.dumps(measure_wakeup(a.size, a.seconds, batch)))
+        print(json.dumps(measure_wakeup(a.size, a.seconds, batch, a.conns)))
         return 0
     argv = [sys.executable, __file__, "--wakeup", "--worker", "--size", str(a.size),
-            "--batch", str(batch), "--seconds", str(a.seconds)]  # fmt: skip
+            "--batch", str(batch), "--seconds", str(a.seconds), "--conns", str(a.conns)]  # fmt: skip
     modes = {"pure": (True, str(REPO)), "c": (False, str(REPO))}
     if a.base:
         modes["base"] = (False, a.base)
     res = run_modes(argv, modes, a.runs, 120)
     if res is None:
         return 1
-    print(f"AF_XDP host wake-up, {a.size}-byte DATA, {batch} per batch, {a.runs} runs of "
+    print(f"AF_XDP host wake-up, {a.size}-byte DATA, {batch} per batch over {a.conns} "
+          f"connections, {a.runs} runs of "
           f"{a.seconds}s, median us per wake-up")
     print(f"{'':7}" + "".join(f"{m:>9}" for m in res) + "".join(
         f"{m + '/c':>9}" for m in res if m != "c"))
-    for key in ("poll", "flush", "cycle_cpu", "msgs"):
+    keys = [k for k in ("poll", "queue", "flush", "wakeup", "cycle_cpu", "msgs")
+            if all(k in r for rs in res.values() for r in rs)]  # an older tree: no queue
+    for key in keys:
         med = {m: statistics.median(r[key] for r in rs) for m, rs in res.items()}
         row = "".join(f"{med[m]:9.2f}" for m in res)
         row += "".join(f"{med[m] / med['c']:9.2f}" for m in res if m != "c")
