@@ -1018,6 +1018,7 @@ typedef struct {   /* one run() call */
     PyObject *runs, *credits;   /* output so far; NULL until the first */
     long long out_bytes;
     PyObject *tainted;          /* set of conn_ids left for Python; NULL: none */
+    long long max_send;         /* host.max_send_size, read once (-1: not yet) */
 } Batch;
 
 /* Where a __slots__ attribute lives, per (interned name, exact type): the
@@ -1076,6 +1077,16 @@ geti(PyObject *obj, PyObject *name, long long *v)
     *v = PyLong_AsLongLong(x);
     Py_DECREF(x);
     return (*v == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* obj.name (a new reference; NULL: an exception), in place when it is a plain slot */
+static PyObject *
+geto(PyObject *obj, PyObject *name)
+{
+    PyObject **slot = slot_of(obj, name);
+    if (slot != NULL && *slot != NULL)
+        return Py_NewRef(*slot);
+    return PyObject_GetAttr(obj, name);   /* not a slot, or unset: its AttributeError */
 }
 
 static int
@@ -1186,14 +1197,14 @@ done:
 static int
 barrier_conn(EngineObject *e, PyObject *conn)
 {
-    PyObject *x = PyObject_GetAttr(conn, s_state);
+    PyObject *x = geto(conn, s_state);
     if (x == NULL) return -1;
     int open = x == e->open_state;
     Py_DECREF(x);
     if (!open) return 0;
     PyObject *hooks[2] = {s_hook, s_batch_hook};
     for (int i = 0; i < 2; i++) {
-        if ((x = PyObject_GetAttr(conn, hooks[i])) == NULL) return -1;
+        if ((x = geto(conn, hooks[i])) == NULL) return -1;
         int set = x != Py_None;
         Py_DECREF(x);
         if (set) return 2;
@@ -1214,7 +1225,7 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
     conn = PyDict_GetItemWithError(conns, cid);
     if (conn == NULL) return PyErr_Occurred() ? -1 : 0;
     Py_INCREF(conn);
-#define GET(var, obj, name) do { Py_XSETREF(var, PyObject_GetAttr((obj), (name))); \
+#define GET(var, obj, name) do { Py_XSETREF(var, geto((obj), (name))); \
                                  if ((var) == NULL) goto error; } while (0)
     GET(tmp, conn, s_state);
     if (tmp != e->open_state) goto leave;
@@ -1301,8 +1312,10 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
         if (locked < 0) goto error;
         if (locked) goto tail;
         PyObject *swin = PyTuple_GET_ITEM(fast, 6);
-        if (geti(swin, s_messages, &sm) < 0 || geti(swin, s_bytes, &sb) < 0
-            || geti(b->host, s_max_send_size, &msx) < 0)
+        if (b->max_send < 0 && geti(b->host, s_max_send_size, &b->max_send) < 0)
+            goto error;
+        msx = b->max_send;
+        if (geti(swin, s_messages, &sm) < 0 || geti(swin, s_bytes, &sb) < 0)
             goto error;
         if (kr > sm || nbr > sb || mxr > msx) goto tail;
         if (seti(swin, s_messages, sm - kr) < 0 || seti(swin, s_bytes, sb - nbr) < 0
@@ -1408,7 +1421,7 @@ taint(Batch *b, PyObject *cid)
 static int
 engine_credit(EngineObject *e, Batch *b, PyObject *conns, PyObject *m)
 {
-    PyObject *cid = PyObject_GetAttr(m, s_conn_id), *conn = NULL, *state = NULL;
+    PyObject *cid = geto(m, s_conn_id), *conn = NULL, *state = NULL;
     int rc = -1;
     if (cid == NULL) return -1;
     int t = b->tainted == NULL ? 0 : PySet_Contains(b->tainted, cid);
@@ -1417,7 +1430,7 @@ engine_credit(EngineObject *e, Batch *b, PyObject *conns, PyObject *m)
         conn = Py_XNewRef(PyDict_GetItemWithError(conns, cid));
         if (conn == NULL && PyErr_Occurred()) goto done;
         if (conn != NULL) {
-            if ((state = PyObject_GetAttr(conn, s_state)) == NULL) goto done;
+            if ((state = geto(conn, s_state)) == NULL) goto done;
             if (state == e->open_state) {
                 /* Host._on_message's hot path for CREDIT */
                 PyObject *argv[2] = {conn, m};
@@ -1459,6 +1472,7 @@ Engine_run(EngineObject *e, PyObject *const *args, Py_ssize_t nargs)
     if (!PyList_CheckExact(msgs))
         return PySequence_List(msgs);   /* all of it for Python */
     Batch b = {0};
+    b.max_send = -1;
     b.host = e->host;
     b.q = q;
     b.sender = PyList_GET_ITEM(e->senders, q);
