@@ -354,6 +354,10 @@ entry_uint(PyObject *v, unsigned long max)
     return x <= max ? (long long)x : -1;
 }
 
+/* "extend", and the ints DATA, CREDIT and 0 (set at module init): the queue
+ * entries' fields, compared by identity first (small ints are shared) */
+static PyObject *s_extend, *o_data, *o_credit, *o_zero;
+
 /* What pack_head did with the queue's head entry. */
 enum { HEAD_PACKED = 1, HEAD_PYTHON = 0, HEAD_NO_ROOM = 2, HEAD_EMPTY = 3, HEAD_ERROR = -1 };
 
@@ -379,9 +383,10 @@ pack_head(PyObject *queue, PyObject *popleft, PyObject *buf, Py_ssize_t *off,
         Py_DECREF(entry);
         return HEAD_PYTHON;
     }
-    long long mtype = entry_uint(PyTuple_GET_ITEM(entry, 0), 0xFF);
+    PyObject *mo = PyTuple_GET_ITEM(entry, 0), *ao = PyTuple_GET_ITEM(entry, 2);
+    long long mtype = mo == o_data ? TYPE_DATA : entry_uint(mo, 0xFF);
     long long conn = entry_uint(PyTuple_GET_ITEM(entry, 1), 0xFFFFFFFFUL);
-    long long aux = entry_uint(PyTuple_GET_ITEM(entry, 2), 0xFFFF);
+    long long aux = ao == o_zero ? 0 : entry_uint(ao, 0xFFFF);
     PyObject *payload = PyTuple_GET_ITEM(entry, 3);
     if (mtype < 0 || conn < 0 || aux < 0) {
         Py_DECREF(entry);
@@ -389,25 +394,35 @@ pack_head(PyObject *queue, PyObject *popleft, PyObject *buf, Py_ssize_t *off,
     }
     /* the payload's bytes; anything but 1-byte contiguous items goes to Python */
     Py_buffer view;
-    if (!(PyBytes_CheckExact(payload) || PyByteArray_CheckExact(payload)
-          || PyMemoryView_Check(payload))) {
-        Py_DECREF(entry);
-        return HEAD_PYTHON;
+    view.obj = NULL; /* no view held (bytes: read in place) */
+    const char *src;
+    Py_ssize_t total;
+    if (PyBytes_CheckExact(payload)) {
+        src = PyBytes_AS_STRING(payload);
+        total = PyBytes_GET_SIZE(payload);
     }
-    if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0) {
-        PyErr_Clear();
-        Py_DECREF(entry);
-        return HEAD_PYTHON;
-    }
-    Py_ssize_t total = view.len;
-    if (PyMemoryView_Check(payload) && PyObject_Size(payload) != total) {
-        PyErr_Clear();
-        PyBuffer_Release(&view);
-        Py_DECREF(entry);
-        return HEAD_PYTHON;
+    else {
+        if (!(PyByteArray_CheckExact(payload) || PyMemoryView_Check(payload))) {
+            Py_DECREF(entry);
+            return HEAD_PYTHON;
+        }
+        if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            Py_DECREF(entry);
+            return HEAD_PYTHON;
+        }
+        src = (const char *)view.buf;
+        total = view.len;
+        if (PyMemoryView_Check(payload) && PyObject_Size(payload) != total) {
+            PyErr_Clear();
+            PyBuffer_Release(&view);
+            Py_DECREF(entry);
+            return HEAD_PYTHON;
+        }
     }
     if (total > 0xFFFF || *off + HEADER_SIZE + total > frame_end) {
-        PyBuffer_Release(&view);
+        if (view.obj != NULL)
+            PyBuffer_Release(&view);
         Py_DECREF(entry);
         *total_out = total;
         return HEAD_NO_ROOM; /* needs fragments (§2.2) or the next frame */
@@ -421,8 +436,9 @@ pack_head(PyObject *queue, PyObject *popleft, PyObject *buf, Py_ssize_t *off,
     put16(p + 8, (unsigned)total);
     put16(p + 10, (unsigned)aux);
     put32(p + 12, (uint32_t)total);
-    memcpy(p + HEADER_SIZE, view.buf, (size_t)total);
-    PyBuffer_Release(&view);
+    memcpy(p + HEADER_SIZE, src, (size_t)total);
+    if (view.obj != NULL)
+        PyBuffer_Release(&view);
     Py_DECREF(entry);
     PyObject *popped = PyObject_CallNoArgs(popleft);
     if (popped == NULL)
@@ -584,7 +600,6 @@ error:
  * a run a 2-tuple whose payloads are a list or tuple, a credit a 3-tuple of
  * ints with messages and bytes in u32): Python's loop then queues them, or
  * raises as before. */
-static PyObject *s_extend, *o_data, *o_credit, *o_zero;
 
 static PyObject *
 queue_runs(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
