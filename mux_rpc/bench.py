@@ -12,7 +12,11 @@ is measured three ways, each in a host process of its own:
 
 For every mode and connection count, clients in this process (see
 :mod:`mux_rpc._loadgen`) keep ``--pipeline`` calls in flight per connection
-for ``--duration`` seconds, ``--repeat`` times; the cell is the median. Host
+for ``--duration`` seconds, ``--repeat`` times; the cell is the median. The
+modes' host processes run side by side and their samples of a connection
+count alternate (afxdp, afpacket, direct, then the reverse, ...), so that X/direct is the
+median of ratios of samples taken one after the other, not of medians
+measured minutes apart on a machine whose speed drifts. Host
 CPU is the host process's own utime + stime from ``/proc/<pid>/stat`` over
 the measured interval (first request to last reply); the agent's is reported
 next to it (it runs on the "application CPU" and is not host CPU). The
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as _dt
 import functools
 import importlib.util
@@ -229,9 +234,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     cells: list[dict[str, Any]] = []
     notes: dict[str, Any] = {}
-    for mode in modes:
-        _say(f"{mode}: starting the host process ...")
-        with HostProcess(_cell_config(mode, args)) as hp:
+    with contextlib.ExitStack() as stack:
+        # every mode's host process up at once (an idle one costs nothing), so
+        # that the modes' samples of a connection count can alternate
+        hosts: dict[str, tuple[HostProcess, int]] = {}
+        for mode in modes:
+            _say(f"{mode}: starting the host process ...")
+            hp = stack.enter_context(HostProcess(_cell_config(mode, args)))
             info = hp.info
             notes[mode] = {k: info.get(k) for k in ("backend", "why_not_afxdp", "xdp_modes",
                                                      "queues", "loop", "netns")}
@@ -241,23 +250,30 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             port = int(info["ports"]["kv"])
             # warm-up: first connections, caches, the agent's listener
             _measure(hp, port, min(conn_counts), args.pipeline, min(0.3, duration), None)
-            for conns in conn_counts:
-                samples = []
-                for rep in range(repeat):
+            hosts[mode] = (hp, port)
+        for conns in conn_counts:
+            samples: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+            for rep in range(repeat):
+                # one sample of each mode, in turn (reversed every other round),
+                # so a drift of the machine's speed hits every mode alike
+                for mode in (modes if rep % 2 == 0 else modes[::-1]):
+                    hp, port = hosts[mode]
                     prog = Progress(duration, f"{mode:>8} {conns:>5} conns "
                                               f"run {rep + 1}/{repeat}", every=2.0)
-                    s = _measure(hp, port, conns, args.pipeline, duration, prog)
+                    samples[mode].append(_measure(hp, port, conns, args.pipeline, duration,
+                                                  prog))
                     prog.close()
-                    samples.append(s)
-                cell = {"mode": mode, "connections": conns, **_median_cell(samples),
-                        "samples": samples}
+            for mode in modes:
+                cell = {"mode": mode, "connections": conns, **_median_cell(samples[mode]),
+                        "samples": samples[mode]}
                 cells.append(cell)
                 _say(f"{mode:>8} {conns:>5} conns: {cell['rpc_per_s']:>9,.0f} RPC/s, host "
                      f"{cell['host_cpu_s_per_100k']:.2f} CPU s/100k RPCs, p50 "
                      f"{cell['p50_us'] / 1e3:.2f} ms"
                      + (f", {cell['errors']} errors" if cell["errors"] else ""))
+        for mode in modes:
             if mode != "direct":
-                notes[mode]["counters"] = _counters(hp.stats())
+                notes[mode]["counters"] = _counters(hosts[mode][0].stats())
 
     ratios = _ratios(cells, conn_counts)
     # the floor beside every sample (module doc): its median and spread
@@ -315,9 +331,21 @@ def _spread(values: list[float]) -> dict[str, Any]:
             "per_sample_max": max(values)}
 
 
+def _paired(x: dict[str, Any], direct: dict[str, Any]) -> float:
+    """X/direct: the median of the ratios of samples taken side by side (the
+    i-th of each cell, measured one after the other); the cells' medians when
+    the samples do not pair up."""
+    xs, ds = x.get("samples", []), direct.get("samples", [])
+    if xs and len(xs) == len(ds):
+        return float(statistics.median(a["host_cpu_s_per_100k"] / b["host_cpu_s_per_100k"]
+                                       for a, b in zip(xs, ds, strict=True)))
+    return float(x["host_cpu_s_per_100k"] / direct["host_cpu_s_per_100k"])
+
+
 def _ratios(cells: list[dict[str, Any]], conn_counts: list[int]) -> list[dict[str, Any]]:
-    """Per connection count: X/direct from the cells' medians; X/floor from the
-    medians of per-sample ratios (each sample against its own floor)."""
+    """Per connection count: X/direct from the samples taken side by side
+    (:func:`_paired`); X/floor from the medians of per-sample ratios (each
+    sample against its own floor)."""
     by = {(c["mode"], c["connections"]): c for c in cells}
     out = []
     for n in conn_counts:
@@ -327,12 +355,11 @@ def _ratios(cells: list[dict[str, Any]], conn_counts: list[int]) -> list[dict[st
             c = by.get((mode, n))
             if c is None:
                 continue
-            cpu = c["host_cpu_s_per_100k"]
             row[f"{mode}_vs_floor"] = c["vs_floor"]
             if mode == "afxdp" and c["vs_floor_c"] is not None:
                 row["afxdp_vs_floor_c"] = c["vs_floor_c"]
             if direct is not None:
-                row[f"{mode}_vs_direct"] = cpu / direct["host_cpu_s_per_100k"]
+                row[f"{mode}_vs_direct"] = _paired(c, direct)
         if direct is not None:
             row["direct_vs_floor"] = direct["vs_floor"]
         out.append(row)
