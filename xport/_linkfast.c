@@ -713,6 +713,42 @@ static const char *const lc_names[LC_N] = {"frames_rx", "co_recv", "co_rx", "pee
 static PyObject *lc_attr[LC_N]; /* interned names, set at module init */
 #define LC_LIMIT ((long long)1 << 62) /* beyond: Python (ints never overflow there) */
 
+/* The counters' object slots in LinkCredit (a __slots__ class), found once
+ * per type: read and written in place, as their member descriptors do, when
+ * the type is one lc_slots accepts; else through getattr/setattr. */
+static PyTypeObject *lc_type; /* strong: keeps the offsets' type alive */
+static Py_ssize_t lc_off[LC_N];
+
+/* 1 if lc_off holds tp's counter slots, 0 if tp takes getattr/setattr. */
+static int
+lc_slots(PyTypeObject *tp)
+{
+    if (tp == lc_type)
+        return 1;
+    /* plain attribute access only: no __getattr__/__setattr__ of its own */
+    if (tp->tp_getattro != PyObject_GenericGetAttr || tp->tp_setattro != PyObject_GenericSetAttr
+        || tp->tp_dict == NULL)
+        return 0;
+    Py_ssize_t off[LC_N];
+    for (int i = 0; i < LC_N; i++) {
+        PyObject *d = PyDict_GetItemWithError(tp->tp_dict, lc_attr[i]); /* borrowed */
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
+            || ((PyDescrObject *)d)->d_type != tp) {
+            PyErr_Clear();
+            return 0;
+        }
+        PyMemberDef *def = ((PyMemberDescrObject *)d)->d_member;
+        if (def->type != T_OBJECT_EX || (def->flags & READONLY) || def->offset <= 0
+            || def->offset + (Py_ssize_t)sizeof(PyObject *) > tp->tp_basicsize)
+            return 0;
+        off[i] = def->offset;
+    }
+    Py_INCREF(tp);
+    Py_XSETREF(lc_type, tp);
+    memcpy(lc_off, off, sizeof off);
+    return 1;
+}
+
 /* xport._linkcredit.unwrap_u32: the counter whose low 32 bits are `wire`,
  * nearest after `last` (a step of 2**31 or more reads as a step back). */
 static inline long long
@@ -754,11 +790,14 @@ rx_frames(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "rx_frames: start outside rx");
         return NULL;
     }
-    long long v[LC_N];
+    long long v[LC_N], v0[LC_N];
+    int in_place = lc_slots(Py_TYPE(lc));
     for (int i = 0; i < LC_N; i++) {
-        PyObject *o = PyObject_GetAttr(lc, lc_attr[i]);
-        if (o == NULL)
-            return NULL;
+        PyObject *o = in_place ? *(PyObject **)((char *)lc + lc_off[i]) : NULL;
+        if (o != NULL)
+            Py_INCREF(o);
+        else if ((o = PyObject_GetAttr(lc, lc_attr[i])) == NULL)
+            return NULL; /* (an unset slot: getattr raises AttributeError) */
         int overflow = 0;
         v[i] = PyLong_Check(o) ? PyLong_AsLongLongAndOverflow(o, &overflow) : 0;
         int bad = !PyLong_Check(o);
@@ -773,6 +812,7 @@ rx_frames(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
             return Py_BuildValue("(nnnnn)", start, (Py_ssize_t)0, (Py_ssize_t)0,
                                  (Py_ssize_t)0, (Py_ssize_t)0); /* Python's, all of it */
     }
+    memcpy(v0, v, sizeof v);
     long long frames_rx = v[LC_FRAMES_RX], co_recv = v[LC_CO_RECV], co_rx = v[LC_CO_RX];
     long long posted = v[LC_PEER_POSTED], ack = v[LC_PEER_ACK];
     Py_ssize_t index = start, off = 0, left = 0, merged = 0, co_in = 0;
@@ -825,7 +865,13 @@ rx_frames(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         PyObject *et, *ev, *tb; /* an error of rx_msgs, kept across the writes */
         PyErr_Fetch(&et, &ev, &tb);
         for (int i = 0; i < LC_N; i++) {
+            if (v[i] == v0[i])
+                continue; /* unchanged (often co_recv, co_rx): nothing to write */
             PyObject *o = PyLong_FromLongLong(v[i]);
+            if (o != NULL && in_place) {
+                Py_XSETREF(*(PyObject **)((char *)lc + lc_off[i]), o);
+                continue;
+            }
             if (o == NULL || PyObject_SetAttr(lc, lc_attr[i], o) < 0) {
                 Py_XDECREF(o);
                 Py_XDECREF(et);

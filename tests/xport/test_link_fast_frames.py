@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from xport import _link
 from xport._link import Link
+from xport._linkcredit import LinkCredit
 from xport._protocol import (
     COMMON_HEADER,
     Close,
@@ -243,3 +244,60 @@ def test_rx_frames_leaves_huge_counters_to_python() -> None:
         rx_frames([frame], 2, lc, 0, out)
     with pytest.raises(ValueError):
         rx_frames([frame], 0, lc, 3, out)
+
+
+class _SetattrCredit(LinkCredit):
+    """A LinkCredit whose writes go through a __setattr__ of its own."""
+
+    __slots__ = ("writes",)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name != "writes":
+            self.writes.append(name)
+        object.__setattr__(self, name, value)
+
+
+class _DictCredit:
+    """The counters rx_frames reads, as plain instance attributes."""
+
+    def __init__(self, lc: LinkCredit) -> None:
+        self.__dict__.update({n: getattr(lc, n) for n in type(lc).__slots__})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, MASK), st.integers(0, MASK), st.lists(
+    st.tuples(st.booleans(), st.lists(st.binary(max_size=20), min_size=1, max_size=4)),
+    min_size=1, max_size=5))
+def test_rx_frames_counters_in_place_or_by_attribute(
+    seq: int, posted: int, frames: list[tuple[bool, list[bytes]]]
+) -> None:
+    """rx_frames writes LinkCredit's counters in place (its slots); any other
+    object (a __setattr__ of its own, a plain object) goes through
+    getattr/setattr, with the same result; unchanged counters stay as they were."""
+    rx = []
+    for i, (credit_only, payloads) in enumerate(frames):
+        body = b"".join(encode(Data(1 + i % 2, p)) for p in payloads)
+        rx.append(_frame(1, 0, (seq + i) & MASK, posted & MASK, 0, b"") if credit_only
+                  else _frame(0, len(payloads), (seq + i) & MASK, posted & MASK, 0, body))
+    assert _link._rx_frames is not None
+    results = []
+    for kind in ("slots", "setattr", "dict"):
+        base = LinkCredit()
+        base.frames_rx, base.peer_posted = seq, posted
+        lc: Any = base
+        if kind == "setattr":
+            lc = object.__new__(_SetattrCredit)
+            object.__setattr__(lc, "writes", [])
+            for n in LinkCredit.__slots__:
+                object.__setattr__(lc, n, getattr(base, n))
+        elif kind == "dict":
+            lc = _DictCredit(base)
+        out: list[Any] = []
+        ret = _link._rx_frames(rx, 0, lc, 2, out)
+        results.append((ret, out, {n: getattr(lc, n) for n in LinkCredit.__slots__}))
+        if kind == "setattr":
+            # the peer's (P, A) did not move: only the frame counters are written
+            co = any(c for c, _p in frames)
+            assert set(lc.writes) == {"frames_rx"} | ({"co_recv", "co_rx"} if co else set())
+    assert results[0] == results[1] == results[2]
+    assert results[0][0][0] == len(frames)  # every frame taken
