@@ -888,6 +888,175 @@ rx_frames(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(nnnnn)", index, off, left, merged, co_in);
 }
 
+/* StrideTx(fn, live, keep, buf, stride, lens, error): XskSocket.tx_stride_sender's
+ * send(n) as a C callable (no Python frame, no argument conversion per call):
+ * `fn` is the address of mux_xsk_tx_stride(ctx, buf, stride, lens, n) (an
+ * int), `live` a writable array('Q') of one item holding the context's
+ * address (the socket zeroes it before freeing the context), `keep` what
+ * keeps the context alive (the socket), `buf` the slots (`stride` bytes
+ * each), `lens` an array('I') with one length per slot, `error(rc)` raises
+ * for rc < 0 (xport._xsk.check). send(n): ValueError once the socket is
+ * closed or for n outside 0..slots; else fn's result. buf, lens and live
+ * stay exported (none can be resized) while the sender lives. */
+typedef int (*stride_fn)(void *, const char *, uint32_t, const uint32_t *, uint32_t);
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    stride_fn fn;
+    Py_buffer live, buf, lens;
+    uint32_t stride;
+    Py_ssize_t slots;
+    PyObject *keep, *error;
+} StrideTxObject;
+
+static PyObject *
+stride_tx_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    StrideTxObject *t = (StrideTxObject *)self;
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "send(n)");
+        return NULL;
+    }
+    Py_ssize_t n;
+    if (ssize_arg(args[0], &n) < 0)
+        return NULL;
+    uint64_t ctx = *(const uint64_t *)t->live.buf;
+    if (ctx == 0) {
+        PyErr_SetString(PyExc_ValueError, "XskSocket is closed");
+        return NULL;
+    }
+    if (n < 0 || n > t->slots) {
+        PyErr_Format(PyExc_ValueError, "%zd frames of %zd slots", n, t->slots);
+        return NULL;
+    }
+    int rc = t->fn((void *)(uintptr_t)ctx, (const char *)t->buf.buf, t->stride,
+                   (const uint32_t *)t->lens.buf, (uint32_t)n);
+    if (rc >= 0)
+        return PyLong_FromLong(rc);
+    PyObject *rco = PyLong_FromLong(rc);
+    if (rco == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallOneArg(t->error, rco);
+    Py_DECREF(rco);
+    return r;
+}
+
+static void
+stride_tx_release(StrideTxObject *t)
+{
+    if (t->live.obj != NULL)
+        PyBuffer_Release(&t->live);
+    if (t->buf.obj != NULL)
+        PyBuffer_Release(&t->buf);
+    if (t->lens.obj != NULL)
+        PyBuffer_Release(&t->lens);
+}
+
+static PyObject *
+stride_tx_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *fn, *live, *keep, *buf, *lens, *error;
+    unsigned long stride;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_SetString(PyExc_TypeError, "StrideTx takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOOOkOO:StrideTx", &fn, &live, &keep, &buf, &stride, &lens,
+                          &error))
+        return NULL;
+    uintptr_t addr = (uintptr_t)PyLong_AsUnsignedLongLong(fn);
+    if (addr == (uintptr_t)-1 && PyErr_Occurred())
+        return NULL;
+    if (addr == 0 || !PyCallable_Check(error) || stride == 0 || stride > 0xFFFFFFFFUL) {
+        PyErr_SetString(PyExc_ValueError, "StrideTx: fn, stride or error invalid");
+        return NULL;
+    }
+    StrideTxObject *t = (StrideTxObject *)type->tp_alloc(type, 0);
+    if (t == NULL)
+        return NULL;
+    t->vectorcall = stride_tx_call;
+    t->fn = (stride_fn)addr;
+    t->stride = (uint32_t)stride;
+    if (PyObject_GetBuffer(live, &t->live, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        t->live.obj = NULL; /* nothing to release (whatever the exporter left) */
+        goto error;
+    }
+    if (t->live.itemsize != 8 || t->live.len != 8 || t->live.format == NULL
+        || strcmp(t->live.format, "Q") != 0) {
+        PyErr_SetString(PyExc_ValueError, "StrideTx: live must be array('Q') of one item");
+        goto error;
+    }
+    if (PyObject_GetBuffer(buf, &t->buf, PyBUF_WRITABLE) < 0) {
+        t->buf.obj = NULL;
+        goto error;
+    }
+    if (PyObject_GetBuffer(lens, &t->lens, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        t->lens.obj = NULL;
+        goto error;
+    }
+    if (t->lens.itemsize != 4 || t->lens.format == NULL || strcmp(t->lens.format, "I") != 0) {
+        PyErr_SetString(PyExc_ValueError, "StrideTx: lens must be array('I')");
+        goto error;
+    }
+    t->slots = t->lens.len / 4;
+    if (t->slots * (Py_ssize_t)stride > t->buf.len) {
+        PyErr_SetString(PyExc_ValueError, "StrideTx: buf must hold len(lens) frames of stride bytes");
+        goto error;
+    }
+    Py_INCREF(keep);
+    t->keep = keep;
+    Py_INCREF(error);
+    t->error = error;
+    return (PyObject *)t;
+error:
+    Py_DECREF(t);
+    return NULL;
+}
+
+static int
+stride_tx_traverse(StrideTxObject *t, visitproc visit, void *arg)
+{
+    Py_VISIT(t->keep);
+    Py_VISIT(t->error);
+    Py_VISIT(t->live.obj);
+    Py_VISIT(t->buf.obj);
+    Py_VISIT(t->lens.obj);
+    return 0;
+}
+
+static int
+stride_tx_clear(StrideTxObject *t)
+{
+    stride_tx_release(t);
+    Py_CLEAR(t->keep);
+    Py_CLEAR(t->error);
+    return 0;
+}
+
+static void
+stride_tx_dealloc(StrideTxObject *t)
+{
+    PyObject_GC_UnTrack(t);
+    stride_tx_clear(t);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static PyTypeObject StrideTxType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xport._linkfast.StrideTx",
+    .tp_basicsize = sizeof(StrideTxObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "StrideTx(fn, live, keep, buf, stride, lens, error): send(n) of "
+              "XskSocket.tx_stride_sender in C.",
+    .tp_new = stride_tx_new,
+    .tp_dealloc = (destructor)stride_tx_dealloc,
+    .tp_traverse = (traverseproc)stride_tx_traverse,
+    .tp_clear = (inquiry)stride_tx_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(StrideTxObject, vectorcall),
+};
+
 static PyObject *
 init(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -943,9 +1112,17 @@ PyInit__linkfast(void)
         || (o_credit == NULL && (o_credit = PyLong_FromLong(TYPE_CREDIT)) == NULL)
         || (o_zero == NULL && (o_zero = PyLong_FromLong(0)) == NULL))
         return NULL;
+    if (PyType_Ready(&StrideTxType) < 0)
+        return NULL;
     PyObject *mod = PyModule_Create(&moduledef);
     if (mod == NULL)
         return NULL;
+    Py_INCREF(&StrideTxType);
+    if (PyModule_AddObject(mod, "StrideTx", (PyObject *)&StrideTxType) < 0) {
+        Py_DECREF(&StrideTxType);
+        Py_DECREF(mod);
+        return NULL;
+    }
     if (PyModule_AddIntConstant(mod, "PROTOCOL_VERSION", PROTOCOL_VERSION) < 0
         || PyModule_AddIntConstant(mod, "HEADER_SIZE", HEADER_SIZE) < 0
         || PyModule_AddIntConstant(mod, "DATA", TYPE_DATA) < 0

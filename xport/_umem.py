@@ -25,8 +25,10 @@ backoff for up to ``busy_retry_s`` (default 0.25 s).
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import mmap
+import os
 import time
 from array import array
 from collections.abc import Callable
@@ -34,6 +36,22 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from xport._xsk import check, ffi, lib, oserror
+
+# tx_stride_sender's send(n) in C when the link accelerator is built
+# (xport/_linkfast.c StrideTx: no Python frame per call); XPORT_PURE_PYTHON=1
+# or a build without it: the Python closure, the reference
+_StrideTx: Any
+try:
+    if os.environ.get("XPORT_PURE_PYTHON"):
+        raise ImportError("XPORT_PURE_PYTHON is set")
+    _StrideTx = importlib.import_module("xport._linkfast").StrideTx
+except (ImportError, AttributeError):
+    _StrideTx = None
+_TX_STRIDE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "mux_xsk_tx_stride")))
+
+
+def _tx_stride_error(rc: int) -> int:
+    return check(rc, "tx_stride")
 
 __all__ = ["XDP_PACKET_HEADROOM", "Umem", "UmemLayout", "XdpStatistics", "XskSocket"]
 
@@ -164,6 +182,9 @@ class XskSocket:
     def __init__(self, umem: Umem, ctx: Any, ifname: str, queue_id: int) -> None:
         self.umem = umem
         self._ctx = ctx
+        # the context's address while it lives, 0 from close() on: what the C
+        # sender (tx_stride_sender) reads before every call
+        self._live = array("Q", [int(ffi.cast("uintptr_t", ctx))])
         self.ifname = ifname
         self.queue_id = queue_id
         self.zerocopy = False
@@ -278,6 +299,10 @@ class XskSocket:
         if len(lens) * stride > len(buf) or not 0 < stride < 1 << 32:
             raise ValueError("buf must hold len(lens) frames of stride bytes")
         ctx = self.ctx
+        if _StrideTx is not None:
+            # the same send(n) in C; it keeps this socket (so the context) alive
+            return _StrideTx(_TX_STRIDE, self._live, self, buf, stride, lens,  # type: ignore[no-any-return]
+                             _tx_stride_error)
         pbuf = ffi.from_buffer(buf)
         plens = ffi.from_buffer("uint32_t[]", lens)
         slots = len(lens)
@@ -357,6 +382,7 @@ class XskSocket:
         if self._closed:
             return
         self._closed = True
+        self._live[0] = 0  # before the context goes
         ffi.release(self._ctx)  # mux_xsk_free: socket, then UMEM, then the context
 
     @property

@@ -98,3 +98,67 @@ def test_link_sends_the_same_frames_through_the_slots(monkeypatch: pytest.Monkey
         assert len(wire) == link.stats.frames_out > 3
     finally:
         be.close()
+
+
+def _sender_run(c_sender: bool, start: int, ring: int, frames: list[bytes],
+                calls: list[int], oversize: int) -> list[object]:
+    """send(n) calls over the fake rings with the C sender or the Python closure:
+    what each returned or raised, the frames the kernel side saw, the counters."""
+    from unittest import mock
+
+    from xport import _umem
+
+    patch = mock.patch.object(_umem, "_StrideTx", _umem._StrideTx if c_sender else None)
+    with patch:
+        be, kern, _ = make_fake(start, n_tx=8, tx_ring=ring)
+        buf = bytearray(STRIDE * 8)
+        lens = array("I", bytes(4 * 8))
+        for i, f in enumerate(frames):
+            buf[i * STRIDE : i * STRIDE + len(f)] = f
+            lens[i] = len(f)
+        if oversize < len(frames):
+            lens[oversize] = 2048 + 1  # longer than a UMEM frame: EMSGSIZE
+        send = be.strided_sender(buf, STRIDE, lens)
+        assert (type(send).__name__ == "StrideTx") == c_sender
+        out: list[object] = []
+        try:
+            for n in calls:
+                try:
+                    out.append(send(n))
+                except (OSError, ValueError) as exc:
+                    out.append((type(exc), exc.args))
+                out.append(kern.transmit(3))
+            out.append(be.socket.counters())
+        finally:
+            be.close()
+        try:
+            send(1)
+        except ValueError as exc:
+            out.append(exc.args)  # closed: no use of the freed socket
+        return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(2**32 - 8, 2**32 - 1),
+    st.integers(1, 8),
+    st.lists(st.binary(min_size=1, max_size=200), min_size=1, max_size=8),
+    st.lists(st.integers(-1, 9), min_size=1, max_size=8),
+    st.integers(0, 12),
+)
+def test_c_sender_is_the_python_closure(
+    start: int, ring: int, frames: list[bytes], calls: list[int], oversize: int
+) -> None:
+    """StrideTx (xport/_linkfast.c) against tx_stride_sender's Python closure:
+    the same results, errors (n out of range, a frame longer than a UMEM
+    frame, a closed socket), frames on the rings and counters, a full TX ring
+    taking a prefix included."""
+    import os
+
+    from xport import _umem
+
+    if os.environ.get("XPORT_PURE_PYTHON") == "1":
+        pytest.skip("XPORT_PURE_PYTHON=1 forces the fallback")
+    assert _umem._StrideTx is not None, "xport._linkfast not built: run scripts/setup.sh"
+    assert _sender_run(True, start, ring, frames, calls, oversize) == \
+        _sender_run(False, start, ring, frames, calls, oversize)
