@@ -352,6 +352,13 @@ class AfXdpBackend(FrameBackend):
             raise ValueError("XskSocket is closed")  # as sock.ctx would
         return int(sock._ctx.fill_posted)  # XskSocket.fill_posted (once per flush)
 
+    def posted_reader(self) -> Callable[[], int]:
+        """:meth:`rx_buffers_posted` as a callable for a caller that asks once per
+        flush (``xport.Link``): in C when the accelerator is built
+        (``XskSocket.fill_posted_reader``), this method otherwise."""
+        self._check_open()
+        return self._sock.fill_posted_reader(self._pending_release, self.rx_buffers_posted)
+
     def fileno(self) -> int:
         self._check_open()
         return self._sock.fileno()

@@ -373,6 +373,12 @@ class Link:
         #: run the per-message loops in C (``ACCELERATED``); False forces the
         #: pure-Python loops for this link (the tests compare the two)
         self.accelerated = ACCELERATED
+        # backend.rx_buffers_posted, or the same as a C callable (AfXdpBackend's
+        # posted_reader): asked once per flush
+        reader = getattr(backend, "posted_reader", None)
+        self._rx_posted: Callable[[], int] = (
+            reader() if reader is not None else backend.rx_buffers_posted
+        )
         # a backend that receives straight into bytes (AfXdpBackend.recv_copies):
         # recv_batch(copy=True) without an RxFrame per frame
         self._recv_copies: Callable[[int], list[bytes]] | None = getattr(
@@ -488,7 +494,7 @@ class Link:
                 return sent
         queue = self._queue
         # read once per flush: sending frames never posts receive buffers
-        posted = self.backend.rx_buffers_posted() - self._posted_base  # _posted()
+        posted = self._rx_posted() - self._posted_base  # _posted()
         if queue:
             # lc.data_credit(), inline (once or twice per flush)
             credit = (lc.peer_posted - lc.sent) - lc.reserve + (lc.co_sent - lc.peer_ack)

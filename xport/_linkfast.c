@@ -1057,6 +1057,122 @@ static PyTypeObject StrideTxType = {
     .tp_vectorcall_offset = offsetof(StrideTxObject, vectorcall),
 };
 
+/* CounterReader(live, offset, keep, pending, slow): AfXdpBackend.rx_buffers_posted
+ * as a C callable: the uint64_t at `offset` in the context whose address
+ * `live` (the socket's array('Q') of one item) holds, while it is not 0 and
+ * the list `pending` (released buffers not yet posted) is empty; else
+ * slow() (the Python method: it posts them, or raises once closed). `keep`
+ * keeps the context alive. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    Py_buffer live;
+    Py_ssize_t offset;
+    PyObject *keep, *pending, *slow;
+} CounterReaderObject;
+
+static PyObject *
+counter_reader_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    CounterReaderObject *r = (CounterReaderObject *)self;
+    if (PyVectorcall_NARGS(nargsf) != 0 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "takes no arguments");
+        return NULL;
+    }
+    uint64_t ctx = *(const uint64_t *)r->live.buf;
+    if (ctx != 0 && PyList_GET_SIZE(r->pending) == 0) {
+        uint64_t v;
+        memcpy(&v, (const char *)(uintptr_t)ctx + r->offset, sizeof v);
+        return PyLong_FromUnsignedLongLong(v);
+    }
+    return PyObject_CallNoArgs(r->slow);
+}
+
+static PyObject *
+counter_reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *live, *keep, *pending, *slow;
+    Py_ssize_t offset;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_SetString(PyExc_TypeError, "CounterReader takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OnOOO:CounterReader", &live, &offset, &keep, &pending, &slow))
+        return NULL;
+    if (!PyList_CheckExact(pending) || !PyCallable_Check(slow) || offset < 0
+        || offset % 8 != 0) {
+        PyErr_SetString(PyExc_ValueError, "CounterReader: pending list, slow callable, offset");
+        return NULL;
+    }
+    CounterReaderObject *r = (CounterReaderObject *)type->tp_alloc(type, 0);
+    if (r == NULL)
+        return NULL;
+    r->vectorcall = counter_reader_call;
+    r->offset = offset;
+    if (PyObject_GetBuffer(live, &r->live, PyBUF_FORMAT) < 0) {
+        r->live.obj = NULL;
+        Py_DECREF(r);
+        return NULL;
+    }
+    if (r->live.itemsize != 8 || r->live.len != 8 || r->live.format == NULL
+        || strcmp(r->live.format, "Q") != 0) {
+        PyErr_SetString(PyExc_ValueError, "CounterReader: live must be array('Q') of one item");
+        Py_DECREF(r);
+        return NULL;
+    }
+    Py_INCREF(keep);
+    r->keep = keep;
+    Py_INCREF(pending);
+    r->pending = pending;
+    Py_INCREF(slow);
+    r->slow = slow;
+    return (PyObject *)r;
+}
+
+static int
+counter_reader_traverse(CounterReaderObject *r, visitproc visit, void *arg)
+{
+    Py_VISIT(r->keep);
+    Py_VISIT(r->pending);
+    Py_VISIT(r->slow);
+    Py_VISIT(r->live.obj);
+    return 0;
+}
+
+static int
+counter_reader_clear(CounterReaderObject *r)
+{
+    if (r->live.obj != NULL)
+        PyBuffer_Release(&r->live);
+    Py_CLEAR(r->keep);
+    Py_CLEAR(r->pending);
+    Py_CLEAR(r->slow);
+    return 0;
+}
+
+static void
+counter_reader_dealloc(CounterReaderObject *r)
+{
+    PyObject_GC_UnTrack(r);
+    counter_reader_clear(r);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyTypeObject CounterReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xport._linkfast.CounterReader",
+    .tp_basicsize = sizeof(CounterReaderObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "CounterReader(live, offset, keep, pending, slow): "
+              "AfXdpBackend.rx_buffers_posted in C.",
+    .tp_new = counter_reader_new,
+    .tp_dealloc = (destructor)counter_reader_dealloc,
+    .tp_traverse = (traverseproc)counter_reader_traverse,
+    .tp_clear = (inquiry)counter_reader_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(CounterReaderObject, vectorcall),
+};
+
 static PyObject *
 init(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1112,7 +1228,7 @@ PyInit__linkfast(void)
         || (o_credit == NULL && (o_credit = PyLong_FromLong(TYPE_CREDIT)) == NULL)
         || (o_zero == NULL && (o_zero = PyLong_FromLong(0)) == NULL))
         return NULL;
-    if (PyType_Ready(&StrideTxType) < 0)
+    if (PyType_Ready(&StrideTxType) < 0 || PyType_Ready(&CounterReaderType) < 0)
         return NULL;
     PyObject *mod = PyModule_Create(&moduledef);
     if (mod == NULL)
@@ -1120,6 +1236,12 @@ PyInit__linkfast(void)
     Py_INCREF(&StrideTxType);
     if (PyModule_AddObject(mod, "StrideTx", (PyObject *)&StrideTxType) < 0) {
         Py_DECREF(&StrideTxType);
+        Py_DECREF(mod);
+        return NULL;
+    }
+    Py_INCREF(&CounterReaderType);
+    if (PyModule_AddObject(mod, "CounterReader", (PyObject *)&CounterReaderType) < 0) {
+        Py_DECREF(&CounterReaderType);
         Py_DECREF(mod);
         return NULL;
     }

@@ -44,10 +44,12 @@ _StrideTx: Any
 try:
     if os.environ.get("XPORT_PURE_PYTHON"):
         raise ImportError("XPORT_PURE_PYTHON is set")
-    _StrideTx = importlib.import_module("xport._linkfast").StrideTx
+    _linkfast = importlib.import_module("xport._linkfast")
+    _StrideTx, _CounterReader = _linkfast.StrideTx, _linkfast.CounterReader
 except (ImportError, AttributeError):
-    _StrideTx = None
+    _StrideTx = _CounterReader = None
 _TX_STRIDE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "mux_xsk_tx_stride")))
+_FILL_POSTED = int(ffi.offsetof("struct mux_xsk", "fill_posted"))
 
 
 def _tx_stride_error(rc: int) -> int:
@@ -317,6 +319,18 @@ class XskSocket:
             return rc if rc >= 0 else check(rc, "tx_stride")
 
         return send
+
+    def fill_posted_reader(self, pending: list[int],
+                           slow: Callable[[], int]) -> Callable[[], int]:
+        """``read()``: :attr:`fill_posted` in one C call (``_linkfast.CounterReader``),
+        or ``slow()`` while ``pending`` (released frames not posted yet) is not empty
+        or once the socket is closed; ``slow`` itself without the accelerator."""
+        if self._closed:
+            raise ValueError("XskSocket is closed")
+        if _CounterReader is None:
+            return slow
+        return _CounterReader(self._live, _FILL_POSTED, self, pending,  # type: ignore[no-any-return]
+                              slow)
 
     def tx_reserve(self, n: int, out: Any) -> int:
         """Pop up to ``n`` free TX frame addresses into ``out`` (``uint64_t[]``)."""

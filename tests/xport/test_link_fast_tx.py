@@ -8,6 +8,7 @@ raises instead of touching freed memory."""
 from __future__ import annotations
 
 from array import array
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -162,3 +163,60 @@ def test_c_sender_is_the_python_closure(
     assert _umem._StrideTx is not None, "xport._linkfast not built: run scripts/setup.sh"
     assert _sender_run(True, start, ring, frames, calls, oversize) == \
         _sender_run(False, start, ring, frames, calls, oversize)
+
+
+def _reader_run(c_reader: bool, start: int, ops: list[tuple[str, int]]) -> list[object]:
+    """posted_reader() after random receives (copies, or zero-copy frames
+    released later: pending until posted), against rx_buffers_posted."""
+    from unittest import mock
+
+    from xport import _umem
+
+    patch = mock.patch.object(_umem, "_CounterReader", _umem._CounterReader if c_reader else None)
+    with patch:
+        be, kern, _ = make_fake(start, n_rx=8, rx_ring=4)
+        read = be.posted_reader()
+        assert (type(read).__name__ == "CounterReader") == c_reader
+        out: list[object] = []
+        held: list[Any] = []
+        try:
+            for op, k in ops:
+                if op == "deliver":
+                    out.append([kern.receive(bytes([k]) * 20) for _ in range(k)])
+                elif op == "copies":
+                    out.append(be.recv_copies(k))
+                elif op == "zerocopy":
+                    frames = be.recv_batch(k, copy=False)
+                    out.append([bytes(f.data) for f in frames])
+                    held += frames
+                elif op == "release" and held:
+                    held.pop(0).release()  # pending until the next post
+                out.append((read(), len(be._pending_release), kern.used("fill")))
+            out.append(be.rx_buffers_posted())
+        finally:
+            be.close()
+        try:
+            read()
+        except ValueError as exc:
+            out.append(exc.args)  # closed: the slow path raises
+        return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(2**32 - 12, 2**32 - 1),  # ring indexes near the wrap
+    st.lists(st.tuples(st.sampled_from(["deliver", "copies", "zerocopy", "release"]),
+                       st.integers(0, 4)), max_size=20),
+)
+def test_c_posted_reader_is_rx_buffers_posted(start: int, ops: list[tuple[str, int]]) -> None:
+    """CounterReader (xport/_linkfast.c) against AfXdpBackend.rx_buffers_posted,
+    its slow path: the same counts while frames are received, held and
+    released (released frames are posted first), and ValueError once closed."""
+    import os
+
+    from xport import _umem
+
+    if os.environ.get("XPORT_PURE_PYTHON") == "1":
+        pytest.skip("XPORT_PURE_PYTHON=1 forces the fallback")
+    assert _umem._CounterReader is not None, "xport._linkfast not built: run scripts/setup.sh"
+    assert _reader_run(True, start, ops) == _reader_run(False, start, ops)
