@@ -177,6 +177,7 @@ class Agent:
         self._backends = backends
         self.stats = AgentStats()
         self.budget = Budget(self.config.max_buffered_total)
+        self.batch_writes: list[Connection] | None = None  # see _on_batch
         self._nq = self.config.queues
         self._ports: list[LinkPort] = []
         self._clock = clock
@@ -512,12 +513,26 @@ class Agent:
 
     # -- receiving -------------------------------------------------------------------------
     def _on_batch(self, q: int, msgs: list[P.Message]) -> None:
-        for m in msgs:
-            try:
-                self.on_message(q, m)
-            except Exception:  # one bad message must not stop the queue
-                self.stats.incr("internal_errors")
-                log.exception("handling %r from the host", m)
+        # replies are held per connection and written once at the end of the
+        # batch (Connection.flush_writes): a client with several replies in the
+        # batch costs one send(), and reads them in one go
+        writes: list[Connection] = []
+        self.batch_writes = writes
+        try:
+            for m in msgs:
+                try:
+                    self.on_message(q, m)
+                except Exception:  # one bad message must not stop the queue
+                    self.stats.incr("internal_errors")
+                    log.exception("handling %r from the host", m)
+        finally:
+            self.batch_writes = None
+            for conn in writes:
+                try:
+                    conn.flush_writes()
+                except Exception:  # one client's failed write must not stop the others
+                    self.stats.incr("internal_errors")
+                    log.exception("writing to %r", conn)
 
     def on_message(self, q: int, m: P.Message) -> None:
         """Handle one transport message from the host (any queue)."""

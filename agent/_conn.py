@@ -115,6 +115,9 @@ class ConnOwner(Protocol):
     config: AgentConfig
     stats: AgentStats
     budget: Budget
+    #: while the owner handles a received batch: the connections holding
+    #: replies for :meth:`Connection.flush_writes` at its end (None: write at once)
+    batch_writes: list[Connection] | None
 
     def to_host_data(self, conn_id: int, wire: bytes, header_length: int) -> None: ...
     def to_host_credit(self, conn_id: int, messages: int, nbytes: int) -> None: ...
@@ -149,6 +152,10 @@ class Connection(asyncio.Protocol):
                                          max_message_size=cfg.max_message_size)
         self.recv_window.initial_grant()
         self.tracker = DrainTracker()
+        # replies of the owner's current batch, written to the client together
+        # (flush_writes): one send() per connection and batch, not per reply
+        self._out: list[bytes] = []
+        self._out_sizes: list[int] = []
         self.pending: deque[tuple[bytes, int]] = deque()
         self.pending_bytes = 0
         self.accounted = 0  # bytes counted in owner.budget
@@ -279,8 +286,32 @@ class Connection(asyncio.Protocol):
             # the transport closed itself, connection_lost not delivered yet
             # (asyncio warns "socket.send() raised exception." on every write then)
             return
+        batch = self.owner.batch_writes
+        if batch is not None:
+            if not self._out:
+                batch.append(self)
+            self._out.append(wire)
+            self._out_sizes.append(size)
+            return
         transport.write(wire)
         self.tracker.wrote(len(wire), size)
+        self.check_drain()
+
+    def flush_writes(self) -> None:
+        """Write the replies held for the owner's batch, in one ``write``."""
+        out, sizes = self._out, self._out_sizes
+        if not out:
+            return
+        self._out, self._out_sizes = [], []
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return  # the client is gone (as in host_data)
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        # the tracker counts after the write, so check_drain never takes bytes
+        # still held here for bytes that left
+        wrote = self.tracker.wrote
+        for wire, size in zip(out, sizes, strict=True):
+            wrote(len(wire), size)
         self.check_drain()
 
     def host_close(self, abort: bool = False) -> None:
@@ -334,6 +365,8 @@ class Connection(asyncio.Protocol):
     # -- lifecycle -----------------------------------------------------------
     def event(self, ev: ConnEvent, reason: str = "", text: str = "") -> None:
         """Feed one lifecycle event through the table and perform its action."""
+        if self._out:
+            self.flush_writes()  # replies accepted before the event go first
         action, nxt = transition(self.state, ev)
         prev, self.state = self.state, nxt
         reason = reason or REASON_FOR_EVENT.get(ev, ev.value)

@@ -31,6 +31,7 @@ class FakeTransport(asyncio.Transport):
     def __init__(self, hold: bool = False) -> None:
         super().__init__()
         self.written = bytearray()
+        self.writes = 0  # write() calls
         self.buffer = 0
         self.hold = hold
         self.reading = True
@@ -39,6 +40,7 @@ class FakeTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert not (self.closed or self.aborted)
+        self.writes += 1
         self.written += data
         if self.hold:
             self.buffer += len(data)
@@ -87,6 +89,7 @@ class FakeOwner:
         self.eof_after: list[int] = []  # len(data) when each EOF went out
         self.watched: set[Connection] = set()
         self.clock = 0.0
+        self.batch_writes: list[Connection] | None = None  # replies written at once
 
     def to_host_data(self, conn_id: int, wire: bytes, header_length: int) -> None:
         self.data.append((conn_id, bytes(wire), header_length))

@@ -319,3 +319,87 @@ def test_every_message_exactly_once_in_order(bodies: list[bytes], cuts: list[int
     while conn.pending:
         conn.on_credit(3, 1000)
     assert [d[1] for d in owner.data] == [frame(b) for b in bodies]
+
+
+# -- replies of one received batch: one write per connection -----------------------
+
+
+def test_replies_of_a_batch_go_in_one_write_and_credit_follows_the_drain() -> None:
+    conn, owner, tr = make(hold=True)
+    owner.batch_writes = []  # the agent is handling a batch from the host
+    for body in (b"a" * 10, b"b" * 10, b"c" * 10):
+        conn.host_data(body)
+    assert tr.writes == 0 and owner.batch_writes == [conn]  # held until the batch ends
+    assert owner.credits == []
+    owner.batch_writes = None
+    conn.flush_writes()
+    assert tr.writes == 1
+    assert tr.written == frame(b"a" * 10) + frame(b"b" * 10) + frame(b"c" * 10)
+    assert owner.credits == [] and conn in owner.watched  # nothing has left the buffer
+    tr.drain(14 + 14)  # two replies left
+    conn.check_drain()
+    assert sum(c[1] for c in owner.credits) == 2
+    conn.flush_writes()  # nothing held: no write
+    assert tr.writes == 1
+
+
+def test_a_close_in_the_same_batch_writes_the_held_replies_first() -> None:
+    conn, owner, tr = make()
+    owner.batch_writes = []
+    conn.host_data(b"one")
+    conn.host_data(b"two")
+    conn.host_close()  # a lifecycle event: what is held goes out before it
+    assert tr.written == frame(b"one") + frame(b"two") and tr.writes == 1
+    assert tr.closed
+
+
+def test_replies_held_for_a_client_that_is_gone_are_dropped() -> None:
+    conn, owner, tr = make()
+    owner.batch_writes = []
+    conn.host_data(b"late")
+    tr.closed = True  # the transport closed itself (a failed send)
+    conn.flush_writes()
+    assert tr.written == b"" and tr.writes == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.integers(1, 60), min_size=1, max_size=4),
+                          st.integers(0, 200)), min_size=1, max_size=12))
+def test_batched_replies_never_return_credit_before_their_bytes_leave(
+        steps: list[tuple[list[int], int]]) -> None:
+    # each step: one batch of replies (sizes), then the client reads some bytes
+    cfg = AgentConfig(initial_window_messages=16, initial_window_bytes=4000,
+                      max_message_size=1000, max_buffered_per_connection=8192)
+    conn, owner, tr = make(FakeOwner(cfg), hold=True)
+    sent: list[int] = []  # wire sizes, in order
+    drained = 0
+    for sizes, read in steps:
+        granted = sum(c[1] for c in owner.credits)
+        if len(sent) + len(sizes) > cfg.initial_window_messages + granted \
+                or sum(sent) + sum(sizes) > cfg.initial_window_bytes + sum(c[2] for c in owner.credits):
+            break  # the host stays within the window the agent granted (§5.1)
+        owner.batch_writes = []
+        for n in sizes:
+            conn.host_data(bytes(n))
+            sent.append(4 + n)
+        assert tr.buffer == sum(sent[:-len(sizes)]) - drained  # held, not yet written
+        owner.batch_writes = None
+        conn.flush_writes()
+        tr.drain(read)
+        drained = min(drained + read, sum(sent))
+        conn.check_drain()
+        # credit only for whole replies that left the buffer, never more
+        left = 0
+        acc = 0
+        for w in sent:
+            if acc + w > drained:
+                break
+            acc += w
+            left += 1
+        granted = sum(c[1] for c in owner.credits)
+        assert granted <= left
+    tr.drain()
+    conn.check_drain()
+    # everything read: what is not granted back is below the window's grant threshold
+    pending = conn.recv_window.pending_messages
+    assert sum(c[1] for c in owner.credits) + pending == len(sent)
