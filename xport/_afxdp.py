@@ -352,6 +352,14 @@ class AfXdpBackend(FrameBackend):
             raise ValueError("XskSocket is closed")  # as sock.ctx would
         return int(sock._ctx.fill_posted)  # XskSocket.fill_posted (once per flush)
 
+    def copies_receiver(self) -> Callable[[int], list[bytes]]:
+        """:meth:`recv_copies` as a callable for a caller that receives once per
+        wake-up (``xport.Link``): in C when the accelerator is built
+        (``XskSocket.rx_copier``), this method otherwise."""
+        self._check_open()
+        return self._sock.rx_copier(self._rx_out, self._rx_lens, self._batch,
+                                    self._pending_release, self.recv_copies)
+
     def posted_reader(self) -> Callable[[], int]:
         """:meth:`rx_buffers_posted` as a callable for a caller that asks once per
         flush (``xport.Link``): in C when the accelerator is built

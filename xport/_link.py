@@ -380,9 +380,11 @@ class Link:
             reader() if reader is not None else backend.rx_buffers_posted
         )
         # a backend that receives straight into bytes (AfXdpBackend.recv_copies):
-        # recv_batch(copy=True) without an RxFrame per frame
-        self._recv_copies: Callable[[int], list[bytes]] | None = getattr(
-            backend, "recv_copies", None
+        # recv_batch(copy=True) without an RxFrame per frame; the same as a C
+        # callable where the backend has one (AfXdpBackend.copies_receiver)
+        receiver = getattr(backend, "copies_receiver", None)
+        self._recv_copies: Callable[[int], list[bytes]] | None = (
+            receiver() if receiver is not None else getattr(backend, "recv_copies", None)
         )
         # the largest message sendable: ours, then min(ours, the peer's HELLO)
         self._max_send = cfg.max_message_size

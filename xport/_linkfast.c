@@ -1173,6 +1173,186 @@ static PyTypeObject CounterReaderType = {
     .tp_vectorcall_offset = offsetof(CounterReaderObject, vectorcall),
 };
 
+/* RxCopies(rx_fn, kick_fn, stalled_off, live, keep, out, lens, batch, pending, slow):
+ * AfXdpBackend.recv_copies as a C callable, recv(max_frames) -> list[bytes]:
+ * when the context (its address in `live`, as for StrideTx) is open, the
+ * list `pending` empty and 0 < max_frames <= batch, kick first if the
+ * context's uint32_t at `stalled_off` (tx_stalled) is set (kick_fn(ctx), as
+ * mux_xsk_kick), then rx_fn(ctx, out, lens, max_frames) (mux_xsk_rx_burst:
+ * frames copied back to back into `out`, their lengths into `lens`, a
+ * uint32_t array of `batch`) and each frame as bytes; anything else:
+ * slow(max_frames) (the Python method). */
+typedef uint32_t (*rx_burst_fn)(void *, char *, uint32_t *, uint32_t);
+typedef int (*kick_fn)(void *);
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    rx_burst_fn rx;
+    kick_fn kick;
+    Py_ssize_t stalled_off, batch;
+    Py_buffer live, out, lens;
+    PyObject *keep, *pending, *slow;
+} RxCopiesObject;
+
+static PyObject *
+rx_copies_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RxCopiesObject *r = (RxCopiesObject *)self;
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "recv(max_frames)");
+        return NULL;
+    }
+    Py_ssize_t max;
+    if (ssize_arg(args[0], &max) < 0)
+        return NULL;
+    uint64_t ctx = *(const uint64_t *)r->live.buf;
+    if (ctx == 0 || max <= 0 || max > r->batch || PyList_GET_SIZE(r->pending) != 0)
+        return PyObject_CallOneArg(r->slow, args[0]);
+    void *c = (void *)(uintptr_t)ctx;
+    uint32_t stalled;
+    memcpy(&stalled, (const char *)c + r->stalled_off, sizeof stalled);
+    if (stalled)
+        (void)r->kick(c); /* keep TX moving even when the owner only receives */
+    const uint32_t *lens = (const uint32_t *)r->lens.buf;
+    uint32_t n = r->rx(c, (char *)r->out.buf, (uint32_t *)r->lens.buf, (uint32_t)max);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (list == NULL)
+        return NULL;
+    const char *p = (const char *)r->out.buf;
+    Py_ssize_t off = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        Py_ssize_t ln = (Py_ssize_t)lens[i];
+        if (off + ln > r->out.len) { /* rx_burst never writes beyond out: never trust it */
+            Py_DECREF(list);
+            PyErr_SetString(PyExc_RuntimeError, "RxCopies: frames beyond the buffer");
+            return NULL;
+        }
+        PyObject *b = PyBytes_FromStringAndSize(p + off, ln);
+        if (b == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, b);
+        off += ln;
+    }
+    return list;
+}
+
+static PyObject *
+rx_copies_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *rx, *kick, *live, *keep, *out, *lens, *pending, *slow;
+    Py_ssize_t stalled_off, batch;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_SetString(PyExc_TypeError, "RxCopies takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOnOOOOnOO:RxCopies", &rx, &kick, &stalled_off, &live, &keep,
+                          &out, &lens, &batch, &pending, &slow))
+        return NULL;
+    uintptr_t rx_addr = (uintptr_t)PyLong_AsUnsignedLongLong(rx);
+    if (rx_addr == (uintptr_t)-1 && PyErr_Occurred())
+        return NULL;
+    uintptr_t kick_addr = (uintptr_t)PyLong_AsUnsignedLongLong(kick);
+    if (kick_addr == (uintptr_t)-1 && PyErr_Occurred())
+        return NULL;
+    if (rx_addr == 0 || kick_addr == 0 || stalled_off < 0 || stalled_off % 4 != 0 || batch < 1
+        || batch > 0xFFFFFFFFLL || !PyList_CheckExact(pending) || !PyCallable_Check(slow)) {
+        PyErr_SetString(PyExc_ValueError, "RxCopies: invalid arguments");
+        return NULL;
+    }
+    RxCopiesObject *r = (RxCopiesObject *)type->tp_alloc(type, 0);
+    if (r == NULL)
+        return NULL;
+    r->vectorcall = rx_copies_call;
+    r->rx = (rx_burst_fn)rx_addr;
+    r->kick = (kick_fn)kick_addr;
+    r->stalled_off = stalled_off;
+    r->batch = batch;
+    if (PyObject_GetBuffer(live, &r->live, PyBUF_FORMAT) < 0) {
+        r->live.obj = NULL;
+        goto error;
+    }
+    if (r->live.itemsize != 8 || r->live.len != 8 || r->live.format == NULL
+        || strcmp(r->live.format, "Q") != 0) {
+        PyErr_SetString(PyExc_ValueError, "RxCopies: live must be array('Q') of one item");
+        goto error;
+    }
+    if (PyObject_GetBuffer(out, &r->out, PyBUF_WRITABLE) < 0) {
+        r->out.obj = NULL;
+        goto error;
+    }
+    if (PyObject_GetBuffer(lens, &r->lens, PyBUF_WRITABLE) < 0) {
+        r->lens.obj = NULL;
+        goto error;
+    }
+    if (r->lens.len < 4 * batch) {
+        PyErr_SetString(PyExc_ValueError, "RxCopies: lens must hold batch uint32_t");
+        goto error;
+    }
+    Py_INCREF(keep);
+    r->keep = keep;
+    Py_INCREF(pending);
+    r->pending = pending;
+    Py_INCREF(slow);
+    r->slow = slow;
+    return (PyObject *)r;
+error:
+    Py_DECREF(r);
+    return NULL;
+}
+
+static int
+rx_copies_traverse(RxCopiesObject *r, visitproc visit, void *arg)
+{
+    Py_VISIT(r->keep);
+    Py_VISIT(r->pending);
+    Py_VISIT(r->slow);
+    Py_VISIT(r->live.obj);
+    Py_VISIT(r->out.obj);
+    Py_VISIT(r->lens.obj);
+    return 0;
+}
+
+static int
+rx_copies_clear(RxCopiesObject *r)
+{
+    if (r->live.obj != NULL)
+        PyBuffer_Release(&r->live);
+    if (r->out.obj != NULL)
+        PyBuffer_Release(&r->out);
+    if (r->lens.obj != NULL)
+        PyBuffer_Release(&r->lens);
+    Py_CLEAR(r->keep);
+    Py_CLEAR(r->pending);
+    Py_CLEAR(r->slow);
+    return 0;
+}
+
+static void
+rx_copies_dealloc(RxCopiesObject *r)
+{
+    PyObject_GC_UnTrack(r);
+    rx_copies_clear(r);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyTypeObject RxCopiesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xport._linkfast.RxCopies",
+    .tp_basicsize = sizeof(RxCopiesObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "RxCopies(rx_fn, kick_fn, stalled_off, live, keep, out, lens, batch, pending, "
+              "slow): AfXdpBackend.recv_copies in C.",
+    .tp_new = rx_copies_new,
+    .tp_dealloc = (destructor)rx_copies_dealloc,
+    .tp_traverse = (traverseproc)rx_copies_traverse,
+    .tp_clear = (inquiry)rx_copies_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(RxCopiesObject, vectorcall),
+};
+
 static PyObject *
 init(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1228,7 +1408,8 @@ PyInit__linkfast(void)
         || (o_credit == NULL && (o_credit = PyLong_FromLong(TYPE_CREDIT)) == NULL)
         || (o_zero == NULL && (o_zero = PyLong_FromLong(0)) == NULL))
         return NULL;
-    if (PyType_Ready(&StrideTxType) < 0 || PyType_Ready(&CounterReaderType) < 0)
+    if (PyType_Ready(&StrideTxType) < 0 || PyType_Ready(&CounterReaderType) < 0
+        || PyType_Ready(&RxCopiesType) < 0)
         return NULL;
     PyObject *mod = PyModule_Create(&moduledef);
     if (mod == NULL)
@@ -1242,6 +1423,12 @@ PyInit__linkfast(void)
     Py_INCREF(&CounterReaderType);
     if (PyModule_AddObject(mod, "CounterReader", (PyObject *)&CounterReaderType) < 0) {
         Py_DECREF(&CounterReaderType);
+        Py_DECREF(mod);
+        return NULL;
+    }
+    Py_INCREF(&RxCopiesType);
+    if (PyModule_AddObject(mod, "RxCopies", (PyObject *)&RxCopiesType) < 0) {
+        Py_DECREF(&RxCopiesType);
         Py_DECREF(mod);
         return NULL;
     }

@@ -46,10 +46,14 @@ try:
         raise ImportError("XPORT_PURE_PYTHON is set")
     _linkfast = importlib.import_module("xport._linkfast")
     _StrideTx, _CounterReader = _linkfast.StrideTx, _linkfast.CounterReader
+    _RxCopies = _linkfast.RxCopies
 except (ImportError, AttributeError):
-    _StrideTx = _CounterReader = None
+    _StrideTx = _CounterReader = _RxCopies = None
 _TX_STRIDE = int(ffi.cast("uintptr_t", ffi.addressof(lib, "mux_xsk_tx_stride")))
+_RX_BURST = int(ffi.cast("uintptr_t", ffi.addressof(lib, "mux_xsk_rx_burst")))
+_KICK = int(ffi.cast("uintptr_t", ffi.addressof(lib, "mux_xsk_kick")))
 _FILL_POSTED = int(ffi.offsetof("struct mux_xsk", "fill_posted"))
+_TX_STALLED = int(ffi.offsetof("struct mux_xsk", "tx_stalled"))
 
 
 def _tx_stride_error(rc: int) -> int:
@@ -331,6 +335,24 @@ class XskSocket:
             return slow
         return _CounterReader(self._live, _FILL_POSTED, self, pending,  # type: ignore[no-any-return]
                               slow)
+
+    def rx_copier(self, out: Any, lens: Any, batch: int, pending: list[int],
+                  slow: Callable[[int], list[bytes]]) -> Callable[[int], list[bytes]]:
+        """``recv(max_frames)`` in one C call (``_linkfast.RxCopies``): a kick first
+        while TX is stalled, :meth:`rx_burst` into ``out`` (``char[]`` of ``batch``
+        UMEM frames) and ``lens`` (``uint32_t[batch]``), each frame as ``bytes``;
+        ``slow(max_frames)`` instead while ``pending`` (released frames not posted
+        yet) is not empty, for ``max_frames`` outside ``1..batch`` or once the socket
+        is closed; ``slow`` itself without the accelerator."""
+        if self._closed:
+            raise ValueError("XskSocket is closed")
+        outb, lensb = ffi.buffer(out), ffi.buffer(lens)
+        if len(outb) < batch * self.umem.layout.frame_size or len(lensb) < 4 * batch:
+            raise ValueError("out and lens must hold batch frames")
+        if _RxCopies is None:
+            return slow
+        return _RxCopies(_RX_BURST, _KICK, _TX_STALLED, self._live, self,  # type: ignore[no-any-return]
+                         outb, lensb, batch, pending, slow)
 
     def tx_reserve(self, n: int, out: Any) -> int:
         """Pop up to ``n`` free TX frame addresses into ``out`` (``uint64_t[]``)."""

@@ -220,3 +220,63 @@ def test_c_posted_reader_is_rx_buffers_posted(start: int, ops: list[tuple[str, i
         pytest.skip("XPORT_PURE_PYTHON=1 forces the fallback")
     assert _umem._CounterReader is not None, "xport._linkfast not built: run scripts/setup.sh"
     assert _reader_run(True, start, ops) == _reader_run(False, start, ops)
+
+
+def _receiver_run(c_recv: bool, start: int, ops: list[tuple[str, int]]) -> list[object]:
+    """copies_receiver() after random deliveries, zero-copy frames held and
+    released (pending until posted) and odd batch sizes, against recv_copies."""
+    from unittest import mock
+
+    from xport import _umem
+
+    patch = mock.patch.object(_umem, "_RxCopies", _umem._RxCopies if c_recv else None)
+    with patch:
+        be, kern, _ = make_fake(start, n_rx=8, rx_ring=4)
+        recv = be.copies_receiver()
+        assert (type(recv).__name__ == "RxCopies") == c_recv
+        out: list[object] = []
+        held: list[Any] = []
+        try:
+            for op, k in ops:
+                if op == "deliver":
+                    out.append([kern.receive(bytes([k, len(out) & 255]) * (5 + k))
+                                for _ in range(k)])
+                elif op == "recv":
+                    got = recv(k if k < 9 else 65 + k)  # above the batch: grows it
+                    assert all(type(f) is bytes for f in got)
+                    out.append(got)
+                elif op == "zerocopy":
+                    frames = be.recv_batch(k, copy=False)
+                    out.append([bytes(f.data) for f in frames])
+                    held += frames
+                elif op == "release" and held:
+                    held.pop(0).release()  # pending until the next receive
+                out.append((be.socket.counters(), len(be._pending_release), kern.used("fill")))
+        finally:
+            be.close()
+        try:
+            recv(4)
+        except ValueError as exc:
+            out.append(exc.args)  # closed: the slow path raises
+        return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(2**32 - 12, 2**32 - 1),
+    st.lists(st.tuples(st.sampled_from(["deliver", "recv", "recv", "zerocopy", "release"]),
+                       st.integers(-1, 12)), max_size=24),
+)
+def test_c_receiver_is_recv_copies(start: int, ops: list[tuple[str, int]]) -> None:
+    """RxCopies (xport/_linkfast.c) against AfXdpBackend.recv_copies, its slow
+    path: the same frames (bytes), counters and fill ring while frames are
+    received, held and released, for batch sizes out of range and above the
+    buffers (which then grow), and ValueError once closed."""
+    import os
+
+    from xport import _umem
+
+    if os.environ.get("XPORT_PURE_PYTHON") == "1":
+        pytest.skip("XPORT_PURE_PYTHON=1 forces the fallback")
+    assert _umem._RxCopies is not None, "xport._linkfast not built: run scripts/setup.sh"
+    assert _receiver_run(True, start, ops) == _receiver_run(False, start, ops)
