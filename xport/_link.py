@@ -47,9 +47,12 @@ built in place in fixed-size slots of one preallocated ``bytearray``
 on the call), or that a backend with ``strided_sender`` (AF_XDP) takes
 straight from the slots in one C call. With the optional C accelerator
 (``xport._linkfast``, see below) the clean frames of a receive batch (header,
-credit, whole DATA and CREDIT messages) are taken in one C call, and the
-frames of a flush are packed in one; the Python loops take over at anything
-else and are the reference.
+credit, whole DATA and CREDIT messages) are taken in one C call, the frames
+of a flush are packed in one, and ``AsyncLink.try_send_runs`` queues all its
+entries in one; the Python loops take over at anything else and are the
+reference. An AF_XDP backend also hands the link C callables for its
+per-wake-up calls (``copies_receiver``, ``posted_reader``, ``strided_sender``):
+a wake-up's ``poll`` and ``flush`` run about three Python frames.
 
 Public API
 ----------

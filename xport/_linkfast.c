@@ -4,8 +4,12 @@
  * reference: tests/xport/test_linkfast.py compares the two.
  *
  * Functions called once per receive batch or flush (rx_frames, pack_frames;
- * documented where they are defined) or once per frame, never once per
- * message. All do only the hot, common case and stop at anything else,
+ * queue_runs once per AsyncLink.try_send_runs; documented where they are
+ * defined) or once per frame, never once per message. Three small callable
+ * types stand for the AF_XDP backend's per-wake-up Python methods, calling
+ * the cffi module's burst helpers through their addresses (StrideTx: the
+ * flush's TX, CounterReader: rx_buffers_posted, RxCopies: recv_copies;
+ * tests/xport/test_link_fast_tx.py compares each with its method). All do only the hot, common case and stop at anything else,
  * leaving it to the Python loop of the rare path in xport/_link.py:
  *
  *   rx_whole(data, off, end, left, raw, out) -> (off, left, merged)
