@@ -726,11 +726,9 @@ class Link:
             self._last_rx = now
         out: list[Message] = []
         lc = self.credit
-        unpack_frame = FRAME_HEADER.unpack_from
         # 0: Data objects; 1: (conn_id, payload); 2: runs (conn_id, [payload, ...])
         raw = 2 if self.raw_runs else 1 if self.raw_data else 0
         merged = 0  # payloads that joined a run already in out
-        rx_whole = _rx_whole if self.accelerated else None
         st = self.stats
         st.frames_in += len(rx)
         fresh = not self.peer_session  # §3.1: no peer session yet
@@ -758,6 +756,8 @@ class Link:
         if start == len(rx):  # C took every frame (the common case): no loop to set up
             st.messages_in += len(out) + merged
             return out
+        unpack_frame = FRAME_HEADER.unpack_from
+        rx_whole = _rx_whole if self.accelerated else None
         for index, data in enumerate(rx[start:] if start else rx, start):
             n = len(data)
             # §1: bounds check before reading the header
