@@ -641,48 +641,78 @@ queue_runs(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     PyObject *entries = PyList_New(total);
     if (entries == NULL)
         return NULL;
+    /* Nothing below runs Python code, but an allocation may start a garbage
+     * collection whose finalizers could: every item is checked again as it
+     * is read, and held while its fields are used. */
     Py_ssize_t n = 0;
     for (Py_ssize_t i = 0; i < nr; i++) {
-        PyObject *run = PySequence_Fast_GET_ITEM(runs, i);
-        PyObject *conn = PyTuple_GET_ITEM(run, 0), *pl = PyTuple_GET_ITEM(run, 1);
-        Py_ssize_t np = PySequence_Fast_GET_SIZE(pl);
-        PyObject **items = PySequence_Fast_ITEMS(pl);
-        /* nothing above runs Python code, but a garbage collection may: never
-         * trust the sizes counted before for memory safety */
-        if (np > total - nc - n)
+        if (i >= PySequence_Fast_GET_SIZE(runs))
             goto changed;
-        for (Py_ssize_t j = 0; j < np; j++) {
+        PyObject *run = PySequence_Fast_GET_ITEM(runs, i);
+        if (!PyTuple_CheckExact(run) || PyTuple_GET_SIZE(run) != 2)
+            goto changed;
+        Py_INCREF(run); /* its conn_id and payloads live while it does */
+        PyObject *conn = PyTuple_GET_ITEM(run, 0), *pl = PyTuple_GET_ITEM(run, 1);
+        if (!(PyList_CheckExact(pl) || PyTuple_CheckExact(pl))) {
+            Py_DECREF(run);
+            goto changed;
+        }
+        for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(pl); j++) {
+            if (n >= total - nc) {
+                Py_DECREF(run);
+                goto changed;
+            }
             PyObject *t = PyTuple_New(4);
-            if (t == NULL)
+            if (t == NULL) {
+                Py_DECREF(run);
                 goto error;
+            }
+            PyObject *payload = PySequence_Fast_GET_ITEM(pl, j); /* read after the allocation */
             Py_INCREF(o_data);
             PyTuple_SET_ITEM(t, 0, o_data);
             Py_INCREF(conn);
             PyTuple_SET_ITEM(t, 1, conn);
             Py_INCREF(o_zero);
             PyTuple_SET_ITEM(t, 2, o_zero);
-            Py_INCREF(items[j]);
-            PyTuple_SET_ITEM(t, 3, items[j]);
+            Py_INCREF(payload);
+            PyTuple_SET_ITEM(t, 3, payload);
             PyList_SET_ITEM(entries, n++, t);
         }
+        Py_DECREF(run);
     }
     if (n != total - nc || PySequence_Fast_GET_SIZE(credits) != nc)
         goto changed;
     for (Py_ssize_t i = 0; i < nc; i++) {
-        PyObject *c = PySequence_Fast_GET_ITEM(credits, i);
-        for (int k = 0; k < 2; k++)
-            cv[k] = (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(c, 1 + k));
         PyObject *body = PyBytes_FromStringAndSize(NULL, CREDIT_BODY);
         if (body == NULL)
             goto error;
-        unsigned char *b = (unsigned char *)PyBytes_AS_STRING(body);
-        put32(b, cv[0]);
-        put32(b + 4, cv[1]);
         PyObject *t = PyTuple_New(4);
         if (t == NULL) {
             Py_DECREF(body);
             goto error;
         }
+        /* read after the allocations; a tuple's fields never change */
+        PyObject *c = i < PySequence_Fast_GET_SIZE(credits) ? PySequence_Fast_GET_ITEM(credits, i)
+                                                            : NULL;
+        if (c == NULL || !PyTuple_CheckExact(c) || PyTuple_GET_SIZE(c) != 3) {
+            Py_DECREF(body);
+            Py_DECREF(t);
+            goto changed;
+        }
+        for (int k = 0; k < 2; k++) {
+            long long v = PyLong_CheckExact(PyTuple_GET_ITEM(c, 1 + k))
+                              ? entry_uint(PyTuple_GET_ITEM(c, 1 + k), 0xFFFFFFFFUL)
+                              : -1;
+            if (v < 0) {
+                Py_DECREF(body);
+                Py_DECREF(t);
+                goto changed;
+            }
+            cv[k] = (uint32_t)v;
+        }
+        unsigned char *b = (unsigned char *)PyBytes_AS_STRING(body);
+        put32(b, cv[0]);
+        put32(b + 4, cv[1]);
         PyObject *conn = PyTuple_GET_ITEM(c, 0);
         Py_INCREF(o_credit);
         PyTuple_SET_ITEM(t, 0, o_credit);
@@ -700,7 +730,7 @@ queue_runs(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(r);
     Py_RETURN_TRUE;
 changed:
-    PyErr_SetString(PyExc_RuntimeError, "queue_runs: runs changed size during the call");
+    PyErr_SetString(PyExc_RuntimeError, "queue_runs: runs or credits changed during the call");
 error:
     Py_DECREF(entries); /* items not yet set are NULL: list_dealloc skips them */
     return NULL;
