@@ -494,6 +494,60 @@ pack_whole(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 #define FRAME_HEADER_SIZE 34
 #define LINK_VERSION 1
 
+/* pack_frames' loop (see there), frames from slot 0 while fewer than
+ * `nframes`: -1 with an exception set, else 0 with *nf frames closed, the
+ * open frame's absolute *off and *count (0 and 0: none) and the messages
+ * and payload bytes packed in *msgs and *nbytes. hv: seq, credit, ack. */
+static int
+pack_loop(PyObject *queue, PyObject *popleft, PyObject *buf, Py_ssize_t frame_size,
+          Py_ssize_t nframes, const uint32_t hv[3], uint32_t *lenp, Py_ssize_t *nf_out,
+          Py_ssize_t *off_out, Py_ssize_t *count_out, Py_ssize_t *msgs_out, Py_ssize_t *nbytes_out)
+{
+    Py_ssize_t nf = 0, msgs = 0, nbytes = 0, off = 0, count = 0, total = 0;
+    int rc = HEAD_PYTHON;
+    while (nf < nframes) {
+        Py_ssize_t base = nf * frame_size;
+        off = base + FRAME_HEADER_SIZE;
+        count = 0;
+        for (;;) {
+            rc = pack_head(queue, popleft, buf, &off, base + frame_size, &nbytes, &total);
+            if (rc != HEAD_PACKED)
+                break;
+            msgs++;
+            if (++count == MAX_COUNT)
+                break;
+        }
+        if (rc == HEAD_ERROR)
+            return -1;
+        /* nothing packed, an entry for Python (the frame stays open), or
+         * HEAD_NO_ROOM for what fits in no frame (Python fragments it, §2.2) */
+        if (count == 0 || rc == HEAD_PYTHON
+            || (rc == HEAD_NO_ROOM && total > frame_size - FRAME_HEADER_SIZE - HEADER_SIZE))
+            break;
+        unsigned char *h = (unsigned char *)PyByteArray_AS_STRING(buf) + base + ETH_HEADER_SIZE;
+        h[0] = LINK_VERSION;
+        h[1] = 0;
+        put16(h + 2, (unsigned)count);
+        put32(h + 4, hv[0] + (uint32_t)nf);
+        put32(h + 8, hv[1]);
+        put32(h + 12, hv[2]);
+        put16(h + 16, (unsigned)(off - base - FRAME_HEADER_SIZE));
+        put16(h + 18, 0);
+        lenp[nf] = (uint32_t)(off - base);
+        nf++;
+        off = 0;
+        count = 0;
+        if (rc == HEAD_EMPTY)
+            break;
+    }
+    *nf_out = nf;
+    *off_out = count ? off : 0;
+    *count_out = count;
+    *msgs_out = msgs;
+    *nbytes_out = nbytes;
+    return 0;
+}
+
 /* pack_frames(queue, buf, frame_size, nframes, seq, credit, ack, lens)
  *     -> (frames, off, count, msgs, nbytes)
  * Link._send_data_frames's common case, all frames of a flush in one call:
@@ -546,51 +600,15 @@ pack_frames(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         PyBuffer_Release(&lens);
         return NULL;
     }
-    uint32_t *lenp = (uint32_t *)lens.buf;
-    Py_ssize_t nf = 0, msgs = 0, nbytes = 0, off = 0, count = 0, total = 0;
-    int rc = HEAD_PYTHON;
-    while (nf < nframes) {
-        Py_ssize_t base = nf * frame_size;
-        off = base + FRAME_HEADER_SIZE;
-        count = 0;
-        for (;;) {
-            rc = pack_head(queue, popleft, buf, &off, base + frame_size, &nbytes, &total);
-            if (rc != HEAD_PACKED)
-                break;
-            msgs++;
-            if (++count == MAX_COUNT)
-                break;
-        }
-        if (rc == HEAD_ERROR)
-            goto error;
-        /* nothing packed, an entry for Python (the frame stays open), or
-         * HEAD_NO_ROOM for what fits in no frame (Python fragments it, §2.2) */
-        if (count == 0 || rc == HEAD_PYTHON
-            || (rc == HEAD_NO_ROOM && total > frame_size - FRAME_HEADER_SIZE - HEADER_SIZE))
-            break;
-        unsigned char *h = (unsigned char *)PyByteArray_AS_STRING(buf) + base + ETH_HEADER_SIZE;
-        h[0] = LINK_VERSION;
-        h[1] = 0;
-        put16(h + 2, (unsigned)count);
-        put32(h + 4, (uint32_t)(hv[0] + (unsigned long)nf));
-        put32(h + 8, (uint32_t)hv[1]);
-        put32(h + 12, (uint32_t)hv[2]);
-        put16(h + 16, (unsigned)(off - base - FRAME_HEADER_SIZE));
-        put16(h + 18, 0);
-        lenp[nf] = (uint32_t)(off - base);
-        nf++;
-        off = 0;
-        count = 0;
-        if (rc == HEAD_EMPTY)
-            break;
-    }
+    uint32_t hv32[3] = {(uint32_t)hv[0], (uint32_t)hv[1], (uint32_t)hv[2]};
+    Py_ssize_t nf = 0, msgs = 0, nbytes = 0, off = 0, count = 0;
+    int rc = pack_loop(queue, popleft, buf, frame_size, nframes, hv32, (uint32_t *)lens.buf, &nf,
+                       &off, &count, &msgs, &nbytes);
     Py_DECREF(popleft);
     PyBuffer_Release(&lens);
-    return Py_BuildValue("(nnnnn)", nf, count ? off : 0, count, msgs, nbytes);
-error:
-    Py_DECREF(popleft);
-    PyBuffer_Release(&lens);
-    return NULL;
+    if (rc < 0)
+        return NULL;
+    return Py_BuildValue("(nnnnn)", nf, off, count, msgs, nbytes);
 }
 
 /* queue_runs(queue, runs, credits) -> bool
