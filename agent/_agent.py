@@ -191,6 +191,11 @@ class Agent:
         self._dirty = [False] * self._nq
         self._link_blocked = [False] * self._nq
         self._flush_handle: asyncio.Handle | None = None
+        #: per queue: credit the host does not need yet, by connection
+        #: (to_host_credit), sent with the queue's next frame or after
+        #: config.credit_delay
+        self._lazy_credit: list[dict[int, list[int]]] = [{} for _ in range(self._nq)]
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._drain_watch: set[Connection] = set()
         self._tasks: list[asyncio.Task[Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -264,6 +269,9 @@ class Agent:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         for port in self._ports:
             try:
                 port.close()
@@ -304,6 +312,8 @@ class Agent:
     def _send(self, q: int, msg: P.Message) -> None:
         if not self._ports:
             return
+        if self._lazy_credit[q]:
+            self._send_lazy(q)  # before a CLOSED that may follow them
         self._ports[q].send(msg)
         if not self._dirty[q]:
             self._dirty[q] = True
@@ -320,9 +330,50 @@ class Agent:
             if self._flush_handle is None and self._loop is not None:
                 self._flush_handle = self._loop.call_soon(self._flush)
 
-    def to_host_credit(self, conn_id: int, messages: int, nbytes: int) -> None:
-        self.stats.incr("credits_sent")
-        self._send(conn_id % self._nq, P.Credit(conn_id, messages, nbytes))
+    def lazy_credit(self, conn_id: int) -> tuple[int, int]:
+        """Credit granted to the host for ``conn_id`` that it has not been sent yet."""
+        held = self._lazy_credit[conn_id % self._nq].get(conn_id)
+        return (held[0], held[1]) if held is not None else (0, 0)
+
+    def to_host_credit(self, conn_id: int, messages: int, nbytes: int,
+                       urgent: bool = True) -> None:
+        q = conn_id % self._nq
+        lazy = self._lazy_credit[q]
+        delay = self.config.credit_delay
+        if urgent or delay <= 0 or self._loop is None:
+            held = lazy.pop(conn_id, None)
+            if held is not None:  # one CREDIT for all of it
+                messages += held[0]
+                nbytes += held[1]
+            self.stats.incr("credits_sent")
+            self._send(q, P.Credit(conn_id, messages, nbytes))
+            return
+        # the host holds enough credit meanwhile: let the grant ride the
+        # queue's next frame (the client's next request) rather than wake the
+        # host for a frame of its own; credit_delay bounds the wait
+        held = lazy.get(conn_id)
+        if held is None:
+            lazy[conn_id] = [messages, nbytes]
+        else:
+            held[0] += messages
+            held[1] += nbytes
+        if self._lazy_timer is None:
+            self._lazy_timer = self._loop.call_later(delay, self._lazy_due)
+
+    def _send_lazy(self, q: int) -> None:
+        lazy, self._lazy_credit[q] = self._lazy_credit[q], {}
+        port = self._ports[q]
+        for conn_id, (messages, nbytes) in lazy.items():
+            self.stats.incr("credits_sent")
+            port.send(P.Credit(conn_id, messages, nbytes))
+
+    def _lazy_due(self) -> None:
+        self._lazy_timer = None
+        for q in range(self._nq):
+            if self._lazy_credit[q]:
+                self._send_lazy(q)
+                self._dirty[q] = True
+        self._flush()
 
     def to_host_eof(self, conn: Connection) -> None:
         self.stats.incr("half_closes")
@@ -373,9 +424,12 @@ class Agent:
         if self._drain_watch:
             self._check_drains()
         dirty = self._dirty
+        lazy = self._lazy_credit
         for q in range(self._nq):
             if dirty[q]:
                 dirty[q] = False
+                if lazy[q]:
+                    self._send_lazy(q)  # they ride this frame
                 port = self._ports[q]
                 try:
                     more = port.flush()

@@ -88,6 +88,14 @@ class AgentConfig:
     ``half_close_timeout`` to the host, counts ``half_close_timeouts`` and
     logs it, so a host that forgets the connection never pins its socket."""
 
+    credit_delay: float = 0.002
+    """Seconds a CREDIT the host does not need yet may wait to ride a frame
+    with other messages for the host (a client's next request, as a rule)
+    instead of a frame, and a wake-up of the host, of its own. "Not yet": the
+    host still holds at least one message and one largest message's bytes of
+    credit on that connection, so it cannot be blocked meanwhile; any other
+    grant goes at once (docs/protocol.md §5.2). 0: every grant at once."""
+
     buffer_stall_timeout: float = 2.0
     """Seconds the total of buffered client bytes may stay above
     ``max_buffered_total`` with every holder paused before the connection
@@ -126,5 +134,7 @@ class AgentConfig:
             raise ValueError("need 0 < keepalive_interval < keepalive_timeout")
         if self.half_close_timeout <= 0:
             raise ValueError("half_close_timeout must be positive")
+        if self.credit_delay < 0:
+            raise ValueError("credit_delay must be >= 0")
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("tls_certfile and tls_keyfile go together")

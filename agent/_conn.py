@@ -109,6 +109,16 @@ class Budget:
                 conn._update_reading()
 
 
+def grant_is_urgent(window: ReceiveWindow, messages: int, nbytes: int) -> bool:
+    """Whether credit of ``messages``/``nbytes`` granted from ``window`` but
+    not yet sent (the grant just taken, plus what waits unsent) must go at
+    once: without it the host holds less than one message or one largest
+    message's bytes of credit, so it may be blocked (§5.2). Otherwise it may
+    wait (``AgentConfig.credit_delay``)."""
+    return (window.outstanding_messages - messages < 1
+            or window.outstanding_bytes - nbytes < window.max_message_size)
+
+
 class ConnOwner(Protocol):
     """What a connection needs from the agent (implemented by the mux)."""
 
@@ -120,7 +130,9 @@ class ConnOwner(Protocol):
     batch_writes: list[Connection] | None
 
     def to_host_data(self, conn_id: int, wire: bytes, header_length: int) -> None: ...
-    def to_host_credit(self, conn_id: int, messages: int, nbytes: int) -> None: ...
+    def to_host_credit(self, conn_id: int, messages: int, nbytes: int,
+                       urgent: bool = True) -> None: ...
+    def lazy_credit(self, conn_id: int) -> tuple[int, int]: ...
     def to_host_eof(self, conn: Connection) -> None: ...
     def to_host_connected(self, conn: Connection, ok: bool, reason: str, text: str) -> None: ...
     def to_host_new_connection(self, conn: Connection) -> None: ...
@@ -329,14 +341,17 @@ class Connection(asyncio.Protocol):
         if self.tracker:
             # drained host messages are consumed: batched grants (§5.2)
             gm = gb = 0
-            on_consumed = self.recv_window.on_consumed
+            w = self.recv_window
+            on_consumed = w.on_consumed
             for size in self.tracker.drained(buffered):
                 grant = on_consumed(size)
                 if grant is not None:
                     gm += grant[0]
                     gb += grant[1]
             if gm and self.state in _CREDIT_STATES:
-                self.owner.to_host_credit(self.conn_id, gm, gb)
+                owner = self.owner
+                lm, lb = owner.lazy_credit(self.conn_id)  # granted, not yet sent
+                owner.to_host_credit(self.conn_id, gm, gb, grant_is_urgent(w, gm + lm, gb + lb))
         if buffered > self._max_write:
             self.event(E.LIMIT_EXCEEDED, "write_buffer_overflow",
                        f"{buffered} bytes buffered toward the client")

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after a client's FIN the host may still reply; a connection "
                         "the host neither answers nor closes for this long is closed "
                         "(default %(default)s)")
+    p.add_argument("--credit-delay", type=float, default=_D.credit_delay, metavar="SECONDS",
+                   help="how long a credit grant the host does not need yet may wait to "
+                        "ride the next frame to it, instead of a frame and a host wake-up "
+                        "of its own (0: every grant at once; default %(default)s)")
     p.add_argument("--tls-cert", metavar="PEM", help="default TLS certificate for LISTEN")
     p.add_argument("--tls-key", metavar="PEM", help="default TLS key for LISTEN")
     p.add_argument("--allow-non-loopback", action="store_true",
@@ -123,7 +127,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         initial_window_bytes=args.window_bytes,
         max_write_buffer=max(_D.max_write_buffer, args.window_bytes),
         keepalive_interval=args.keepalive, keepalive_timeout=args.keepalive_timeout,
-        half_close_timeout=args.half_close_timeout,
+        half_close_timeout=args.half_close_timeout, credit_delay=args.credit_delay,
         use_uvloop=args.uvloop, allow_non_loopback=args.allow_non_loopback,
         tls_certfile=args.tls_cert, tls_keyfile=args.tls_key)
 

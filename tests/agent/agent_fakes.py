@@ -82,6 +82,8 @@ class FakeOwner:
         self.budget = Budget(self.config.max_buffered_total)
         self.data: list[tuple[int, bytes, int]] = []
         self.credits: list[tuple[int, int, int]] = []
+        self.urgent: list[bool] = []  # per credit: whether it had to go at once
+        self.lazy_held: dict[int, tuple[int, int]] = {}  # what a test says waits unsent
         self.connected: list[tuple[int, bool, str]] = []
         self.new: list[int] = []
         self.closed: list[tuple[int, str, str, bool]] = []
@@ -94,8 +96,13 @@ class FakeOwner:
     def to_host_data(self, conn_id: int, wire: bytes, header_length: int) -> None:
         self.data.append((conn_id, bytes(wire), header_length))
 
-    def to_host_credit(self, conn_id: int, messages: int, nbytes: int) -> None:
+    def to_host_credit(self, conn_id: int, messages: int, nbytes: int,
+                       urgent: bool = True) -> None:
         self.credits.append((conn_id, messages, nbytes))
+        self.urgent.append(urgent)
+
+    def lazy_credit(self, conn_id: int) -> tuple[int, int]:
+        return self.lazy_held.get(conn_id, (0, 0))
 
     def to_host_eof(self, conn: Connection) -> None:
         self.eofs.append(conn.conn_id)

@@ -587,3 +587,62 @@ def test_host_misuse_is_counted_never_fatal() -> None:
             assert errs == {"data_unknown_conn": 1, "credit_unknown_conn": 1,
                             "unexpected_newconnection": 1, "error_from_host": 1}
     run(main())
+
+
+# -- credit the host does not need yet rides the next frame (AgentConfig.credit_delay) --
+
+
+async def _replied(host: FakeHost, port: int, n: int,
+                   ) -> tuple[int, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client whose first request the host answers with ``n`` replies, all read."""
+    r, w = await client(port)
+    cid = (await host.expect(P.NewConnection)).conn_id
+    w.write(frame(b"first"))
+    await host.expect(P.Data, cid)
+    for i in range(n):
+        host.send(P.Data(cid, f"reply-{i}".encode()))
+    assert len(await read_frames(r, n)) == n
+    return cid, r, w
+
+
+def test_credit_the_host_does_not_need_yet_rides_the_next_request() -> None:
+    async def main() -> None:
+        # a window of 4: 2 replies drained make a grant, the host still holds 2
+        async with rig(initial_window_messages=4, credit_delay=5.0) as (agent, host):
+            port = await listen(host)
+            cid, _r, w = await _replied(host, port, 2)
+            await asyncio.sleep(0.1)
+            assert host.take(P.Credit, cid) == []  # held: the host has credit left
+            assert agent.lazy_credit(cid)[0] == 2
+            w.write(frame(b"second"))  # the client's next request: it rides along
+            await host.expect(P.Data, cid)
+            credit = await host.expect(P.Credit, cid, timeout=1.0)
+            assert credit.messages == 2 and agent.lazy_credit(cid) == (0, 0)
+            w.close()
+    run(main())
+
+
+def test_held_credit_goes_after_the_delay_without_traffic() -> None:
+    async def main() -> None:
+        async with rig(initial_window_messages=4, credit_delay=0.2) as (agent, host):
+            port = await listen(host)
+            cid, _r, w = await _replied(host, port, 2)
+            t0 = asyncio.get_running_loop().time()
+            credit = await host.expect(P.Credit, cid, timeout=3.0)
+            assert credit.messages == 2
+            assert asyncio.get_running_loop().time() - t0 >= 0.1  # not at once
+            w.close()
+    run(main())
+
+
+def test_credit_the_host_may_be_blocked_without_goes_at_once() -> None:
+    async def main() -> None:
+        # a window of 2, both replies sent: the host holds nothing until a grant
+        async with rig(initial_window_messages=2, credit_delay=5.0) as (agent, host):
+            port = await listen(host)
+            cid, _r, w = await _replied(host, port, 2)
+            t0 = asyncio.get_running_loop().time()
+            credit = await host.expect(P.Credit, cid, timeout=1.0)  # well before 5 s
+            assert credit.messages >= 1 and asyncio.get_running_loop().time() - t0 < 1.0
+            w.close()
+    run(main())

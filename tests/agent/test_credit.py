@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import DrainTracker
+from agent._conn import grant_is_urgent
 from xport._flow import ReceiveWindow, SendWindow
 
 
@@ -45,6 +46,48 @@ def test_drained_grants_keep_a_host_within_the_window_and_never_stall(
         tracker.wrote(size + 4, size)
         buffered += size + 4
         assert recv.buffered_messages <= wm and recv.buffered_bytes <= wb
+
+
+@settings(max_examples=300, deadline=None)
+@given(wm=st.integers(1, 64), extra=st.integers(0, 4096), maxmsg=st.integers(1, 4096),
+       sizes=st.lists(st.integers(0, 4096), max_size=200), seed=st.randoms())
+def test_grants_held_back_never_stall_the_host(
+        wm: int, extra: int, maxmsg: int, sizes: list[int], seed: object) -> None:
+    """As above, but a grant that is not urgent (grant_is_urgent) is held
+    back - and, here, never sent on its own (the worst case of
+    AgentConfig.credit_delay: no timer, no frame to ride): it reaches the
+    host only inside a later urgent grant. The host is still never blocked
+    for good, and it never holds credit the agent did not grant."""
+    wb = maxmsg + extra
+    recv = ReceiveWindow(wm, wb, max_message_size=maxmsg)
+    host = SendWindow(*recv.initial_grant(), max_message_size=maxmsg)
+    tracker = DrainTracker()
+    rng = seed
+    buffered = 0
+    held_m = held_b = 0  # granted, not sent
+    for size in (min(s, maxmsg) for s in sizes):
+        while not host.can_send(size):
+            assert tracker, "host blocked with nothing left to drain: deadlock"
+            buffered = rng.randint(0, buffered - 1) if buffered else 0  # type: ignore[attr-defined]
+            gm = gb = 0
+            for n in tracker.drained(buffered):
+                g = recv.on_consumed(n)
+                if g is not None:
+                    gm, gb = gm + g[0], gb + g[1]
+            if gm:
+                if grant_is_urgent(recv, gm + held_m, gb + held_b):
+                    host.grant(gm + held_m, gb + held_b)  # what waited goes along
+                    held_m = held_b = 0
+                else:
+                    held_m, held_b = held_m + gm, held_b + gb
+                    # held back only while the host can send any message
+                    assert host.can_send(maxmsg)
+        host.consume(size)
+        recv.on_received(size)  # never a violation
+        tracker.wrote(size + 4, size)
+        buffered += size + 4
+        assert host.messages + held_m == recv.outstanding_messages
+        assert host.bytes + held_b == recv.outstanding_bytes
 
 
 @settings(max_examples=300, deadline=None)
