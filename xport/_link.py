@@ -172,6 +172,7 @@ _rx_frames: (
 _queue_runs: Callable[[deque[Any], Any, Any], bool] | None = (
     _linkfast.queue_runs if ACCELERATED else None
 )
+_Flusher: Any = getattr(_linkfast, "Flusher", None) if ACCELERATED else None
 
 
 # the slot setters of Data and Credit: the Python loop of Link.poll builds
@@ -396,6 +397,13 @@ class Link:
         self._last_tx = now
         self._last_hello = now
         self.closed = False
+        # Link.flush in one C call for a link that sends from its slots (see flush)
+        self._flush_c: Callable[[Link, float | None], Any] | None = (
+            _Flusher(self._queue, self._backlog, self._txbuf, frame_size, nslots, self._txlens,
+                     self._tx_strided, self._rx_posted, self.stats)
+            if _Flusher is not None and self._tx_strided is not None
+            else None
+        )  # fmt: skip
         self._queue_hello()
 
     # -- handshake (§3.1) ----------------------------------------------------
@@ -491,6 +499,20 @@ class Link:
         """Send what credit allows in one ``send_batch``; return frames handed over."""
         if self.closed:
             return 0
+        fast = self._flush_c
+        if fast is not None and self.accelerated:
+            # C: all of the below (an int: frames sent), or the frames up to an
+            # entry for the Python loop (a tuple: go on from there), or nothing
+            # (None: a backlog, a fragment in progress, odd counters)
+            r = fast(self, now)
+            if r.__class__ is int:
+                return r
+            if r is not None:
+                nf, off, count, msgs, nbytes, nframes, seq, credit, ack, posted = r
+                sent = self._send_packed(nf, off, count, msgs, nbytes, nframes, seq, credit, ack)
+                if self._queue and self.credit.data_credit() < 1:
+                    self.stats.credit_stalls += 1
+                return self._flush_end(sent, posted, now)
         lc = self.credit
         sent = 0
         if self._backlog:
@@ -509,6 +531,11 @@ class Link:
                     self.stats.credit_stalls += 1
             elif queue:
                 self.stats.credit_stalls += 1
+        return self._flush_end(sent, posted, now)
+
+    def _flush_end(self, sent: int, posted: int, now: float | None) -> int:
+        """The end of a flush: a credit-only frame if one is due (§4.4); ``_last_tx``."""
+        lc = self.credit
         # lc.want_credit_only(posted), its early answer inline: False when nothing
         # was posted since the last advertisement (often: this flush's data
         # frame carried it)
@@ -520,8 +547,6 @@ class Link:
 
     def _send_data_frames(self, nframes: int, posted: int) -> int:
         lc = self.credit
-        queue = self._queue
-        frame_size = self._frame_size
         # credit, ack = lc.advertise(posted), inline (once per flush; a test
         # compares the two)
         last = lc.adv_posted
@@ -535,23 +560,44 @@ class Link:
         credit = p & _MASK
         ack = a & _MASK
         seq = lc.sent
-        buf = self._txbuf
-        lens = self._txlens
-        msgs_out = frags_out = bytes_out = 0
-        head_sent = self._head_sent
+        msgs_out = bytes_out = 0
         nf = 0  # frames closed (frame nf is built at buf[nf * frame_size:])
         off = count = 0  # an open frame left by pack_frames (count 0: none)
-        if self.accelerated and _pack_frames is not None and not head_sent:
-            # C: whole frames of whole messages, as the loop below builds them
+        if self.accelerated and _pack_frames is not None and not self._head_sent:
+            # C: whole frames of whole messages, as _pack_frames_py builds them
             nf, off, count, msgs_out, bytes_out = _pack_frames(
-                queue, buf, frame_size, nframes, seq & _MASK, credit, ack, lens
-            )
+                self._queue, self._txbuf, self._frame_size, nframes, seq & _MASK, credit, ack,
+                self._txlens,
+            )  # fmt: skip
+        return self._send_packed(nf, off, count, msgs_out, bytes_out, nframes, seq, credit, ack)
+
+    def _send_packed(
+        self,
+        nf: int,
+        off: int,
+        count: int,
+        msgs_out: int,
+        bytes_out: int,
+        nframes: int,
+        seq: int,
+        credit: int,
+        ack: int,
+    ) -> int:
+        """``_send_data_frames`` from frame ``nf`` on (frames before it packed
+        by C; frame ``nf`` filled up to ``off`` with ``count`` messages when
+        ``count``): the Python loop for the rest, the counters, and the
+        frames to the backend; returns the frames it took."""
+        queue = self._queue
+        frame_size = self._frame_size
+        buf = self._txbuf
+        lens = self._txlens
+        frags_out = 0
         if queue and nf < nframes:
             nf, off, msgs_out, frags_out, bytes_out = self._pack_frames_py(
                 nf, off, count, nframes, seq, credit, ack, msgs_out, bytes_out
             )
         self._queued_bytes -= bytes_out
-        lc.sent += nf  # lc.on_data_sent(nf): nf <= nframes <= data_credit()
+        self.credit.sent += nf  # lc.on_data_sent(nf): nf <= nframes <= data_credit()
         st = self.stats
         st.fragments_out += frags_out
         st.messages_out += msgs_out

@@ -1405,6 +1405,417 @@ static PyTypeObject RxCopiesType = {
     .tp_vectorcall_offset = offsetof(RxCopiesObject, vectorcall),
 };
 
+/* Flusher(queue, backlog, buf, frame_size, max_frames, lens, tx, posted, stats):
+ * Link.flush in one call for a link that sends from its slots (`tx`, the
+ * backend's strided sender; `posted`, its rx_buffers_posted callable; the
+ * other arguments the link's own queue, backlog, slot buffer and lengths,
+ * statistics), flusher(link, now) -> int | tuple | None, read from `link`
+ * each call: _head_sent, credit (a LinkCredit), _posted_base, _queued_bytes.
+ * None, having changed nothing: Python's flush does all of it (a backlog, a
+ * fragment in progress, counters out of range, odd types). An int: frames
+ * sent, all of Link.flush done (data frames as _send_data_frames builds them,
+ * credit stalls, the credit-only frame through link._send_credit_only,
+ * _last_tx). A tuple (nf, off, count, msgs, nbytes, nframes, seq, credit,
+ * ack, posted): the link's credit advertised and frames packed until an
+ * entry for Python (pack_frames' result): Link._send_packed and
+ * Link._flush_end go on from there. The caller checked link.closed and
+ * link.accelerated. */
+enum { LT_SENT, LT_CO_SENT, LT_PEER_POSTED, LT_PEER_ACK, LT_RESERVE, LT_ADV_POSTED, LT_ADV_ACK,
+       LT_CO_RX, LT_N };
+static const char *const lt_names[LT_N] = {"sent", "co_sent", "peer_posted", "peer_ack",
+                                           "reserve", "adv_posted", "adv_ack", "co_rx"};
+static PyObject *lt_attr[LT_N];
+static PyTypeObject *lt_type; /* strong */
+static Py_ssize_t lt_off[LT_N];
+static PyObject *s_head_sent, *s_credit, *s_posted_base, *s_queued_bytes, *s_last_tx,
+    *s_frames_out, *s_messages_out, *s_tx_short, *s_credit_stalls, *s_want_credit_only,
+    *s_send_credit_only, *s_append;
+
+/* 1 if lt_off holds tp's slots for lt_names (as lc_slots), else 0 */
+static int
+lt_slots(PyTypeObject *tp)
+{
+    if (tp == lt_type)
+        return 1;
+    if (tp->tp_getattro != PyObject_GenericGetAttr || tp->tp_setattro != PyObject_GenericSetAttr
+        || tp->tp_dict == NULL)
+        return 0;
+    Py_ssize_t off[LT_N];
+    for (int i = 0; i < LT_N; i++) {
+        PyObject *d = PyDict_GetItemWithError(tp->tp_dict, lt_attr[i]);
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
+            || ((PyDescrObject *)d)->d_type != tp) {
+            PyErr_Clear();
+            return 0;
+        }
+        PyMemberDef *def = ((PyMemberDescrObject *)d)->d_member;
+        if (def->type != T_OBJECT_EX || (def->flags & READONLY) || def->offset <= 0
+            || def->offset + (Py_ssize_t)sizeof(PyObject *) > tp->tp_basicsize)
+            return 0;
+        off[i] = def->offset;
+    }
+    Py_INCREF(tp);
+    Py_XSETREF(lt_type, tp);
+    memcpy(lt_off, off, sizeof off);
+    return 1;
+}
+
+/* obj.name as a long long in (-LC_LIMIT, LC_LIMIT): 1; 0 if it is not such
+ * an int (no exception); -1 with an exception set */
+static int
+get_ll(PyObject *obj, PyObject *name, long long *v)
+{
+    PyObject *o = PyObject_GetAttr(obj, name);
+    if (o == NULL)
+        return -1;
+    int overflow = 0;
+    int ok = PyLong_CheckExact(o);
+    *v = ok ? PyLong_AsLongLongAndOverflow(o, &overflow) : 0;
+    Py_DECREF(o);
+    if (*v == -1 && PyErr_Occurred())
+        return -1;
+    return ok && !overflow && *v < LC_LIMIT && *v > -LC_LIMIT;
+}
+
+static int
+set_ll(PyObject *obj, PyObject *name, long long v)
+{
+    PyObject *o = PyLong_FromLongLong(v);
+    if (o == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(obj, name, o);
+    Py_DECREF(o);
+    return rc;
+}
+
+/* obj.name += delta (an int attribute; Python's arithmetic for any int) */
+static int
+add_attr(PyObject *obj, PyObject *name, long long delta)
+{
+    if (delta == 0)
+        return 0;
+    PyObject *o = PyObject_GetAttr(obj, name);
+    if (o == NULL)
+        return -1;
+    PyObject *d = PyLong_FromLongLong(delta);
+    PyObject *r = d ? PyNumber_Add(o, d) : NULL;
+    Py_DECREF(o);
+    Py_XDECREF(d);
+    if (r == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(obj, name, r);
+    Py_DECREF(r);
+    return rc;
+}
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *queue, *popleft, *backlog, *buf, *tx, *posted, *stats;
+    Py_buffer lens;
+    Py_ssize_t frame_size, max_frames;
+} FlusherObject;
+
+static PyObject *
+flusher_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    FlusherObject *f = (FlusherObject *)self;
+    if (PyVectorcall_NARGS(nargsf) != 2 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "flusher(link, now)");
+        return NULL;
+    }
+    PyObject *link = args[0], *now = args[1];
+    /* -- what decides whether C takes it, nothing changed yet -- */
+    Py_ssize_t nb = PySequence_Size(f->backlog);
+    if (nb < 0)
+        return NULL;
+    if (nb > 0)
+        Py_RETURN_NONE; /* _send_backlog first: Python's */
+    long long head_sent, posted_base, queued;
+    int ok = get_ll(link, s_head_sent, &head_sent);
+    if (ok <= 0 || head_sent != 0)
+        return ok < 0 ? NULL : Py_NewRef(Py_None);
+    if ((ok = get_ll(link, s_posted_base, &posted_base)) <= 0
+        || (ok = get_ll(link, s_queued_bytes, &queued)) <= 0)
+        return ok < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *lc = PyObject_GetAttr(link, s_credit);
+    if (lc == NULL)
+        return NULL;
+    int in_place = lt_slots(Py_TYPE(lc));
+    long long v[LT_N];
+    for (int i = 0; i < LT_N; i++) {
+        PyObject *o = in_place ? *(PyObject **)((char *)lc + lt_off[i]) : NULL;
+        if (o != NULL)
+            Py_INCREF(o);
+        else if ((o = PyObject_GetAttr(lc, lt_attr[i])) == NULL) {
+            Py_DECREF(lc);
+            return NULL;
+        }
+        int overflow = 0;
+        int isint = PyLong_CheckExact(o);
+        v[i] = isint ? PyLong_AsLongLongAndOverflow(o, &overflow) : 0;
+        Py_DECREF(o);
+        if (v[i] == -1 && PyErr_Occurred()) {
+            Py_DECREF(lc);
+            return NULL;
+        }
+        if (!isint || overflow || v[i] >= LC_LIMIT || v[i] <= -LC_LIMIT) {
+            Py_DECREF(lc);
+            Py_RETURN_NONE;
+        }
+    }
+    /* -- Link.flush from here on -- */
+    PyObject *po = PyObject_CallNoArgs(f->posted);
+    if (po == NULL)
+        goto error;
+    int overflow = 0;
+    long long posted = PyLong_CheckExact(po) ? PyLong_AsLongLongAndOverflow(po, &overflow) : 0;
+    int bad = !PyLong_CheckExact(po) || overflow || posted >= LC_LIMIT || posted <= -LC_LIMIT;
+    Py_DECREF(po);
+    if (posted == -1 && PyErr_Occurred())
+        goto error;
+    if (bad) {
+        PyErr_SetString(PyExc_TypeError, "flusher: rx_buffers_posted() is not a counter");
+        goto error;
+    }
+    posted -= posted_base;
+    Py_ssize_t qlen = PySequence_Size(f->queue);
+    if (qlen < 0)
+        goto error;
+    long long sent = 0;
+    int stalled = 0;
+    if (qlen > 0) {
+        long long credit = (v[LT_PEER_POSTED] - v[LT_SENT]) - v[LT_RESERVE]
+                           + (v[LT_CO_SENT] - v[LT_PEER_ACK]);
+        if (credit > 0) {
+            Py_ssize_t nframes = credit < f->max_frames ? (Py_ssize_t)credit : f->max_frames;
+            /* LinkCredit.advertise(posted), as _send_data_frames inlines it */
+            long long last = v[LT_ADV_POSTED];
+            uint32_t delta = (uint32_t)((uint64_t)posted - (uint64_t)last);
+            long long p = delta >= 0x80000000u ? last : last + (long long)delta;
+            long long a = p - (last - v[LT_ADV_ACK]);
+            if (v[LT_CO_RX] < a)
+                a = v[LT_CO_RX];
+            v[LT_ADV_POSTED] = p;
+            v[LT_ADV_ACK] = a;
+            for (int i = LT_ADV_POSTED; i <= LT_ADV_ACK; i++) {
+                PyObject *o = PyLong_FromLongLong(v[i]);
+                if (o == NULL)
+                    goto error;
+                if (in_place)
+                    Py_XSETREF(*(PyObject **)((char *)lc + lt_off[i]), o);
+                else {
+                    int rc = PyObject_SetAttr(lc, lt_attr[i], o);
+                    Py_DECREF(o);
+                    if (rc < 0)
+                        goto error;
+                }
+            }
+            long long seq = v[LT_SENT];
+            uint32_t hv[3] = {(uint32_t)seq, (uint32_t)p, (uint32_t)a};
+            Py_ssize_t nf, off, count, msgs, nbytes;
+            if (pack_loop(f->queue, f->popleft, f->buf, f->frame_size, nframes, hv,
+                          (uint32_t *)f->lens.buf, &nf, &off, &count, &msgs, &nbytes) < 0)
+                goto error;
+            Py_ssize_t left = PySequence_Size(f->queue);
+            if (left < 0)
+                goto error;
+            if (left > 0 && nf < nframes) {
+                Py_DECREF(lc); /* Python's loop goes on (fragments, odd entries) */
+                return Py_BuildValue("(nnnnnnLkkL)", nf, off, count, msgs, nbytes, nframes, seq,
+                                     (unsigned long)hv[1], (unsigned long)hv[2], posted);
+            }
+            /* _send_data_frames' tail: counters first, then the frames go */
+            if (set_ll(link, s_queued_bytes, queued - nbytes) < 0)
+                goto error;
+            v[LT_SENT] = seq + nf;
+            PyObject *o = PyLong_FromLongLong(v[LT_SENT]);
+            if (o == NULL)
+                goto error;
+            if (in_place)
+                Py_XSETREF(*(PyObject **)((char *)lc + lt_off[LT_SENT]), o);
+            else {
+                int rc = PyObject_SetAttr(lc, lt_attr[LT_SENT], o);
+                Py_DECREF(o);
+                if (rc < 0)
+                    goto error;
+            }
+            if (add_attr(f->stats, s_messages_out, msgs) < 0)
+                goto error;
+            PyObject *nfo = PyLong_FromSsize_t(nf);
+            if (nfo == NULL)
+                goto error;
+            PyObject *to = PyObject_CallOneArg(f->tx, nfo);
+            Py_DECREF(nfo);
+            if (to == NULL)
+                goto error;
+            Py_ssize_t taken = PyLong_AsSsize_t(to);
+            Py_DECREF(to);
+            if (taken == -1 && PyErr_Occurred())
+                goto error;
+            if (add_attr(f->stats, s_frames_out, taken) < 0)
+                goto error;
+            if (taken < nf) {
+                if (add_attr(f->stats, s_tx_short, 1) < 0)
+                    goto error;
+                /* the frames the ring refused wait in the backlog, as bytes */
+                for (Py_ssize_t i = taken; i < nf; i++) {
+                    const char *fr = PyByteArray_AS_STRING(f->buf) + i * f->frame_size;
+                    PyObject *b = PyBytes_FromStringAndSize(fr, ((uint32_t *)f->lens.buf)[i]);
+                    if (b == NULL)
+                        goto error;
+                    PyObject *r = PyObject_CallMethodOneArg(f->backlog, s_append, b);
+                    Py_DECREF(b);
+                    if (r == NULL)
+                        goto error;
+                    Py_DECREF(r);
+                }
+            }
+            sent = taken;
+            /* lc.data_credit() < 1 with what is left queued: a stall */
+            if (left > 0 && (v[LT_PEER_POSTED] - v[LT_SENT]) - v[LT_RESERVE]
+                                    + (v[LT_CO_SENT] - v[LT_PEER_ACK]) < 1)
+                stalled = 1;
+        }
+        else
+            stalled = 1;
+    }
+    if (stalled && add_attr(f->stats, s_credit_stalls, 1) < 0)
+        goto error;
+    /* Link._flush_end: a credit-only frame (its early answer first) */
+    if ((((uint64_t)posted ^ (uint64_t)v[LT_ADV_POSTED]) & 0xFFFFFFFFu) != 0) {
+        nb = PySequence_Size(f->backlog);
+        if (nb < 0)
+            goto error;
+        if (nb == 0) {
+            PyObject *pobj = PyLong_FromLongLong(posted);
+            if (pobj == NULL)
+                goto error;
+            PyObject *w = PyObject_CallMethodOneArg(lc, s_want_credit_only, pobj);
+            int want = w ? PyObject_IsTrue(w) : -1;
+            Py_XDECREF(w);
+            if (want > 0) {
+                PyObject *r = PyObject_CallMethodOneArg(link, s_send_credit_only, pobj);
+                long long k = r ? PyLong_AsLongLong(r) : -1;
+                Py_XDECREF(r);
+                if (k == -1 && PyErr_Occurred())
+                    want = -1;
+                else
+                    sent += k;
+            }
+            Py_DECREF(pobj);
+            if (want < 0)
+                goto error;
+        }
+    }
+    Py_DECREF(lc);
+    if (sent && now != Py_None && PyObject_SetAttr(link, s_last_tx, now) < 0)
+        return NULL;
+    return PyLong_FromLongLong(sent);
+error:
+    Py_DECREF(lc);
+    return NULL;
+}
+
+static PyObject *
+flusher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *queue, *backlog, *buf, *lens, *tx, *posted, *stats;
+    Py_ssize_t frame_size, max_frames;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_SetString(PyExc_TypeError, "Flusher takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOOnnOOOO:Flusher", &queue, &backlog, &buf, &frame_size,
+                          &max_frames, &lens, &tx, &posted, &stats))
+        return NULL;
+    if (!PyByteArray_CheckExact(buf) || !PyCallable_Check(tx) || !PyCallable_Check(posted)
+        || frame_size < FRAME_HEADER_SIZE + HEADER_SIZE || max_frames < 1
+        || max_frames > PyByteArray_GET_SIZE(buf) / frame_size) {
+        PyErr_SetString(PyExc_ValueError, "Flusher: invalid arguments");
+        return NULL;
+    }
+    FlusherObject *f = (FlusherObject *)type->tp_alloc(type, 0);
+    if (f == NULL)
+        return NULL;
+    f->vectorcall = flusher_call;
+    f->frame_size = frame_size;
+    f->max_frames = max_frames;
+    if (PyObject_GetBuffer(lens, &f->lens, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        f->lens.obj = NULL;
+        goto error;
+    }
+    if (f->lens.itemsize != 4 || f->lens.format == NULL || strcmp(f->lens.format, "I") != 0
+        || f->lens.len / 4 < max_frames) {
+        PyErr_SetString(PyExc_ValueError, "Flusher: lens must be array('I') of max_frames");
+        goto error;
+    }
+    if ((f->popleft = PyObject_GetAttrString(queue, "popleft")) == NULL)
+        goto error;
+    f->queue = Py_NewRef(queue);
+    f->backlog = Py_NewRef(backlog);
+    f->buf = Py_NewRef(buf);
+    f->tx = Py_NewRef(tx);
+    f->posted = Py_NewRef(posted);
+    f->stats = Py_NewRef(stats);
+    return (PyObject *)f;
+error:
+    Py_DECREF(f);
+    return NULL;
+}
+
+static int
+flusher_traverse(FlusherObject *f, visitproc visit, void *arg)
+{
+    Py_VISIT(f->queue);
+    Py_VISIT(f->popleft);
+    Py_VISIT(f->backlog);
+    Py_VISIT(f->buf);
+    Py_VISIT(f->tx);
+    Py_VISIT(f->posted);
+    Py_VISIT(f->stats);
+    Py_VISIT(f->lens.obj);
+    return 0;
+}
+
+static int
+flusher_clear(FlusherObject *f)
+{
+    if (f->lens.obj != NULL)
+        PyBuffer_Release(&f->lens);
+    Py_CLEAR(f->queue);
+    Py_CLEAR(f->popleft);
+    Py_CLEAR(f->backlog);
+    Py_CLEAR(f->buf);
+    Py_CLEAR(f->tx);
+    Py_CLEAR(f->posted);
+    Py_CLEAR(f->stats);
+    return 0;
+}
+
+static void
+flusher_dealloc(FlusherObject *f)
+{
+    PyObject_GC_UnTrack(f);
+    flusher_clear(f);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+static PyTypeObject FlusherType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xport._linkfast.Flusher",
+    .tp_basicsize = sizeof(FlusherObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Flusher(queue, backlog, buf, frame_size, max_frames, lens, tx, posted, stats): "
+              "Link.flush in C.",
+    .tp_new = flusher_new,
+    .tp_dealloc = (destructor)flusher_dealloc,
+    .tp_traverse = (traverseproc)flusher_traverse,
+    .tp_clear = (inquiry)flusher_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(FlusherObject, vectorcall),
+};
+
 static PyObject *
 init(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1461,8 +1872,23 @@ PyInit__linkfast(void)
         || (o_zero == NULL && (o_zero = PyLong_FromLong(0)) == NULL))
         return NULL;
     if (PyType_Ready(&StrideTxType) < 0 || PyType_Ready(&CounterReaderType) < 0
-        || PyType_Ready(&RxCopiesType) < 0)
+        || PyType_Ready(&RxCopiesType) < 0 || PyType_Ready(&FlusherType) < 0)
         return NULL;
+    for (int i = 0; i < LT_N; i++)
+        if (lt_attr[i] == NULL && (lt_attr[i] = PyUnicode_InternFromString(lt_names[i])) == NULL)
+            return NULL;
+    struct {
+        PyObject **p;
+        const char *name;
+    } names[] = {{&s_head_sent, "_head_sent"}, {&s_credit, "credit"},
+                 {&s_posted_base, "_posted_base"}, {&s_queued_bytes, "_queued_bytes"},
+                 {&s_last_tx, "_last_tx"}, {&s_frames_out, "frames_out"},
+                 {&s_messages_out, "messages_out"}, {&s_tx_short, "tx_short"},
+                 {&s_credit_stalls, "credit_stalls"}, {&s_want_credit_only, "want_credit_only"},
+                 {&s_send_credit_only, "_send_credit_only"}, {&s_append, "append"}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (*names[i].p == NULL && (*names[i].p = PyUnicode_InternFromString(names[i].name)) == NULL)
+            return NULL;
     PyObject *mod = PyModule_Create(&moduledef);
     if (mod == NULL)
         return NULL;
@@ -1481,6 +1907,12 @@ PyInit__linkfast(void)
     Py_INCREF(&RxCopiesType);
     if (PyModule_AddObject(mod, "RxCopies", (PyObject *)&RxCopiesType) < 0) {
         Py_DECREF(&RxCopiesType);
+        Py_DECREF(mod);
+        return NULL;
+    }
+    Py_INCREF(&FlusherType);
+    if (PyModule_AddObject(mod, "Flusher", (PyObject *)&FlusherType) < 0) {
+        Py_DECREF(&FlusherType);
         Py_DECREF(mod);
         return NULL;
     }
