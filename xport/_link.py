@@ -51,8 +51,9 @@ credit, whole DATA and CREDIT messages) are taken in one C call, the frames
 of a flush are packed in one, and ``AsyncLink.try_send_runs`` queues all its
 entries in one; the Python loops take over at anything else and are the
 reference. An AF_XDP backend also hands the link C callables for its
-per-wake-up calls (``copies_receiver``, ``posted_reader``, ``strided_sender``):
-a wake-up's ``poll`` and ``flush`` run about three Python frames.
+per-wake-up calls (``copies_receiver``, ``posted_reader``, ``strided_sender``),
+and over them ``flush`` is one C call (``Flusher``) in the common case: a
+wake-up's ``poll`` and ``flush`` run two Python frames.
 
 Public API
 ----------
