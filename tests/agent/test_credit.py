@@ -7,6 +7,8 @@ grants never violates the agent's window and never stalls for good.
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,79 +17,65 @@ from agent._conn import grant_is_urgent
 from xport._flow import ReceiveWindow, SendWindow
 
 
-@settings(max_examples=200, deadline=None)
-@given(wm=st.integers(1, 64), extra=st.integers(0, 4096), maxmsg=st.integers(1, 4096),
-       sizes=st.lists(st.integers(0, 4096), max_size=200), seed=st.randoms())
-def test_drained_grants_keep_a_host_within_the_window_and_never_stall(
-        wm: int, extra: int, maxmsg: int, sizes: list[int], seed: object) -> None:
+def _drive(wm: int, extra: int, maxmsg: int, sizes: list[int], rng: Any,
+           hold_back: bool) -> None:
     """The agent's loop: host DATA -> write -> drain (random) -> on_consumed
     per drained message -> one CREDIT with the sum. The host's SendWindow
-    starts at the agent's HELLO window."""
+    starts at the agent's HELLO window. ``hold_back``: a grant that is not
+    urgent (grant_is_urgent) is held back - and never sent on its own, the
+    worst case of AgentConfig.credit_delay (no timer, no frame to ride): it
+    reaches the host only inside a later urgent grant."""
     wb = maxmsg + extra
     recv = ReceiveWindow(wm, wb, max_message_size=maxmsg)
     host = SendWindow(*recv.initial_grant(), max_message_size=maxmsg)
     tracker = DrainTracker()
-    rng = seed
     buffered = 0
+    held_m = held_b = 0  # granted, not sent
     for size in (min(s, maxmsg) for s in sizes):
         while not host.can_send(size):
             # the client drains everything eventually: the grants must unblock the host
             assert tracker, "host blocked with nothing left to drain: deadlock"
-            buffered = rng.randint(0, buffered - 1) if buffered else 0  # type: ignore[attr-defined]
+            buffered = rng.randint(0, buffered - 1) if buffered else 0
             gm = gb = 0
             for n in tracker.drained(buffered):
                 g = recv.on_consumed(n)
                 if g is not None:
                     gm, gb = gm + g[0], gb + g[1]
-            if gm:
-                host.grant(gm, gb)
+            if not gm:
+                continue
+            if not hold_back or grant_is_urgent(recv, gm + held_m, gb + held_b):
+                host.grant(gm + held_m, gb + held_b)  # what waited goes along
+                held_m = held_b = 0
+            else:
+                held_m, held_b = held_m + gm, held_b + gb
+                assert host.can_send(maxmsg)  # held only while the host can send anything
         host.consume(size)
         recv.on_received(size)  # never a violation
         tracker.wrote(size + 4, size)
         buffered += size + 4
         assert recv.buffered_messages <= wm and recv.buffered_bytes <= wb
+        # the host never holds credit the agent did not grant
+        assert (host.messages + held_m, host.bytes + held_b) \
+            == (recv.outstanding_messages, recv.outstanding_bytes)
+
+
+_WINDOWS = {"wm": st.integers(1, 64), "extra": st.integers(0, 4096),
+            "maxmsg": st.integers(1, 4096),
+            "sizes": st.lists(st.integers(0, 4096), max_size=200), "seed": st.randoms()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(**_WINDOWS)
+def test_drained_grants_keep_a_host_within_the_window_and_never_stall(
+        wm: int, extra: int, maxmsg: int, sizes: list[int], seed: Any) -> None:
+    _drive(wm, extra, maxmsg, sizes, seed, hold_back=False)
 
 
 @settings(max_examples=300, deadline=None)
-@given(wm=st.integers(1, 64), extra=st.integers(0, 4096), maxmsg=st.integers(1, 4096),
-       sizes=st.lists(st.integers(0, 4096), max_size=200), seed=st.randoms())
+@given(**_WINDOWS)
 def test_grants_held_back_never_stall_the_host(
-        wm: int, extra: int, maxmsg: int, sizes: list[int], seed: object) -> None:
-    """As above, but a grant that is not urgent (grant_is_urgent) is held
-    back - and, here, never sent on its own (the worst case of
-    AgentConfig.credit_delay: no timer, no frame to ride): it reaches the
-    host only inside a later urgent grant. The host is still never blocked
-    for good, and it never holds credit the agent did not grant."""
-    wb = maxmsg + extra
-    recv = ReceiveWindow(wm, wb, max_message_size=maxmsg)
-    host = SendWindow(*recv.initial_grant(), max_message_size=maxmsg)
-    tracker = DrainTracker()
-    rng = seed
-    buffered = 0
-    held_m = held_b = 0  # granted, not sent
-    for size in (min(s, maxmsg) for s in sizes):
-        while not host.can_send(size):
-            assert tracker, "host blocked with nothing left to drain: deadlock"
-            buffered = rng.randint(0, buffered - 1) if buffered else 0  # type: ignore[attr-defined]
-            gm = gb = 0
-            for n in tracker.drained(buffered):
-                g = recv.on_consumed(n)
-                if g is not None:
-                    gm, gb = gm + g[0], gb + g[1]
-            if gm:
-                if grant_is_urgent(recv, gm + held_m, gb + held_b):
-                    host.grant(gm + held_m, gb + held_b)  # what waited goes along
-                    held_m = held_b = 0
-                else:
-                    held_m, held_b = held_m + gm, held_b + gb
-                    # held back only while the host can send any message
-                    assert host.can_send(maxmsg)
-        host.consume(size)
-        recv.on_received(size)  # never a violation
-        tracker.wrote(size + 4, size)
-        buffered += size + 4
-        assert host.messages + held_m == recv.outstanding_messages
-        assert host.bytes + held_b == recv.outstanding_bytes
+        wm: int, extra: int, maxmsg: int, sizes: list[int], seed: Any) -> None:
+    _drive(wm, extra, maxmsg, sizes, seed, hold_back=True)
 
 
 @settings(max_examples=300, deadline=None)
