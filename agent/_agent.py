@@ -25,7 +25,10 @@ Sending never awaits: a connection's data path calls ``port.send`` and the
 mux marks that queue dirty; one ``loop.call_soon`` callback per event-loop
 iteration flushes every dirty port. At low load a message therefore leaves in
 the same iteration it was parsed (no added latency); under load everything
-parsed in one iteration shares frames.
+parsed in one iteration shares frames. The other way round, the replies a
+connection gets in one received batch go to its client in one ``write`` at the
+end of the batch, and a credit grant the host does not need yet waits (up to
+``credit_delay``) to ride the next frame instead of taking one of its own.
 
 Link life (docs/protocol.md §3.1). Each queue's xport link runs the
 handshake itself: HELLO resent until acknowledged, duplicates absorbed, and
