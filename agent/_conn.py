@@ -410,7 +410,7 @@ class Connection(asyncio.Protocol):
         if action is A.BEGIN_CLOSE:
             self.closing_since = owner.now()
             if transport is not None:
-                self._pause(True)
+                self._pause(True, counted=False)  # closing, not backpressure
             self._drop_pending()
             self.check_drain()
             return
@@ -535,12 +535,15 @@ class Connection(asyncio.Protocol):
             pause = True
         self._pause(pause)
 
-    def _pause(self, pause: bool) -> None:
+    def _pause(self, pause: bool, counted: bool = True) -> None:
+        # counted: read_pauses counts backpressure (credit, buffers, the
+        # link), not the pause of a connection the host is closing
         if pause == self.reading_paused or self.transport is None:
             return
         self.reading_paused = pause
         if pause:
-            self.owner.stats.incr("read_pauses")
+            if counted:
+                self.owner.stats.incr("read_pauses")
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()

@@ -403,3 +403,11 @@ def test_batched_replies_never_return_credit_before_their_bytes_leave(
     # everything read: what is not granted back is below the window's grant threshold
     pending = conn.recv_window.pending_messages
     assert sum(c[1] for c in owner.credits) + pending == len(sent)
+
+
+def test_a_host_close_stops_reading_without_counting_a_read_pause() -> None:
+    conn, owner, tr = make(hold=True)
+    conn.host_data(b"reply")  # still buffered: the connection lingers in CLOSING
+    conn.host_close()
+    assert conn.state is ConnState.CLOSING and not tr.reading
+    assert owner.stats.as_dict().get("read_pauses", 0) == 0  # backpressure only
