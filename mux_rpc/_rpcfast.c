@@ -970,7 +970,9 @@ static PyTypeObject Core_Type = {
  *                code both paths share, after this call's output so far went
  *                to the link (so it keeps its place).
  *   CREDIT       from the agent, for an OPEN connection: conn._add_credit(msg)
- *                in place (what the chain calls for it; it sends nothing).
+ *                (what the chain calls for it; it sends nothing), done in C
+ *                when no sender waits and the grant is well formed
+ *                (credit_inline).
  *   left         everything else (runs off the fast path, other messages)
  *                is returned, in order, for Host._on_batch's Python loop. Once
  *                an item of a connection is left, all later items of that
@@ -1000,7 +1002,8 @@ static PyObject *s_conns, *s_stats, *s_outboxes, *s_items, *s_credit_dirty, *s_s
     *s_max_message_size, *s_messages, *s_bytes, *s_messages_in, *s_bytes_in, *s_messages_out,
     *s_bytes_out, *s_credits_sent, *s_max_send_size, *s_ltotal,
     *s_run_tail, *s_data_failed, *s_outbox_runs,
-    *s_add_credit, *s_message_failed, *s_hook, *s_batch_hook;
+    *s_add_credit, *s_message_failed, *s_hook, *s_batch_hook,
+    *s_send_waiter, *s_swin, *s_max_window, *s_credits_received;
 
 typedef struct {
     PyObject_HEAD
@@ -1416,6 +1419,33 @@ taint(Batch *b, PyObject *cid)
     return PySet_Add(b->tainted, cid);
 }
 
+/* conn._add_credit(m) in place when nothing else is to be done: no sender
+ * waits for credit (conn._send_waiter is None) and the grant is well formed
+ * (SendWindow.grant would not raise). 1 done, 0 for Python, -1 an exception. */
+static int
+credit_inline(Batch *b, PyObject *conn, PyObject *m)
+{
+    PyObject *waiter = geto(conn, s_send_waiter), *swin = NULL;
+    int rc = -1;
+    if (waiter == NULL) return -1;
+    if (waiter != Py_None) { rc = 0; goto done; }
+    if ((swin = geto(conn, s_swin)) == NULL) goto done;
+    long long gm, gb, sm, sb, mw;
+    if (geti(m, s_messages, &gm) < 0 || geti(m, s_bytes, &gb) < 0
+        || geti(swin, s_messages, &sm) < 0 || geti(swin, s_bytes, &sb) < 0
+        || geti(swin, s_max_window, &mw) < 0)
+        goto done;
+    if (gm < 0 || gb < 0 || sm + gm > mw || sb + gb > mw) { rc = 0; goto done; }
+    if (seti(swin, s_messages, sm + gm) < 0 || seti(swin, s_bytes, sb + gb) < 0
+        || addi(b->hstats, s_credits_received, 1) < 0)
+        goto done;
+    rc = 1;
+done:
+    Py_XDECREF(swin);
+    Py_DECREF(waiter);
+    return rc;
+}
+
 /* A CREDIT: 1 added (conn._add_credit), 0 left for Python (its connection
  * waits from now on), -1 an exception that propagates. */
 static int
@@ -1432,11 +1462,15 @@ engine_credit(EngineObject *e, Batch *b, PyObject *conns, PyObject *m)
         if (conn != NULL) {
             if ((state = geto(conn, s_state)) == NULL) goto done;
             if (state == e->open_state) {
-                /* Host._on_message's hot path for CREDIT */
-                PyObject *argv[2] = {conn, m};
-                if (call_method(s_add_credit, argv, 2) < 0
-                    && (!PyErr_ExceptionMatches(PyExc_Exception)
-                        || report_failed(e->host, s_message_failed, m) < 0))
+                /* Host._on_message's hot path for CREDIT: in place, or the
+                 * method when a sender waits or the grant is bad */
+                int r = credit_inline(b, conn, m);
+                if (r == 0) {
+                    PyObject *argv[2] = {conn, m};
+                    r = call_method(s_add_credit, argv, 2) < 0 ? -1 : 1;
+                }
+                if (r < 0 && (!PyErr_ExceptionMatches(PyExc_Exception)
+                              || report_failed(e->host, s_message_failed, m) < 0))
                     goto done;
                 rc = 1;
                 goto done;
@@ -1704,6 +1738,8 @@ PyInit__rpcfast(void)
     INTERN(s_conns, "_conns"); INTERN(s_stats, "stats"); INTERN(s_outboxes, "_outboxes");
     INTERN(s_items, "items"); INTERN(s_credit_dirty, "_credit_dirty"); INTERN(s_state, "_state");
     INTERN(s_fast, "_fast"); INTERN(s_rx_waiter, "_rx_waiter");
+    INTERN(s_send_waiter, "_send_waiter"); INTERN(s_swin, "_swin");
+    INTERN(s_max_window, "max_window"); INTERN(s_credits_received, "credits_received");
     INTERN(s_locked, "_locked"); INTERN(s_conn_id, "conn_id");
     INTERN(s_outstanding_messages, "outstanding_messages");
     INTERN(s_outstanding_bytes, "outstanding_bytes");

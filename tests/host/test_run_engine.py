@@ -369,8 +369,8 @@ def test_plain_runs_are_all_taken_by_the_engine() -> None:
 
 
 @needs_engine
-def test_credit_granted_at_half_a_window_or_held_for_the_sweep() -> None:
-    # window 8: 3 messages hold the credit back (dirty), the 4th grants 4
+def test_credit_granted_at_half_a_window_or_held() -> None:
+    # window 8: 3 messages hold the credit back, the 4th grants 4
     batches = [runs((1, ["echo"] * 3)), runs((1, ["echo"])), runs((2, ["echo"] * 5))]
     assert compare(Setup(window=(8, 4096)), build(batches)) == 3
 
@@ -395,6 +395,18 @@ def test_a_run_cut_in_the_middle(kind: str) -> None:
 def test_send_window_exhausted_goes_to_the_tail() -> None:
     batch = runs((1, ["echo"] * 5), (2, ["echo"] * 2), (1, ["echo"] * 2))
     assert compare(Setup(agent_window=(3, 1 << 20)), build([batch])) >= 1
+
+
+@needs_engine
+def test_agent_credit_in_place_wakes_a_waiting_sender_or_is_refused() -> None:
+    # replies beyond the agent's window wait in a sender task; the agent's
+    # CREDIT must wake it (the method's path), and a CREDIT beyond the largest
+    # window is counted as a protocol error and not applied, as in the chain
+    batches = [([("run", 1, ["echo"] * 5)], False, False, True),  # then the sender waits
+               ([("credit", 1, 8, 4096)], False, False, True),
+               ([("credit", 2, 0xFFFFFFFF, 1)], False, False, False),
+               ([("credit", 2, 1, 10)], False, False, False)]
+    compare(Setup(agent_window=(3, 1 << 20)), build(batches))
 
 
 @needs_engine
