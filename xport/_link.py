@@ -174,6 +174,7 @@ _queue_runs: Callable[[deque[Any], Any, Any], bool] | None = (
     _linkfast.queue_runs if ACCELERATED else None
 )
 _Flusher: Any = getattr(_linkfast, "Flusher", None) if ACCELERATED else None
+_Poller: Any = getattr(_linkfast, "Poller", None) if ACCELERATED else None
 
 
 # the slot setters of Data and Credit: the Python loop of Link.poll builds
@@ -398,6 +399,12 @@ class Link:
         self._last_tx = now
         self._last_hello = now
         self.closed = False
+        # Link.poll in one C call for a link that receives copies (see poll)
+        self._poll_c: Callable[[Link, int, float | None], Any] | None = (
+            _Poller(self._recv_copies, self.stats)
+            if _Poller is not None and self._recv_copies is not None
+            else None
+        )
         # Link.flush in one C call for a link that sends from its slots (see flush)
         self._flush_c: Callable[[Link, float | None], Any] | None = (
             _Flusher(self._queue, self._backlog, self._txbuf, frame_size, nslots, self._txlens,
@@ -758,6 +765,14 @@ class Link:
         """Receive one batch; whole messages in arrival order (never raises for bad input)."""
         if self.closed:
             return []
+        fast = self._poll_c
+        if fast is not None and self.accelerated and self.peer_session:
+            # C: all of it (the messages), or up to a frame or message for the
+            # Python loops (a tuple: go on from there)
+            r = fast(self, max_frames, now)
+            if r.__class__ is list:
+                return r
+            return self._poll_rest(*r)
         recv_copies = self._recv_copies
         if recv_copies is not None:
             rx = recv_copies(max_frames)
@@ -771,17 +786,37 @@ class Link:
             return []
         if now is not None:
             self._last_rx = now
-        out: list[Message] = []
+        self.stats.frames_in += len(rx)
+        return self._poll_rest(rx, 0, 0, 0, 0, [])
+
+    def _poll_rest(
+        self, rx: list[bytes], start: int, off: int, left: int, merged: int, out: list[Any]
+    ) -> list[Message]:
+        """``poll`` from ``rx[start]`` on, the batch received and counted: when
+        ``off``, ``rx[start]`` was accounted by C (``rx_frames``) and its
+        ``left`` messages from ``off`` on are the Python loop's; ``out`` holds
+        the messages so far (``merged``: payloads that joined a run in it)."""
         lc = self.credit
         # 0: Data objects; 1: (conn_id, payload); 2: runs (conn_id, [payload, ...])
         raw = 2 if self.raw_runs else 1 if self.raw_data else 0
-        merged = 0  # payloads that joined a run already in out
         st = self.stats
-        st.frames_in += len(rx)
         fresh = not self.peer_session  # §3.1: no peer session yet
-        start = 0  # rx[:start] were handled by C
         rx_frames = _rx_frames if self.accelerated and not fresh else None
-        while rx_frames is not None:
+        while True:
+            if off:
+                # rx[start] is accounted; its messages from off on are Python's
+                data = rx[start]
+                seq, credit, ack, plen = _SEQ_TO_PLEN.unpack_from(data, _SEQ_OFFSET)
+                end = FRAME_HEADER_SIZE + plen
+                merged, restarted = self._rx_messages(
+                    data, off, end, left, raw, out, merged,
+                    (start + st.frames_in - len(rx), seq, credit, ack, None),
+                )  # fmt: skip
+                if restarted:
+                    lc = self.credit
+                start += 1
+            if rx_frames is None:
+                break
             # C: the clean frames (valid header, credit in order) and their
             # whole DATA/CREDIT messages, as the loop below handles them
             start, off, left, joined, co_in = rx_frames(rx, start, lc, raw, out)
@@ -789,17 +824,6 @@ class Link:
             st.credit_only_in += co_in
             if not off:
                 break  # rx[start:] are the loop's (an anomaly, or the end)
-            # rx[start] is accounted; its messages from off on are Python's
-            data = rx[start]
-            seq, credit, ack, plen = _SEQ_TO_PLEN.unpack_from(data, _SEQ_OFFSET)
-            end = FRAME_HEADER_SIZE + plen
-            merged, restarted = self._rx_messages(
-                data, off, end, left, raw, out, merged,
-                (start + st.frames_in - len(rx), seq, credit, ack, None),
-            )  # fmt: skip
-            if restarted:
-                lc = self.credit
-            start += 1
         if start == len(rx):  # C took every frame (the common case): no loop to set up
             st.messages_in += len(out) + merged
             return out

@@ -824,6 +824,9 @@ unwrap_u32(long long last, uint32_t wire)
  * messages from `off` (with `left` of them) it leaves to Python (fragments,
  * control messages, anything malformed). `merged`: payloads that joined a
  * run already in `out`; `credit_only`: credit-only frames taken. */
+static PyObject *rx_frames_impl(PyObject *rx, Py_ssize_t start, PyObject *lc, long raw,
+                                PyObject *out);
+
 static PyObject *
 rx_frames(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -834,10 +837,16 @@ rx_frames(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     long raw;
     if (rx_ready("rx_frames", args[3], &raw) < 0)
         return NULL;
-    PyObject *rx = args[0], *lc = args[2], *out = args[4];
     Py_ssize_t start;
     if (ssize_arg(args[1], &start) < 0)
         return NULL;
+    return rx_frames_impl(args[0], start, args[2], raw, args[4]);
+}
+
+/* rx_frames with its arguments checked (rx and out lists, raw 0..2) */
+static PyObject *
+rx_frames_impl(PyObject *rx, Py_ssize_t start, PyObject *lc, long raw, PyObject *out)
+{
     Py_ssize_t nrx = PyList_GET_SIZE(rx);
     if (start < 0 || start > nrx) {
         PyErr_SetString(PyExc_ValueError, "rx_frames: start outside rx");
@@ -1817,6 +1826,151 @@ static PyTypeObject FlusherType = {
     .tp_vectorcall_offset = offsetof(FlusherObject, vectorcall),
 };
 
+/* Poller(recv, stats): Link.poll for a link past the peer's HELLO, in one
+ * call, poller(link, max_frames, now) -> list | tuple: `recv` is the link's
+ * receive callable (recv(max_frames) -> list[bytes]), `stats` its LinkStats.
+ * Receives a batch, records `now` (link._last_rx), counts frames_in, takes
+ * the clean frames with rx_frames (raw from link.raw_runs / link.raw_data,
+ * the credit in link.credit) and returns the messages (messages_in counted)
+ * when it took every frame; else (rx, start, off, left, merged, out) for
+ * Link._poll_rest to go on from rx_frames' stop. The caller checked
+ * link.closed, link.accelerated and link.peer_session. */
+static PyObject *s_last_rx, *s_raw_runs, *s_raw_data, *s_frames_in, *s_credit_only_in,
+    *s_messages_in;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *recv, *stats;
+} PollerObject;
+
+static PyObject *
+poller_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PollerObject *pl = (PollerObject *)self;
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "poller(link, max_frames, now)");
+        return NULL;
+    }
+    PyObject *link = args[0], *now = args[2];
+    PyObject *rx = PyObject_CallOneArg(pl->recv, args[1]);
+    if (rx == NULL)
+        return NULL;
+    if (!PyList_CheckExact(rx)) {
+        Py_DECREF(rx);
+        PyErr_SetString(PyExc_TypeError, "poller: recv() did not return a list");
+        return NULL;
+    }
+    Py_ssize_t nrx = PyList_GET_SIZE(rx);
+    if (nrx == 0)
+        return rx; /* (Link.poll's []) */
+    PyObject *out = NULL, *lc = NULL, *res = NULL, *r = NULL;
+    if (now != Py_None && PyObject_SetAttr(link, s_last_rx, now) < 0)
+        goto done;
+    long raw = 0;
+    for (int k = 0; k < 2 && raw == 0; k++) {
+        PyObject *o = PyObject_GetAttr(link, k == 0 ? s_raw_runs : s_raw_data);
+        int t = o ? PyObject_IsTrue(o) : -1;
+        Py_XDECREF(o);
+        if (t < 0)
+            goto done;
+        if (t)
+            raw = k == 0 ? 2 : 1;
+    }
+    if ((lc = PyObject_GetAttr(link, s_credit)) == NULL)
+        goto done;
+    if (add_attr(pl->stats, s_frames_in, nrx) < 0 || (out = PyList_New(0)) == NULL)
+        goto done;
+    if ((r = rx_frames_impl(rx, 0, lc, raw, out)) == NULL)
+        goto done;
+    Py_ssize_t start = PyLong_AsSsize_t(PyTuple_GET_ITEM(r, 0));
+    Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(r, 1));
+    Py_ssize_t merged = PyLong_AsSsize_t(PyTuple_GET_ITEM(r, 3));
+    Py_ssize_t co_in = PyLong_AsSsize_t(PyTuple_GET_ITEM(r, 4));
+    if (PyErr_Occurred() || add_attr(pl->stats, s_credit_only_in, co_in) < 0)
+        goto done;
+    if (off == 0 && start == nrx) {
+        if (add_attr(pl->stats, s_messages_in, PyList_GET_SIZE(out) + merged) < 0)
+            goto done;
+        res = Py_NewRef(out);
+        goto done;
+    }
+    /* Python's from here: (rx, start, off, left, merged, out) */
+    res = Py_BuildValue("(OOOOOO)", rx, PyTuple_GET_ITEM(r, 0), PyTuple_GET_ITEM(r, 1),
+                        PyTuple_GET_ITEM(r, 2), PyTuple_GET_ITEM(r, 3), out);
+done:
+    Py_XDECREF(r);
+    Py_XDECREF(out);
+    Py_XDECREF(lc);
+    Py_DECREF(rx);
+    return res;
+}
+
+static PyObject *
+poller_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *recv, *stats;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_SetString(PyExc_TypeError, "Poller takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OO:Poller", &recv, &stats))
+        return NULL;
+    if (!PyCallable_Check(recv)) {
+        PyErr_SetString(PyExc_ValueError, "Poller: recv must be callable");
+        return NULL;
+    }
+    if (data_cls.cls == NULL || credit_cls.cls == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Poller: init(Data, Credit) not called");
+        return NULL;
+    }
+    PollerObject *pl = (PollerObject *)type->tp_alloc(type, 0);
+    if (pl == NULL)
+        return NULL;
+    pl->vectorcall = poller_call;
+    pl->recv = Py_NewRef(recv);
+    pl->stats = Py_NewRef(stats);
+    return (PyObject *)pl;
+}
+
+static int
+poller_traverse(PollerObject *pl, visitproc visit, void *arg)
+{
+    Py_VISIT(pl->recv);
+    Py_VISIT(pl->stats);
+    return 0;
+}
+
+static int
+poller_clear(PollerObject *pl)
+{
+    Py_CLEAR(pl->recv);
+    Py_CLEAR(pl->stats);
+    return 0;
+}
+
+static void
+poller_dealloc(PollerObject *pl)
+{
+    PyObject_GC_UnTrack(pl);
+    poller_clear(pl);
+    Py_TYPE(pl)->tp_free((PyObject *)pl);
+}
+
+static PyTypeObject PollerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xport._linkfast.Poller",
+    .tp_basicsize = sizeof(PollerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Poller(recv, stats): Link.poll in C.",
+    .tp_new = poller_new,
+    .tp_dealloc = (destructor)poller_dealloc,
+    .tp_traverse = (traverseproc)poller_traverse,
+    .tp_clear = (inquiry)poller_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(PollerObject, vectorcall),
+};
+
 static PyObject *
 init(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1873,7 +2027,8 @@ PyInit__linkfast(void)
         || (o_zero == NULL && (o_zero = PyLong_FromLong(0)) == NULL))
         return NULL;
     if (PyType_Ready(&StrideTxType) < 0 || PyType_Ready(&CounterReaderType) < 0
-        || PyType_Ready(&RxCopiesType) < 0 || PyType_Ready(&FlusherType) < 0)
+        || PyType_Ready(&RxCopiesType) < 0 || PyType_Ready(&FlusherType) < 0
+        || PyType_Ready(&PollerType) < 0)
         return NULL;
     for (int i = 0; i < LT_N; i++)
         if (lt_attr[i] == NULL && (lt_attr[i] = PyUnicode_InternFromString(lt_names[i])) == NULL)
@@ -1886,7 +2041,10 @@ PyInit__linkfast(void)
                  {&s_last_tx, "_last_tx"}, {&s_frames_out, "frames_out"},
                  {&s_messages_out, "messages_out"}, {&s_tx_short, "tx_short"},
                  {&s_credit_stalls, "credit_stalls"}, {&s_want_credit_only, "want_credit_only"},
-                 {&s_send_credit_only, "_send_credit_only"}, {&s_append, "append"}};
+                 {&s_send_credit_only, "_send_credit_only"}, {&s_append, "append"},
+                 {&s_last_rx, "_last_rx"}, {&s_raw_runs, "raw_runs"}, {&s_raw_data, "raw_data"},
+                 {&s_frames_in, "frames_in"}, {&s_credit_only_in, "credit_only_in"},
+                 {&s_messages_in, "messages_in"}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (*names[i].p == NULL && (*names[i].p = PyUnicode_InternFromString(names[i].name)) == NULL)
             return NULL;
@@ -1914,6 +2072,12 @@ PyInit__linkfast(void)
     Py_INCREF(&FlusherType);
     if (PyModule_AddObject(mod, "Flusher", (PyObject *)&FlusherType) < 0) {
         Py_DECREF(&FlusherType);
+        Py_DECREF(mod);
+        return NULL;
+    }
+    Py_INCREF(&PollerType);
+    if (PyModule_AddObject(mod, "Poller", (PyObject *)&PollerType) < 0) {
+        Py_DECREF(&PollerType);
         Py_DECREF(mod);
         return NULL;
     }
