@@ -52,8 +52,9 @@ of a flush are packed in one, and ``AsyncLink.try_send_runs`` queues all its
 entries in one; the Python loops take over at anything else and are the
 reference. An AF_XDP backend also hands the link C callables for its
 per-wake-up calls (``copies_receiver``, ``posted_reader``, ``strided_sender``),
-and over them ``flush`` is one C call (``Flusher``) in the common case: a
-wake-up's ``poll`` and ``flush`` run two Python frames.
+and over them ``poll`` and ``flush`` are one C call each (``Poller``,
+``Flusher``) in the common case: a wake-up's ``poll`` and ``flush`` run two
+Python frames.
 
 Public API
 ----------

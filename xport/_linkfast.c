@@ -9,8 +9,9 @@
  * types stand for the AF_XDP backend's per-wake-up Python methods, calling
  * the cffi module's burst helpers through their addresses (StrideTx: the
  * flush's TX, CounterReader: rx_buffers_posted, RxCopies: recv_copies;
- * tests/xport/test_link_fast_tx.py compares each with its method), and a
- * fourth, Flusher, is Link.flush over them (tests/xport/test_link_flush_c.py). All do only the hot, common case and stop at anything else,
+ * tests/xport/test_link_fast_tx.py compares each with its method), and two
+ * more are Link.flush and Link.poll over them (Flusher, Poller;
+ * tests/xport/test_link_flush_c.py and test_link_poll_c.py). All do only the hot, common case and stop at anything else,
  * leaving it to the Python loop of the rare path in xport/_link.py:
  *
  *   rx_whole(data, off, end, left, raw, out) -> (off, left, merged)
