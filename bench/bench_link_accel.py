@@ -25,7 +25,9 @@ replies' ``try_send_runs``) and ``flush`` of the host end and ``wakeup``
 neighbour preempting a few), and ``cycle_cpu``: the process's CPU time (user + system,
 both ends and the kernel's veth/XDP work) per request/reply round. With ``--base DIR`` a third mode runs the same with ``DIR`` (an
 older tree, e.g. a git worktree with the built ``*.so`` copied in) first on
-``PYTHONPATH``: before/after in one run.
+``PYTHONPATH``: before/after in one run. ``--steps``: the ``c`` runs turn the
+host link's one-call ``poll`` and ``flush`` (``Poller``, ``Flusher``) off every
+other round and report those rounds apart (paired in time: robust to noise).
 """
 
 from __future__ import annotations
@@ -104,6 +106,9 @@ def measure_wakeup(size: int, seconds: float, batch: int, conns: int = 2) -> dic
         a = Link(ends[0], LinkConfig(role=Role.AGENT))
         h = Link(ends[1], LinkConfig(role=Role.HOST))
         h.raw_runs = True
+        # --steps: every other round with the host's one-call poll and flush off
+        ab = os.environ.get("BENCH_STEPS_AB") == "1"
+        steps = (getattr(h, "_poll_c", None), getattr(h, "_flush_c", None))
         pa, ph = select.poll(), select.poll()
         pa.register(a.fileno(), select.POLLIN)
         ph.register(h.fileno(), select.POLLIN)
@@ -119,13 +124,17 @@ def measure_wakeup(size: int, seconds: float, batch: int, conns: int = 2) -> dic
         shim._flush_scheduled, shim._blocked = True, False
         payload = bytes(size)
         clock = time.perf_counter_ns
-        polls: list[int] = []
-        queues: list[int] = []
-        flushes: list[int] = []
-        wakeups = msgs = 0
+        times: dict[bool, tuple[list[int], list[int], list[int]]] = {
+            False: ([], [], []), True: ([], [], [])}  # fmt: skip
+        wakeups = msgs = rounds = 0
         deadline = clock() + int(seconds * 1e9)
         cpu0 = time.process_time_ns()
         while clock() < deadline:
+            off = ab and rounds % 2 == 1
+            rounds += 1
+            if ab:
+                h._poll_c, h._flush_c = (None, None) if off else steps
+            polls, queues, flushes = times[off]
             for i in range(batch):
                 a.send_data(1 + i % conns, payload)
             a.flush()
@@ -153,7 +162,14 @@ def measure_wakeup(size: int, seconds: float, batch: int, conns: int = 2) -> dic
                 back += len(a.poll(64))
         cpu = time.process_time_ns() - cpu0
         assert a.stats.dropped == {} and h.stats.dropped == {}, (a.stats, h.stats)
-        return {
+        polls, queues, flushes = times[False]
+        extra: dict[str, float] = {}
+        if ab:  # the rounds with the steps off, paired in time with the others
+            p_off, q_off, f_off = times[True]
+            extra = {"steps_" + k: statistics.median(v) / 1e3 for k, v in (
+                ("poll", p_off), ("queue", q_off), ("flush", f_off),
+                ("wakeup", list(map(sum, zip(p_off, q_off, f_off, strict=True)))))}
+        return extra | {
             "accelerated": float(getattr(_link, "ACCELERATED", False)),
             # medians: a wake-up preempted by a neighbour does not count
             "poll": statistics.median(polls) / 1e3,
@@ -171,16 +187,18 @@ def measure_wakeup(size: int, seconds: float, batch: int, conns: int = 2) -> dic
 
 
 def run_modes(
-    argv: list[str], modes: dict[str, tuple[bool, str]], runs: int, timeout: float
+    argv: list[str], modes: dict[str, tuple[bool, str]], runs: int, timeout: float,
+    extra_env: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, list[dict[str, float]]] | None:
     """``argv`` (a worker printing one JSON dict) once per mode, the modes
     alternated ``runs`` times; a mode is (pure Python?, tree: "" for this
-    one, else put first on PYTHONPATH, BENCH_TREE and the cwd). None (its
-    stderr shown) when a worker fails."""
+    one, else put first on PYTHONPATH, BENCH_TREE and the cwd), with
+    ``extra_env[mode]`` set. None (its stderr shown) when a worker fails."""
     res: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     for _ in range(runs):
         for mode, (pure, tree) in modes.items():
             env = dict(os.environ)
+            env.update((extra_env or {}).get(mode, {}))
             env.pop("XPORT_PURE_PYTHON", None)
             if pure:
                 env["XPORT_PURE_PYTHON"] = "1"
@@ -209,6 +227,9 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=2,
                     help="with --wakeup: connections the batch's messages rotate over "
                          "(runs of one message each while batch <= conns)")
+    ap.add_argument("--steps", action="store_true",
+                    help="with --wakeup: every other round of the c runs with the host "
+                         "link's one-call poll and flush (Poller, Flusher) off, paired")
     ap.add_argument("--base", default="", help="with --wakeup: also run this tree (before)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -247,7 +268,7 @@ def wakeup_main(a: argparse.Namespace) -> int:
     modes = {"pure": (True, str(REPO)), "c": (False, str(REPO))}
     if a.base:
         modes["base"] = (False, a.base)
-    res = run_modes(argv, modes, a.runs, 120)
+    res = run_modes(argv, modes, a.runs, 120, {"c": {"BENCH_STEPS_AB": "1"}} if a.steps else None)
     if res is None:
         return 1
     print(f"AF_XDP host wake-up, {a.size}-byte DATA, {batch} per batch over {a.conns} "
@@ -262,6 +283,13 @@ def wakeup_main(a: argparse.Namespace) -> int:
         row = "".join(f"{med[m]:9.2f}" for m in res)
         row += "".join(f"{med[m] / med['c']:9.2f}" for m in res if m != "c")
         print(f"{key:7}{row}")
+    if a.steps:  # rounds of the c runs alternated with the one-call poll and flush off
+        print("c runs, every other round with the host's Poller/Flusher off (paired):")
+        print(f"{'':7}{'on':>9}{'off':>9}{'off/on':>9}")
+        for key in ("poll", "queue", "flush", "wakeup"):
+            on = statistics.median(r[key] for r in res["c"])
+            off = statistics.median(r["steps_" + key] for r in res["c"])
+            print(f"{key:7}{on:9.2f}{off:9.2f}{off / on:9.2f}")
     return 0
 
 
