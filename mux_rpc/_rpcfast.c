@@ -1022,6 +1022,8 @@ typedef struct {   /* one run() call */
     long long out_bytes;
     PyObject *tainted;          /* set of conn_ids left for Python; NULL: none */
     long long max_send;         /* host.max_send_size, read once (-1: not yet) */
+    /* host stats of the runs served so far, added to host.stats once (flush_stats) */
+    long long msgs_in, bytes_in, msgs_out, bytes_out, credits_sent;
 } Batch;
 
 /* Where a __slots__ attribute lives, per (interned name, exact type): the
@@ -1164,6 +1166,26 @@ out_ready(Batch *b)
     return 0;
 }
 
+/* The counters the runs served so far owe host.stats, added in one go: at
+ * the end of the batch, and before Python code that may look at them (a
+ * run's tail). */
+static int
+flush_stats(Batch *b)
+{
+    int r = 0;
+    if (b->msgs_in && (r = addi(b->hstats, s_messages_in, b->msgs_in)) == 0)
+        b->msgs_in = 0;
+    if (!r && b->bytes_in && (r = addi(b->hstats, s_bytes_in, b->bytes_in)) == 0)
+        b->bytes_in = 0;
+    if (!r && b->msgs_out && (r = addi(b->hstats, s_messages_out, b->msgs_out)) == 0)
+        b->msgs_out = 0;
+    if (!r && b->bytes_out && (r = addi(b->hstats, s_bytes_out, b->bytes_out)) == 0)
+        b->bytes_out = 0;
+    if (!r && b->credits_sent && (r = addi(b->hstats, s_credits_sent, b->credits_sent)) == 0)
+        b->credits_sent = 0;
+    return r;
+}
+
 /* The output so far to the link in one call (or, pushed back, to the outbox). */
 static int
 flush_out(Batch *b)
@@ -1215,6 +1237,20 @@ barrier_conn(EngineObject *e, PyObject *conn)
     return 0;
 }
 
+/* _deliver_run's window update of a run of k messages (nb bytes), from the
+ * outstanding counts read before it (om, ob), if *owed; then not owed. */
+static int
+deliver_window(PyObject *rwin, int *owed, long long om, long long ob, Py_ssize_t k,
+               long long nb)
+{
+    if (!*owed) return 0;
+    *owed = 0;
+    if (seti(rwin, s_outstanding_messages, om - k) < 0 || seti(rwin, s_outstanding_bytes, ob - nb) < 0
+        || addi(rwin, s_buffered_messages, k) < 0 || addi(rwin, s_buffered_bytes, nb) < 0)
+        return -1;
+    return 0;
+}
+
 /* One run: 1 handled (in C, or finished by the tail), 0 left for Python
  * (nothing changed), 2 left and everything after it too (barrier_conn), -1
  * an exception (the run got as far as the Python chain would have before
@@ -1222,8 +1258,10 @@ barrier_conn(EngineObject *e, PyObject *conn)
 static int
 engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *run)
 {
-    int rc = 0;
-    PyObject *conn = NULL, *tmp = NULL, *fast = NULL, *replies = NULL;
+    int rc = 0, delivered = 0;   /* delivered: the run's window update is still owed */
+    PyObject *conn = NULL, *tmp = NULL, *fast = NULL, *replies = NULL, *rwin = NULL;
+    long long om = 0, ob = 0, mms = 0, nb = 0;
+    Py_ssize_t k = 0, stop = 0;
     if (!PyList_CheckExact(run) || PyList_GET_SIZE(run) == 0) return 0;
     conn = PyDict_GetItemWithError(conns, cid);
     if (conn == NULL) return PyErr_Occurred() ? -1 : 0;
@@ -1241,13 +1279,13 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
     PyObject *limits = PyTuple_GET_ITEM(fast, 1), *key = PyTuple_GET_ITEM(fast, 2);
     PyObject *sstats = PyTuple_GET_ITEM(fast, 3), *rx = PyTuple_GET_ITEM(fast, 7);
     PyObject *waiters = PyTuple_GET_ITEM(fast, 9), *by_conn = PyTuple_GET_ITEM(fast, 10);
-    PyObject *rwin = PyTuple_GET_ITEM(fast, 5);   /* all borrowed: fast is held to the end */
+    rwin = PyTuple_GET_ITEM(fast, 5);   /* all borrowed: fast is held to the end */
     if (Py_TYPE(core) != &Core_Type || core->methods == NULL || !PyDict_Check(by_conn)
         || !PyLong_CheckExact(PyTuple_GET_ITEM(fast, 11))
         || !PyLong_CheckExact(PyTuple_GET_ITEM(fast, 12)))
         goto leave;
-    Py_ssize_t k = PyList_GET_SIZE(run);
-    long long nb = 0, mx = 0;
+    k = PyList_GET_SIZE(run);
+    long long mx = 0;
     for (Py_ssize_t i = 0; i < k; i++) {
         PyObject *p = PyList_GET_ITEM(run, i);
         if (!PyBytes_CheckExact(p)) goto leave;
@@ -1256,7 +1294,6 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
         if (n > mx) mx = n;
     }
     /* _deliver_run: the receive window takes the whole run (else message by message) */
-    long long om, ob, mms;
     if (geti(rwin, s_outstanding_messages, &om) < 0 || geti(rwin, s_outstanding_bytes, &ob) < 0
         || geti(rwin, s_max_message_size, &mms) < 0)
         goto error;
@@ -1283,15 +1320,17 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
     if ((len = PyObject_Length(b->obitems)) < 0) goto error;
     if (len) goto leave;
 
-    /* _deliver_run: window update and host stats */
-    if (seti(rwin, s_outstanding_messages, om - k) < 0 || seti(rwin, s_outstanding_bytes, ob - nb) < 0
-        || addi(rwin, s_buffered_messages, k) < 0 || addi(rwin, s_buffered_bytes, nb) < 0
-        || addi(b->hstats, s_messages_in, k) < 0 || addi(b->hstats, s_bytes_in, nb) < 0)
-        goto error;
+    /* _deliver_run: its window update (outstanding down, buffered up) is
+     * written only where it can be seen - before the tail, on an exception -
+     * since a run served whole takes its buffered count back at once; the host
+     * stats go per batch (flush_stats) */
+    b->msgs_in += k;
+    b->bytes_in += nb;
+    delivered = 1;
     rc = 1;
     /* the batch hook: Dispatcher.dispatch_many */
     if ((replies = PyList_New(0)) == NULL) goto error;
-    Py_ssize_t stop = dispatch_range(core, run, 1, 0, k, replies);
+    stop = dispatch_range(core, run, 1, 0, k, replies);
     if (stop < 0) goto error;
     if (k == 1)   /* the chain serves a run of one with dispatch_inline: not counted */
         core->handled -= (unsigned long long)stop;
@@ -1322,35 +1361,38 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
             goto error;
         if (kr > sm || nbr > sb || mxr > msx) goto tail;
         if (seti(swin, s_messages, sm - kr) < 0 || seti(swin, s_bytes, sb - nbr) < 0
-            || addi(b->hstats, s_messages_out, kr) < 0 || addi(b->hstats, s_bytes_out, nbr) < 0
             || out_ready(b) < 0)
             goto error;
+        b->msgs_out += kr;
+        b->bytes_out += nbr;
         if (append_new(b->runs, PyTuple_Pack(2, cid, replies)) < 0) goto error;
         b->out_bytes += nbr;
     }
     if (addi(sstats, s_messages, k) < 0) goto error;
     /* _consumed_inline(nb, k), by inline_grant_rule: now at half a window
      * pending or the agent out of message credit (_grant_pending); later (the
-     * sweep) while its byte credit is below one largest message; else held */
-    long long bm, bb, pm, pb, wm, wb;
-    if (geti(rwin, s_buffered_messages, &bm) < 0 || geti(rwin, s_buffered_bytes, &bb) < 0
-        || seti(rwin, s_buffered_messages, bm - k) < 0 || seti(rwin, s_buffered_bytes, bb - nb) < 0
-        || geti(rwin, s_pending_messages, &pm) < 0 || geti(rwin, s_pending_bytes, &pb) < 0
-        || geti(rwin, s_window_messages, &wm) < 0 || geti(rwin, s_window_bytes, &wb) < 0
-        || geti(rwin, s_outstanding_messages, &om) < 0 || geti(rwin, s_outstanding_bytes, &ob) < 0)
+     * sweep) while its byte credit is below one largest message; else held.
+     * buffered is back where it was: only outstanding and pending change */
+    delivered = 0;
+    long long pm, pb, wm, wb;
+    if (geti(rwin, s_pending_messages, &pm) < 0 || geti(rwin, s_pending_bytes, &pb) < 0
+        || geti(rwin, s_window_messages, &wm) < 0 || geti(rwin, s_window_bytes, &wb) < 0)
         goto error;
+    om -= k;
+    ob -= nb;
     pm += k;
     pb += nb;
     if (pm * 2 >= wm || pb * 2 >= wb || om < 1) {
         if (seti(rwin, s_pending_messages, 0) < 0 || seti(rwin, s_pending_bytes, 0) < 0
             || seti(rwin, s_outstanding_messages, om + pm) < 0
-            || seti(rwin, s_outstanding_bytes, ob + pb) < 0
-            || addi(b->hstats, s_credits_sent, 1) < 0 || out_ready(b) < 0)
+            || seti(rwin, s_outstanding_bytes, ob + pb) < 0 || out_ready(b) < 0)
             goto error;
+        b->credits_sent += 1;
         if (append_new(b->credits, Py_BuildValue("(OLL)", cid, pm, pb)) < 0) goto error;
     }
     else {
-        if (seti(rwin, s_pending_messages, pm) < 0 || seti(rwin, s_pending_bytes, pb) < 0)
+        if (seti(rwin, s_outstanding_messages, om) < 0 || seti(rwin, s_outstanding_bytes, ob) < 0
+            || seti(rwin, s_pending_messages, pm) < 0 || seti(rwin, s_pending_bytes, pb) < 0)
             goto error;
         if (ob < mms) {
             GET(tmp, b->host, s_credit_dirty);
@@ -1359,7 +1401,9 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
     }
     goto done;
 tail:
-    if (flush_out(b) < 0) goto error;
+    if (deliver_window(rwin, &delivered, om, ob, k, nb) < 0 || flush_stats(b) < 0
+        || flush_out(b) < 0)
+        goto error;
     {
         PyObject *nbo = PyLong_FromLongLong(nb), *so = PyLong_FromSsize_t(stop);
         if (nbo == NULL || so == NULL) {
@@ -1379,6 +1423,14 @@ leave:
     goto done;
 error:
     rc = -1;
+    if (delivered) {
+        /* the chain had delivered the run when this was raised */
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        if (deliver_window(rwin, &delivered, om, ob, k, nb) < 0)
+            PyErr_WriteUnraisable(conn);
+        PyErr_Restore(et, ev, etb);
+    }
 done:
 #undef GET
     Py_XDECREF(replies);
@@ -1574,7 +1626,7 @@ fail_m:
         Py_DECREF(m);
         goto fail;
     }
-    if (flush_out(&b) < 0) goto fail;
+    if (flush_stats(&b) < 0 || flush_out(&b) < 0) goto fail;
     goto done;
 fail:
     /* stopped by an exception that is not an Exception (the chain's excepts
@@ -1582,7 +1634,7 @@ fail:
      * the caller gets (left, exc): the items left before it, then it raises */
     if (left != NULL) {
         PyObject *exc = fetch_exc();
-        if (flush_out(&b) < 0)
+        if (flush_stats(&b) < 0 || flush_out(&b) < 0)
             PyErr_WriteUnraisable(e->host);
         PyObject *t = exc == NULL ? NULL : PyTuple_Pack(2, left, exc);
         Py_XDECREF(exc);
