@@ -951,6 +951,34 @@ rx_frames_impl(PyObject *rx, Py_ssize_t start, PyObject *lc, long raw, PyObject 
     return Py_BuildValue("(nnnnn)", index, off, left, merged, co_in);
 }
 
+/* Export `obj` into *view (flags | PyBUF_FORMAT) as an array of `format`
+ * items of `itemsize` bytes, at least `min_items` of them (exactly one for a
+ * live word). 0, or -1 with ValueError naming `who` and `what`; view->obj is
+ * NULL whenever there is nothing to release. */
+static int
+export_array(PyObject *obj, Py_buffer *view, int flags, const char *format, Py_ssize_t itemsize,
+             Py_ssize_t min_items, int exactly, const char *who, const char *what)
+{
+    if (PyObject_GetBuffer(obj, view, flags | PyBUF_FORMAT) < 0) {
+        view->obj = NULL; /* nothing to release (whatever the exporter left) */
+        return -1;
+    }
+    Py_ssize_t items = view->len / itemsize;
+    if (view->itemsize != itemsize || view->format == NULL || strcmp(view->format, format) != 0
+        || items < min_items || (exactly && items != min_items)) {
+        PyErr_Format(PyExc_ValueError, "%s: %s", who, what);
+        return -1;
+    }
+    return 0;
+}
+
+/* the socket's live word: array('Q') of one item (the context's address, 0 once closed) */
+static int
+export_live(PyObject *live, Py_buffer *view, int flags, const char *who)
+{
+    return export_array(live, view, flags, "Q", 8, 1, 1, who, "live must be array('Q') of one item");
+}
+
 /* StrideTx(fn, live, keep, buf, stride, lens, error): XskSocket.tx_stride_sender's
  * send(n) as a C callable (no Python frame, no argument conversion per call):
  * `fn` is the address of mux_xsk_tx_stride(ctx, buf, stride, lens, n) (an
@@ -1041,27 +1069,15 @@ stride_tx_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     t->vectorcall = stride_tx_call;
     t->fn = (stride_fn)addr;
     t->stride = (uint32_t)stride;
-    if (PyObject_GetBuffer(live, &t->live, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
-        t->live.obj = NULL; /* nothing to release (whatever the exporter left) */
+    if (export_live(live, &t->live, PyBUF_WRITABLE, "StrideTx") < 0)
         goto error;
-    }
-    if (t->live.itemsize != 8 || t->live.len != 8 || t->live.format == NULL
-        || strcmp(t->live.format, "Q") != 0) {
-        PyErr_SetString(PyExc_ValueError, "StrideTx: live must be array('Q') of one item");
-        goto error;
-    }
     if (PyObject_GetBuffer(buf, &t->buf, PyBUF_WRITABLE) < 0) {
         t->buf.obj = NULL;
         goto error;
     }
-    if (PyObject_GetBuffer(lens, &t->lens, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
-        t->lens.obj = NULL;
+    if (export_array(lens, &t->lens, PyBUF_WRITABLE, "I", 4, 0, 0, "StrideTx",
+                     "lens must be array('I')") < 0)
         goto error;
-    }
-    if (t->lens.itemsize != 4 || t->lens.format == NULL || strcmp(t->lens.format, "I") != 0) {
-        PyErr_SetString(PyExc_ValueError, "StrideTx: lens must be array('I')");
-        goto error;
-    }
     t->slots = t->lens.len / 4;
     if (t->slots * (Py_ssize_t)stride > t->buf.len) {
         PyErr_SetString(PyExc_ValueError, "StrideTx: buf must hold len(lens) frames of stride bytes");
@@ -1172,14 +1188,7 @@ counter_reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     r->vectorcall = counter_reader_call;
     r->offset = offset;
-    if (PyObject_GetBuffer(live, &r->live, PyBUF_FORMAT) < 0) {
-        r->live.obj = NULL;
-        Py_DECREF(r);
-        return NULL;
-    }
-    if (r->live.itemsize != 8 || r->live.len != 8 || r->live.format == NULL
-        || strcmp(r->live.format, "Q") != 0) {
-        PyErr_SetString(PyExc_ValueError, "CounterReader: live must be array('Q') of one item");
+    if (export_live(live, &r->live, 0, "CounterReader") < 0) {
         Py_DECREF(r);
         return NULL;
     }
@@ -1333,15 +1342,8 @@ rx_copies_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     r->kick = (kick_fn)kick_addr;
     r->stalled_off = stalled_off;
     r->batch = batch;
-    if (PyObject_GetBuffer(live, &r->live, PyBUF_FORMAT) < 0) {
-        r->live.obj = NULL;
+    if (export_live(live, &r->live, 0, "RxCopies") < 0)
         goto error;
-    }
-    if (r->live.itemsize != 8 || r->live.len != 8 || r->live.format == NULL
-        || strcmp(r->live.format, "Q") != 0) {
-        PyErr_SetString(PyExc_ValueError, "RxCopies: live must be array('Q') of one item");
-        goto error;
-    }
     if (PyObject_GetBuffer(out, &r->out, PyBUF_WRITABLE) < 0) {
         r->out.obj = NULL;
         goto error;
@@ -1752,15 +1754,9 @@ flusher_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     f->vectorcall = flusher_call;
     f->frame_size = frame_size;
     f->max_frames = max_frames;
-    if (PyObject_GetBuffer(lens, &f->lens, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
-        f->lens.obj = NULL;
+    if (export_array(lens, &f->lens, PyBUF_WRITABLE, "I", 4, max_frames, 0, "Flusher",
+                     "lens must be array('I') of max_frames") < 0)
         goto error;
-    }
-    if (f->lens.itemsize != 4 || f->lens.format == NULL || strcmp(f->lens.format, "I") != 0
-        || f->lens.len / 4 < max_frames) {
-        PyErr_SetString(PyExc_ValueError, "Flusher: lens must be array('I') of max_frames");
-        goto error;
-    }
     if ((f->popleft = PyObject_GetAttrString(queue, "popleft")) == NULL)
         goto error;
     f->queue = Py_NewRef(queue);

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import struct
 import sys
 import tracemalloc
@@ -530,3 +531,23 @@ def test_no_reference_leaks() -> None:
     # one object leaked per round would be >= ROUNDS * 40 bytes; the rest of a
     # busy suite (hypothesis, threads) moves the traced total by tens of kB
     assert grown < ROUNDS * 40 // 4, f"{grown} bytes still allocated after {ROUNDS} rounds"
+
+
+@pytest.mark.parametrize(("name", "args", "text"), [
+    ("StrideTx", (1, array("I", [0]), None, bytearray(64), 32, array("I", [0, 0]), print),
+     "StrideTx: live must be array('Q') of one item"),
+    ("StrideTx", (1, array("Q", [0, 0]), None, bytearray(64), 32, array("I", [0, 0]), print),
+     "StrideTx: live must be array('Q') of one item"),
+    ("StrideTx", (1, array("Q", [0]), None, bytearray(64), 32, array("Q", [0, 0]), print),
+     "StrideTx: lens must be array('I')"),
+    ("CounterReader", (array("Q", [0, 0]), 0, None, [], print),
+     "CounterReader: live must be array('Q') of one item"),
+])
+def test_c_callables_refuse_buffers_of_the_wrong_shape(name: str, args: tuple[Any, ...],
+                                                       text: str) -> None:
+    # the socket's live word and the frame lengths are read through these
+    # buffers for the callable's whole life: a wrong shape fails at once
+    from xport import _linkfast
+
+    with pytest.raises(ValueError, match=re.escape(text)):
+        getattr(_linkfast, name)(*args)
