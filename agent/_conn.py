@@ -109,16 +109,6 @@ class Budget:
                 conn._update_reading()
 
 
-def grant_is_urgent(window: ReceiveWindow, messages: int, nbytes: int) -> bool:
-    """Whether credit of ``messages``/``nbytes`` granted from ``window`` but
-    not yet sent (the grant just taken, plus what waits unsent) must go at
-    once: without it the host holds less than one message or one largest
-    message's bytes of credit, so it may be blocked (§5.2). Otherwise it may
-    wait (``AgentConfig.credit_delay``)."""
-    return (window.outstanding_messages - messages < 1
-            or window.outstanding_bytes - nbytes < window.max_message_size)
-
-
 class ConnOwner(Protocol):
     """What a connection needs from the agent (implemented by the mux)."""
 
@@ -350,8 +340,11 @@ class Connection(asyncio.Protocol):
                     gb += grant[1]
             if gm and self.state in _CREDIT_STATES:
                 owner = self.owner
-                lm, lb = owner.lazy_credit(self.conn_id)  # granted, not yet sent
-                owner.to_host_credit(self.conn_id, gm, gb, grant_is_urgent(w, gm + lm, gb + lb))
+                # urgent when the host may be blocked without it: counting
+                # neither this grant nor what waits unsent (credit_delay)
+                lm, lb = owner.lazy_credit(self.conn_id)
+                owner.to_host_credit(self.conn_id, gm, gb,
+                                     w.sender_may_be_blocked(gm + lm, gb + lb))
         if buffered > self._max_write:
             self.event(E.LIMIT_EXCEEDED, "write_buffer_overflow",
                        f"{buffered} bytes buffered toward the client")

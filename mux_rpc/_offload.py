@@ -343,8 +343,7 @@ class OffloadConnection:
     # _rx_waiter of every run it serves, in place, as it does the windows'
     __slots__ = ("conn_id", "peer", "framer", "queue", "auto_consume", "_host", "_state",
                  "_loop", "_rx", "_rx_waiter", "_recv_busy", "_rwin", "_swin", "_send_lock",
-                 "_send_waiter", "_hook", "_batch_hook", "_fast", "_cause", "_done", "_opened",
-                 "__weakref__")
+                 "_send_waiter", "_hook", "_batch_hook", "_fast", "_cause", "_done", "_opened")
 
     def __init__(self, host: Host, conn_id: int, peer: tuple[str, int] | None, framer: str,
                  state: ConnState, *, auto_consume: bool = False) -> None:

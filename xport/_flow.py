@@ -214,9 +214,15 @@ class ReceiveWindow:
             self.pending_messages >= self._threshold_m
             or self.pending_bytes >= self._threshold_b
             # §5.2: the sender may be blocked: return what is pending now
-            or self.outstanding_messages < 1
-            or self.outstanding_bytes < self.max_message_size
+            or self.sender_may_be_blocked()
         )
+
+    def sender_may_be_blocked(self, unsent_messages: int = 0, unsent_bytes: int = 0) -> bool:
+        """§5.2: the sender holds less than one message or one largest message's
+        bytes of credit, so its next message may not fit - not counting
+        ``unsent_*``, credit granted here but not yet sent to it."""
+        return (self.outstanding_messages - unsent_messages < 1
+                or self.outstanding_bytes - unsent_bytes < self.max_message_size)
 
     def take_pending(self) -> tuple[int, int]:
         """Grant everything pending now: ``(messages, bytes)``, possibly ``(0, 0)``."""

@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import DrainTracker
-from agent._conn import grant_is_urgent
 from xport._flow import ReceiveWindow, SendWindow
 
 
@@ -22,7 +21,7 @@ def _drive(wm: int, extra: int, maxmsg: int, sizes: list[int], rng: Any,
     """The agent's loop: host DATA -> write -> drain (random) -> on_consumed
     per drained message -> one CREDIT with the sum. The host's SendWindow
     starts at the agent's HELLO window. ``hold_back``: a grant that is not
-    urgent (grant_is_urgent) is held back - and never sent on its own, the
+    urgent (ReceiveWindow.sender_may_be_blocked) is held back - and never sent on its own, the
     worst case of AgentConfig.credit_delay (no timer, no frame to ride): it
     reaches the host only inside a later urgent grant."""
     wb = maxmsg + extra
@@ -43,7 +42,7 @@ def _drive(wm: int, extra: int, maxmsg: int, sizes: list[int], rng: Any,
                     gm, gb = gm + g[0], gb + g[1]
             if not gm:
                 continue
-            if not hold_back or grant_is_urgent(recv, gm + held_m, gb + held_b):
+            if not hold_back or recv.sender_may_be_blocked(gm + held_m, gb + held_b):
                 host.grant(gm + held_m, gb + held_b)  # what waited goes along
                 held_m = held_b = 0
             else:
