@@ -773,19 +773,22 @@ static PyObject *lc_attr[LC_N]; /* interned names, set at module init */
 static PyTypeObject *lc_type; /* strong: keeps the offsets' type alive */
 static Py_ssize_t lc_off[LC_N];
 
-/* 1 if lc_off holds tp's counter slots, 0 if tp takes getattr/setattr. */
+/* 1 if *cached (with offs) is tp, or tp's n attributes `names` are plain
+ * writable object slots of tp itself - then offs and *cached are set for it;
+ * 0 if tp takes getattr/setattr. */
 static int
-lc_slots(PyTypeObject *tp)
+slot_offsets(PyTypeObject *tp, PyObject *const *names, int n, PyTypeObject **cached,
+             Py_ssize_t *offs)
 {
-    if (tp == lc_type)
+    if (tp == *cached)
         return 1;
     /* plain attribute access only: no __getattr__/__setattr__ of its own */
     if (tp->tp_getattro != PyObject_GenericGetAttr || tp->tp_setattro != PyObject_GenericSetAttr
-        || tp->tp_dict == NULL)
+        || tp->tp_dict == NULL || n > 32)
         return 0;
-    Py_ssize_t off[LC_N];
-    for (int i = 0; i < LC_N; i++) {
-        PyObject *d = PyDict_GetItemWithError(tp->tp_dict, lc_attr[i]); /* borrowed */
+    Py_ssize_t off[32];
+    for (int i = 0; i < n; i++) {
+        PyObject *d = PyDict_GetItemWithError(tp->tp_dict, names[i]); /* borrowed */
         if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
             || ((PyDescrObject *)d)->d_type != tp) {
             PyErr_Clear();
@@ -798,9 +801,16 @@ lc_slots(PyTypeObject *tp)
         off[i] = def->offset;
     }
     Py_INCREF(tp);
-    Py_XSETREF(lc_type, tp);
-    memcpy(lc_off, off, sizeof off);
+    Py_XSETREF(*cached, tp);
+    memcpy(offs, off, (size_t)n * sizeof off[0]);
     return 1;
+}
+
+/* 1 if lc_off holds tp's counter slots, 0 if tp takes getattr/setattr. */
+static int
+lc_slots(PyTypeObject *tp)
+{
+    return slot_offsets(tp, lc_attr, LC_N, &lc_type, lc_off);
 }
 
 /* xport._linkcredit.unwrap_u32: the counter whose low 32 bits are `wire`,
@@ -1448,29 +1458,7 @@ static PyObject *s_head_sent, *s_credit, *s_posted_base, *s_queued_bytes, *s_las
 static int
 lt_slots(PyTypeObject *tp)
 {
-    if (tp == lt_type)
-        return 1;
-    if (tp->tp_getattro != PyObject_GenericGetAttr || tp->tp_setattro != PyObject_GenericSetAttr
-        || tp->tp_dict == NULL)
-        return 0;
-    Py_ssize_t off[LT_N];
-    for (int i = 0; i < LT_N; i++) {
-        PyObject *d = PyDict_GetItemWithError(tp->tp_dict, lt_attr[i]);
-        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)
-            || ((PyDescrObject *)d)->d_type != tp) {
-            PyErr_Clear();
-            return 0;
-        }
-        PyMemberDef *def = ((PyMemberDescrObject *)d)->d_member;
-        if (def->type != T_OBJECT_EX || (def->flags & READONLY) || def->offset <= 0
-            || def->offset + (Py_ssize_t)sizeof(PyObject *) > tp->tp_basicsize)
-            return 0;
-        off[i] = def->offset;
-    }
-    Py_INCREF(tp);
-    Py_XSETREF(lt_type, tp);
-    memcpy(lt_off, off, sizeof off);
-    return 1;
+    return slot_offsets(tp, lt_attr, LT_N, &lt_type, lt_off);
 }
 
 /* obj.name as a long long in (-LC_LIMIT, LC_LIMIT): 1; 0 if it is not such
