@@ -403,7 +403,7 @@ class Connection(asyncio.Protocol):
         if action is A.BEGIN_CLOSE:
             self.closing_since = owner.now()
             if transport is not None:
-                self._pause(True, counted=False)  # closing, not backpressure
+                self._pause(True)  # closing: not counted as a read pause
             self._drop_pending()
             self.check_drain()
             return
@@ -526,17 +526,15 @@ class Connection(asyncio.Protocol):
             # it growing (the mux closes the largest such holder if that stalls)
             budget.paused.add(self)
             pause = True
+        if pause and not self.reading_paused and self.transport is not None:
+            self.owner.stats.incr("read_pauses")  # backpressure pauses only
         self._pause(pause)
 
-    def _pause(self, pause: bool, counted: bool = True) -> None:
-        # counted: read_pauses counts backpressure (credit, buffers, the
-        # link), not the pause of a connection the host is closing
+    def _pause(self, pause: bool) -> None:
         if pause == self.reading_paused or self.transport is None:
             return
         self.reading_paused = pause
         if pause:
-            if counted:
-                self.owner.stats.incr("read_pauses")
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()
