@@ -53,8 +53,10 @@ entries in one; the Python loops take over at anything else and are the
 reference. An AF_XDP backend also hands the link C callables for its
 per-wake-up calls (``copies_receiver``, ``posted_reader``, ``strided_sender``),
 and over them ``poll`` and ``flush`` are one C call each (``Poller``,
-``Flusher``) in the common case: a wake-up's ``poll`` and ``flush`` run two
-Python frames.
+``Flusher``) in the common case; ``AsyncLink``'s reader callback is one C
+call too (``Waker``: ``_on_readable`` with the Poller and Flusher called
+directly, the clock read in C), so a wake-up runs no Python frame of the
+link unless a callback is set or the rare path is taken.
 
 Public API
 ----------
@@ -176,6 +178,7 @@ _queue_runs: Callable[[deque[Any], Any, Any], bool] | None = (
 )
 _Flusher: Any = getattr(_linkfast, "Flusher", None) if ACCELERATED else None
 _Poller: Any = getattr(_linkfast, "Poller", None) if ACCELERATED else None
+_Waker: Any = getattr(_linkfast, "Waker", None) if ACCELERATED else None
 
 
 # the slot setters of Data and Credit: the Python loop of Link.poll builds
@@ -517,11 +520,7 @@ class Link:
             if r.__class__ is int:
                 return r
             if r is not None:
-                nf, off, count, msgs, nbytes, nframes, seq, credit, ack, posted = r
-                sent = self._send_packed(nf, off, count, msgs, nbytes, nframes, seq, credit, ack)
-                if self._queue and self.credit.data_credit() < 1:
-                    self.stats.credit_stalls += 1
-                return self._flush_end(sent, posted, now)
+                return self._flush_packed(r, now)
         lc = self.credit
         sent = 0
         if self._backlog:
@@ -540,6 +539,15 @@ class Link:
                     self.stats.credit_stalls += 1
             elif queue:
                 self.stats.credit_stalls += 1
+        return self._flush_end(sent, posted, now)
+
+    def _flush_packed(self, r: tuple[int, ...], now: float | None) -> int:
+        """``flush`` after the Flusher's tuple (frames packed up to an entry
+        for the Python loop): the rest of the flush, as ``flush`` returns it."""
+        nf, off, count, msgs, nbytes, nframes, seq, credit, ack, posted = r
+        sent = self._send_packed(nf, off, count, msgs, nbytes, nframes, seq, credit, ack)
+        if self._queue and self.credit.data_credit() < 1:
+            self.stats.credit_stalls += 1
         return self._flush_end(sent, posted, now)
 
     def _flush_end(self, sent: int, posted: int, now: float | None) -> int:
@@ -1169,7 +1177,14 @@ class AsyncLink:
         self._flush_scheduled = False
         self._closed = False
         self._max_queued = link.config.max_queued_bytes
-        self._loop.add_reader(link.fileno(), self._on_readable)
+        # AsyncLink._on_readable in one C call (xport._linkfast.Waker) for an
+        # accelerated Link; _on_readable is the reference and the fallback
+        reader: Callable[[], None] = self._on_readable
+        if (_Waker is not None and link.accelerated and type(link) is Link
+                and type(self)._on_readable is AsyncLink._on_readable):  # fmt: skip
+            reader = _Waker(self, time.monotonic)
+        self._reader = reader
+        self._loop.add_reader(link.fileno(), reader)
         self._timer = self._loop.call_later(self._timer_interval(), self._on_timer)
         self._schedule_flush()
 

@@ -11,7 +11,9 @@
  * flush's TX, CounterReader: rx_buffers_posted, RxCopies: recv_copies;
  * tests/xport/test_link_fast_tx.py compares each with its method), and two
  * more are Link.flush and Link.poll over them (Flusher, Poller;
- * tests/xport/test_link_flush_c.py and test_link_poll_c.py). All do only the hot, common case and stop at anything else,
+ * tests/xport/test_link_flush_c.py and test_link_poll_c.py), and one is
+ * AsyncLink._on_readable over those two (Waker; tests/xport/test_waker.py).
+ * All do only the hot, common case and stop at anything else,
  * leaving it to the Python loop of the rare path in xport/_link.py:
  *
  *   rx_whole(data, off, end, left, raw, out) -> (off, left, merged)
@@ -49,6 +51,7 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 /* docs/protocol.md §2 and §3; xport._link checks them against _protocol.py */
 #define PROTOCOL_VERSION 1
@@ -1451,8 +1454,7 @@ static PyObject *lt_attr[LT_N];
 static PyTypeObject *lt_type; /* strong */
 static Py_ssize_t lt_off[LT_N];
 static PyObject *s_head_sent, *s_credit, *s_posted_base, *s_queued_bytes, *s_last_tx,
-    *s_frames_out, *s_messages_out, *s_tx_short, *s_credit_stalls, *s_want_credit_only,
-    *s_send_credit_only, *s_append;
+    *s_want_credit_only, *s_send_credit_only, *s_append;
 
 /* 1 if lt_off holds tp's slots for lt_names (as lc_slots), else 0 */
 static int
@@ -1507,6 +1509,45 @@ add_attr(PyObject *obj, PyObject *name, long long delta)
     int rc = PyObject_SetAttr(obj, name, r);
     Py_DECREF(r);
     return rc;
+}
+
+/* The LinkStats counters the Flusher and Poller add to (the Waker's path):
+ * read-add-written in place through their slots (slot_offsets) when LinkStats
+ * is a __slots__ class and the counter an int in range, else by add_attr. */
+enum { ST_FRAMES_IN, ST_FRAMES_OUT, ST_MESSAGES_IN, ST_MESSAGES_OUT, ST_CREDIT_ONLY_IN,
+       ST_TX_SHORT, ST_CREDIT_STALLS, ST_N };
+static const char *const st_names[ST_N] = {
+    [ST_FRAMES_IN] = "frames_in",         [ST_FRAMES_OUT] = "frames_out",
+    [ST_MESSAGES_IN] = "messages_in",     [ST_MESSAGES_OUT] = "messages_out",
+    [ST_CREDIT_ONLY_IN] = "credit_only_in", [ST_TX_SHORT] = "tx_short",
+    [ST_CREDIT_STALLS] = "credit_stalls"};
+static PyObject *st_attr[ST_N];
+static PyTypeObject *st_type; /* strong */
+static Py_ssize_t st_off[ST_N];
+
+/* stats.<st_names[i]> += delta */
+static int
+add_stat(PyObject *stats, int i, long long delta)
+{
+    if (delta == 0)
+        return 0;
+    if (!slot_offsets(Py_TYPE(stats), st_attr, ST_N, &st_type, st_off))
+        return add_attr(stats, st_attr[i], delta);
+    PyObject **slot = (PyObject **)((char *)stats + st_off[i]);
+    PyObject *old = *slot;
+    if (old != NULL && PyLong_CheckExact(old) && delta < LC_LIMIT && delta > -LC_LIMIT) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(old, &overflow);
+        if (!overflow && v < LC_LIMIT && v > -LC_LIMIT) {
+            PyObject *r = PyLong_FromLongLong(v + delta);
+            if (r == NULL)
+                return -1;
+            Py_SETREF(*slot, r); /* (an int's dealloc runs no code) */
+            return 0;
+        }
+    }
+    /* unset (AttributeError, as getattr), not an int, or large: Python's arithmetic */
+    return add_attr(stats, st_attr[i], delta);
 }
 
 typedef struct {
@@ -1641,7 +1682,7 @@ flusher_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwn
                 if (rc < 0)
                     goto error;
             }
-            if (add_attr(f->stats, s_messages_out, msgs) < 0)
+            if (add_stat(f->stats, ST_MESSAGES_OUT, msgs) < 0)
                 goto error;
             PyObject *nfo = PyLong_FromSsize_t(nf);
             if (nfo == NULL)
@@ -1654,10 +1695,10 @@ flusher_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwn
             Py_DECREF(to);
             if (taken == -1 && PyErr_Occurred())
                 goto error;
-            if (add_attr(f->stats, s_frames_out, taken) < 0)
+            if (add_stat(f->stats, ST_FRAMES_OUT, taken) < 0)
                 goto error;
             if (taken < nf) {
-                if (add_attr(f->stats, s_tx_short, 1) < 0)
+                if (add_stat(f->stats, ST_TX_SHORT, 1) < 0)
                     goto error;
                 /* the frames the ring refused wait in the backlog, as bytes */
                 for (Py_ssize_t i = taken; i < nf; i++) {
@@ -1681,7 +1722,7 @@ flusher_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwn
         else
             stalled = 1;
     }
-    if (stalled && add_attr(f->stats, s_credit_stalls, 1) < 0)
+    if (stalled && add_stat(f->stats, ST_CREDIT_STALLS, 1) < 0)
         goto error;
     /* Link._flush_end: a credit-only frame (its early answer first) */
     if ((((uint64_t)posted ^ (uint64_t)v[LT_ADV_POSTED]) & 0xFFFFFFFFu) != 0) {
@@ -1820,8 +1861,7 @@ static PyTypeObject FlusherType = {
  * when it took every frame; else (rx, start, off, left, merged, out) for
  * Link._poll_rest to go on from rx_frames' stop. The caller checked
  * link.closed, link.accelerated and link.peer_session. */
-static PyObject *s_last_rx, *s_raw_runs, *s_raw_data, *s_frames_in, *s_credit_only_in,
-    *s_messages_in;
+static PyObject *s_last_rx, *s_raw_runs, *s_raw_data;
 
 typedef struct {
     PyObject_HEAD
@@ -1864,7 +1904,7 @@ poller_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwna
     }
     if ((lc = PyObject_GetAttr(link, s_credit)) == NULL)
         goto done;
-    if (add_attr(pl->stats, s_frames_in, nrx) < 0 || (out = PyList_New(0)) == NULL)
+    if (add_stat(pl->stats, ST_FRAMES_IN, nrx) < 0 || (out = PyList_New(0)) == NULL)
         goto done;
     if ((r = rx_frames_impl(rx, 0, lc, raw, out)) == NULL)
         goto done;
@@ -1872,10 +1912,10 @@ poller_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwna
     Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(r, 1));
     Py_ssize_t merged = PyLong_AsSsize_t(PyTuple_GET_ITEM(r, 3));
     Py_ssize_t co_in = PyLong_AsSsize_t(PyTuple_GET_ITEM(r, 4));
-    if (PyErr_Occurred() || add_attr(pl->stats, s_credit_only_in, co_in) < 0)
+    if (PyErr_Occurred() || add_stat(pl->stats, ST_CREDIT_ONLY_IN, co_in) < 0)
         goto done;
     if (off == 0 && start == nrx) {
-        if (add_attr(pl->stats, s_messages_in, PyList_GET_SIZE(out) + merged) < 0)
+        if (add_stat(pl->stats, ST_MESSAGES_IN, PyList_GET_SIZE(out) + merged) < 0)
             goto done;
         res = Py_NewRef(out);
         goto done;
@@ -1956,6 +1996,326 @@ static PyTypeObject PollerType = {
     .tp_vectorcall_offset = offsetof(PollerObject, vectorcall),
 };
 
+/* Waker(alink, monotonic): AsyncLink._on_readable in one call, with no Python
+ * frame on the common path: the callable AsyncLink registers with add_reader
+ * (waker() -> None). Each call reads from `alink` (an AsyncLink) what
+ * _on_readable reads, in the same order, and does what it does:
+ *   now = alink._clock(): CLOCK_MONOTONIC read here, as time.monotonic
+ *     returns it, when _clock is `monotonic` (time.monotonic); else called;
+ *   msgs = link.poll(alink._max_frames, now): the Poller itself when
+ *     link._poll_c is one and Link.poll would call it (not link.closed,
+ *     link.accelerated, link.peer_session), link._poll_rest(*r) for its
+ *     tuple; else the method link.poll;
+ *   when msgs and alink._on_messages is not None: the callback with
+ *     alink._flush_scheduled True, restored after it even when it raises;
+ *   link.flush(now): the Flusher itself when link._flush_c is one and
+ *     Link.flush would call it (not link.closed, link.accelerated), its int
+ *     the end of it, link._flush_packed(r, now) for its tuple, and for None
+ *     the method link.flush(now) (the Flusher then answers None again, having
+ *     changed nothing, and Python's flush does it all); else link.flush;
+ *   the backpressure release (alink._blocked, alink._writable.set()) and,
+ *   without a callback, alink._inbox.extend(msgs); alink._inbox_ready.set().
+ * Exceptions propagate as from _on_readable. It holds the AsyncLink only: the
+ * socket is reached through the link's Poller and Flusher (their RxCopies and
+ * StrideTx check the live word), never by an address of its own.
+ * tests/xport/test_waker.py compares it with _on_readable. */
+static PyObject *s_link, *s_clock, *s_max_frames, *s_closed, *s_poll_c, *s_accelerated,
+    *s_peer_session, *s_poll_rest, *s_poll, *s_on_messages, *s_flush_scheduled, *s_flush_c,
+    *s_flush, *s_flush_packed, *s_blocked, *s_max_queued, *s_writable, *s_set, *s_inbox,
+    *s_inbox_ready;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *alink, *monotonic;
+} WakerObject;
+
+/* time.monotonic(), as CPython computes it (pytime.c: the nanoseconds of
+ * CLOCK_MONOTONIC, whole seconds divided as integers, else as a double) */
+static PyObject *
+monotonic_now(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    int64_t ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    volatile double d; /* as pytime.c: no other rounding */
+    if (ns % 1000000000 == 0)
+        d = (double)(ns / 1000000000);
+    else {
+        d = (double)ns;
+        d /= 1e9;
+    }
+    return PyFloat_FromDouble(d);
+}
+
+static PyObject *
+monotonic(PyObject *mod, PyObject *unused)
+{
+    return monotonic_now();
+}
+
+/* bool(obj.name): 1, 0, or -1 with an exception */
+static int
+attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *o = PyObject_GetAttr(obj, name);
+    if (o == NULL)
+        return -1;
+    int t = o == Py_True ? 1 : o == Py_False || o == Py_None ? 0 : PyObject_IsTrue(o);
+    Py_DECREF(o);
+    return t;
+}
+
+/* link.poll(max_frames, now) (a new reference) */
+static PyObject *
+waker_poll(PyObject *link, PyObject *max_frames, PyObject *now)
+{
+    int t = attr_true(link, s_closed);
+    if (t != 0)
+        return t < 0 ? NULL : PyList_New(0);
+    PyObject *pc = PyObject_GetAttr(link, s_poll_c);
+    if (pc == NULL)
+        return NULL;
+    int fast = Py_IS_TYPE(pc, &PollerType);
+    if (fast && (fast = attr_true(link, s_accelerated)) > 0)
+        fast = attr_true(link, s_peer_session);
+    PyObject *args[4] = {NULL, link, max_frames, now};
+    PyObject *r = NULL;
+    if (fast > 0) {
+        r = poller_call(pc, args + 1, 3, NULL);
+        if (r != NULL && !PyList_CheckExact(r)) {
+            /* (rx, start, off, left, merged, out): link._poll_rest(*r) */
+            PyObject *rest = PyObject_GetAttr(link, s_poll_rest);
+            PyObject *msgs = rest ? PyObject_Call(rest, r, NULL) : NULL;
+            Py_XDECREF(rest);
+            Py_SETREF(r, msgs);
+        }
+    }
+    else if (fast == 0)
+        r = PyObject_VectorcallMethod(s_poll, args + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(pc);
+    return r;
+}
+
+/* link.flush(now): 0, or -1 with an exception */
+static int
+waker_flush(PyObject *link, PyObject *now)
+{
+    int t = attr_true(link, s_closed);
+    if (t != 0)
+        return t < 0 ? -1 : 0;
+    PyObject *fc = PyObject_GetAttr(link, s_flush_c);
+    if (fc == NULL)
+        return -1;
+    int fast = Py_IS_TYPE(fc, &FlusherType);
+    if (fast)
+        fast = attr_true(link, s_accelerated);
+    PyObject *args[3] = {NULL, link, now};
+    PyObject *r = NULL;
+    if (fast > 0) {
+        r = flusher_call(fc, args + 1, 2, NULL);
+        if (r != NULL && !PyLong_CheckExact(r)) {
+            PyObject *a[3] = {link, r, now};
+            PyObject *r2 = r == Py_None
+                ? PyObject_VectorcallMethod(s_flush, args + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                            NULL)
+                : PyObject_VectorcallMethod(s_flush_packed, a, 3, NULL);
+            Py_SETREF(r, r2);
+        }
+    }
+    else if (fast == 0)
+        r = PyObject_VectorcallMethod(s_flush, args + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(fc);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* obj.name = value, in a `finally:` after an exception (or none): a failure
+ * raises its own exception with the first as its __context__, as Python does */
+static int
+set_in_finally(PyObject *obj, PyObject *name, PyObject *value)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    if (PyObject_SetAttr(obj, name, value) == 0) {
+        PyErr_Restore(et, ev, tb);
+        return et == NULL ? 0 : -1;
+    }
+    if (et != NULL) {
+        PyErr_NormalizeException(&et, &ev, &tb);
+        if (tb != NULL)
+            PyException_SetTraceback(ev, tb);
+        PyObject *nt, *nv, *ntb;
+        PyErr_Fetch(&nt, &nv, &ntb);
+        PyErr_NormalizeException(&nt, &nv, &ntb);
+        PyException_SetContext(nv, ev); /* steals ev */
+        PyErr_Restore(nt, nv, ntb);
+        Py_DECREF(et);
+        Py_XDECREF(tb);
+    }
+    return -1;
+}
+
+static PyObject *
+waker_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    WakerObject *w = (WakerObject *)self;
+    if (PyVectorcall_NARGS(nargsf) != 0 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "waker() takes no arguments");
+        return NULL;
+    }
+    if (w->alink == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "waker: cleared");
+        return NULL;
+    }
+    PyObject *al = Py_NewRef(w->alink);
+    PyObject *now = NULL, *link = NULL, *msgs = NULL, *cb = NULL, *res = NULL;
+    /* now = self._clock() */
+    PyObject *clock = PyObject_GetAttr(al, s_clock);
+    if (clock == NULL)
+        goto done;
+    now = clock == w->monotonic ? monotonic_now() : PyObject_CallNoArgs(clock);
+    Py_DECREF(clock);
+    if (now == NULL || (link = PyObject_GetAttr(al, s_link)) == NULL)
+        goto done;
+    PyObject *mf = PyObject_GetAttr(al, s_max_frames);
+    if (mf == NULL)
+        goto done;
+    msgs = waker_poll(link, mf, now);
+    Py_DECREF(mf);
+    if (msgs == NULL)
+        goto done;
+    int have = PyList_CheckExact(msgs) ? PyList_GET_SIZE(msgs) > 0 : PyObject_IsTrue(msgs);
+    if (have < 0)
+        goto done;
+    if (have) {
+        if ((cb = PyObject_GetAttr(al, s_on_messages)) == NULL)
+            goto done;
+        if (cb != Py_None) {
+            /* what the callback sends at once goes out with the flush below */
+            PyObject *scheduled = PyObject_GetAttr(al, s_flush_scheduled);
+            if (scheduled == NULL)
+                goto done;
+            if (PyObject_SetAttr(al, s_flush_scheduled, Py_True) < 0) {
+                Py_DECREF(scheduled);
+                goto done;
+            }
+            PyObject *r = PyObject_CallOneArg(cb, msgs);
+            Py_XDECREF(r);
+            int rc = set_in_finally(al, s_flush_scheduled, scheduled);
+            Py_DECREF(scheduled);
+            if (rc < 0)
+                goto done;
+            have = 0; /* (msgs = []) */
+        }
+    }
+    /* new credit may have arrived, or our posted buffers grew: flush now */
+    if (waker_flush(link, now) < 0)
+        goto done;
+    int blocked = attr_true(al, s_blocked);
+    if (blocked < 0)
+        goto done;
+    if (blocked) {
+        PyObject *q = PyObject_GetAttr(link, s_queued_bytes);
+        PyObject *m = q ? PyObject_GetAttr(al, s_max_queued) : NULL;
+        int le = m ? PyObject_RichCompareBool(q, m, Py_LE) : -1;
+        Py_XDECREF(q);
+        Py_XDECREF(m);
+        if (le < 0)
+            goto done;
+        if (le) {
+            if (PyObject_SetAttr(al, s_blocked, Py_False) < 0)
+                goto done;
+            PyObject *ev = PyObject_GetAttr(al, s_writable);
+            PyObject *r = ev ? PyObject_CallMethodNoArgs(ev, s_set) : NULL;
+            Py_XDECREF(ev);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+        }
+    }
+    if (have) {
+        PyObject *inbox = PyObject_GetAttr(al, s_inbox);
+        PyObject *r = inbox ? PyObject_CallMethodOneArg(inbox, s_extend, msgs) : NULL;
+        Py_XDECREF(inbox);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+        PyObject *ev = PyObject_GetAttr(al, s_inbox_ready);
+        r = ev ? PyObject_CallMethodNoArgs(ev, s_set) : NULL;
+        Py_XDECREF(ev);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+    }
+    res = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(cb);
+    Py_XDECREF(msgs);
+    Py_XDECREF(link);
+    Py_XDECREF(now);
+    Py_DECREF(al);
+    return res;
+}
+
+static PyObject *
+waker_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *alink, *mono;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_SetString(PyExc_TypeError, "Waker takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OO:Waker", &alink, &mono))
+        return NULL;
+    WakerObject *w = (WakerObject *)type->tp_alloc(type, 0);
+    if (w == NULL)
+        return NULL;
+    w->vectorcall = waker_call;
+    w->alink = Py_NewRef(alink);
+    w->monotonic = Py_NewRef(mono);
+    return (PyObject *)w;
+}
+
+static int
+waker_traverse(WakerObject *w, visitproc visit, void *arg)
+{
+    Py_VISIT(w->alink);
+    Py_VISIT(w->monotonic);
+    return 0;
+}
+
+static int
+waker_clear(WakerObject *w)
+{
+    Py_CLEAR(w->alink);
+    Py_CLEAR(w->monotonic);
+    return 0;
+}
+
+static void
+waker_dealloc(WakerObject *w)
+{
+    PyObject_GC_UnTrack(w);
+    waker_clear(w);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+static PyTypeObject WakerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xport._linkfast.Waker",
+    .tp_basicsize = sizeof(WakerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Waker(alink, monotonic): AsyncLink._on_readable in C.",
+    .tp_new = waker_new,
+    .tp_dealloc = (destructor)waker_dealloc,
+    .tp_traverse = (traverseproc)waker_traverse,
+    .tp_clear = (inquiry)waker_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(WakerObject, vectorcall),
+};
+
 static PyObject *
 init(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1986,6 +2346,8 @@ static PyMethodDef methods[] = {
     {"queue_runs", (PyCFunction)(void (*)(void))queue_runs, METH_FASTCALL,
      "queue_runs(queue, runs, credits) -> bool: AsyncLink.try_send_runs's queue entries "
      "built and appended in one call (False: inputs left to the Python loop)."},
+    {"monotonic", monotonic, METH_NOARGS,
+     "monotonic() -> float: time.monotonic() as the Waker reads it (CLOCK_MONOTONIC)."},
     {"pack_whole", (PyCFunction)(void (*)(void))pack_whole, METH_FASTCALL,
      "pack_whole(queue, buf, off, count, frame_size) -> (off, n, nbytes): pack whole "
      "queued messages into one frame (the hot path of Link._send_data_frames)."},
@@ -2013,23 +2375,31 @@ PyInit__linkfast(void)
         return NULL;
     if (PyType_Ready(&StrideTxType) < 0 || PyType_Ready(&CounterReaderType) < 0
         || PyType_Ready(&RxCopiesType) < 0 || PyType_Ready(&FlusherType) < 0
-        || PyType_Ready(&PollerType) < 0)
+        || PyType_Ready(&PollerType) < 0 || PyType_Ready(&WakerType) < 0)
         return NULL;
     for (int i = 0; i < LT_N; i++)
         if (lt_attr[i] == NULL && (lt_attr[i] = PyUnicode_InternFromString(lt_names[i])) == NULL)
+            return NULL;
+    for (int i = 0; i < ST_N; i++)
+        if (st_attr[i] == NULL && (st_attr[i] = PyUnicode_InternFromString(st_names[i])) == NULL)
             return NULL;
     struct {
         PyObject **p;
         const char *name;
     } names[] = {{&s_head_sent, "_head_sent"}, {&s_credit, "credit"},
                  {&s_posted_base, "_posted_base"}, {&s_queued_bytes, "_queued_bytes"},
-                 {&s_last_tx, "_last_tx"}, {&s_frames_out, "frames_out"},
-                 {&s_messages_out, "messages_out"}, {&s_tx_short, "tx_short"},
-                 {&s_credit_stalls, "credit_stalls"}, {&s_want_credit_only, "want_credit_only"},
+                 {&s_last_tx, "_last_tx"}, {&s_want_credit_only, "want_credit_only"},
                  {&s_send_credit_only, "_send_credit_only"}, {&s_append, "append"},
                  {&s_last_rx, "_last_rx"}, {&s_raw_runs, "raw_runs"}, {&s_raw_data, "raw_data"},
-                 {&s_frames_in, "frames_in"}, {&s_credit_only_in, "credit_only_in"},
-                 {&s_messages_in, "messages_in"}};
+                 {&s_link, "link"}, {&s_clock, "_clock"}, {&s_max_frames, "_max_frames"},
+                 {&s_closed, "closed"}, {&s_poll_c, "_poll_c"}, {&s_accelerated, "accelerated"},
+                 {&s_peer_session, "peer_session"}, {&s_poll_rest, "_poll_rest"},
+                 {&s_poll, "poll"}, {&s_on_messages, "_on_messages"},
+                 {&s_flush_scheduled, "_flush_scheduled"}, {&s_flush_c, "_flush_c"},
+                 {&s_flush, "flush"}, {&s_flush_packed, "_flush_packed"},
+                 {&s_blocked, "_blocked"}, {&s_max_queued, "_max_queued"},
+                 {&s_writable, "_writable"}, {&s_set, "set"}, {&s_inbox, "_inbox"},
+                 {&s_inbox_ready, "_inbox_ready"}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (*names[i].p == NULL && (*names[i].p = PyUnicode_InternFromString(names[i].name)) == NULL)
             return NULL;
@@ -2063,6 +2433,12 @@ PyInit__linkfast(void)
     Py_INCREF(&PollerType);
     if (PyModule_AddObject(mod, "Poller", (PyObject *)&PollerType) < 0) {
         Py_DECREF(&PollerType);
+        Py_DECREF(mod);
+        return NULL;
+    }
+    Py_INCREF(&WakerType);
+    if (PyModule_AddObject(mod, "Waker", (PyObject *)&WakerType) < 0) {
+        Py_DECREF(&WakerType);
         Py_DECREF(mod);
         return NULL;
     }
