@@ -22,6 +22,7 @@ credit state, queue, backlog, ``_flush_scheduled``, ``_blocked``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import time
@@ -367,3 +368,94 @@ def _hello_and_data() -> list[bytes]:
     for seq, msgs in enumerate(bodies, 1):
         out.append(_frame(0, len(msgs), seq, 64, 0, b"".join(msgs)))
     return out
+
+
+def test_stats_counters_beyond_the_fast_range() -> None:
+    """The Poller's in-place LinkStats additions fall back to Python's
+    arithmetic for counters C does not hold (beyond 2**62, not an int) and
+    to getattr/setattr for a stats object without those slots."""
+    from types import SimpleNamespace
+
+    for stats in (_link.LinkStats(frames_in=2**64, messages_in=2**62 - 1, credit_only_in=True),
+                  SimpleNamespace(**(asdict(_link.LinkStats()) | {"frames_in": 5}))):
+        frames = [f[:PAYLOAD] for f in _hello_and_data()]
+        be, kern, _ = make_fake(0)
+        be.statistics = lambda: BackendStats()  # type: ignore[method-assign]
+        try:
+            link = Link(be, LinkConfig(role=Role.HOST, max_frame_size=PAYLOAD), session=1)
+            link.stats = stats  # type: ignore[assignment]
+            link._poll_c = _link._Poller(link._recv_copies, stats)
+            kern.receive(frames[0])
+            link.poll()  # the HELLO: Python's loop
+            before = (stats.frames_in, stats.messages_in)
+            kern.receive(frames[1])
+            kern.receive(frames[3])
+            assert len(link.poll()) == 2  # the Poller
+            assert stats.frames_in == before[0] + 2
+            assert stats.messages_in == before[1] + 2
+            assert type(stats.frames_in) is int
+        finally:
+            be.close()
+
+
+@pytest.mark.afxdp
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_waker_over_real_afxdp(loop_kind: str) -> None:
+    """Two AsyncLinks over a veth pair, each woken by its Waker from the
+    event loop: requests, their replies queued from the callback and sent in
+    the wake-up's flush, backpressure released; nothing dropped."""
+    from conftest import afxdp_required
+
+    afxdp_required()
+    from xport._afxdp import AfXdpBackend
+    from xport._topology import VethPair
+
+    n = 300
+
+    async def main(ends: list[Any]) -> None:
+        agent = Link(ends[0], LinkConfig(role=Role.AGENT, max_queued_bytes=2000))
+        host = Link(ends[1], LinkConfig(role=Role.HOST))
+        host.raw_runs = True
+        replies: list[Any] = []
+        done = asyncio.Event()
+        ha: AsyncLink | None = None
+
+        def serve(msgs: list[Any]) -> None:
+            assert ha is not None
+            runs = [(c, [b"re:" + p for p in ps]) for c, ps in msgs if isinstance(ps, list)]
+            assert ha.try_send_runs(runs, [], sum(len(p) for _c, ps in runs for p in ps))
+
+        def got(msgs: list[Any]) -> None:
+            replies.extend(m for m in msgs if isinstance(m, Data))
+            if len(replies) >= n:
+                done.set()
+
+        ha = AsyncLink(host, on_messages=serve)
+        aa = AsyncLink(agent, on_messages=got)
+        assert type(ha._reader) is _link._Waker and type(aa._reader) is _link._Waker
+        try:
+            for i in range(n):
+                while not aa.try_send_data(1 + i % 3, b"req%d" % i):
+                    await aa.drain()  # the agent's queue is small: backpressure
+            await asyncio.wait_for(done.wait(), 10)
+        finally:
+            ha.close()
+            aa.close()
+        by_conn: dict[int, list[bytes]] = {}
+        for m in replies:
+            by_conn.setdefault(m.conn_id, []).append(bytes(m.payload))
+        for c in (1, 2, 3):
+            assert by_conn[c] == [b"re:req%d" % i for i in range(n) if 1 + i % 3 == c]
+        assert agent.stats.dropped == {} and host.stats.dropped == {}
+        assert host.stats.messages_in >= n and host.stats.messages_out >= n
+
+    with VethPair(queues=1) as pair, contextlib.ExitStack() as st:
+        assert pair.agent is not None and pair.host is not None
+        ends = [st.enter_context(AfXdpBackend.open(e.ifname, 0, frame_count=512,
+                                                   rx_size=256, tx_size=256))
+                for e in (pair.agent, pair.host)]
+        if loop_kind == "uvloop":
+            uvloop = pytest.importorskip("uvloop")
+            uvloop.run(main(ends))
+        else:
+            asyncio.run(main(ends))
