@@ -262,7 +262,8 @@ class Connection(asyncio.Protocol):
             self._update_reading()
 
     def host_data(self, payload: bytes | bytearray | memoryview, header_length: int = 0) -> None:
-        """A DATA from the host: one reply message for the client."""
+        """A DATA from the host: a reply message for the client (with
+        msgpack-rpc, possibly several joined: HostConfig.coalesce_replies)."""
         state = self.state
         if state is not S.OPEN:
             if TRANSITIONS[state][E.HOST_DATA][0] is not A.WRITE:

@@ -120,6 +120,37 @@ RawRun = tuple[int, list[bytes]]
 RunFinish = Callable[[list[bytes], list[bytes], int], tuple[int, int, int]]
 
 
+#: framers whose replies the agent writes as they are (no framing added) and
+#: whose messages delimit themselves: their replies may be joined (coalesce)
+_SELF_DELIMITING_FRAMERS = frozenset({"msgpack-rpc"})
+
+
+def coalesce(payloads: list[bytes], limit: int) -> list[bytes]:
+    """``payloads`` joined, in order, into as few messages as a greedy pass
+    makes of at most ``limit`` bytes each: each message takes the next
+    payloads while their total fits; a payload longer than ``limit`` is a
+    message of its own. The concatenation never changes. ``payloads``
+    itself when nothing joins (``limit`` <= 0, or no two neighbours fit).
+    The run engine (mux_rpc/_rpcfast.c ``coalesce_list``) does the same."""
+    if limit <= 0 or len(payloads) < 2:
+        return payloads
+    out: list[bytes] = []
+    cur: list[bytes] = []
+    size = 0
+    for p in payloads:
+        n = len(p)
+        if cur and size + n <= limit:
+            cur.append(p)
+            size += n
+            continue
+        if cur:
+            out.append(cur[0] if len(cur) == 1 else b"".join(cur))
+        cur = [p]
+        size = n
+    out.append(cur[0] if len(cur) == 1 else b"".join(cur))
+    return payloads if len(out) == len(payloads) else out
+
+
 class RunSpec(NamedTuple):
     """What the run engine (``mux_rpc/_rpcfast.c``, :meth:`Host._on_batch`)
     needs to serve a connection's runs in C: set by the server with its batch
@@ -196,9 +227,20 @@ class HostConfig:
     the agent holds more than that, credit goes back at half a window or when
     the agent is out of message credit (:func:`inline_grant_rule`)."""
 
+    coalesce_replies: int = 1024
+    """Bytes: the replies a msgpack-rpc connection's run of calls gets at
+    once go to the agent joined into DATA messages of up to this size
+    (:func:`coalesce`; at most ``max_message_size`` of the agent), one per
+    run usually instead of one per reply. msgpack values delimit
+    themselves and the agent writes msgpack-rpc DATA to the client as it
+    comes, so the client reads the same bytes. 0: one DATA per reply. The
+    default keeps a joined DATA within one link frame."""
+
     def __post_init__(self) -> None:
         if self.window_messages < 1 or self.window_bytes < 1:
             raise ValueError("windows must be positive")
+        if self.coalesce_replies < 0:
+            raise ValueError("coalesce_replies must be >= 0")
         if self.window_bytes < self.max_message_size:
             raise ValueError(
                 f"window_bytes ({self.window_bytes}) must be >= max_message_size "
@@ -343,7 +385,8 @@ class OffloadConnection:
     # _rx_waiter of every run it serves, in place, as it does the windows'
     __slots__ = ("conn_id", "peer", "framer", "queue", "auto_consume", "_host", "_state",
                  "_loop", "_rx", "_rx_waiter", "_recv_busy", "_rwin", "_swin", "_send_lock",
-                 "_send_waiter", "_hook", "_batch_hook", "_fast", "_cause", "_done", "_opened")
+                 "_send_waiter", "_hook", "_batch_hook", "_fast", "_coalesce", "_cause", "_done",
+                 "_opened")
 
     def __init__(self, host: Host, conn_id: int, peer: tuple[str, int] | None, framer: str,
                  state: ConnState, *, auto_consume: bool = False) -> None:
@@ -374,6 +417,9 @@ class OffloadConnection:
         # connection's and the limits' objects that never change (see
         # set_batch_hook); None: not served by the engine
         self._fast: tuple[Any, ...] | None = None
+        # HostConfig.coalesce_replies for a framer whose replies may be joined
+        self._coalesce = (cfg.coalesce_replies if framer.split(":", 1)[0].strip()
+                          in _SELF_DELIMITING_FRAMERS else 0)
         self._cause: tuple[str, str] | None = None
         self._done = self._loop.create_future()  # set when CLOSED/BROKEN
         self._opened = self._loop.create_future()  # CONNECTING -> OPEN
@@ -517,7 +563,18 @@ class OffloadConnection:
         else:
             lim = fast.limits
             self._fast = (*fast, self._rwin, self._swin, self._rx, self._send_lock,
-                          lim._waiters, lim._by_conn, lim.total, lim.per_connection)
+                          lim._waiters, lim._by_conn, lim.total, lim.per_connection,
+                          self._coalesce)
+
+    def coalesce_replies(self, payloads: list[bytes]) -> list[bytes]:
+        """``payloads`` (replies, in order) as the DATA messages to send them
+        in: joined up to ``HostConfig.coalesce_replies`` bytes each (and the
+        agent's maximum message size) on a connection whose framer allows
+        it (msgpack-rpc), else as they are. See :func:`coalesce`."""
+        limit = self._coalesce
+        if not limit or len(payloads) < 2:
+            return payloads
+        return coalesce(payloads, min(limit, self._host.max_send_size))
 
     def send_nowait(self, payload: bytes) -> bool:
         """Send ``payload`` at once if nothing waits to send on this connection

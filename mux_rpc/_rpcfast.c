@@ -1239,6 +1239,73 @@ barrier_conn(EngineObject *e, PyObject *conn)
 
 /* _deliver_run's window update of a run of k messages (nb bytes), from the
  * outstanding counts read before it (om, ob), if *owed; then not owed. */
+/* The end of the message that starts at list[i] (items of bytes): it takes
+ * the next items while their total stays within limit, at least one; *size:
+ * its length. The one rule of coalesce_list's two passes. */
+static Py_ssize_t
+chunk_end(PyObject *list, Py_ssize_t i, Py_ssize_t n, Py_ssize_t limit, Py_ssize_t *size)
+{
+    Py_ssize_t total = PyBytes_GET_SIZE(PyList_GET_ITEM(list, i));
+    for (i++; i < n; i++) {
+        Py_ssize_t k = PyBytes_GET_SIZE(PyList_GET_ITEM(list, i));
+        if (limit <= 0 || total + k > limit)
+            break;
+        total += k;
+    }
+    *size = total;
+    return i;
+}
+
+/* mux_rpc._offload.coalesce: the bytes of list joined, in order, into as few
+ * messages of at most limit bytes as a greedy pass makes (one longer than
+ * limit alone; limit <= 0: none joined). A new list, or list itself (a new
+ * reference) when nothing joins; *longest: the longest message. NULL: an
+ * exception (an item that is not bytes). */
+static PyObject *
+coalesce_list(PyObject *list, Py_ssize_t limit, Py_ssize_t *longest)
+{
+    Py_ssize_t n = PyList_GET_SIZE(list), chunks = 0, size, mx = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *p = PyList_GET_ITEM(list, i);
+        if (!PyBytes_CheckExact(p)) {
+            PyErr_Format(PyExc_TypeError, "coalesce: payload %zd is %.100s, not bytes", i,
+                         Py_TYPE(p)->tp_name);
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; chunks++) {
+        i = chunk_end(list, i, n, limit, &size);
+        if (size > mx) mx = size;
+    }
+    *longest = mx;
+    if (chunks == n)
+        return Py_NewRef(list);
+    PyObject *out = PyList_New(chunks);
+    if (out == NULL) return NULL;
+    Py_ssize_t i = 0;
+    for (Py_ssize_t c = 0; c < chunks; c++) {   /* the same chunks: list[i:j] */
+        Py_ssize_t j = chunk_end(list, i, n, limit, &size);
+        PyObject *m;
+        if (j == i + 1)
+            m = Py_NewRef(PyList_GET_ITEM(list, i));
+        else if ((m = PyBytes_FromStringAndSize(NULL, size)) != NULL) {
+            char *d = PyBytes_AS_STRING(m);
+            for (Py_ssize_t t = i; t < j; t++) {
+                PyObject *p = PyList_GET_ITEM(list, t);
+                memcpy(d, PyBytes_AS_STRING(p), (size_t)PyBytes_GET_SIZE(p));
+                d += PyBytes_GET_SIZE(p);
+            }
+        }
+        if (m == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, c, m);
+        i = j;
+    }
+    return out;
+}
+
 static int
 deliver_window(PyObject *rwin, int *owed, long long om, long long ob, Py_ssize_t k,
                long long nb)
@@ -1272,9 +1339,10 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
     if (tmp != e->open_state) goto leave;
     GET(fast, conn, s_fast);
     /* conn._fast: the RunSpec's (core, limits, key, stats, finish), then the
-     * connection's rwin, swin, rx, send_lock and the limits' waiters, by_conn,
-     * total, per_connection (objects that never change; see set_batch_hook) */
-    if (!PyTuple_CheckExact(fast) || PyTuple_GET_SIZE(fast) != 13) goto leave;   /* None */
+     * connection's rwin, swin, rx, send_lock, the limits' waiters, by_conn,
+     * total, per_connection, and its coalesce limit (objects that never
+     * change; see set_batch_hook) */
+    if (!PyTuple_CheckExact(fast) || PyTuple_GET_SIZE(fast) != 14) goto leave;   /* None */
     CoreObject *core = (CoreObject *)PyTuple_GET_ITEM(fast, 0);
     PyObject *limits = PyTuple_GET_ITEM(fast, 1), *key = PyTuple_GET_ITEM(fast, 2);
     PyObject *sstats = PyTuple_GET_ITEM(fast, 3), *rx = PyTuple_GET_ITEM(fast, 7);
@@ -1282,7 +1350,8 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
     rwin = PyTuple_GET_ITEM(fast, 5);   /* all borrowed: fast is held to the end */
     if (Py_TYPE(core) != &Core_Type || core->methods == NULL || !PyDict_Check(by_conn)
         || !PyLong_CheckExact(PyTuple_GET_ITEM(fast, 11))
-        || !PyLong_CheckExact(PyTuple_GET_ITEM(fast, 12)))
+        || !PyLong_CheckExact(PyTuple_GET_ITEM(fast, 12))
+        || !PyLong_CheckExact(PyTuple_GET_ITEM(fast, 13)))
         goto leave;
     k = PyList_GET_SIZE(run);
     long long mx = 0;
@@ -1346,6 +1415,21 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
             nbr += n;
             if (n > mxr) mxr = n;
         }
+        if (b->max_send < 0 && geti(b->host, s_max_send_size, &b->max_send) < 0)
+            goto error;
+        msx = b->max_send;
+        /* OffloadConnection.coalesce_replies: the DATA messages they go in */
+        long long climit = PyLong_AsLongLong(PyTuple_GET_ITEM(fast, 13));
+        if (climit == -1 && PyErr_Occurred()) goto error;
+        if (climit > 0 && kr > 1) {
+            Py_ssize_t longest;
+            PyObject *joined = coalesce_list(replies, (Py_ssize_t)(climit < msx ? climit : msx),
+                                             &longest);
+            if (joined == NULL) goto error;
+            Py_SETREF(replies, joined);
+            kr = PyList_GET_SIZE(replies);
+            mxr = longest;
+        }
         GET(tmp, conn, s_state);
         if (tmp != e->open_state) goto tail;
         Py_XSETREF(tmp, PyObject_GetAttr(PyTuple_GET_ITEM(fast, 8), s_locked));   /* Lock.locked() */
@@ -1354,9 +1438,6 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
         if (locked < 0) goto error;
         if (locked) goto tail;
         PyObject *swin = PyTuple_GET_ITEM(fast, 6);
-        if (b->max_send < 0 && geti(b->host, s_max_send_size, &b->max_send) < 0)
-            goto error;
-        msx = b->max_send;
         if (geti(swin, s_messages, &sm) < 0 || geti(swin, s_bytes, &sb) < 0)
             goto error;
         if (kr > sm || nbr > sb || mxr > msx) goto tail;
@@ -1764,7 +1845,22 @@ mod_unpackb(PyObject *mod, PyObject *data)
     return r;
 }
 
+static PyObject *
+mod_coalesce(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "coalesce(payloads: list[bytes], limit: int)");
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[1]), longest;
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    return coalesce_list(args[0], limit, &longest);
+}
+
 static PyMethodDef module_methods[] = {
+    {"coalesce", (PyCFunction)(void (*)(void))mod_coalesce, METH_FASTCALL,
+     "coalesce(payloads, limit) -> list: mux_rpc._offload.coalesce as the run engine "
+     "does it (payloads: a list of bytes)."},
     {"packb", mod_packb, METH_O,
      "packb(obj) -> bytes, as msgpack.packb(obj, use_bin_type=True); None when this "
      "encoder leaves obj to msgpack."},

@@ -336,6 +336,9 @@ class Server:
         limits, stats = self.limits, self.stats
         many = self.dispatcher.dispatch_many
         send_many = conn.send_many_nowait
+        # the replies of a run as the DATA messages to send (joined where the
+        # connection allows it); the run engine does the same in C
+        coalesce = getattr(conn, "coalesce_replies", None)
         waiters, by_conn = limits._waiters, limits._by_conn
         total, per_conn = limits.total, limits.per_connection
 
@@ -364,14 +367,16 @@ class Server:
             stats.messages += stop
             if not replies:
                 return stop, 0, 0
+            if coalesce is not None:
+                replies = coalesce(replies)
             sent = send_many(replies)
             late = len(replies) - sent
             if not late:
                 return stop, 0, 0
             # the agent's window is full (or a reply waits): the rest go from
             # tasks, in order, each holding the credit of one request (the
-            # last ones handled: replies carry no request index; the run's
-            # total credit is exact either way)
+            # last ones handled: replies carry no request index, and a joined
+            # one stands for several; the run's total credit is exact either way)
             held = payloads[stop - late:stop]
             owned_bytes = 0
             for reply, request in zip(replies[sent:], held, strict=True):

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import struct
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+import msgpack
 
 import framing
 from mux_rpc._loadgen import (
@@ -156,3 +159,31 @@ def test_nvme_pdu_handler_offloaded(host: HostProcess) -> None:
     assert stats["host"]["protocol_errors"] == 0
     assert stats["agent"]["messages_to_host"] == stats["host"]["messages_in"]
     assert host.info["backend"] == "afxdp"
+
+
+@pytest.mark.afxdp
+def test_pipelined_calls_come_back_joined_and_whole(host: HostProcess) -> None:
+    # raw bytes, as any msgpack-rpc client sends them: 8 calls in one write.
+    # The host joins the run's replies into fewer DATA messages
+    # (HostConfig.coalesce_replies); the client still reads 8 whole responses
+    def call(s: socket.socket, calls: list[Any]) -> list[Any]:
+        s.sendall(b"".join(msgpack.packb(c) for c in calls))
+        got: list[Any] = []
+        stream = msgpack.Unpacker()
+        while len(got) < len(calls):
+            data = s.recv(65536)
+            assert data, f"connection closed after {len(got)} responses"
+            stream.feed(data)
+            got.extend(stream)
+        return got
+
+    with socket.create_connection(("127.0.0.1", host.info["ports"]["kv"]), timeout=10) as s:
+        # the first call: the server picks the connection up (its calls are
+        # served on the receive path from then on)
+        assert call(s, [[0, 1, "echo", []]]) == [[1, 1, None, []]]
+        before = host.stats()["host"]["messages_out"]
+        calls = [[0, 100 + i, "echo", ["x" * i, i]] for i in range(8)]
+        got = call(s, calls)
+        sent = host.stats()["host"]["messages_out"] - before
+    assert sorted(got) == [[1, 100 + i, None, ["x" * i, i]] for i in range(8)]
+    assert 1 <= sent < len(calls)

@@ -131,8 +131,13 @@ class Rig:
         await settle()
 
     def replies(self, cid: int) -> list[Any]:
-        return [msgpack.unpackb(m.payload) for m in self.agent.of_type(P.Data)
-                if isinstance(m, P.Data) and m.conn_id == cid]
+        """The values the client would read: a DATA may carry several joined
+        replies (HostConfig.coalesce_replies)."""
+        stream = msgpack.Unpacker()
+        for m in self.agent.of_type(P.Data):
+            if isinstance(m, P.Data) and m.conn_id == cid:
+                stream.feed(m.payload)
+        return list(stream)
 
     def granted(self, cid: int) -> tuple[int, int]:
         cs = [m for m in self.agent.of_type(P.Credit)
@@ -199,7 +204,10 @@ def test_runs_mixing_connections_and_control_messages() -> None:
         assert notes == ["n"]
         assert credit == sent and buffered == [(0, 0)] * 3
         assert inline == (4 + 2 + 4 + 8 if raw else 0)  # the runs went through dispatch_many
-        return out, credit, stats.messages_in, stats.bytes_in, stats.messages_out
+        # a run's replies go joined (HostConfig.coalesce_replies): one DATA
+        # per run of 5 (three), 7, the run of one of 6, and 6's task-path call
+        assert stats.messages_out == (6 if raw else 19)
+        return out, credit, stats.messages_in, stats.bytes_in, stats.bytes_out
 
     run_both(scenario)
 
@@ -330,11 +338,13 @@ def _watch_peak(limits: InflightLimits) -> list[int]:
     return peak
 
 
+@pytest.mark.parametrize("coalesce", [0, 12])
 @pytest.mark.parametrize("per_connection", [2, 3, 8])
-def test_late_replies_hold_slots_within_the_limits(per_connection: int) -> None:
+def test_late_replies_hold_slots_within_the_limits(per_connection: int, coalesce: int) -> None:
     async def scenario(raw: bool) -> Any:
         rig = await Rig.start(raw, ServerConfig(max_inflight_per_connection=per_connection),
-                              HostConfig(window_messages=16, credit_delay=0.005))
+                              HostConfig(window_messages=16, credit_delay=0.005,
+                                         coalesce_replies=coalesce))
         peak = _watch_peak(rig.server.limits)
         await rig.connect(5, 6)
         conn: OffloadConnection = rig.host._conns[5]
@@ -349,12 +359,17 @@ def test_late_replies_hold_slots_within_the_limits(per_connection: int) -> None:
         out: list[Any] = [held, [r[1] for r in rig.replies(5)], len(rig.replies(6)), conn.buffered,
                rig.server.limits.inflight(), rig.granted(5), peak[0]]
         await rig.finish()
-        assert held[2] == [0]  # one reply went at once; the rest wait for credit
-        assert held[0][0] == 5  # and keep their request's credit meanwhile
+        # one DATA went at once; the rest wait for credit, each keeping a
+        # request's credit meanwhile. Joined, a DATA holds two 5-byte replies:
+        # only a run served whole (raw, and the limits have room for all 6),
+        # since message by message each reply goes alone
+        joined = raw and coalesce and per_connection >= 6
+        assert held[2] == ([0, 1] if joined else [0])
+        assert held[0][0] == (2 if joined else 5)
         assert out[1] == list(range(6)) and out[2] == 3  # every reply, in order
         assert out[3] == (0, 0) and out[4] == 0 and out[5] == (6, nbytes(*reqs))
         assert out[6] <= per_connection
-        return out
+        return out[1:6]
 
     run_both(scenario)
 
