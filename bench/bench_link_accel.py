@@ -186,6 +186,163 @@ def measure_wakeup(size: int, seconds: float, batch: int, conns: int = 2) -> dic
         }
 
 
+def measure_waker(size: int, seconds: float, batch: int, conns: int = 2) -> dict[str, float]:
+    """One run: the host's whole wake-up as the event loop calls it, the
+    Python ``AsyncLink._on_readable`` and the C ``Waker`` alternated round
+    by round over the same real AF_XDP veth pair: us per wake-up (median)
+    and process CPU per request/reply round, for each."""
+    import asyncio
+    import contextlib
+    import select
+
+    from xport import _link
+    from xport._afxdp import AfXdpBackend
+    from xport._link import AsyncLink, Link, LinkConfig
+    from xport._protocol import Role
+    from xport._topology import VethPair
+
+    async def run(a: Any, h: Any) -> dict[str, float]:
+        count = [0]
+        al: Any = None
+
+        def serve(msgs: list[Any]) -> None:  # the run engine's shape: one reply per request
+            n = sum(len(p) for _c, p in msgs)
+            count[0] += n
+            al.try_send_runs(msgs, [], n * size)
+
+        al = AsyncLink(h, on_messages=serve)
+        al._loop.remove_reader(h.fileno())  # called here, not by the loop
+        waker = al._reader
+        assert type(waker) is _link._Waker, "the C Waker is not in use"
+        pa, ph = select.poll(), select.poll()
+        pa.register(a.fileno(), select.POLLIN)
+        ph.register(h.fileno(), select.POLLIN)
+        payload = bytes(size)
+        clock, cpu = time.perf_counter_ns, time.process_time_ns
+        # True: the Waker, False: _on_readable
+        times: dict[bool, list[int]] = {True: [], False: []}
+        cpus: dict[bool, int] = {True: 0, False: 0}
+        roundtrips: dict[bool, int] = {True: 0, False: 0}
+        rounds = 0
+        deadline = clock() + int(seconds * 1e9)
+        while clock() < deadline:
+            c_side = rounds % 2 == 0
+            rounds += 1
+            reader = waker if c_side else al._on_readable
+            c0 = cpu()
+            for i in range(batch):
+                a.send_data(1 + i % conns, payload)
+            a.flush()
+            count[0] = 0
+            while count[0] < batch:
+                ph.poll(1000)
+                t0 = clock()
+                reader()
+                times[c_side].append(clock() - t0)
+            back = 0
+            while back < batch:
+                pa.poll(1000)
+                back += len(a.poll(64))
+            cpus[c_side] += cpu() - c0
+            roundtrips[c_side] += 1
+        al.close()
+        assert a.stats.dropped == {} and h.stats.dropped == {}, (a.stats, h.stats)
+        return {
+            "waker": statistics.median(times[True]) / 1e3,
+            "python": statistics.median(times[False]) / 1e3,
+            "waker_cycle_cpu": cpus[True] / roundtrips[True] / 1e3,
+            "python_cycle_cpu": cpus[False] / roundtrips[False] / 1e3,
+            "wakeups": float(len(times[True]) + len(times[False])),
+        }
+
+    with contextlib.ExitStack() as st:
+        pair = st.enter_context(VethPair(queues=1))
+        assert pair.agent is not None and pair.host is not None
+        ends = [st.enter_context(AfXdpBackend.open(e.ifname, 0, frame_count=512,
+                                                   rx_size=256, tx_size=256))
+                for e in (pair.agent, pair.host)]
+        a = Link(ends[0], LinkConfig(role=Role.AGENT))
+        h = Link(ends[1], LinkConfig(role=Role.HOST))
+        h.raw_runs = True
+        pa, ph = select.poll(), select.poll()
+        pa.register(a.fileno(), select.POLLIN)
+        ph.register(h.fileno(), select.POLLIN)
+        for _ in range(200):  # handshake (§3.1)
+            a.flush(), h.flush()
+            ph.poll(5), h.poll(), pa.poll(5), a.poll()
+            if a.established and h.established:
+                break
+        assert a.established and h.established
+        return asyncio.run(run(a, h))
+
+
+def measure_waker_fake(batch: int, size: int, rounds: int = 20000) -> dict[str, float]:
+    """The same without a kernel: the host link over the fake AF_XDP rings of
+    tests/xport/test_umem_rings (frames written into its RX ring, replies
+    taken from its TX ring between wake-ups): what the two readers cost
+    themselves, us per wake-up (median), alternated wake-up by wake-up."""
+    import asyncio
+
+    sys.path[:0] = [str(REPO / "tests" / "xport"), str(REPO / "tests")]  # the test rig
+    from test_link_fast_frames import _frame
+    from test_umem_rings import PAYLOAD, make_fake
+
+    from xport import _link
+    from xport._backend import BackendStats
+    from xport._link import AsyncLink, Link, LinkConfig
+    from xport._protocol import Data, Hello, Role, encode
+
+    be, kern, _ = make_fake(0, n_rx=8, n_tx=8, rx_ring=8, tx_ring=8)
+    be.statistics = lambda: BackendStats()  # type: ignore[method-assign]  # no kernel
+    rfd, wfd = os.pipe()  # a descriptor for add_reader (the fake rings have none)
+    be.fileno = lambda: rfd  # type: ignore[method-assign]
+
+    async def run() -> dict[str, float]:
+        h = Link(be, LinkConfig(role=Role.HOST, max_frame_size=PAYLOAD), session=1)
+        h.raw_runs = True
+        al: Any = None
+
+        def serve(msgs: list[Any]) -> None:
+            n = sum(len(p) for _c, p in msgs)
+            al.try_send_runs(msgs, [], n * size)
+
+        al = AsyncLink(h, on_messages=serve)
+        al._loop.remove_reader(rfd)
+        assert type(al._reader) is _link._Waker, "the C Waker is not in use"
+        kern.receive(_frame(0, 1, 0, 1 << 20, 0,
+                            encode(Hello(Role.AGENT, session=7, peer_session=1))))
+        al._on_readable()
+        kern.transmit(8)
+        msgs = [encode(Data(1 + i % 2, bytes(size))) for i in range(batch)]
+        per = max(1, (PAYLOAD - 64) // len(msgs[0]))  # messages per frame
+        bodies = [msgs[i:i + per] for i in range(0, batch, per)]
+        assert len(bodies) <= 8, "--batch too large for the fake RX ring"
+        times: dict[bool, list[int]] = {True: [], False: []}
+        clock = time.perf_counter_ns
+        seq = 1
+        for rnd in range(rounds):
+            c_side = rnd % 2 == 0
+            reader = al._reader if c_side else al._on_readable
+            for b in bodies:
+                assert kern.receive(_frame(0, len(b), seq, (1 << 20) + seq, 0, b"".join(b)))
+                seq += 1
+            t0 = clock()
+            reader()
+            times[c_side].append(clock() - t0)
+            kern.transmit(8)
+        al.close()
+        assert h.stats.dropped == {} and h.stats.messages_out >= rounds * batch, h.stats
+        return {"fake_waker": statistics.median(times[True]) / 1e3,
+                "fake_python": statistics.median(times[False]) / 1e3}
+
+    try:
+        return asyncio.run(run())
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+        be.close()
+
+
 def run_modes(
     argv: list[str], modes: dict[str, tuple[bool, str]], runs: int, timeout: float,
     extra_env: dict[str, dict[str, str]] | None = None,
@@ -230,6 +387,10 @@ def main() -> int:
     ap.add_argument("--steps", action="store_true",
                     help="with --wakeup: every other round of the c runs with the host "
                          "link's one-call poll and flush (Poller, Flusher) off, paired")
+    ap.add_argument("--waker", action="store_true",
+                    help="with --wakeup: the whole wake-up as the event loop calls it, "
+                         "AsyncLink._on_readable (Python) against the C Waker, alternated "
+                         "round by round in each run")
     ap.add_argument("--base", default="", help="with --wakeup: also run this tree (before)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -261,8 +422,14 @@ def wakeup_main(a: argparse.Namespace) -> int:
     batch = a.batch or 4
     if a.worker:
         sys.path.insert(0, os.environ.get("BENCH_TREE") or str(REPO))
-        print(json.dumps(measure_wakeup(a.size, a.seconds, batch, a.conns)))
+        fn = measure_waker if a.waker else measure_wakeup
+        res = fn(a.size, a.seconds, batch, a.conns)
+        if a.waker:
+            res |= measure_waker_fake(batch, a.size)
+        print(json.dumps(res))
         return 0
+    if a.waker:
+        return waker_main(a, batch)
     argv = [sys.executable, __file__, "--wakeup", "--worker", "--size", str(a.size),
             "--batch", str(batch), "--seconds", str(a.seconds), "--conns", str(a.conns)]  # fmt: skip
     modes = {"pure": (True, str(REPO)), "c": (False, str(REPO))}
@@ -290,6 +457,30 @@ def wakeup_main(a: argparse.Namespace) -> int:
             on = statistics.median(r[key] for r in res["c"])
             off = statistics.median(r["steps_" + key] for r in res["c"])
             print(f"{key:7}{on:9.2f}{off:9.2f}{off / on:9.2f}")
+    return 0
+
+
+def waker_main(a: argparse.Namespace, batch: int) -> int:
+    """--wakeup --waker: each run alternates the two readers round by round."""
+    argv = [sys.executable, __file__, "--wakeup", "--waker", "--worker", "--size", str(a.size),
+            "--batch", str(batch), "--seconds", str(a.seconds), "--conns", str(a.conns)]
+    res = run_modes(argv, {"c": (False, str(REPO))}, a.runs, 120)
+    if res is None:
+        return 1
+    rs = res["c"]
+    print(f"AF_XDP host wake-up as the event loop calls it, {a.size}-byte DATA, {batch} per "
+          f"batch over {a.conns} connections, one reply each, {a.runs} runs of {a.seconds}s "
+          "(readers alternated round by round), median of the runs' medians")
+    print(f"{'':11}{'python':>9}{'waker':>9}{'py/waker':>10}")
+    for key, label in (("python", "wakeup us"), ("python_cycle_cpu", "cycle_cpu"),
+                       ("fake_python", "no kernel")):
+        py = statistics.median(r[key] for r in rs)
+        c = statistics.median(r[key.replace("python", "waker")] for r in rs)
+        print(f"{label:11}{py:9.2f}{c:9.2f}{py / c:10.2f}")
+    print("per run (python/waker, wakeup): "
+          + " ".join(f"{r['python'] / r['waker']:.2f}" for r in rs))
+    print("no kernel: the host link over tests/xport's fake AF_XDP rings (no syscall, no "
+          "peer), us per wake-up")
     return 0
 
 
