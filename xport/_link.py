@@ -179,6 +179,8 @@ _queue_runs: Callable[[deque[Any], Any, Any], bool] | None = (
 _Flusher: Any = getattr(_linkfast, "Flusher", None) if ACCELERATED else None
 _Poller: Any = getattr(_linkfast, "Poller", None) if ACCELERATED else None
 _Waker: Any = getattr(_linkfast, "Waker", None) if ACCELERATED else None
+# the clock the Waker reads itself (CLOCK_MONOTONIC) when an AsyncLink's clock is it
+_MONOTONIC = time.monotonic
 
 
 # the slot setters of Data and Credit: the Python loop of Link.poll builds
@@ -1182,7 +1184,7 @@ class AsyncLink:
         reader: Callable[[], None] = self._on_readable
         if (_Waker is not None and link.accelerated and type(link) is Link
                 and type(self)._on_readable is AsyncLink._on_readable):  # fmt: skip
-            reader = _Waker(self, time.monotonic)
+            reader = _Waker(self, _MONOTONIC)
         self._reader = reader
         self._loop.add_reader(link.fileno(), reader)
         self._timer = self._loop.call_later(self._timer_interval(), self._on_timer)
