@@ -1025,6 +1025,7 @@ class Host:
         # the run engine (mux_rpc/_rpcfast.c): each received batch's runs on
         # the fast path in C, one call per batch; the rest in _on_batch's loop
         self._engine: Callable[[int, list[Any]], list[Any]] | None = None
+        self._run_engine: Any = None
         senders = [getattr(p, "run_sender", None) for p in self._ports]
         if run_engine is None:
             run_engine = _rpcfast is not None and all(s is not None for s in senders)
@@ -1032,10 +1033,11 @@ class Host:
             if _rpcfast is None or not all(s is not None for s in senders):
                 raise RuntimeError("the run engine needs mux_rpc._rpcfast (scripts/setup.sh, "
                                    "MUX_RPC_PURE_PYTHON unset) and ports with run_sender()")
-            self._engine = _rpcfast.RunEngine(
+            self._run_engine = _rpcfast.RunEngine(
                 self, [s() for s in senders if s is not None], _OPEN, P.Credit,
                 (P.Data, P.Closed, P.Eof, P.Connected, P.Error, P.NewConnection),
-                (P.Keepalive,)).run
+                (P.Keepalive,))
+            self._engine = self._run_engine.run
 
     def _announce_window(self) -> None:
         """Managed links announce the window in their HELLO (§3.1): make it
@@ -1075,7 +1077,7 @@ class Host:
             if set_receiver is not None:
                 # batches are handled on the link's read callback (no task
                 # hop); the reader task then only notices the link's end
-                set_receiver(functools.partial(self._on_batch, q))
+                set_receiver(self._receiver(q))
             self._tasks.append(loop.create_task(self._reader(q, port), name=f"host-rx-{q}"))
             self._tasks.append(loop.create_task(self._writer(q, port), name=f"host-tx-{q}"))
         if self._run_timer:
@@ -1331,29 +1333,47 @@ class Host:
                 return
             self._on_batch(q, msgs)
 
+    def _receiver(self, q: int) -> Callable[[list[Any]], None]:
+        """What handles queue ``q``'s batches on the link's read callback:
+        ``_on_batch`` - in C when the run engine is this host's own
+        (``RunEngine.receiver``: no Python frame per batch)."""
+        run_engine = self._run_engine
+        if run_engine is not None and self._engine == run_engine.run:
+            return run_engine.receiver(q)  # type: ignore[no-any-return]
+        return functools.partial(self._on_batch, q)
+
     def _on_batch(self, q: int, msgs: Sequence[P.Message | RawRun]) -> None:
         """One received batch of queue ``q``: from the reader task, or straight
-        from the link's read callback when the port takes a receiver."""
+        from the link's read callback when the port takes a receiver (then,
+        with the run engine, its C twin: ``RunEngine.receiver(q)``)."""
         if self._closed:
             return
         self._last_rx = self._clock()
         engine = self._engine
-        stopped: BaseException | None = None
         if engine is not None:
             # every run on the fast path handled in C; the rest, in order, below
             left: Any = engine(q, msgs)  # type: ignore[arg-type]
             if self._credit_dirty and self._credit_timer is None:
                 self._start_credit_timer()  # the engine held credit back (_consumed_inline)
-            if left.__class__ is tuple:
-                # an exception that is not an Exception (it passes the loop's
-                # excepts) stopped the engine: what it left before it goes
-                # on below, as in the chain; then it propagates
-                left, stopped = left
-            if not left:
-                if stopped is not None:
-                    raise stopped
-                return
-            msgs = left
+            if left.__class__ is tuple or left:
+                self._on_batch_left(q, left)
+            return
+        self._on_batch_loop(q, msgs)
+
+    def _on_batch_left(self, q: int, left: Any) -> None:
+        """What the run engine left of a batch (a list), in order; or
+        ``(left, exc)``: an exception that is not an Exception (it passes
+        the loop's excepts) stopped the engine - what it left before it goes
+        through the loop, as in the chain, then it propagates."""
+        stopped: BaseException | None = None
+        if left.__class__ is tuple:
+            left, stopped = left
+        if left:
+            self._on_batch_loop(q, left)
+        if stopped is not None:
+            raise stopped
+
+    def _on_batch_loop(self, q: int, msgs: Sequence[P.Message | RawRun]) -> None:
         # the batch: DATA for OPEN connections (_on_message's hot path) inline;
         # a run of consecutive raw DATA of one connection (the link groups
         # them: Link.raw_runs) in one call (_deliver_run): per connection,
@@ -1383,8 +1403,6 @@ class Host:
                 self._on_message(q, m)  # type: ignore[arg-type]
             except Exception:  # a bug in one message's handling must not kill the link
                 self._message_failed(m)
-        if stopped is not None:
-            raise stopped
 
     def _message_failed(self, m: object) -> None:
         self.stats.protocol_errors += 1

@@ -1003,7 +1003,8 @@ static PyObject *s_conns, *s_stats, *s_outboxes, *s_items, *s_credit_dirty, *s_s
     *s_bytes_out, *s_credits_sent, *s_max_send_size, *s_ltotal,
     *s_run_tail, *s_data_failed, *s_outbox_runs,
     *s_add_credit, *s_message_failed, *s_hook, *s_batch_hook,
-    *s_send_waiter, *s_swin, *s_max_window, *s_credits_received;
+    *s_send_waiter, *s_swin, *s_max_window, *s_credits_received,
+    *s_closed, *s_clock, *s_last_rx, *s_credit_timer, *s_start_credit_timer, *s_on_batch_left;
 
 typedef struct {
     PyObject_HEAD
@@ -1792,10 +1793,137 @@ Engine_dealloc(EngineObject *e)
     PyObject_GC_Del(e);
 }
 
+/* ---- the receiver: Host._on_batch(q, msgs) with the engine, in C --------------------
+ *
+ * The link's read callback hands each batch to receiver(msgs). This is what
+ * Host._on_batch does when its engine is this one's run - the closed check,
+ * _last_rx from the host's clock, the engine, the credit timer the engine may
+ * need, and what it left to Host._on_batch_left - without a Python frame on
+ * the way (one per wake-up). */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    EngineObject *engine;   /* strong */
+    PyObject *q;            /* the queue, an int */
+} ReceiverObject;
+
+static PyTypeObject Receiver_Type;
+
+static PyObject *
+receiver_call(ReceiverObject *r, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "receiver(msgs)");
+        return NULL;
+    }
+    PyObject *host = r->engine == NULL ? NULL : r->engine->host, *x = NULL, *left = NULL,
+             *res = NULL;
+    if (host == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "mux_rpc._rpcfast.RunEngine was cleared");
+        return NULL;
+    }
+    Py_INCREF(host);
+    /* if self._closed: return */
+    if ((x = PyObject_GetAttr(host, s_closed)) == NULL) goto done;
+    int closed = PyObject_IsTrue(x);
+    Py_CLEAR(x);
+    if (closed < 0) goto done;
+    if (closed) { res = Py_NewRef(Py_None); goto done; }
+    /* self._last_rx = self._clock() */
+    if ((x = PyObject_GetAttr(host, s_clock)) == NULL) goto done;
+    Py_SETREF(x, PyObject_CallNoArgs(x));
+    if (x == NULL || PyObject_SetAttr(host, s_last_rx, x) < 0) goto done;
+    Py_CLEAR(x);
+    /* left = engine(q, msgs) */
+    PyObject *argv[2] = {r->q, args[0]};
+    if ((left = Engine_run(r->engine, argv, 2)) == NULL) goto done;
+    /* if self._credit_dirty and self._credit_timer is None: self._start_credit_timer() */
+    if ((x = PyObject_GetAttr(host, s_credit_dirty)) == NULL) goto done;
+    int dirty = PyObject_IsTrue(x);
+    Py_CLEAR(x);
+    if (dirty < 0) goto done;
+    if (dirty) {
+        if ((x = PyObject_GetAttr(host, s_credit_timer)) == NULL) goto done;
+        int none = x == Py_None;
+        Py_CLEAR(x);
+        if (none && call_method(s_start_credit_timer, &host, 1) < 0) goto done;
+    }
+    /* if left.__class__ is tuple or left: self._on_batch_left(q, left) */
+    int any = PyTuple_CheckExact(left) ? 1 : PyObject_IsTrue(left);
+    if (any < 0) goto done;
+    if (any) {
+        PyObject *margv[3] = {host, r->q, left};
+        if (call_method(s_on_batch_left, margv, 3) < 0) goto done;
+    }
+    res = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(left);
+    Py_DECREF(host);
+    return res;
+}
+
+static PyObject *
+Engine_receiver(EngineObject *e, PyObject *q)
+{
+    if (!PyLong_CheckExact(q)) {
+        PyErr_SetString(PyExc_TypeError, "receiver(q): q is an int");
+        return NULL;
+    }
+    ReceiverObject *r = PyObject_GC_New(ReceiverObject, &Receiver_Type);
+    if (r == NULL) return NULL;
+    r->vectorcall = (vectorcallfunc)receiver_call;
+    r->engine = (EngineObject *)Py_NewRef((PyObject *)e);
+    r->q = Py_NewRef(q);
+    PyObject_GC_Track(r);
+    return (PyObject *)r;
+}
+
+static int
+Receiver_traverse(ReceiverObject *r, visitproc visit, void *arg)
+{
+    Py_VISIT(r->engine);
+    Py_VISIT(r->q);
+    return 0;
+}
+
+static int
+Receiver_clear(ReceiverObject *r)
+{
+    Py_CLEAR(r->engine);
+    Py_CLEAR(r->q);
+    return 0;
+}
+
+static void
+Receiver_dealloc(ReceiverObject *r)
+{
+    PyObject_GC_UnTrack(r);
+    Receiver_clear(r);
+    PyObject_GC_Del(r);
+}
+
+static PyTypeObject Receiver_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mux_rpc._rpcfast.Receiver",
+    .tp_basicsize = sizeof(ReceiverObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(ReceiverObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_dealloc = (destructor)Receiver_dealloc,
+    .tp_traverse = (traverseproc)Receiver_traverse,
+    .tp_clear = (inquiry)Receiver_clear,
+    .tp_doc = "receiver(msgs): Host._on_batch(q, msgs) with this engine (RunEngine.receiver(q)).",
+};
+
 static PyMethodDef Engine_methods[] = {
     {"run", (PyCFunction)(void (*)(void))Engine_run, METH_FASTCALL,
      "run(q, msgs) -> left: one received batch of queue q; what it did not handle, in "
      "order, for the Python loop (see the comment atop the run engine in _rpcfast.c)"},
+    {"receiver", (PyCFunction)Engine_receiver, METH_O,
+     "receiver(q) -> callable: receiver(msgs) does Host._on_batch(q, msgs) in C when "
+     "the host's engine is this one's run (see the comment above Receiver)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1881,7 +2009,9 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__rpcfast(void)
 {
-    if (PyType_Ready(&Core_Type) < 0 || PyType_Ready(&Engine_Type) < 0) return NULL;
+    if (PyType_Ready(&Core_Type) < 0 || PyType_Ready(&Engine_Type) < 0
+        || PyType_Ready(&Receiver_Type) < 0)
+        return NULL;
 #define INTERN(var, text) if (!(var = PyUnicode_InternFromString(text))) return NULL
     INTERN(s_conns, "_conns"); INTERN(s_stats, "stats"); INTERN(s_outboxes, "_outboxes");
     INTERN(s_items, "items"); INTERN(s_credit_dirty, "_credit_dirty"); INTERN(s_state, "_state");
@@ -1903,6 +2033,9 @@ PyInit__rpcfast(void)
     INTERN(s_outbox_runs, "_outbox_runs"); INTERN(s_add_credit, "_add_credit");
     INTERN(s_message_failed, "_message_failed"); INTERN(s_hook, "_hook");
     INTERN(s_batch_hook, "_batch_hook");
+    INTERN(s_closed, "_closed"); INTERN(s_clock, "_clock"); INTERN(s_last_rx, "_last_rx");
+    INTERN(s_credit_timer, "_credit_timer"); INTERN(s_start_credit_timer, "_start_credit_timer");
+    INTERN(s_on_batch_left, "_on_batch_left");
 #undef INTERN
     if (!(s_func = PyUnicode_InternFromString("func"))
         || !(s_is_async = PyUnicode_InternFromString("is_async"))

@@ -112,9 +112,15 @@ class Rig:
     agent: FakeAgent
     task: asyncio.Task[None]
 
-    def __init__(self, setup: Setup, engine: bool) -> None:
+    def __init__(self, setup: Setup, engine: bool, receiver: bool = False,
+                 count: bool = True) -> None:
         self.setup = setup
         self.engine = engine
+        self.count = count  # wrap host._engine to count what it takes
+        # batches fed to the engine's C receiver (RunEngine.receiver: what the
+        # link's read callback calls) instead of Host._on_batch
+        self.via_receiver = receiver
+        self.receiver: Any = None
         self.gate = asyncio.Event()
         self.notes: list[Any] = []
         self.conns: dict[int, OffloadConnection] = {}
@@ -138,7 +144,7 @@ class Rig:
         self.agent = FakeAgent([agent_port])  # type: ignore[list-item]
         self.host = Host([port], cfg, run_timer=False, run_engine=self.engine)
         assert (self.host._engine is not None) == self.engine
-        if self.engine:
+        if self.engine and self.count:
             run = self.host._engine
             assert run is not None
 
@@ -148,6 +154,8 @@ class Rig:
                 return left
 
             self.host._engine = counted
+            if self.via_receiver:
+                self.receiver = self.host._run_engine.receiver(0)
         await self.host.start()
         self.server = Server(make_app(self.gate, self.notes),
                              ServerConfig(max_inflight_per_connection=s.per_conn,
@@ -180,7 +188,11 @@ class Rig:
             alink._max_queued = -1  # the link pushes back everything
         raised = None
         try:
-            host._on_batch(0, [(m[0], list(m[1])) if type(m) is tuple else m for m in items])
+            batch = [(m[0], list(m[1])) if type(m) is tuple else m for m in items]
+            if self.receiver is not None:
+                self.receiver(batch)
+            else:
+                host._on_batch(0, batch)
         except Stop:
             raised = "Stop"
         finally:
@@ -297,8 +309,9 @@ def build(batches: list[Any]) -> list[Any]:
     return out
 
 
-async def play(setup: Setup, batches: list[Any], engine: bool) -> tuple[Any, int]:
-    rig = Rig(setup, engine)
+async def play(setup: Setup, batches: list[Any], engine: bool,
+               receiver: bool = False) -> tuple[Any, int]:
+    rig = Rig(setup, engine, receiver)
     await rig.start()
     for msgs, pushback, outbox_busy, settle_after in batches:
         rig.feed(msgs, pushback=pushback, outbox_busy=outbox_busy)
@@ -309,13 +322,16 @@ async def play(setup: Setup, batches: list[Any], engine: bool) -> tuple[Any, int
 
 
 def compare(setup: Setup, batches: list[Any]) -> int:
-    """Both ways; equal outcomes; the number of items the engine handled."""
+    """Every way - the engine from Host._on_batch, the engine's C receiver,
+    the Python chain; equal outcomes; the number of items the engine handled."""
     got, handled = asyncio.run(asyncio.wait_for(play(setup, batches, True), 20))
     want, none = asyncio.run(asyncio.wait_for(play(setup, batches, False), 20))
+    direct, _ = asyncio.run(asyncio.wait_for(play(setup, batches, True, receiver=True), 20))
     assert none == 0
-    for i, (g, w) in enumerate(zip(got[0], want[0], strict=True)):
+    for i, (g, w, d) in enumerate(zip(got[0], want[0], direct[0], strict=True)):
         assert g == w, f"after batch {i}"
-    assert got[1] == want[1], "at the end"
+        assert d == w, f"after batch {i}, through the receiver"
+    assert got[1] == want[1] == direct[1], "at the end"
     return handled
 
 
@@ -466,3 +482,57 @@ def test_engine_is_used_exactly_when_the_accelerator_is() -> None:
         await rig.finish()
 
     asyncio.run(main())
+
+
+# -- the receiver (RunEngine.receiver): Host._on_batch in C on the read callback -----------
+
+
+@needs_engine
+def test_the_link_calls_the_receiver_only_with_the_hosts_own_engine() -> None:
+    async def scenario() -> list[str]:
+        rig = Rig(Setup(conns=1), engine=True, count=False)
+        await rig.start()
+        alink = rig.host._ports[0].alink  # type: ignore[attr-defined]
+        own = type(alink._on_messages).__name__
+        # its calls go through the receiver: served inline
+        await rig.agent.send(0, P.Data(1, payload("echo", 7)), P.Data(1, payload("echo", 8)))
+        for _ in range(50):
+            await settle()
+            if rig.server.dispatcher.inline_handled == 2:
+                break
+        handled = rig.server.dispatcher.inline_handled
+        await rig.finish()
+        return [own, str(handled)]
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 20)) == ["Receiver", "2"]
+
+
+@needs_engine
+def test_receiver_closed_host_clock_and_arguments() -> None:
+    async def scenario() -> list[Any]:
+        rig = Rig(Setup(conns=1), engine=True)
+        await rig.start()
+        host = rig.host
+        alink = host._ports[0].alink  # type: ignore[attr-defined]
+        # the rig wrapped host._engine (it counts): the link got the Python path
+        wrapped = type(alink._on_messages).__name__
+        receiver = host._run_engine.receiver(0)
+        ticks = iter([100.0, 200.0])
+        host._clock = lambda: next(ticks)
+        batch = [(1, [payload("echo", 1), payload("echo", 2)])]
+        receiver(list(batch))
+        after_one = (host._last_rx, rig.server.dispatcher.inline_handled)
+        host._closed = True  # closed: the batch is dropped, nothing runs, no clock
+        receiver(list(batch))
+        after_closed = (host._last_rx, rig.server.dispatcher.inline_handled)
+        host._closed = False
+        with pytest.raises(TypeError, match=r"receiver\(msgs\)"):
+            receiver()
+        with pytest.raises(TypeError, match="q is an int"):
+            host._run_engine.receiver("0")
+        await rig.finish()
+        return [wrapped, after_one, after_closed]
+
+    wrapped, after_one, after_closed = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert wrapped == "partial"
+    assert after_one == (100.0, 2) and after_closed == (100.0, 2)
