@@ -115,7 +115,7 @@ class AsyncLinkPort:
         """The link's ``try_send_runs``: a whole received batch's replies and
         CREDITs queued with one backpressure check (the host's run engine),
         or nothing and False when the link pushes back (or the port is closed)."""
-        return self.alink.try_send_runs
+        return self.alink.run_sender()
 
     async def recv(self) -> Sequence[P.Message]:
         while not self._inbox:

@@ -179,6 +179,7 @@ _queue_runs: Callable[[deque[Any], Any, Any], bool] | None = (
 _Flusher: Any = getattr(_linkfast, "Flusher", None) if ACCELERATED else None
 _Poller: Any = getattr(_linkfast, "Poller", None) if ACCELERATED else None
 _Waker: Any = getattr(_linkfast, "Waker", None) if ACCELERATED else None
+_RunSender: Any = getattr(_linkfast, "RunSender", None) if ACCELERATED else None
 # the clock the Waker reads itself (CLOCK_MONOTONIC) when an AsyncLink's clock is it
 _MONOTONIC = time.monotonic
 
@@ -1289,6 +1290,16 @@ class AsyncLink:
         if not self._flush_scheduled:
             self._schedule_flush()
         return True
+
+    def run_sender(self) -> Callable[[Any, Any, int], bool]:
+        """``try_send_runs`` as a callable for a sender that calls it once per
+        received batch (mux_rpc's run engine): in C (``xport._linkfast.RunSender``:
+        the same steps, no Python frame) for an accelerated Link, else the
+        method itself."""
+        if (_RunSender is not None and self.link.accelerated and type(self.link) is Link
+                and type(self).try_send_runs is AsyncLink.try_send_runs):  # fmt: skip
+            return _RunSender(self)  # type: ignore[no-any-return]
+        return self.try_send_runs
 
     def _queued(self, queued: int) -> None:
         # after try_send_*: the link's new queue length, backpressure, one flush

@@ -2316,6 +2316,164 @@ static PyTypeObject WakerType = {
     .tp_vectorcall_offset = offsetof(WakerObject, vectorcall),
 };
 
+/* RunSender(alink): AsyncLink.try_send_runs in one C call - the host's run
+ * engine calls it once per received batch with the batch's replies and
+ * CREDITs. The same steps: the backpressure check, queue_runs, the queued
+ * byte count, blocking, one flush scheduled. Whatever queue_runs leaves to
+ * Python's loop (it queued nothing), and a link that is not accelerated,
+ * go to the Python method, which repeats the side-effect-free check. It holds
+ * only the AsyncLink. tests/xport/test_link_send_runs.py compares the two. */
+static PyObject *s_aclosed, *s_queue, *s_clear, *s_schedule_flush, *s_try_send_runs;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *alink;
+} RunSenderObject;
+
+static PyObject *
+run_sender_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RunSenderObject *rs = (RunSenderObject *)self;
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "run_sender(runs, credits, nbytes)");
+        return NULL;
+    }
+    if (rs->alink == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "run_sender: cleared");
+        return NULL;
+    }
+    PyObject *al = Py_NewRef(rs->alink), *link = NULL, *queue = NULL, *res = NULL;
+    long long queued, max_queued, nbytes;
+    int ok;
+    if ((link = PyObject_GetAttr(al, s_link)) == NULL)
+        goto done;
+    /* if self._closed or queued > self._max_queued: return False */
+    int closed = attr_true(al, s_aclosed);
+    if (closed < 0)
+        goto done;
+    if (closed) {
+        res = Py_NewRef(Py_False);
+        goto done;
+    }
+    if ((ok = get_ll(link, s_queued_bytes, &queued)) < 0
+        || (ok && (ok = get_ll(al, s_max_queued, &max_queued)) < 0))
+        goto done;
+    if (ok && queued > max_queued) {
+        res = Py_NewRef(Py_False);
+        goto done;
+    }
+    /* counts beyond small ints, other shapes: Python's arithmetic and loop */
+    nbytes = ok && PyLong_CheckExact(args[2]) ? PyLong_AsLongLong(args[2]) : -1;
+    if (nbytes == -1 && PyErr_Occurred())
+        PyErr_Clear();
+    Py_ssize_t ncredits = PyList_CheckExact(args[1]) ? PyList_GET_SIZE(args[1]) : -1;
+    int accelerated = ok && nbytes >= 0 && nbytes < LC_LIMIT && ncredits >= 0
+                      ? attr_true(link, s_accelerated) : 0;
+    if (accelerated < 0)
+        goto done;
+    if (accelerated) {
+        if ((queue = PyObject_GetAttr(link, s_queue)) == NULL)
+            goto done;
+        PyObject *qargs[3] = {queue, args[0], args[1]};
+        PyObject *r = queue_runs(NULL, qargs, 3);
+        if (r == NULL)
+            goto done;
+        accelerated = r == Py_True;
+        Py_DECREF(r);
+    }
+    if (!accelerated) {
+        /* the Python method: its loop, its arithmetic, its errors */
+        PyObject *margs[4] = {al, args[0], args[1], args[2]};
+        res = PyObject_VectorcallMethod(s_try_send_runs, margs,
+                                        4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        goto done;
+    }
+    /* self._queued(queued + nbytes + 8 * len(credits)), inline */
+    queued += nbytes + 8 * (long long)ncredits;
+    if (set_ll(link, s_queued_bytes, queued) < 0)
+        goto done;
+    if (queued > max_queued) {
+        PyObject *ev = PyObject_GetAttr(al, s_writable);
+        PyObject *r = ev ? PyObject_CallMethodNoArgs(ev, s_clear) : NULL;
+        Py_XDECREF(ev);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+        if (PyObject_SetAttr(al, s_blocked, Py_True) < 0)
+            goto done;
+    }
+    int scheduled = attr_true(al, s_flush_scheduled);
+    if (scheduled < 0)
+        goto done;
+    if (!scheduled) {
+        PyObject *r = PyObject_CallMethodNoArgs(al, s_schedule_flush);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+    }
+    res = Py_NewRef(Py_True);
+done:
+    Py_XDECREF(queue);
+    Py_XDECREF(link);
+    Py_DECREF(al);
+    return res;
+}
+
+static PyObject *
+run_sender_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *alink;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_SetString(PyExc_TypeError, "RunSender takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O:RunSender", &alink))
+        return NULL;
+    RunSenderObject *rs = (RunSenderObject *)type->tp_alloc(type, 0);
+    if (rs == NULL)
+        return NULL;
+    rs->vectorcall = run_sender_call;
+    rs->alink = Py_NewRef(alink);
+    return (PyObject *)rs;
+}
+
+static int
+run_sender_traverse(RunSenderObject *rs, visitproc visit, void *arg)
+{
+    Py_VISIT(rs->alink);
+    return 0;
+}
+
+static int
+run_sender_clear(RunSenderObject *rs)
+{
+    Py_CLEAR(rs->alink);
+    return 0;
+}
+
+static void
+run_sender_dealloc(RunSenderObject *rs)
+{
+    PyObject_GC_UnTrack(rs);
+    run_sender_clear(rs);
+    Py_TYPE(rs)->tp_free((PyObject *)rs);
+}
+
+static PyTypeObject RunSenderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "xport._linkfast.RunSender",
+    .tp_basicsize = sizeof(RunSenderObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "RunSender(alink): AsyncLink.try_send_runs in C.",
+    .tp_new = run_sender_new,
+    .tp_dealloc = (destructor)run_sender_dealloc,
+    .tp_traverse = (traverseproc)run_sender_traverse,
+    .tp_clear = (inquiry)run_sender_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(RunSenderObject, vectorcall),
+};
+
 static PyObject *
 init(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2375,7 +2533,8 @@ PyInit__linkfast(void)
         return NULL;
     if (PyType_Ready(&StrideTxType) < 0 || PyType_Ready(&CounterReaderType) < 0
         || PyType_Ready(&RxCopiesType) < 0 || PyType_Ready(&FlusherType) < 0
-        || PyType_Ready(&PollerType) < 0 || PyType_Ready(&WakerType) < 0)
+        || PyType_Ready(&PollerType) < 0 || PyType_Ready(&WakerType) < 0
+        || PyType_Ready(&RunSenderType) < 0)
         return NULL;
     for (int i = 0; i < LT_N; i++)
         if (lt_attr[i] == NULL && (lt_attr[i] = PyUnicode_InternFromString(lt_names[i])) == NULL)
@@ -2399,7 +2558,9 @@ PyInit__linkfast(void)
                  {&s_flush, "flush"}, {&s_flush_packed, "_flush_packed"},
                  {&s_blocked, "_blocked"}, {&s_max_queued, "_max_queued"},
                  {&s_writable, "_writable"}, {&s_set, "set"}, {&s_inbox, "_inbox"},
-                 {&s_inbox_ready, "_inbox_ready"}};
+                 {&s_inbox_ready, "_inbox_ready"}, {&s_aclosed, "_closed"},
+                 {&s_queue, "_queue"}, {&s_clear, "clear"},
+                 {&s_schedule_flush, "_schedule_flush"}, {&s_try_send_runs, "try_send_runs"}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (*names[i].p == NULL && (*names[i].p = PyUnicode_InternFromString(names[i].name)) == NULL)
             return NULL;
@@ -2439,6 +2600,12 @@ PyInit__linkfast(void)
     Py_INCREF(&WakerType);
     if (PyModule_AddObject(mod, "Waker", (PyObject *)&WakerType) < 0) {
         Py_DECREF(&WakerType);
+        Py_DECREF(mod);
+        return NULL;
+    }
+    Py_INCREF(&RunSenderType);
+    if (PyModule_AddObject(mod, "RunSender", (PyObject *)&RunSenderType) < 0) {
+        Py_DECREF(&RunSenderType);
         Py_DECREF(mod);
         return NULL;
     }
