@@ -86,26 +86,35 @@ def measure(size: int, seconds: float, batch: int, raw: bool) -> dict[str, float
     }
 
 
+def _veth_links(st: Any) -> tuple[Any, Any]:
+    """An agent Link and a host Link (raw runs) over AF_XDP on a new veth
+    pair with one queue, closed with ``st`` (a contextlib.ExitStack)."""
+    from xport._afxdp import AfXdpBackend
+    from xport._link import Link, LinkConfig
+    from xport._protocol import Role
+    from xport._topology import VethPair
+
+    pair = st.enter_context(VethPair(queues=1))
+    assert pair.agent is not None and pair.host is not None
+    ends = [st.enter_context(AfXdpBackend.open(e.ifname, 0, frame_count=512,
+                                               rx_size=256, tx_size=256))
+            for e in (pair.agent, pair.host)]
+    a = Link(ends[0], LinkConfig(role=Role.AGENT))
+    h = Link(ends[1], LinkConfig(role=Role.HOST))
+    h.raw_runs = True
+    return a, h
+
+
 def measure_wakeup(size: int, seconds: float, batch: int, conns: int = 2) -> dict[str, float]:
     """One run: us per host wake-up (poll, flush) over a real AF_XDP veth pair."""
     import contextlib
     import select
 
     from xport import _link
-    from xport._afxdp import AfXdpBackend
-    from xport._link import AsyncLink, Link, LinkConfig
-    from xport._protocol import Role
-    from xport._topology import VethPair
+    from xport._link import AsyncLink
 
     with contextlib.ExitStack() as st:
-        pair = st.enter_context(VethPair(queues=1))
-        assert pair.agent is not None and pair.host is not None
-        ends = [st.enter_context(AfXdpBackend.open(e.ifname, 0, frame_count=512,
-                                                   rx_size=256, tx_size=256))
-                for e in (pair.agent, pair.host)]
-        a = Link(ends[0], LinkConfig(role=Role.AGENT))
-        h = Link(ends[1], LinkConfig(role=Role.HOST))
-        h.raw_runs = True
+        a, h = _veth_links(st)
         # --steps: every other round with the host's one-call poll and flush off
         ab = os.environ.get("BENCH_STEPS_AB") == "1"
         steps = (getattr(h, "_poll_c", None), getattr(h, "_flush_c", None))
@@ -196,10 +205,7 @@ def measure_waker(size: int, seconds: float, batch: int, conns: int = 2) -> dict
     import select
 
     from xport import _link
-    from xport._afxdp import AfXdpBackend
-    from xport._link import AsyncLink, Link, LinkConfig
-    from xport._protocol import Role
-    from xport._topology import VethPair
+    from xport._link import AsyncLink
 
     async def run(a: Any, h: Any) -> dict[str, float]:
         count = [0]
@@ -256,14 +262,7 @@ def measure_waker(size: int, seconds: float, batch: int, conns: int = 2) -> dict
         }
 
     with contextlib.ExitStack() as st:
-        pair = st.enter_context(VethPair(queues=1))
-        assert pair.agent is not None and pair.host is not None
-        ends = [st.enter_context(AfXdpBackend.open(e.ifname, 0, frame_count=512,
-                                                   rx_size=256, tx_size=256))
-                for e in (pair.agent, pair.host)]
-        a = Link(ends[0], LinkConfig(role=Role.AGENT))
-        h = Link(ends[1], LinkConfig(role=Role.HOST))
-        h.raw_runs = True
+        a, h = _veth_links(st)
         pa, ph = select.poll(), select.poll()
         pa.register(a.fileno(), select.POLLIN)
         ph.register(h.fileno(), select.POLLIN)
