@@ -202,7 +202,8 @@ def _summarise(info: dict[str, Any], workloads: list[Workload], stats: dict[str,
     check("agent -> host: every message delivered", a_to is not None and a_to == h_in == calls,
           f"agent sent {a_to}, host received {h_in}, clients got {calls} replies")
     check("host -> agent: every reply delivered", a_from is not None and a_from == h_out,
-          f"host sent {h_out}, agent received {a_from}")
+          f"host sent {h_out} DATA messages (a run's msgpack-rpc replies go joined in one), "
+          f"agent received {a_from}")
     check("link drops = 0 under load", host_drops == 0 and agent_drops == 0 and rx_drops == 0,
           f"host end {host_drops}, agent end {agent_drops}, backend rx {rx_drops}"
           + (f"; {startup} HELLO frame(s) sent before the agent's sockets were bound, at "
