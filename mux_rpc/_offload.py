@@ -267,6 +267,10 @@ class HostStats:
     backlog_overflow: int = 0
     early_dropped: int = 0
     unknown_conn: int = 0
+    #: CLOSED confirmations that came after ``close()`` stopped waiting for
+    #: them (``HostConfig.close_timeout``; the agent may flush to a slow
+    #: client for longer): expected, so not counted in ``unknown_conn``
+    late_closed: int = 0
     protocol_errors: int = 0
     credit_violations: int = 0
     agent_errors: int = 0
@@ -516,6 +520,7 @@ class OffloadConnection:
                 log.warning("connection %#x: no CLOSED from the agent within %.1f s",
                             self.conn_id, self._host.config.close_timeout)
                 self._finish(closed=True)
+                self._host._expect_late_closed(self.conn_id)
 
     def on_consumed(self, nbytes: int) -> None:
         """One received message of ``nbytes`` is done with: its credit may go back."""
@@ -987,7 +992,9 @@ class Host:
         self._listeners: dict[int, OffloadListener] = {}
         self._listen_waits: dict[int, asyncio.Future[P.ListenResult]] = {}
         self._early: collections.OrderedDict[int, list[P.Message]] = collections.OrderedDict()
-        self._forgotten: collections.OrderedDict[int, None] = collections.OrderedDict()
+        # ids of connections gone, the oldest first (bounded); True: close()
+        # gave up waiting for the agent's CLOSED, which may still come
+        self._forgotten: collections.OrderedDict[int, bool] = collections.OrderedDict()
         self._listener_ids = itertools.count(1)
         self._host_conn_ids = itertools.count(HOST_CONN_ID_BASE)
         self._tasks: list[asyncio.Task[None]] = []
@@ -1492,6 +1499,10 @@ class Host:
             conn._event(ev, m, cause=cause)
             return
         if m.conn_id in self._forgotten or m.conn_id >= HOST_CONN_ID_BASE:
+            if m.__class__ is P.Closed and self._forgotten.get(m.conn_id):
+                self._forgotten[m.conn_id] = False
+                self.stats.late_closed += 1
+                return
             self.stats.unknown_conn += 1
             return
         # the NEW_CONNECTION may still be on its way on queue 0: keep (bounded)
@@ -1595,9 +1606,15 @@ class Host:
     def _forget(self, conn: OffloadConnection) -> None:
         if self._conns.get(conn.conn_id) is conn:
             del self._conns[conn.conn_id]
-            self._forgotten[conn.conn_id] = None
+            self._forgotten[conn.conn_id] = False
             if len(self._forgotten) > 65536:
                 self._forgotten.popitem(last=False)
+
+    def _expect_late_closed(self, conn_id: int) -> None:
+        """``close()`` of ``conn_id`` stopped waiting for the agent's CLOSED:
+        when it comes it is counted in ``stats.late_closed``, once."""
+        if conn_id in self._forgotten:
+            self._forgotten[conn_id] = True
 
     def _count_close(self, cause: tuple[str, str] | None) -> None:
         code = cause[0] if cause else "unknown"

@@ -455,3 +455,25 @@ def test_receive_window_batches_and_never_strands_a_blocked_agent() -> None:
             assert (agent_m, agent_b) == (w.outstanding_messages, w.outstanding_bytes)
             assert w.buffered_messages <= 8 and w.buffered_bytes <= 1 << 20
     prop()
+
+
+@run
+async def test_a_closed_after_close_gave_up_waiting_is_late_not_unknown() -> None:
+    # the agent may flush to a slow client longer than close() waits (its
+    # close_linger against HostConfig.close_timeout): that CLOSED is expected
+    host, agent, _ = await make(config=HostConfig(close_timeout=0.05))
+    lst = await host.listen(0, "length")
+    await agent.send(0, P.NewConnection(11, lst.listener_id, "127.0.0.1", 1),
+                     P.NewConnection(12, lst.listener_id, "127.0.0.1", 2))
+    slow, quick = await lst.accept(), await lst.accept()
+    await slow.close()  # nothing from the agent within 0.05 s: given up
+    closing = asyncio.create_task(quick.close())
+    await agent.wait_for(P.Close, 2)
+    await agent.send(0, P.Closed(12, P.Status.LOCAL_CLOSE))
+    await closing
+    await agent.send(0, P.Closed(11, P.Status.LOCAL_CLOSE))  # late, once
+    await agent.send(0, P.Closed(11, P.Status.LOCAL_CLOSE), P.Closed(12, P.Status.LOCAL_CLOSE))
+    await settle()
+    assert (host.stats.late_closed, host.stats.unknown_conn) == (1, 2)
+    await host.close()
+    await agent.close()
