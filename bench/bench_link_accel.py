@@ -86,9 +86,12 @@ def measure(size: int, seconds: float, batch: int, raw: bool) -> dict[str, float
     }
 
 
-def _veth_links(st: Any) -> tuple[Any, Any]:
+def _veth_links(st: Any) -> tuple[Any, Any, Any, Any]:
     """An agent Link and a host Link (raw runs) over AF_XDP on a new veth
-    pair with one queue, closed with ``st`` (a contextlib.ExitStack)."""
+    pair with one queue, closed with ``st`` (a contextlib.ExitStack), past
+    their handshake; and a ``select.poll`` on each."""
+    import select
+
     from xport._afxdp import AfXdpBackend
     from xport._link import Link, LinkConfig
     from xport._protocol import Role
@@ -102,31 +105,30 @@ def _veth_links(st: Any) -> tuple[Any, Any]:
     a = Link(ends[0], LinkConfig(role=Role.AGENT))
     h = Link(ends[1], LinkConfig(role=Role.HOST))
     h.raw_runs = True
-    return a, h
+    pa, ph = select.poll(), select.poll()
+    pa.register(a.fileno(), select.POLLIN)
+    ph.register(h.fileno(), select.POLLIN)
+    for _ in range(200):  # handshake (§3.1)
+        a.flush(), h.flush()
+        ph.poll(5), h.poll(), pa.poll(5), a.poll()
+        if a.established and h.established:
+            break
+    assert a.established and h.established
+    return a, h, pa, ph
 
 
 def measure_wakeup(size: int, seconds: float, batch: int, conns: int = 2) -> dict[str, float]:
     """One run: us per host wake-up (poll, flush) over a real AF_XDP veth pair."""
     import contextlib
-    import select
 
     from xport import _link
     from xport._link import AsyncLink
 
     with contextlib.ExitStack() as st:
-        a, h = _veth_links(st)
+        a, h, pa, ph = _veth_links(st)
         # --steps: every other round with the host's one-call poll and flush off
         ab = os.environ.get("BENCH_STEPS_AB") == "1"
         steps = (getattr(h, "_poll_c", None), getattr(h, "_flush_c", None))
-        pa, ph = select.poll(), select.poll()
-        pa.register(a.fileno(), select.POLLIN)
-        ph.register(h.fileno(), select.POLLIN)
-        for _ in range(200):  # handshake (§3.1)
-            a.flush(), h.flush()
-            ph.poll(5), h.poll(), pa.poll(5), a.poll()
-            if a.established and h.established:
-                break
-        assert a.established and h.established
         # the host's queueing, without an event loop: what AsyncLink.try_send_runs does
         shim: Any = object.__new__(AsyncLink)
         shim.link, shim._closed, shim._max_queued = h, False, h.config.max_queued_bytes
@@ -262,16 +264,7 @@ def measure_waker(size: int, seconds: float, batch: int, conns: int = 2) -> dict
         }
 
     with contextlib.ExitStack() as st:
-        a, h = _veth_links(st)
-        pa, ph = select.poll(), select.poll()
-        pa.register(a.fileno(), select.POLLIN)
-        ph.register(h.fileno(), select.POLLIN)
-        for _ in range(200):  # handshake (§3.1)
-            a.flush(), h.flush()
-            ph.poll(5), h.poll(), pa.poll(5), a.poll()
-            if a.established and h.established:
-                break
-        assert a.established and h.established
+        a, h, pa, ph = _veth_links(st)
         return asyncio.run(run(a, h))
 
 
