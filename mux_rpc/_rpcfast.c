@@ -87,6 +87,65 @@ out_grow(Out *o, Py_ssize_t need)
 
 #define RESERVE(o, n) do { if ((o)->len + (Py_ssize_t)(n) > (o)->cap && out_grow((o), (n)) < 0) return 1; } while (0)
 
+/* A run's replies encoded one after the other into one buffer (the run
+ * engine's joined replies, HostConfig.coalesce_replies): no bytes object per
+ * reply. ends[i]: where reply i ends in buf. */
+typedef struct {
+    Out buf;
+    Py_ssize_t *ends;
+    Py_ssize_t n, cap;
+} Collect;
+
+/* one more reply ends at buf.len: 0, or -1 with MemoryError */
+static int
+collect_end(Collect *col)
+{
+    if (col->n == col->cap) {
+        Py_ssize_t cap = col->cap ? col->cap * 2 : 64;
+        Py_ssize_t *e = PyMem_Realloc(col->ends, (size_t)cap * sizeof(Py_ssize_t));
+        if (e == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        col->ends = e;
+        col->cap = cap;
+    }
+    col->ends[col->n++] = col->buf.len;
+    return 0;
+}
+
+/* bytes (a reply made elsewhere: an error reply, msgpack's Packer) appended */
+static int
+collect_bytes(Collect *col, PyObject *b)
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(b);
+    if (col->buf.len + n > col->buf.cap && out_grow(&col->buf, n) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(col->buf.p + col->buf.len, PyBytes_AS_STRING(b), (size_t)n);
+    col->buf.len += n;
+    return collect_end(col);
+}
+
+/* empty again; memory beyond 1 MiB given back (a big run went by) */
+static void
+collect_reset(Collect *col)
+{
+    col->buf.len = 0;
+    col->n = 0;
+    if (col->buf.cap > (1 << 20)) {
+        PyMem_Free(col->buf.p);
+        col->buf.p = NULL;
+        col->buf.cap = 0;
+    }
+    if (col->cap > 4096) {
+        PyMem_Free(col->ends);
+        col->ends = NULL;
+        col->cap = 0;
+    }
+}
+
 static inline void put1(Out *o, uint8_t b) { o->p[o->len++] = (char)b; }
 static inline void put2(Out *o, uint16_t v) { put1(o, (uint8_t)(v >> 8)); put1(o, (uint8_t)v); }
 static inline void put4(Out *o, uint32_t v) { put2(o, (uint16_t)(v >> 16)); put2(o, (uint16_t)v); }
@@ -475,9 +534,11 @@ msgid_obj(long long msgid)
 /* Call the handler (its fields f, of spec) with args; the reply as
  * dispatch_inline returns it: bytes, or None (notification, msgid < 0).
  * NULL: an exception that is not an Exception (it propagates). */
+#define COLLECTED ((PyObject *)3)   /* call_and_reply: the reply went into the Collect */
+
 static PyObject *
 call_and_reply(CoreObject *c, PyObject *spec, SpecFields *f, PyObject *const *args,
-               Py_ssize_t nargs, long long msgid)
+               Py_ssize_t nargs, long long msgid, Collect *col)
 {
     PyObject *func = f->func;   /* the caller holds spec; f is its own copy */
     Py_INCREF(func);
@@ -506,18 +567,27 @@ call_and_reply(CoreObject *c, PyObject *spec, SpecFields *f, PyObject *const *ar
         Py_DECREF(result);
         Py_RETURN_NONE;
     }
-    Out *o = &c->out;
-    o->len = 0;
+    /* encoded into c->out and copied out as bytes, or (col) straight into
+     * the run's buffer after the replies before it */
+    Out *o = col != NULL ? &col->buf : &c->out;
+    Py_ssize_t start = col != NULL ? o->len : 0;
+    o->len = start;
     PyObject *reply = NULL;
-    if (out_grow(o, 16) == 0) {
+    if (o->len + 16 <= o->cap || out_grow(o, 16) == 0) {
         put1(o, 0x94);
         put1(o, 0x01);
         enc_uint(o, (uint64_t)msgid);
         put1(o, 0xc0);
-        if (enc(o, result, 1) == 0)
-            reply = PyBytes_FromStringAndSize(o->p, o->len);
+        if (enc(o, result, 1) == 0) {
+            if (col == NULL)
+                reply = PyBytes_FromStringAndSize(o->p, o->len);
+            else if (collect_end(col) == 0)
+                reply = COLLECTED;
+        }
     }
-    if (o->cap > (1 << 20)) {   /* a big reply went by: give the memory back */
+    if (col != NULL && reply == NULL)
+        o->len = start;   /* what the encoder wrote of it */
+    if (col == NULL && o->cap > (1 << 20)) {   /* a big reply went by: give the memory back */
         PyMem_Free(o->p);
         o->p = NULL;
         o->cap = 0;
@@ -532,7 +602,7 @@ call_and_reply(CoreObject *c, PyObject *spec, SpecFields *f, PyObject *const *ar
         }
     }
     Py_DECREF(result);
-    return reply;
+    return reply;   /* bytes, COLLECTED, or NULL */
 }
 
 static int
@@ -557,7 +627,7 @@ core_alive(CoreObject *c)
  * decoder cannot build (ext types, deep nesting, ...) is UNSURE: the pure
  * dispatch_inline decides, so the stop index of dispatch_many never moves. */
 static PyObject *
-inline_bytes(CoreObject *c, const uint8_t *data, Py_ssize_t len)
+inline_bytes(CoreObject *c, const uint8_t *data, Py_ssize_t len, Collect *col)
 {
     In in = {data, data + len};
     Py_ssize_t n, np;
@@ -618,7 +688,7 @@ inline_bytes(CoreObject *c, const uint8_t *data, Py_ssize_t len)
     else if (in.p != in.end)   /* trailing bytes: unpackb raises ExtraData */
         reply = DEFERRED;
     else
-        reply = call_and_reply(c, spec, &fc, args, np, msgid);
+        reply = call_and_reply(c, spec, &fc, args, np, msgid, col);
     Py_DECREF(spec);
     if (list != NULL) {
         for (Py_ssize_t j = i; j < np; j++)   /* undecoded tail: NULL for the list dealloc */
@@ -633,27 +703,28 @@ inline_bytes(CoreObject *c, const uint8_t *data, Py_ssize_t len)
 }
 
 static PyObject *
-inline_obj(CoreObject *c, PyObject *payload)
+inline_obj(CoreObject *c, PyObject *payload, Collect *col)
 {
     if (PyBytes_CheckExact(payload))
         return inline_bytes(c, (const uint8_t *)PyBytes_AS_STRING(payload),
-                            PyBytes_GET_SIZE(payload));
+                            PyBytes_GET_SIZE(payload), col);
     Py_buffer view;
     if (PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE) < 0) {
         PyErr_Clear();   /* not a plain buffer: whatever unpackb makes of it decides */
         return UNSURE;
     }
     /* decoded before any call: a bytearray the handler changes is not read again */
-    PyObject *r = inline_bytes(c, view.buf, view.len);
+    PyObject *r = inline_bytes(c, view.buf, view.len, col);
     PyBuffer_Release(&view);
     return r;
 }
 
-/* inline_obj, with UNSURE settled by the Python method: bytes / None / DEFERRED / NULL */
+/* inline_obj, with UNSURE settled by the Python method: bytes / None / DEFERRED /
+ * NULL, or (col given) COLLECTED for a reply that went into col */
 static PyObject *
-inline_any(CoreObject *c, PyObject *payload)
+inline_any(CoreObject *c, PyObject *payload, Collect *col)
 {
-    PyObject *r = inline_obj(c, payload);
+    PyObject *r = inline_obj(c, payload, col);
     if (r != UNSURE)
         return r;
     r = PyObject_CallOneArg(c->slow_inline, payload);
@@ -668,7 +739,7 @@ static PyObject *
 Core_dispatch_inline(CoreObject *c, PyObject *payload)
 {
     if (!core_alive(c)) return NULL;
-    PyObject *r = inline_any(c, payload);
+    PyObject *r = inline_any(c, payload, NULL);
     if (r == DEFERRED) {
         Py_INCREF(c->defer);
         return c->defer;
@@ -677,7 +748,7 @@ Core_dispatch_inline(CoreObject *c, PyObject *payload)
 }
 
 static Py_ssize_t dispatch_range(CoreObject *c, PyObject *payloads, int fast, Py_ssize_t start,
-                                 Py_ssize_t n, PyObject *replies);
+                                 Py_ssize_t n, PyObject *replies, Collect *col);
 
 static PyObject *
 Core_dispatch_many(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -709,7 +780,7 @@ Core_dispatch_many(CoreObject *c, PyObject *const *args, Py_ssize_t nargs, PyObj
     PyObject *replies = PyList_New(0);
     if (replies == NULL) return NULL;
     int fast = PyList_CheckExact(payloads) || PyTuple_CheckExact(payloads);
-    Py_ssize_t i = dispatch_range(c, payloads, fast, start, n, replies);
+    Py_ssize_t i = dispatch_range(c, payloads, fast, start, n, replies, NULL);
     if (i < 0) goto error;
     PyObject *stop = PyLong_FromSsize_t(i);
     if (stop == NULL) goto error;
@@ -726,11 +797,12 @@ usage:
     return NULL;
 }
 
-/* The loop of dispatch_many over payloads[start:n]: replies appended, the stop
- * index returned (Core.handled counts the messages handled); -1 on an error. */
+/* The loop of dispatch_many over payloads[start:n]: replies appended (to
+ * replies, or with col to col, encoded one after the other), the stop index
+ * returned (Core.handled counts the messages handled); -1 on an error. */
 static Py_ssize_t
 dispatch_range(CoreObject *c, PyObject *payloads, int fast, Py_ssize_t start, Py_ssize_t n,
-               PyObject *replies)
+               PyObject *replies, Collect *col)
 {
     Py_ssize_t i;
     for (i = start; i < n; i++) {
@@ -745,13 +817,25 @@ dispatch_range(CoreObject *c, PyObject *payloads, int fast, Py_ssize_t start, Py
         }
         else if ((p = PySequence_GetItem(payloads, i)) == NULL)
             goto error;
-        PyObject *r = inline_any(c, p);
+        PyObject *r = inline_any(c, p, col);
         Py_DECREF(p);
         if (r == DEFERRED) break;
         if (r == NULL) goto error;
-        if (r != Py_None && PyList_Append(replies, r) < 0) {
-            Py_DECREF(r);
-            goto error;
+        if (r == COLLECTED) continue;
+        if (r != Py_None) {
+            int rc;
+            if (col == NULL)
+                rc = PyList_Append(replies, r);
+            else if (PyBytes_CheckExact(r))
+                rc = collect_bytes(col, r);
+            else {
+                PyErr_Format(PyExc_TypeError, "a reply is %.100s, not bytes", Py_TYPE(r)->tp_name);
+                rc = -1;
+            }
+            if (rc < 0) {
+                Py_DECREF(r);
+                goto error;
+            }
         }
         Py_DECREF(r);
     }
@@ -810,7 +894,7 @@ Core_dispatch_obj(CoreObject *c, PyObject *msg)
             args[i] = PyList_GET_ITEM(params, i);
             Py_INCREF(args[i]);
         }
-    PyObject *reply = call_and_reply(c, spec, &fc, args, np, msgid);
+    PyObject *reply = call_and_reply(c, spec, &fc, args, np, msgid, NULL);
     Py_DECREF(spec);
     if (tuple != NULL)
         Py_DECREF(tuple);
@@ -1014,6 +1098,8 @@ typedef struct {
     PyObject *credit_type;  /* xport's Credit */
     PyObject *conn_types;   /* tuple: message classes with a conn_id (that connection waits) */
     PyObject *inert_types;  /* tuple: message classes that change nothing (KEEPALIVE) */
+    Collect col;            /* a joining run's replies (one run at a time) */
+    int col_busy;           /* col in use: a run inside a run gets bytes per reply */
 } EngineObject;
 
 typedef struct {   /* one run() call */
@@ -1240,21 +1326,49 @@ barrier_conn(EngineObject *e, PyObject *conn)
 
 /* _deliver_run's window update of a run of k messages (nb bytes), from the
  * outstanding counts read before it (om, ob), if *owed; then not owed. */
-/* The end of the message that starts at list[i] (items of bytes): it takes
- * the next items while their total stays within limit, at least one; *size:
- * its length. The one rule of coalesce_list's two passes. */
-static Py_ssize_t
-chunk_end(PyObject *list, Py_ssize_t i, Py_ssize_t n, Py_ssize_t limit, Py_ssize_t *size)
+/* The payloads a join is made of: the bytes of a list, or replies laid end
+ * to end in a Collect (ends[i]: where reply i ends). */
+typedef struct {
+    PyObject *list;
+    const Py_ssize_t *ends;
+} Items;
+
+static inline Py_ssize_t
+item_size(const Items *it, Py_ssize_t i)
 {
-    Py_ssize_t total = PyBytes_GET_SIZE(PyList_GET_ITEM(list, i));
+    if (it->list != NULL)
+        return PyBytes_GET_SIZE(PyList_GET_ITEM(it->list, i));
+    return it->ends[i] - (i ? it->ends[i - 1] : 0);
+}
+
+/* The end of the message that starts at item i: it takes the next items
+ * while their total stays within limit, at least one; *size: its length.
+ * The one rule of every join (mux_rpc._offload.coalesce in Python). */
+static Py_ssize_t
+chunk_end(const Items *it, Py_ssize_t i, Py_ssize_t n, Py_ssize_t limit, Py_ssize_t *size)
+{
+    Py_ssize_t total = item_size(it, i);
     for (i++; i < n; i++) {
-        Py_ssize_t k = PyBytes_GET_SIZE(PyList_GET_ITEM(list, i));
+        Py_ssize_t k = item_size(it, i);
         if (limit <= 0 || total + k > limit)
             break;
         total += k;
     }
     *size = total;
     return i;
+}
+
+/* How many messages chunk_end makes of n items; *longest: the longest */
+static Py_ssize_t
+chunk_count(const Items *it, Py_ssize_t n, Py_ssize_t limit, Py_ssize_t *longest)
+{
+    Py_ssize_t chunks = 0, size, mx = 0;
+    for (Py_ssize_t i = 0; i < n; chunks++) {
+        i = chunk_end(it, i, n, limit, &size);
+        if (size > mx) mx = size;
+    }
+    *longest = mx;
+    return chunks;
 }
 
 /* mux_rpc._offload.coalesce: the bytes of list joined, in order, into as few
@@ -1265,7 +1379,7 @@ chunk_end(PyObject *list, Py_ssize_t i, Py_ssize_t n, Py_ssize_t limit, Py_ssize
 static PyObject *
 coalesce_list(PyObject *list, Py_ssize_t limit, Py_ssize_t *longest)
 {
-    Py_ssize_t n = PyList_GET_SIZE(list), chunks = 0, size, mx = 0;
+    Py_ssize_t n = PyList_GET_SIZE(list), size;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *p = PyList_GET_ITEM(list, i);
         if (!PyBytes_CheckExact(p)) {
@@ -1274,18 +1388,15 @@ coalesce_list(PyObject *list, Py_ssize_t limit, Py_ssize_t *longest)
             return NULL;
         }
     }
-    for (Py_ssize_t i = 0; i < n; chunks++) {
-        i = chunk_end(list, i, n, limit, &size);
-        if (size > mx) mx = size;
-    }
-    *longest = mx;
+    Items it = {list, NULL};
+    Py_ssize_t chunks = chunk_count(&it, n, limit, longest);
     if (chunks == n)
         return Py_NewRef(list);
     PyObject *out = PyList_New(chunks);
     if (out == NULL) return NULL;
     Py_ssize_t i = 0;
     for (Py_ssize_t c = 0; c < chunks; c++) {   /* the same chunks: list[i:j] */
-        Py_ssize_t j = chunk_end(list, i, n, limit, &size);
+        Py_ssize_t j = chunk_end(&it, i, n, limit, &size);
         PyObject *m;
         if (j == i + 1)
             m = Py_NewRef(PyList_GET_ITEM(list, i));
@@ -1297,6 +1408,31 @@ coalesce_list(PyObject *list, Py_ssize_t limit, Py_ssize_t *longest)
                 d += PyBytes_GET_SIZE(p);
             }
         }
+        if (m == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, c, m);
+        i = j;
+    }
+    return out;
+}
+
+/* The replies in col as the list coalesce_list would make of them one by
+ * one: each message one slice of the buffer (they lie end to end). */
+static PyObject *
+collect_chunks(Collect *col, Py_ssize_t limit, Py_ssize_t *longest)
+{
+    Items it = {NULL, col->ends};
+    Py_ssize_t n = col->n, size;
+    Py_ssize_t chunks = chunk_count(&it, n, limit, longest);
+    PyObject *out = PyList_New(chunks);
+    if (out == NULL) return NULL;
+    Py_ssize_t i = 0;
+    for (Py_ssize_t c = 0; c < chunks; c++) {
+        Py_ssize_t j = chunk_end(&it, i, n, limit, &size);
+        Py_ssize_t from = i ? col->ends[i - 1] : 0;
+        PyObject *m = PyBytes_FromStringAndSize(col->buf.p + from, size);
         if (m == NULL) {
             Py_DECREF(out);
             return NULL;
@@ -1398,9 +1534,30 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
     b->bytes_in += nb;
     delivered = 1;
     rc = 1;
-    /* the batch hook: Dispatcher.dispatch_many */
-    if ((replies = PyList_New(0)) == NULL) goto error;
-    stop = dispatch_range(core, run, 1, 0, k, replies);
+    /* the batch hook: Dispatcher.dispatch_many; on a connection whose replies
+     * are joined (OffloadConnection.coalesce_replies) they are encoded end to
+     * end into one buffer and cut into the joined messages right away */
+    long long climit = PyLong_AsLongLong(PyTuple_GET_ITEM(fast, 13));
+    if (climit == -1 && PyErr_Occurred()) goto error;
+    if (climit > 0 && b->max_send < 0 && geti(b->host, s_max_send_size, &b->max_send) < 0)
+        goto error;
+    Collect *col = climit > 0 && !e->col_busy ? &e->col : NULL;
+    Py_ssize_t joined_longest = -1;   /* replies already joined: their longest */
+    if (col != NULL) {
+        e->col_busy = 1;
+        stop = dispatch_range(core, run, 1, 0, k, NULL, col);
+        if (stop >= 0) {
+            long long lim = climit < b->max_send ? climit : b->max_send;
+            replies = collect_chunks(col, (Py_ssize_t)lim, &joined_longest);
+            if (replies == NULL) stop = -1;
+        }
+        collect_reset(col);
+        e->col_busy = 0;
+    }
+    else {
+        if ((replies = PyList_New(0)) == NULL) goto error;
+        stop = dispatch_range(core, run, 1, 0, k, replies, NULL);
+    }
     if (stop < 0) goto error;
     if (k == 1)   /* the chain serves a run of one with dispatch_inline: not counted */
         core->handled -= (unsigned long long)stop;
@@ -1419,10 +1576,9 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
         if (b->max_send < 0 && geti(b->host, s_max_send_size, &b->max_send) < 0)
             goto error;
         msx = b->max_send;
-        /* OffloadConnection.coalesce_replies: the DATA messages they go in */
-        long long climit = PyLong_AsLongLong(PyTuple_GET_ITEM(fast, 13));
-        if (climit == -1 && PyErr_Occurred()) goto error;
-        if (climit > 0 && kr > 1) {
+        /* OffloadConnection.coalesce_replies: the DATA messages they go in
+         * (joined already when they were collected) */
+        if (climit > 0 && kr > 1 && joined_longest < 0) {
             Py_ssize_t longest;
             PyObject *joined = coalesce_list(replies, (Py_ssize_t)(climit < msx ? climit : msx),
                                              &longest);
@@ -1747,6 +1903,8 @@ Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     EngineObject *e = PyObject_GC_New(EngineObject, type);
     if (e == NULL) return NULL;
+    memset(&e->col, 0, sizeof e->col);
+    e->col_busy = 0;
     e->host = Py_NewRef(host);
     e->senders = PyList_GetSlice(senders, 0, PyList_GET_SIZE(senders));   /* a copy */
     e->open_state = Py_NewRef(open_state);
@@ -1790,6 +1948,8 @@ Engine_dealloc(EngineObject *e)
 {
     PyObject_GC_UnTrack(e);
     Engine_clear(e);
+    PyMem_Free(e->col.buf.p);
+    PyMem_Free(e->col.ends);
     PyObject_GC_Del(e);
 }
 

@@ -77,6 +77,10 @@ def make_app(gate: asyncio.Event, notes: list[Any]) -> App:
         raise Stop
 
     @app.method
+    def odd() -> Any:
+        return {1, 2}  # msgpack packs no set: the reply is an error (BAD_RESULT)
+
+    @app.method
     async def slow(x: Any) -> Any:
         await gate.wait()
         return x
@@ -102,6 +106,8 @@ class Setup:
     """The agent's: what the host may send per connection."""
     per_conn: int = 128
     total: int = 8192
+    coalesce: int = 1024
+    """HostConfig.coalesce_replies: how many bytes of a run's replies go joined."""
 
 
 class Rig:
@@ -131,7 +137,8 @@ class Rig:
         s = self.setup
         cfg = HostConfig(window_messages=s.window[0], window_bytes=s.window[1],
                          max_message_size=min(1024, s.window[1]), credit_delay=3600.0,
-                         close_timeout=3600.0)  # no timer may fire within a scenario
+                         close_timeout=3600.0,  # no timer may fire within a scenario
+                         coalesce_replies=s.coalesce)
         a, b = memory_backend_pair(rx_buffers=64, frame_size=1514)
         # keepalive timers far away: a stalled machine must not lose the link
         port = link_port(a, max_message_size=cfg.max_message_size, keepalive_interval=60.0,
@@ -267,7 +274,8 @@ def per_conn_wire(entries: list[tuple[Any, ...]]) -> dict[Any, list[Any]]:
 
 # -- scenarios -----------------------------------------------------------------------------
 
-KINDS = ["echo", "echo", "echo", "echo", "note", "boom", "nasty", "slow", "bad", "big", "halt"]
+KINDS = ["echo", "echo", "echo", "echo", "note", "boom", "nasty", "slow", "bad", "big", "halt",
+         "odd"]
 
 
 def payload(kind: str, msgid: int) -> bytes:
@@ -281,6 +289,8 @@ def payload(kind: str, msgid: int) -> bytes:
         return msgpack.packb([0, msgid, "nasty", []])
     if kind == "halt":
         return msgpack.packb([0, msgid, "halt", []])
+    if kind == "odd":
+        return msgpack.packb([0, msgid, "odd", []])
     if kind == "slow":
         return msgpack.packb([0, msgid, "slow", [msgid]])
     if kind == "bad":
@@ -344,6 +354,7 @@ def scenarios(draw: st.DrawFn) -> tuple[Setup, list[Any]]:
         agent_window=(draw(st.integers(1, 16)), draw(st.sampled_from([200, 800, 1 << 20]))),
         per_conn=draw(st.integers(1, 12)),
         total=draw(st.integers(1, 24)),
+        coalesce=draw(st.sampled_from([0, 12, 40, 1024])),
     )
     cid = st.integers(1, conns + 1)  # conns + 1: an unknown connection
     item = st.one_of(
@@ -398,13 +409,23 @@ def test_agent_out_of_message_credit_grants_at_once() -> None:
 
 
 @needs_engine
-@pytest.mark.parametrize("kind", ["slow", "bad", "boom", "nasty", "big"])
+@pytest.mark.parametrize("kind", ["slow", "bad", "boom", "nasty", "big", "odd"])
 def test_a_run_cut_in_the_middle(kind: str) -> None:
     batch = runs((2, ["echo"]), (1, ["echo", "echo", kind, "echo"]), (1, ["echo"]))
     handled = compare(Setup(), build([batch, runs((2, ["echo"]))]))
     # connection 2's first run at least is the engine's (a message over the
     # size limit breaks connection 1, whose CLOSE then waits in the outbox)
     assert handled >= (1 if kind == "big" else 2)
+
+
+@needs_engine
+@pytest.mark.parametrize("coalesce", [0, 12, 40])
+def test_replies_joined_in_several_messages(coalesce: int) -> None:
+    # a run's replies, encoded end to end, cut into several joined DATA
+    # messages (or, 0, one per reply), errors among them: as the chain does
+    batch = runs((1, ["echo", "echo", "boom", "echo", "odd", "echo", "note", "echo"]),
+                 (2, ["echo"] * 6))
+    assert compare(Setup(coalesce=coalesce), build([batch, batch])) == 4  # every run
 
 
 @needs_engine
