@@ -577,9 +577,7 @@ class OffloadConnection:
         agent's maximum message size) on a connection whose framer allows
         it (msgpack-rpc), else as they are. See :func:`coalesce`."""
         limit = self._coalesce
-        if not limit or len(payloads) < 2:
-            return payloads
-        return coalesce(payloads, min(limit, self._host.max_send_size))
+        return coalesce(payloads, min(limit, self._host.max_send_size)) if limit else payloads
 
     def send_nowait(self, payload: bytes) -> bool:
         """Send ``payload`` at once if nothing waits to send on this connection

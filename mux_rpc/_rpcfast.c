@@ -1099,7 +1099,7 @@ typedef struct {
     PyObject *conn_types;   /* tuple: message classes with a conn_id (that connection waits) */
     PyObject *inert_types;  /* tuple: message classes that change nothing (KEEPALIVE) */
     Collect col;            /* a joining run's replies (one run at a time) */
-    int col_busy;           /* col in use: a run inside a run gets bytes per reply */
+    int col_busy;           /* col in use: a run inside a run takes its own */
 } EngineObject;
 
 typedef struct {   /* one run() call */
@@ -1324,8 +1324,6 @@ barrier_conn(EngineObject *e, PyObject *conn)
     return 0;
 }
 
-/* _deliver_run's window update of a run of k messages (nb bytes), from the
- * outstanding counts read before it (om, ob), if *owed; then not owed. */
 /* The payloads a join is made of: the bytes of a list, or replies laid end
  * to end in a Collect (ends[i]: where reply i ends). */
 typedef struct {
@@ -1371,55 +1369,10 @@ chunk_count(const Items *it, Py_ssize_t n, Py_ssize_t limit, Py_ssize_t *longest
     return chunks;
 }
 
-/* mux_rpc._offload.coalesce: the bytes of list joined, in order, into as few
- * messages of at most limit bytes as a greedy pass makes (one longer than
- * limit alone; limit <= 0: none joined). A new list, or list itself (a new
- * reference) when nothing joins; *longest: the longest message. NULL: an
- * exception (an item that is not bytes). */
-static PyObject *
-coalesce_list(PyObject *list, Py_ssize_t limit, Py_ssize_t *longest)
-{
-    Py_ssize_t n = PyList_GET_SIZE(list), size;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *p = PyList_GET_ITEM(list, i);
-        if (!PyBytes_CheckExact(p)) {
-            PyErr_Format(PyExc_TypeError, "coalesce: payload %zd is %.100s, not bytes", i,
-                         Py_TYPE(p)->tp_name);
-            return NULL;
-        }
-    }
-    Items it = {list, NULL};
-    Py_ssize_t chunks = chunk_count(&it, n, limit, longest);
-    if (chunks == n)
-        return Py_NewRef(list);
-    PyObject *out = PyList_New(chunks);
-    if (out == NULL) return NULL;
-    Py_ssize_t i = 0;
-    for (Py_ssize_t c = 0; c < chunks; c++) {   /* the same chunks: list[i:j] */
-        Py_ssize_t j = chunk_end(&it, i, n, limit, &size);
-        PyObject *m;
-        if (j == i + 1)
-            m = Py_NewRef(PyList_GET_ITEM(list, i));
-        else if ((m = PyBytes_FromStringAndSize(NULL, size)) != NULL) {
-            char *d = PyBytes_AS_STRING(m);
-            for (Py_ssize_t t = i; t < j; t++) {
-                PyObject *p = PyList_GET_ITEM(list, t);
-                memcpy(d, PyBytes_AS_STRING(p), (size_t)PyBytes_GET_SIZE(p));
-                d += PyBytes_GET_SIZE(p);
-            }
-        }
-        if (m == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, c, m);
-        i = j;
-    }
-    return out;
-}
-
-/* The replies in col as the list coalesce_list would make of them one by
- * one: each message one slice of the buffer (they lie end to end). */
+/* The replies in col joined, in order, into as few messages of at most
+ * limit bytes as chunk_end makes (one longer than limit alone; limit <= 0:
+ * none joined): a list of bytes, each message one slice of the buffer (the
+ * replies lie end to end); *longest: the longest message. */
 static PyObject *
 collect_chunks(Collect *col, Py_ssize_t limit, Py_ssize_t *longest)
 {
@@ -1443,6 +1396,39 @@ collect_chunks(Collect *col, Py_ssize_t limit, Py_ssize_t *longest)
     return out;
 }
 
+/* mux_rpc._offload.coalesce over a list of bytes, the engine's way (the list
+ * laid end to end in a Collect, then collect_chunks): a new list, or list
+ * itself (a new reference) when nothing joins. NULL: an exception (an item
+ * that is not bytes). */
+static PyObject *
+coalesce_list(PyObject *list, Py_ssize_t limit)
+{
+    Py_ssize_t n = PyList_GET_SIZE(list), longest;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *p = PyList_GET_ITEM(list, i);
+        if (!PyBytes_CheckExact(p)) {
+            PyErr_Format(PyExc_TypeError, "coalesce: payload %zd is %.100s, not bytes", i,
+                         Py_TYPE(p)->tp_name);
+            return NULL;
+        }
+    }
+    Items it = {list, NULL};
+    if (chunk_count(&it, n, limit, &longest) == n)
+        return Py_NewRef(list);
+    Collect col = {{NULL, 0, 0}, NULL, 0, 0};
+    PyObject *out = NULL;
+    Py_ssize_t i = 0;
+    while (i < n && collect_bytes(&col, PyList_GET_ITEM(list, i)) == 0)
+        i++;
+    if (i == n)
+        out = collect_chunks(&col, limit, &longest);
+    PyMem_Free(col.buf.p);
+    PyMem_Free(col.ends);
+    return out;
+}
+
+/* _deliver_run's window update of a run of k messages (nb bytes), from the
+ * outstanding counts read before it (om, ob), if *owed; then not owed. */
 static int
 deliver_window(PyObject *rwin, int *owed, long long om, long long ob, Py_ssize_t k,
                long long nb)
@@ -1541,18 +1527,24 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
     if (climit == -1 && PyErr_Occurred()) goto error;
     if (climit > 0 && b->max_send < 0 && geti(b->host, s_max_send_size, &b->max_send) < 0)
         goto error;
-    Collect *col = climit > 0 && !e->col_busy ? &e->col : NULL;
-    Py_ssize_t joined_longest = -1;   /* replies already joined: their longest */
-    if (col != NULL) {
+    if (climit > 0) {
+        /* the engine's buffer; a run inside a run (a handler that got here
+         * again) takes one of its own */
+        Collect nested = {{NULL, 0, 0}, NULL, 0, 0};
+        Collect *col = e->col_busy ? &nested : &e->col;
+        int outer = !e->col_busy;
         e->col_busy = 1;
         stop = dispatch_range(core, run, 1, 0, k, NULL, col);
         if (stop >= 0) {
             long long lim = climit < b->max_send ? climit : b->max_send;
-            replies = collect_chunks(col, (Py_ssize_t)lim, &joined_longest);
+            Py_ssize_t longest;
+            replies = collect_chunks(col, (Py_ssize_t)lim, &longest);
             if (replies == NULL) stop = -1;
         }
         collect_reset(col);
-        e->col_busy = 0;
+        PyMem_Free(nested.buf.p);
+        PyMem_Free(nested.ends);
+        if (outer) e->col_busy = 0;
     }
     else {
         if ((replies = PyList_New(0)) == NULL) goto error;
@@ -1576,17 +1568,6 @@ engine_run(EngineObject *e, Batch *b, PyObject *conns, PyObject *cid, PyObject *
         if (b->max_send < 0 && geti(b->host, s_max_send_size, &b->max_send) < 0)
             goto error;
         msx = b->max_send;
-        /* OffloadConnection.coalesce_replies: the DATA messages they go in
-         * (joined already when they were collected) */
-        if (climit > 0 && kr > 1 && joined_longest < 0) {
-            Py_ssize_t longest;
-            PyObject *joined = coalesce_list(replies, (Py_ssize_t)(climit < msx ? climit : msx),
-                                             &longest);
-            if (joined == NULL) goto error;
-            Py_SETREF(replies, joined);
-            kr = PyList_GET_SIZE(replies);
-            mxr = longest;
-        }
         GET(tmp, conn, s_state);
         if (tmp != e->open_state) goto tail;
         Py_XSETREF(tmp, PyObject_GetAttr(PyTuple_GET_ITEM(fast, 8), s_locked));   /* Lock.locked() */
@@ -2140,9 +2121,9 @@ mod_coalesce(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "coalesce(payloads: list[bytes], limit: int)");
         return NULL;
     }
-    Py_ssize_t limit = PyLong_AsSsize_t(args[1]), longest;
+    Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
     if (limit == -1 && PyErr_Occurred()) return NULL;
-    return coalesce_list(args[0], limit, &longest);
+    return coalesce_list(args[0], limit);
 }
 
 static PyMethodDef module_methods[] = {

@@ -95,13 +95,26 @@ def clean_batches(draw: st.DrawFn) -> list[bytes]:
     return out
 
 
+def _pollable_fake(**kw: Any) -> tuple[Any, Any, Callable[[], None]]:
+    """make_fake's host backend with no kernel counters and a descriptor
+    add_reader accepts (the fake rings have none), and what closes them."""
+    be, kern, _ = make_fake(0, **kw)
+    be.statistics = lambda: BackendStats()  # type: ignore[method-assign]
+    rfd, wfd = os.pipe()
+    be.fileno = lambda: rfd  # type: ignore[method-assign]
+
+    def close() -> None:
+        os.close(rfd)
+        os.close(wfd)
+        be.close()
+
+    return be, kern, close
+
+
 def _world(c_waker: bool, frames: list[bytes], ops: list[tuple[str, Any]], mode: str,
            tx_ring: int, raw: int, max_queued: int, fake_clock: bool) -> Any:
     """Run ``ops`` on one AsyncLink; everything observable, in order."""
-    be, kern, _ = make_fake(0, n_rx=8, n_tx=8, rx_ring=4, tx_ring=tx_ring)
-    be.statistics = lambda: BackendStats()  # type: ignore[method-assign]  # no kernel counters
-    rfd, wfd = os.pipe()  # a descriptor add_reader accepts (the fake rings have none)
-    be.fileno = lambda: rfd  # type: ignore[method-assign]
+    be, kern, close = _pollable_fake(n_rx=8, n_tx=8, rx_ring=4, tx_ring=tx_ring)
     log: list[Any] = []
 
     async def main() -> Any:
@@ -191,9 +204,7 @@ def _world(c_waker: bool, frames: list[bytes], ops: list[tuple[str, Any]], mode:
         state, times = asyncio.run(main())
         return log, state, times
     finally:
-        os.close(rfd)
-        os.close(wfd)
-        be.close()
+        close()
 
 
 @settings(max_examples=150, deadline=None,
@@ -224,10 +235,7 @@ def test_waker_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     once; the Poller's tuple goes to _poll_rest, the Flusher's tuple to
     _flush_packed and its None to Link.flush; a raising callback leaves
     _flush_scheduled as it was and the exception goes out."""
-    be, kern, _ = make_fake(0, n_rx=8, n_tx=8, rx_ring=4, tx_ring=8)
-    be.statistics = lambda: BackendStats()  # type: ignore[method-assign]
-    rfd, wfd = os.pipe()
-    be.fileno = lambda: rfd  # type: ignore[method-assign]
+    be, kern, close = _pollable_fake(n_rx=8, n_tx=8, rx_ring=4, tx_ring=8)
     frames = [f[:PAYLOAD] for f in _hello_and_data()]
     calls: list[str] = []
 
@@ -295,19 +303,14 @@ def test_waker_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         asyncio.run(main())
     finally:
-        os.close(rfd)
-        os.close(wfd)
-        be.close()
+        close()
 
 
 def test_waker_lifetime() -> None:
     """The Waker holds the AsyncLink (through the loop's reader) and nothing
     of the socket's: a closed, dropped link with its waker is collected, and a
     waker called after its backend closed only sees link.closed."""
-    be, kern, _ = make_fake(0)
-    be.statistics = lambda: BackendStats()  # type: ignore[method-assign]
-    rfd, wfd = os.pipe()
-    be.fileno = lambda: rfd  # type: ignore[method-assign]
+    be, kern, close = _pollable_fake()
 
     async def main() -> Any:
         link = Link(be, LinkConfig(role=Role.HOST, max_frame_size=PAYLOAD), session=1)
@@ -327,17 +330,12 @@ def test_waker_lifetime() -> None:
         gc.collect()
         assert ref() is None
     finally:
-        os.close(rfd)
-        os.close(wfd)
-        be.close()
+        close()
 
 
 def test_reference_reader_when_not_accelerated() -> None:
     """_on_readable stays the reader for a link that is not accelerated."""
-    be, kern, _ = make_fake(0)
-    be.statistics = lambda: BackendStats()  # type: ignore[method-assign]
-    rfd, wfd = os.pipe()
-    be.fileno = lambda: rfd  # type: ignore[method-assign]
+    be, kern, close = _pollable_fake()
 
     async def main() -> None:
         link = Link(be, LinkConfig(role=Role.HOST, max_frame_size=PAYLOAD), session=1)
@@ -349,9 +347,7 @@ def test_reference_reader_when_not_accelerated() -> None:
     try:
         asyncio.run(main())
     finally:
-        os.close(rfd)
-        os.close(wfd)
-        be.close()
+        close()
 
 
 def _hello_and_data() -> list[bytes]:
