@@ -8,6 +8,8 @@
  *
  *   xsk_floor recv --ifname X [--queue 0] [--bpf-obj bpf/mux_xdp.o] ...
  *   xsk_floor send --ifname Y [--queue 0] --frame-size 64 --seconds 2 ...
+ *   xsk_floor echo --ifname X --bpf-obj bpf/mux_xdp.o        (round trips: the host)
+ *   xsk_floor ping --ifname Y --bpf-obj bpf/mux_xdp.o --frames 1 --seconds 2
  *
  * Theory of operation
  * -------------------
@@ -33,8 +35,17 @@
  * not empty: in copy mode (every veth) one kick moves at most 32 descriptors
  * and a missing kick stalls TX silently.
  *
- * Both print one JSON line on stdout at the end; recv prints
- * {"event":"ready"} first, once its socket is in the map. No link-level
+ * echo / ping: the least a process can spend per wake-up on this link, for
+ * bench/bench_wakeup.py. ping (the agent's stand-in) sends --frames frames,
+ * waits until as many come back, and repeats for --seconds. echo (the
+ * host's stand-in) sleeps in epoll_wait() the way the host's event loop does,
+ * and per wake-up takes what the RX ring holds, copies each frame into a TX
+ * frame, gives the RX buffers back to the fill ring, submits and kicks once
+ * with sendto(): a host's wake-up with no work of its own. Both sockets do RX
+ * and TX on one UMEM (half of it on the fill ring, half for TX).
+ *
+ * All roles print one JSON line on stdout at the end; recv and echo print
+ * {"event":"ready"} first, once their socket is in the map. No link-level
  * flow control: received may be less than sent (reported, with the kernel's
  * XDP_STATISTICS drop counters).
  */
@@ -54,6 +65,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -90,6 +102,7 @@ struct opts {
 	int skb_mode;
 	int spin;
 	unsigned tx_budget;
+	unsigned frames;
 };
 
 static double now_s(void)
@@ -117,9 +130,10 @@ static void die(const char *what, int err)
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: xsk_floor send|recv --ifname IF [options]\n"
+		"usage: xsk_floor send|recv|echo|ping --ifname IF [options]\n"
 		"  --queue N        queue id to bind (default 0)\n"
-		"  --frame-size N   frame length in bytes, Ethernet header included (send; default 64)\n"
+		"  --frame-size N   frame length in bytes, Ethernet header included (send, ping;\n"
+		"                   default 64)\n"
 		"  --count N        stop after N frames (default: no limit)\n"
 		"  --seconds S      send for S seconds / receive at most S s after the first frame (default 2)\n"
 		"  --batch N        descriptors per ring operation (default 64, max 256)\n"
@@ -131,7 +145,11 @@ static void usage(FILE *f)
 		"                   the default) or spin (sleep only after 1 ms without frames)\n"
 		"  --tx-budget N    send: set XDP_MAX_TX_SKB_BUDGET (Linux >= 6.18) so one kick\n"
 		"                   may move up to N descriptors instead of 32 (default: kernel's)\n"
-		"  --netns NAME     enter network namespace NAME first\n");
+		"  --frames N       ping: frames per round trip (default 1, max 256)\n"
+		"  --netns NAME     enter network namespace NAME first\n"
+		"echo and ping attach --bpf-obj to their own end, like recv. echo stops\n"
+		"--idle-ms after its last frame; ping after --seconds, or with an error when\n"
+		"a frame does not come back within a second.\n");
 }
 
 static void parse(int argc, char **argv, struct opts *o)
@@ -143,6 +161,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"bpf-obj", required_argument, 0, 'o'}, {"skb", no_argument, 0, 'k'},
 		{"idle-ms", required_argument, 0, 'I'}, {"netns", required_argument, 0, 'n'},
 		{"rx-wait", required_argument, 0, 'w'}, {"tx-budget", required_argument, 0, 't'},
+		{"frames", required_argument, 0, 'F'},
 		{"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
 	};
 	memset(o, 0, sizeof(*o));
@@ -150,10 +169,12 @@ static void parse(int argc, char **argv, struct opts *o)
 	o->batch = 64;
 	o->seconds = 2.0;
 	o->idle_ms = 500;
+	o->frames = 1;
 	if (argc < 2) { usage(stderr); exit(2); }
 	o->role = argv[1];
 	if (!strcmp(o->role, "-h") || !strcmp(o->role, "--help")) { usage(stdout); exit(0); }
-	if (strcmp(o->role, "send") && strcmp(o->role, "recv")) { usage(stderr); exit(2); }
+	if (strcmp(o->role, "send") && strcmp(o->role, "recv") && strcmp(o->role, "echo") &&
+	    strcmp(o->role, "ping")) { usage(stderr); exit(2); }
 	optind = 2;
 	int c;
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -169,6 +190,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		case 'I': o->idle_ms = (unsigned)strtoul(optarg, NULL, 0); break;
 		case 'n': o->netns = optarg; break;
 		case 't': o->tx_budget = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'F': o->frames = (unsigned)strtoul(optarg, NULL, 0); break;
 		case 'w':
 			if (!strcmp(optarg, "spin")) o->spin = 1;
 			else if (!strcmp(optarg, "poll")) o->spin = 0;
@@ -181,6 +203,10 @@ static void parse(int argc, char **argv, struct opts *o)
 	if (!o->ifname) { usage(stderr); exit(2); }
 	if (o->frame_size < ETH_HLEN + 8 || o->frame_size > FRAME_SIZE) {
 		fprintf(stderr, "xsk_floor: --frame-size must be %d..%d\n", ETH_HLEN + 8, FRAME_SIZE);
+		exit(2);
+	}
+	if (o->frames < 1 || o->frames > MAX_BATCH) {
+		fprintf(stderr, "xsk_floor: --frames must be 1..%u\n", MAX_BATCH);
 		exit(2);
 	}
 	if (o->batch < 1 || o->batch > MAX_BATCH) {
@@ -284,7 +310,7 @@ struct xsk {
 	struct xsk_ring_cons comp, rx;
 };
 
-static void xsk_open(struct xsk *x, const struct opts *o, int want_rx)
+static void xsk_open(struct xsk *x, const struct opts *o, int want_rx, int want_tx)
 {
 	memset(x, 0, sizeof(*x));
 	size_t size = (size_t)NUM_FRAMES * FRAME_SIZE;
@@ -304,7 +330,7 @@ static void xsk_open(struct xsk *x, const struct opts *o, int want_rx)
 	/* The same (device, queue) stays busy for ~15-25 ms after a close. */
 	for (int tries = 0;; tries++) {
 		err = xsk_socket__create(&x->sock, o->ifname, o->queue, x->umem,
-					 want_rx ? &x->rx : NULL, want_rx ? NULL : &x->tx, &sc);
+					 want_rx ? &x->rx : NULL, want_tx ? &x->tx : NULL, &sc);
 		if (err != -EBUSY || tries >= 50) break;
 		usleep(10000);
 	}
@@ -331,7 +357,7 @@ static int run_recv(const struct opts *o)
 	struct prog p;
 	struct xsk x;
 	prog_setup(&p, o);
-	xsk_open(&x, o, 1);
+	xsk_open(&x, o, 1, 0);
 	int err = xsk_socket__update_xskmap(x.sock, p.map_fd);
 	if (err) { prog_teardown(&p); die("xsk_socket__update_xskmap", err); }
 
@@ -402,7 +428,7 @@ static int run_recv(const struct opts *o)
 static int run_send(const struct opts *o)
 {
 	struct xsk x;
-	xsk_open(&x, o, 0);
+	xsk_open(&x, o, 0, 1);
 	int fd = xsk_socket__fd(x.sock);
 	int budget_set = 0;
 	if (o->tx_budget) {
@@ -494,6 +520,198 @@ static int run_send(const struct opts *o)
 	return 0;
 }
 
+/*
+ * Round trips (echo, ping): one socket doing RX and TX on one UMEM. The
+ * first half of the UMEM is posted on the fill ring (RX buffers go straight
+ * back to it), the second half is the free list TX copies into.
+ */
+struct duplex {
+	struct prog p;
+	struct xsk x;
+	int fd, epfd;
+	__u64 freel[NUM_FRAMES / 2];
+	__u32 nfree;
+	unsigned long long kicks;
+};
+
+static void duplex_open(struct duplex *d, const struct opts *o)
+{
+	prog_setup(&d->p, o);
+	xsk_open(&d->x, o, 1, 1);
+	int err = xsk_socket__update_xskmap(d->x.sock, d->p.map_fd);
+	if (err) { prog_teardown(&d->p); die("xsk_socket__update_xskmap", err); }
+	__u32 half = NUM_FRAMES / 2, idx;
+	if (xsk_ring_prod__reserve(&d->x.fill, half, &idx) != half) die("fill reserve", EIO);
+	for (__u32 i = 0; i < half; i++)
+		*xsk_ring_prod__fill_addr(&d->x.fill, idx + i) = (__u64)i * FRAME_SIZE;
+	xsk_ring_prod__submit(&d->x.fill, half);
+	for (__u32 i = 0; i < half; i++) d->freel[i] = (__u64)(half + i) * FRAME_SIZE;
+	d->nfree = half;
+	d->fd = xsk_socket__fd(d->x.sock);
+	d->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (d->epfd < 0) die("epoll_create1", errno);
+	struct epoll_event ev = {.events = EPOLLIN, .data.fd = d->fd};
+	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->fd, &ev)) die("epoll_ctl", errno);
+}
+
+static void duplex_close(struct duplex *d)
+{
+	close(d->epfd);
+	xsk_close(&d->x);
+	prog_teardown(&d->p);
+}
+
+/* Sleep until the socket is readable, as an event loop does; 0 on timeout. */
+static int duplex_wait(struct duplex *d, int timeout_ms)
+{
+	struct epoll_event ev;
+	int n = epoll_wait(d->epfd, &ev, 1, timeout_ms);
+	if (n < 0 && errno != EINTR) die("epoll_wait", errno);
+	return n > 0;
+}
+
+static void duplex_reclaim(struct duplex *d)
+{
+	__u32 cidx;
+	unsigned nc = xsk_ring_cons__peek(&d->x.comp, MAX_BATCH, &cidx);
+	for (unsigned i = 0; i < nc; i++)
+		d->freel[d->nfree++] = *xsk_ring_cons__comp_addr(&d->x.comp, cidx + i);
+	if (nc) xsk_ring_cons__release(&d->x.comp, nc);
+}
+
+/* Queue n frames (src[i] of len[i] bytes) for TX and kick once. */
+static void duplex_send(struct duplex *d, unsigned n, const unsigned char *const *src,
+			const __u32 *len)
+{
+	__u32 tidx;
+	duplex_reclaim(d);
+	if (n > d->nfree || xsk_ring_prod__reserve(&d->x.tx, n, &tidx) != n)
+		die("tx reserve", ENOBUFS);
+	for (unsigned i = 0; i < n; i++) {
+		struct xdp_desc *td = xsk_ring_prod__tx_desc(&d->x.tx, tidx + i);
+		__u64 addr = d->freel[--d->nfree];
+		memcpy(xsk_umem__get_data(d->x.area, addr), src[i], len[i]);
+		td->addr = addr;
+		td->len = len[i];
+	}
+	xsk_ring_prod__submit(&d->x.tx, n);
+	if (xsk_ring_prod__needs_wakeup(&d->x.tx)) {
+		d->kicks++;
+		if (sendto(d->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) < 0 && errno != EAGAIN &&
+		    errno != EBUSY && errno != ENOBUFS && errno != ENETDOWN)
+			die("sendto", errno);
+	}
+}
+
+/* Give n consumed RX descriptors (from rx_idx) back to the fill ring. */
+static void duplex_refill(struct duplex *d, __u32 rx_idx, unsigned n)
+{
+	__u32 fidx;
+	while (xsk_ring_prod__reserve(&d->x.fill, n, &fidx) != n)
+		;
+	for (unsigned i = 0; i < n; i++) {
+		const struct xdp_desc *rd = xsk_ring_cons__rx_desc(&d->x.rx, rx_idx + i);
+		*xsk_ring_prod__fill_addr(&d->x.fill, fidx + i) = xsk_umem__extract_addr(rd->addr);
+	}
+	xsk_ring_prod__submit(&d->x.fill, n);
+	xsk_ring_cons__release(&d->x.rx, n);
+}
+
+/* echo: the host's stand-in. Every wake-up sends back what it received. */
+static int run_echo(const struct opts *o)
+{
+	static struct duplex d;
+	duplex_open(&d, o);
+	printf("{\"event\":\"ready\"}\n");
+	fflush(stdout);
+	unsigned long long frames = 0, wakeups = 0, rounds = 0;
+	double t_first = 0, t_last = 0, t_start = now_s(), cu0 = 0, cs0 = 0;
+	const unsigned char *src[MAX_BATCH];
+	__u32 len[MAX_BATCH];
+	while (!g_stop) {
+		__u32 rx_idx;
+		unsigned n = xsk_ring_cons__peek(&d.x.rx, MAX_BATCH, &rx_idx);
+		if (!n) {
+			double t = now_s();
+			if (frames && t - t_last > o->idle_ms / 1000.0) break;
+			if (!frames && t - t_start > o->seconds + 30.0) break;
+			wakeups += duplex_wait(&d, 10);
+			continue;
+		}
+		if (!frames) { t_first = now_s(); cpu_times(&cu0, &cs0); }
+		for (unsigned i = 0; i < n; i++) {
+			const struct xdp_desc *rd = xsk_ring_cons__rx_desc(&d.x.rx, rx_idx + i);
+			src[i] = xsk_umem__get_data(d.x.area, rd->addr);
+			len[i] = rd->len;
+		}
+		duplex_send(&d, n, src, len);
+		duplex_refill(&d, rx_idx, n);
+		frames += n;
+		rounds++;
+		t_last = now_s();
+	}
+	double cu, cs;
+	cpu_times(&cu, &cs);
+	duplex_close(&d);
+	/* CPU from the first frame on; the idle tail is --idle-ms of 10 ms epoll timeouts. */
+	printf("{\"role\":\"echo\",\"frames\":%llu,\"rounds\":%llu,\"wakeups\":%llu,\"kicks\":%llu,"
+	       "\"seconds\":%.6f,\"cpu_user\":%.6f,\"cpu_sys\":%.6f}\n",
+	       frames, rounds, wakeups, d.kicks, t_last - t_first, cu - cu0, cs - cs0);
+	fflush(stdout);
+	return 0;
+}
+
+/* ping: the agent's stand-in. Sends --frames frames, waits for all to come back. */
+static int run_ping(const struct opts *o)
+{
+	static struct duplex d;
+	duplex_open(&d, o);
+	static unsigned char tmpl[MAX_BATCH][FRAME_SIZE];
+	const unsigned char *src[MAX_BATCH];
+	__u32 len[MAX_BATCH];
+	for (unsigned i = 0; i < o->frames; i++) {
+		memset(tmpl[i], 0xff, 6);                           /* dst: broadcast */
+		memcpy(tmpl[i] + 6, "\x02\x00\x00\x00\x00\x01", 6); /* src: local admin */
+		tmpl[i][12] = ETHERTYPE_MUX >> 8;
+		tmpl[i][13] = ETHERTYPE_MUX & 0xff;
+		src[i] = tmpl[i];
+		len[i] = o->frame_size;
+	}
+	unsigned long long rounds = 0, seq = 0;
+	double t0 = now_s(), t_end = t0, cu0, cs0;
+	cpu_times(&cu0, &cs0);
+	int lost = 0;
+	while (!g_stop && (t_end = now_s()) - t0 < o->seconds) {
+		for (unsigned i = 0; i < o->frames; i++, seq++)
+			memcpy(tmpl[i] + ETH_HLEN, &seq, sizeof(seq));
+		duplex_send(&d, o->frames, src, len);
+		unsigned got = 0, waits = 0;
+		while (got < o->frames && !g_stop) {
+			__u32 rx_idx;
+			unsigned n = xsk_ring_cons__peek(&d.x.rx, o->frames - got, &rx_idx);
+			if (n) { duplex_refill(&d, rx_idx, n); got += n; continue; }
+			if (!duplex_wait(&d, 100) && ++waits >= 10) { lost = 1; break; }
+		}
+		if (lost) break;
+		rounds++;
+	}
+	double cu, cs, secs = t_end - t0;
+	cpu_times(&cu, &cs);
+	duplex_close(&d);
+	if (lost) {
+		fprintf(stderr, "xsk_floor: ping: a frame did not come back within 1 s "
+			"(round %llu)\n", rounds + 1);
+		return 1;
+	}
+	printf("{\"role\":\"ping\",\"rounds\":%llu,\"frames_per_round\":%u,\"frame_size\":%u,"
+	       "\"seconds\":%.6f,"
+	       "\"rounds_per_s\":%.1f,\"kicks\":%llu,\"cpu_user\":%.6f,\"cpu_sys\":%.6f}\n",
+	       rounds, o->frames, o->frame_size, secs, secs > 0 ? rounds / secs : 0.0, d.kicks,
+	       cu - cu0, cs - cs0);
+	fflush(stdout);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -506,5 +724,7 @@ int main(int argc, char **argv)
 	sigaction(SIGUSR1, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	if (o.netns) enter_netns(o.netns);
+	if (!strcmp(o.role, "echo")) return run_echo(&o);
+	if (!strcmp(o.role, "ping")) return run_ping(&o);
 	return !strcmp(o.role, "send") ? run_send(&o) : run_recv(&o);
 }
