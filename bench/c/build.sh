@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
-# Build the C floor of the transport benchmark (bench/c/xsk_floor).
-# Idempotent: rebuilds only when xsk_floor.c (or this script) is newer than
-# the binary. Needs gcc, libxdp-dev and libbpf-dev (scripts/setup.sh installs them).
+# Build the C floors of the benchmarks: bench/c/xsk_floor (AF_XDP, needs
+# libxdp-dev and libbpf-dev, which scripts/setup.sh installs) and
+# bench/c/tcp_floor (TCP on loopback, no libraries).
+# Idempotent: each binary is rebuilt only when its source (or this script)
+# is newer than it.
 set -euo pipefail
 cd "$(dirname "$0")"
-src=xsk_floor.c
-out=xsk_floor
-if [[ -x $out && $out -nt $src && $out -nt build.sh ]]; then
-    exit 0
-fi
 CC=${CC:-gcc}
 CFLAGS=${CFLAGS:--O2 -g -Wall -Wextra -Wno-unused-parameter}
-echo "[bench/c] building $out" >&2
-# shellcheck disable=SC2086
-$CC $CFLAGS -o "$out.tmp" "$src" -lxdp -lbpf
-mv -f "$out.tmp" "$out"
+
+# build OUT SRC [LIBS...]
+build() {
+    local out=$1 src=$2
+    shift 2
+    if [[ -x $out && $out -nt $src && $out -nt build.sh ]]; then
+        return 0
+    fi
+    echo "[bench/c] building $out" >&2
+    # A private temporary name: two builds at once must not clobber each other.
+    local tmp="$out.tmp.$$"
+    # shellcheck disable=SC2086
+    if ! $CC $CFLAGS -o "$tmp" "$src" "$@"; then
+        rm -f "$tmp"
+        return 1
+    fi
+    mv -f "$tmp" "$out"
+}
+
+build xsk_floor xsk_floor.c -lxdp -lbpf
+build tcp_floor tcp_floor.c
