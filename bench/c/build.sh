@@ -27,5 +27,6 @@ build() {
     mv -f "$tmp" "$out"
 }
 
-build xsk_floor xsk_floor.c -lxdp -lbpf
+# tcp_floor first: it needs no library, so it is there even where libxdp is not.
 build tcp_floor tcp_floor.c
+build xsk_floor xsk_floor.c -lxdp -lbpf
