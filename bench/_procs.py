@@ -101,8 +101,8 @@ class Peer:
         line, _, self._buf = self._buf.partition(b"\n")
         return line
 
-    def wait_ready(self, timeout: float) -> None:
-        """Wait for the ``{"event": "ready"}`` line."""
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        """Wait for the ``{"event": "ready"}`` line; returns it (it may carry more, a port)."""
         deadline = time.monotonic() + timeout
         while True:
             line = self._readline(deadline)
@@ -112,7 +112,7 @@ class Peer:
                                 f"ready{self._stderr_tail()}")
             msg = _parse(line)
             if msg.get("event") == "ready":
-                return
+                return msg
 
     def result(self, timeout: float) -> dict[str, Any]:
         """The last JSON object the peer prints before it exits."""
