@@ -60,6 +60,7 @@ __all__ = [
     "Progress",
     "Workload",
     "cpu_seconds",
+    "cpu_split",
     "percentile",
     "run_load",
 ]
@@ -77,14 +78,20 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[k]
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid`` (threads included, children not), from /proc."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of process ``pid`` in seconds (threads included, children
+    not), from /proc: user space and the kernel."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         stat = f.read()
     # the command name (field 2) may contain spaces and parentheses: split after the last ")"
     fields = stat[stat.rindex(b")") + 2:].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # fields 14 and 15 of proc(5)
+    return int(fields[11]) / ticks, int(fields[12]) / ticks  # fields 14 and 15 of proc(5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` (threads included, children not), from /proc."""
+    return sum(cpu_split(pid))
 
 
 def raise_fd_limit(want: int = 16384) -> None:
@@ -700,6 +707,10 @@ class HostProcess:
     def cpu_seconds(self) -> float:
         """CPU seconds (user + system) of the host process so far."""
         return cpu_seconds(self.pid)
+
+    def cpu_split(self) -> tuple[float, float]:
+        """CPU seconds of the host process so far: (user, system)."""
+        return cpu_split(self.pid)
 
     def agent_cpu_seconds(self) -> float | None:
         pid = self.info.get("agent_pid")

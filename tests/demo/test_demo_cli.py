@@ -66,6 +66,10 @@ def test_bench_quick_json_has_every_cell(tmp_path: Path) -> None:
             if c_path:
                 assert s["floor_s_per_100k"] > s["floor_c_s_per_100k"] > 0, key
             assert s["vs_floor"] == pytest.approx(s["host_cpu_s_per_100k"] / s["floor_s_per_100k"])
+            # the kernel's share: part of the host's CPU, against the same floor
+            assert 0 <= s["host_kernel_s_per_100k"] <= s["host_cpu_s_per_100k"], key
+            assert s["kernel_vs_floor"] == pytest.approx(
+                s["host_kernel_s_per_100k"] / s["floor_s_per_100k"])
     assert summary["floor"]["host_cpu_s_per_100k"] > 0
     # the runtime's C dispatch path, measured beside the pure-Python floor
     # (left out, and said so, when it is switched off)
@@ -77,6 +81,8 @@ def test_bench_quick_json_has_every_cell(tmp_path: Path) -> None:
         assert summary["floor_c"] is None and "floor[c]: not measured" in p.stderr
     assert [r["connections"] for r in summary["ratios"]] == [1, 64, 1000]
     for r in summary["ratios"]:
+        # per sample kernel <= all, so the medians keep that order
+        assert 0 <= r["afxdp_kernel_vs_floor"] <= r["afxdp_vs_floor"] + 1e-9, r
         for k in ("afxdp_vs_direct", "afxdp_vs_floor", *(["afxdp_vs_floor_c"] * c_path),
                   "afpacket_vs_direct", "afpacket_vs_floor", "direct_vs_floor"):
             assert r[k] > 0, (r, k)

@@ -16,7 +16,7 @@ def _cell(mode: str, cpus: list[float]) -> dict[str, Any]:
     cpus_sorted = sorted(cpus)
     return {"mode": mode, "connections": 64, "samples": samples,
             "host_cpu_s_per_100k": cpus_sorted[len(cpus) // 2],
-            "vs_floor": 1.0, "vs_floor_c": None}
+            "vs_floor": 1.0, "vs_floor_c": None, "kernel_vs_floor": 0.25}
 
 
 def test_afxdp_over_direct_is_the_median_of_paired_ratios() -> None:
@@ -43,3 +43,11 @@ def test_a_drift_that_hits_both_modes_of_a_pair_alike_cancels(
     moved = _ratios([_cell("afxdp", [a for a, _ in slowed]),
                      _cell("direct", [d for _, d in slowed])], [64])[0]["afxdp_vs_direct"]
     assert moved == pytest.approx(base)
+
+
+def test_the_kernel_share_of_afxdp_is_reported_beside_its_ratio_to_the_floor() -> None:
+    afxdp = _cell("afxdp", [1.0])
+    afxdp["kernel_vs_floor"] = 0.7
+    (row,) = _ratios([afxdp, _cell("direct", [2.0])], [64])
+    assert row["afxdp_kernel_vs_floor"] == 0.7
+    assert "afpacket_kernel_vs_floor" not in row and "direct_kernel_vs_floor" not in row
