@@ -168,10 +168,14 @@ def _floor_module() -> Any:
     return bench_floor
 
 
-def floors(calls: int) -> tuple[float, float]:
-    """(pure-Python floor, floor[c]) in CPU µs per call, measured now."""
+def floors(calls: int) -> tuple[float, float | None]:
+    """(pure-Python floor, floor[c]) in CPU µs per call, measured now; floor[c]
+    is None when the C dispatch path is not built or is switched off
+    (``MUX_RPC_PURE_PYTHON=1``), as in ``mux-rpc bench``."""
     mod = _floor_module()
     py = float(mod.run_floor("echo", FLOOR_N, 3)["cpu_us_per_request"])
+    if not mod.ACCELERATED:
+        return py, None
     c = float(mod.run_floor("echo", FLOOR_N, 3, "c-many", calls)["cpu_us_per_request"])
     return py, c
 
@@ -194,7 +198,8 @@ def sample_ratios(s: dict[str, Any], calls: int) -> None:
             per_call = s[t]["echo_us_per_wakeup"] / calls
             s[t]["us_per_call"] = per_call
             s[t]["vs_floor"] = per_call / s["floor_us"]
-            s[t]["with_floor_c_vs_floor"] = (per_call + s["floor_c_us"]) / s["floor_us"]
+            s[t]["with_floor_c_vs_floor"] = (None if s["floor_c_us"] is None
+                                             else (per_call + s["floor_c_us"]) / s["floor_us"])
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
@@ -224,21 +229,28 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             log(f"sample {rep + 1}/{a.repeat}: " + ", ".join(
                 f"{t} {s[t]['echo_us_per_wakeup']:.1f} µs/wake-up "
                 f"({s[t]['rounds_per_s'] / 1e3:.1f}k/s)" for t in a.transports)
-                + f"; floor {s['floor_us']:.2f} µs/call, floor[c] {s['floor_c_us']:.2f}")
+                + f"; floor {s['floor_us']:.2f} µs/call, floor[c] "
+                + ("-" if s["floor_c_us"] is None else f"{s['floor_c_us']:.2f}"))
     finally:
         if pair is not None:
             pair.close()
     return summarize(a, samples)
 
 
-def _median(samples: list[dict[str, Any]], *path: str) -> float:
+def _median(samples: list[dict[str, Any]], *path: str) -> float | None:
+    """The median of a value over the samples; None where it was not measured."""
     vals = []
     for s in samples:
         v: Any = s
         for k in path:
             v = v[k]
-        vals.append(float(v))
-    return statistics.median(vals)
+        if v is not None:
+            vals.append(float(v))
+    return statistics.median(vals) if vals else None
+
+
+def _fmt(v: float | None, width: int, spec: str) -> str:
+    return f"{'-':>{width}}" if v is None else f"{v:>{width}{spec}}"
 
 
 def summarize(a: argparse.Namespace, samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -270,9 +282,12 @@ def table(summary: dict[str, Any]) -> str:
         lines.append(
             f"{t:<10}{r['echo_us_per_wakeup']:>11.1f}{r['echo_user_us_per_wakeup']:>7.1f}"
             f"{r['echo_sys_us_per_wakeup']:>7.1f}{r['rounds_per_s']:>15,.0f}"
-            f"{r['us_per_call']:>9.2f}{r['vs_floor']:>9.2f}{r['with_floor_c_vs_floor']:>11.2f}")
+            f"{r['us_per_call']:>9.2f}{r['vs_floor']:>9.2f}"
+            f"{_fmt(r['with_floor_c_vs_floor'], 11, '.2f')}")
+    fc = summary["floor_c_us_per_call"]
     lines.append(f"pure-Python floor {summary['floor_us_per_call']:.2f} µs/call, floor[c] "
-                 f"{summary['floor_c_us_per_call']:.2f} µs/call (batches of {n})")
+                 + ("not measured (the C dispatch path is not built, or MUX_RPC_PURE_PYTHON=1)"
+                    if fc is None else f"{fc:.2f} µs/call (batches of {n})"))
     lines.append("x floor: the wake-up's share per call over the floor; +floor[c]: with the "
                  "runtime's C dispatch added. mux-rpc bench's target is 2x the floor.")
     return "\n".join(lines)
