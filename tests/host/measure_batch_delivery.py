@@ -7,12 +7,20 @@ no clients: what is left is the host's per-message bookkeeping plus dispatch.
 Usage (from the repository root, or with PYTHONPATH pointing at another checkout):
 
     .venv/bin/python tests/host/measure_batch_delivery.py [CONNS] [RUN] [BATCH] [SECONDS] [--python]
+        [--idle-us N]
 
 CONNS connections (64), each batch holds runs of RUN consecutive calls per
 connection (8; 1 = connections interleaved message by message), BATCH
 messages per batch (512), for SECONDS (3). Prints microseconds per RPC, the
 fastest round of 8 batches. The host uses the C run engine when it is built
 (``Host(run_engine=None)``); ``--python`` measures the Python chain instead.
+
+``--idle-us N`` measures the other way round: the process sleeps N
+microseconds before every batch, as a host does between wake-ups, and the
+figure is the median of the batches' own CPU time (``time.thread_time``).
+What the same work costs once the caches have cooled down: e.g. ``1 8 8 2
+--idle-us 150`` is one connection's wake-up of 8 calls at the rate
+``mux-rpc bench`` drives it, against ``1 8 8 2 --idle-us 0`` back to back.
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -72,7 +82,8 @@ class StubPort(MemoryPort):
         return runs
 
 
-async def main(nconn: int, run: int, batch: int, seconds: float, engine: bool) -> None:
+async def main(nconn: int, run: int, batch: int, seconds: float, engine: bool,
+               idle_us: float | None) -> None:
     logging.disable(logging.WARNING)  # the fake agent never confirms a CLOSE
     app = App()
 
@@ -111,6 +122,14 @@ async def main(nconn: int, run: int, batch: int, seconds: float, engine: bool) -
     runs = [[(cid, [p for _, p in grp]) for cid, grp in itertools.groupby(b, lambda m: m[0])]
             for b in batches]
     conns = list(host._conns.values())
+    if idle_us is not None:
+        per_rpc = await _batches_after_idle(host, conns, runs, seconds, idle_us / 1e6)
+        how = "run engine" if host._engine is not None else "Python chain"
+        print(f"{how}: {nconn} conns, runs of {run}, {batch} msgs/batch, {idle_us:.0f} us "
+              f"idle before each batch: median {statistics.median(per_rpc):.2f} us per RPC "
+              f"over {len(per_rpc):,} batches")
+        await _shutdown(server, task, host, agent)
+        return
     best = float("inf")
     deadline = time.monotonic() + seconds
     rounds = 0
@@ -132,6 +151,34 @@ async def main(nconn: int, run: int, batch: int, seconds: float, engine: bool) -
     print(f"{how}: {nconn} conns, runs of {run}, {batch} msgs/batch: {best:.2f} us per RPC "
           f"(replies {sent[0]:,}, credits {sent[1]:,}, "
           f"protocol errors {host.stats.protocol_errors})")
+    await _shutdown(server, task, host, agent)
+
+
+async def _batches_after_idle(host: Host, conns: list[Any], runs: list[Any],
+                              seconds: float, idle: float) -> list[float]:
+    """CPU microseconds per RPC of each batch, each after ``idle`` seconds asleep."""
+    per_rpc = []
+    deadline = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < deadline or len(per_rpc) < 20:
+        b = runs[i % len(runs)]
+        i += 1
+        for c in conns:  # the agent's window for replies, never the limit here
+            c._swin.messages = c._swin.bytes = 1 << 30
+        batch = [(cid, list(p)) for cid, p in b]
+        n = sum(len(p) for _, p in batch)
+        if idle:
+            time.sleep(idle)  # the CPU goes to whoever else runs, the caches with it
+        t0 = time.thread_time()
+        host._on_batch(0, batch)
+        per_rpc.append((time.thread_time() - t0) / n * 1e6)
+        if i % 64 == 0:
+            await asyncio.sleep(0)  # credit timers, as the event loop would
+    return per_rpc
+
+
+async def _shutdown(server: Server, task: asyncio.Task[None], host: Host,
+                    agent: FakeAgent) -> None:
     await server.close()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -140,7 +187,13 @@ async def main(nconn: int, run: int, batch: int, seconds: float, engine: bool) -
 
 
 if __name__ == "__main__":
-    argv = [a for a in sys.argv[1:] if a != "--python"]
+    flags = sys.argv[1:]
+    idle_us = None
+    if "--idle-us" in flags:
+        k = flags.index("--idle-us")
+        idle_us = float(flags[k + 1])
+        del flags[k:k + 2]
+    argv = [a for a in flags if a != "--python"]
     args = [int(x) for x in argv[0:3]] + [64, 8, 512][len(argv[0:3]):]
     asyncio.run(main(args[0], args[1], args[2], float(argv[3]) if len(argv) > 3 else 3.0,
-                     "--python" not in sys.argv[1:]))
+                     "--python" not in flags, idle_us))
