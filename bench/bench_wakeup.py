@@ -128,17 +128,24 @@ def _per_round(echo: dict[str, Any], ping: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _play(name: str, echo_argv: list[str], ping_argv: Callable[[dict[str, Any]], list[str]],
+          seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Start the echo, then the ping (its argv from the echo's ready line); their results."""
+    with Peer(echo_argv, name=f"{name} echo") as echo:
+        ready = echo.wait_ready(timeout=30.0)
+        with Peer(ping_argv(ready), name=f"{name} ping") as ping:
+            pres = ping.result(timeout=seconds + 30.0)
+        eres = echo.result(timeout=10.0)
+    return eres, pres
+
+
 def run_afxdp(a: argparse.Namespace, host_if: str, agent_if: str) -> dict[str, Any]:
     frame_size = LINK_HEADERS + a.calls * CALL_BYTES
-    echo_argv = [XSK_FLOOR, "echo", "--ifname", host_if, "--bpf-obj", BPF_OBJ,
-                 "--idle-ms", "200"]
-    ping_argv = [XSK_FLOOR, "ping", "--ifname", agent_if, "--bpf-obj", BPF_OBJ,
-                 "--frame-size", str(frame_size), "--seconds", str(a.seconds)]
-    with Peer(echo_argv, name="afxdp echo") as echo:
-        echo.wait_ready(timeout=30.0)
-        with Peer(ping_argv, name="afxdp ping") as ping:
-            pres = ping.result(timeout=a.seconds + 30.0)
-        eres = echo.result(timeout=10.0)
+    eres, pres = _play(
+        "afxdp", [XSK_FLOOR, "echo", "--ifname", host_if, "--bpf-obj", BPF_OBJ, "--idle-ms", "200"],
+        lambda _: [XSK_FLOOR, "ping", "--ifname", agent_if, "--bpf-obj", BPF_OBJ,
+                   "--frame-size", str(frame_size), "--seconds", str(a.seconds)],
+        a.seconds)
     if int(eres["frames"]) != int(pres["rounds"]) * int(pres["frames_per_round"]):
         raise RuntimeError(f"afxdp: echo saw {eres['frames']} frames for {pres['rounds']} "
                            f"rounds of {pres['frames_per_round']}")
@@ -146,14 +153,12 @@ def run_afxdp(a: argparse.Namespace, host_if: str, agent_if: str) -> dict[str, A
 
 
 def run_tcp(a: argparse.Namespace) -> dict[str, Any]:
-    echo_argv = [TCP_FLOOR, "echo", "--port", "0", "--idle-ms", "200"]
-    with Peer(echo_argv, name="tcp echo") as echo:
-        port = int(echo.wait_ready(timeout=30.0)["port"])
-        ping_argv = [TCP_FLOOR, "ping", "--port", str(port), "--messages", str(a.calls),
-                     "--size", str(CALL_BYTES), "--seconds", str(a.seconds)]
-        with Peer(ping_argv, name="tcp ping") as ping:
-            pres = ping.result(timeout=a.seconds + 30.0)
-        eres = echo.result(timeout=10.0)
+    eres, pres = _play(
+        "tcp", [TCP_FLOOR, "echo", "--port", "0", "--idle-ms", "200"],
+        lambda ready: [TCP_FLOOR, "ping", "--port", str(int(ready["port"])),
+                       "--messages", str(a.calls), "--size", str(CALL_BYTES),
+                       "--seconds", str(a.seconds)],
+        a.seconds)
     if int(eres["bytes"]) != int(pres["rounds"]) * int(pres["bytes_per_round"]):
         raise RuntimeError(f"tcp: echo saw {eres['bytes']} bytes for {pres['rounds']} rounds "
                            f"of {pres['bytes_per_round']}")

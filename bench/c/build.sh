@@ -2,8 +2,8 @@
 # Build the C floors of the benchmarks: bench/c/xsk_floor (AF_XDP, needs
 # libxdp-dev and libbpf-dev, which scripts/setup.sh installs) and
 # bench/c/tcp_floor (TCP on loopback, no libraries).
-# Idempotent: each binary is rebuilt only when its source (or this script)
-# is newer than it.
+# Idempotent: each binary is rebuilt only when its source (or this script,
+# or the header they share, floor_clock.h) is newer than it.
 set -euo pipefail
 cd "$(dirname "$0")"
 CC=${CC:-gcc}
@@ -13,7 +13,7 @@ CFLAGS=${CFLAGS:--O2 -g -Wall -Wextra -Wno-unused-parameter}
 build() {
     local out=$1 src=$2
     shift 2
-    if [[ -x $out && $out -nt $src && $out -nt build.sh ]]; then
+    if [[ -x $out && $out -nt $src && $out -nt build.sh && $out -nt floor_clock.h ]]; then
         return 0
     fi
     echo "[bench/c] building $out" >&2

@@ -57,6 +57,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "floor_clock.h"
+
 #define READ_BUF (64u * 1024u)
 #define MAX_MESSAGES 4096u
 #define MAX_SIZE 65536u
@@ -77,22 +79,6 @@ struct opts {
 	unsigned messages;
 	unsigned size;
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* CPU seconds this process spent in user space and in the kernel so far. */
-static void cpu_times(double *user, double *sys)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	*user = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6;
-	*sys = ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
-}
 
 static void die(const char *what, int err)
 {

@@ -75,6 +75,8 @@
 #include <bpf/libbpf.h>
 #include <xdp/xsk.h>
 
+#include "floor_clock.h"
+
 #define ETHERTYPE_MUX 0x88B5
 #define NUM_FRAMES 4096u
 #define FRAME_SIZE XSK_UMEM__DEFAULT_FRAME_SIZE
@@ -104,22 +106,6 @@ struct opts {
 	unsigned tx_budget;
 	unsigned frames;
 };
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* CPU seconds this process spent in user space and in the kernel so far. */
-static void cpu_times(double *user, double *sys)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	*user = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6;
-	*sys = ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
-}
 
 static void die(const char *what, int err)
 {
