@@ -19,10 +19,10 @@ median of ratios of samples taken one after the other, not of medians
 measured minutes apart on a machine whose speed drifts. Host
 CPU is the host process's own utime + stime from ``/proc/<pid>/stat`` over
 the measured interval (first request to last reply). The stime part alone
-(``afxdp kernel/fl`` in the table) is the kernel's share - sleeping and waking
-in epoll, the TX kick, which on a veth pair also runs the agent end's receive -
-and no work in the runtime lowers it per wake-up (bench/bench_wakeup.py
-measures the least of it with no RPC work at all). The agent's is reported
+(``afxdp kernel/fl`` in the table) is the kernel's share, paid per wake-up
+rather than per call: sleeping and waking in epoll, and the TX kick, which on
+a veth pair also runs the agent end's receive (bench/bench_wakeup.py measures
+the least a wake-up costs with no RPC work at all). The agent's is reported
 next to it (it runs on the "application CPU" and is not host CPU). The
 pure-Python floor (bench/bench_floor.py: decode, dispatch, encode with no I/O)
 runs in the same invocation. Ratios: offloaded host CPU per RPC / direct, and
@@ -365,8 +365,8 @@ def _ratios(cells: list[dict[str, Any]], conn_counts: list[int]) -> list[dict[st
             row[f"{mode}_vs_floor"] = c["vs_floor"]
             if mode == "afxdp":
                 row["afxdp_kernel_vs_floor"] = c["kernel_vs_floor"]
-            if mode == "afxdp" and c["vs_floor_c"] is not None:
-                row["afxdp_vs_floor_c"] = c["vs_floor_c"]
+                if c["vs_floor_c"] is not None:
+                    row["afxdp_vs_floor_c"] = c["vs_floor_c"]
             if direct is not None:
                 row[f"{mode}_vs_direct"] = _paired(c, direct)
         if direct is not None:
