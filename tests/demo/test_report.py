@@ -15,6 +15,7 @@ from mux_rpc._loadgen import (
     MsgpackWorkload,
     Progress,
     cpu_seconds,
+    cpu_split,
     percentile,
     run_load,
 )
@@ -79,6 +80,38 @@ def test_cpu_seconds_of_this_process() -> None:
     import os
 
     assert cpu_seconds(os.getpid()) > 0
+    assert sum(cpu_split(os.getpid())) == pytest.approx(cpu_seconds(os.getpid()), abs=0.05)
+
+
+def _burn(seconds: float, in_kernel: bool) -> None:
+    import os
+    import time
+
+    end = time.monotonic() + seconds
+    fd = os.open("/dev/zero", os.O_RDONLY)
+    try:
+        while time.monotonic() < end:
+            if in_kernel:
+                os.read(fd, 1 << 20)  # the kernel clears a MiB: system time
+            else:
+                sum(range(20_000))  # the interpreter: user time
+    finally:
+        os.close(fd)
+
+
+def test_cpu_split_tells_user_time_from_the_kernels() -> None:
+    # bench's "afxdp kernel/fl" is the host's system time alone: the split must
+    # put time where it was spent (tick-sampled: 0.4 s is 40 ticks of 10 ms)
+    import os
+
+    pid = os.getpid()
+    u0, s0 = cpu_split(pid)
+    _burn(0.4, in_kernel=False)
+    u1, s1 = cpu_split(pid)
+    _burn(0.4, in_kernel=True)
+    u2, s2 = cpu_split(pid)
+    assert u1 - u0 > 2 * (s1 - s0)
+    assert s2 - s1 > 2 * (u2 - u1)
 
 
 def test_progress_without_a_terminal_prints_lines() -> None:
