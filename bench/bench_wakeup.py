@@ -13,24 +13,25 @@ all. Two C programs play round trips, and the host's stand-in (``echo``) only
 wakes in ``epoll_wait``, copies what came in back out, kicks once and sleeps:
 
 * ``afxdp``: ``bench/c/xsk_floor echo`` on the host end of a veth pair and
-  ``xsk_floor ping`` on the agent end, one frame of ``--frame-size`` bytes each
-  way per round (the agent packs a connection's calls into one frame, the
-  host joins their replies into one DATA). The same link, XDP program and
-  socket options as ``mux-rpc bench``'s afxdp mode.
+  ``xsk_floor ping`` on the agent end, one frame each way per round, as large
+  as the agent's frame of ``--calls`` requests (the agent packs a connection's
+  calls into one frame, the host joins their replies into one DATA). The same
+  link, XDP program and socket options as ``mux-rpc bench``'s afxdp mode.
 * ``tcp``: ``bench/c/tcp_floor echo`` and ``ping`` over loopback TCP, ``--calls``
-  small messages per round: one read and one write per wake-up, the kernel
-  work the direct asyncio server does.
+  request-sized messages per round: one read and one write per wake-up, the
+  kernel work the direct asyncio server does.
 
 Each sample is one run of every transport (``--seconds`` each; the order is
-reversed every other sample), followed at once by the pure-Python floor
-(bench/bench_floor.py's echo mix, 50,000 calls, best of 3: what ``mux-rpc
-bench`` measures beside each of its samples) and floor[c] (the runtime's C
-dispatch in batches of ``--calls``). The echo's CPU is its own user + system
-time from its first frame to its last, per round trip; each round is one
-wake-up. Per sample, ``wake-up/calls / floor`` is how much of the 2x-the-floor
-target the transport's kernel work alone takes at ``--calls`` calls per
-wake-up, and ``+ floor[c]`` adds the least the runtime's own per-call work
-adds. The table quotes medians of per-sample values.
+reversed every other sample), followed at once by the pure-Python floor and
+floor[c] (the runtime's C dispatch in batches of ``--calls``), both from
+``mux_rpc.bench.sample_floors``: bench/bench_floor.py's echo mix, 50,000
+calls, best of 3, what ``mux-rpc bench`` measures beside each of its samples.
+The echo's CPU is its own user + system time from its first frame to its last,
+per round trip; each round is one wake-up. Per sample, ``wake-up/calls /
+floor`` is how much of the 2x-the-floor target the transport's kernel work
+alone takes at ``--calls`` calls per wake-up, and ``+ floor[c]`` adds the
+least the runtime's own per-call work adds. The table quotes medians of
+per-sample values.
 
 The veth pair is created here (VethPair: removed on exit, failure or
 Ctrl-C); traffic stays on it and on 127.0.0.1.
@@ -48,6 +49,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgpack
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if HERE not in sys.path:
@@ -57,15 +60,15 @@ if ROOT not in sys.path:
 
 from _procs import Peer
 
+from xport._protocol import HEADER_SIZE
+from xport._wire import FRAME_HEADER_SIZE
+
 XSK_FLOOR = os.path.join(HERE, "c", "xsk_floor")
 TCP_FLOOR = os.path.join(HERE, "c", "tcp_floor")
 BPF_OBJ = os.path.join(ROOT, "bpf", "mux_xdp.o")
 TRANSPORTS = ("afxdp", "tcp")
-FLOOR_N = 50_000  # calls per floor measurement, as mux-rpc bench's per-sample floor
-#: bytes per call in a round trip: a msgpack-rpc echo("hello", i) request is 13-16 bytes,
-#: plus the link's 4-byte message header on AF_XDP
-CALL_BYTES = 20
-LINK_HEADERS = 14 + 16  # Ethernet + link frame header
+#: one call as the clients send it: an ``echo("hello", i)`` msgpack-rpc request
+CALL_BYTES = len(msgpack.packb([0, 100_000, "echo", ["hello", 100_000]]))
 
 
 def log(msg: str) -> None:
@@ -140,9 +143,12 @@ def _play(name: str, echo_argv: list[str], ping_argv: Callable[[dict[str, Any]],
 
 
 def run_afxdp(a: argparse.Namespace, host_if: str, agent_if: str) -> dict[str, Any]:
-    frame_size = LINK_HEADERS + a.calls * CALL_BYTES
+    # the frame the agent sends: the calls packed behind one frame header, each
+    # behind its message header (docs/protocol.md)
+    frame_size = FRAME_HEADER_SIZE + a.calls * (HEADER_SIZE + CALL_BYTES)
     eres, pres = _play(
-        "afxdp", [XSK_FLOOR, "echo", "--ifname", host_if, "--bpf-obj", BPF_OBJ, "--idle-ms", "200"],
+        "afxdp",
+        [XSK_FLOOR, "echo", "--ifname", host_if, "--bpf-obj", BPF_OBJ, "--idle-ms", "200"],
         lambda _: [XSK_FLOOR, "ping", "--ifname", agent_if, "--bpf-obj", BPF_OBJ,
                    "--frame-size", str(frame_size), "--seconds", str(a.seconds)],
         a.seconds)
@@ -167,22 +173,13 @@ def run_tcp(a: argparse.Namespace) -> dict[str, Any]:
 
 # -- floors ---------------------------------------------------------------------------
 
-def _floor_module() -> Any:
-    import bench_floor
-
-    return bench_floor
-
-
 def floors(calls: int) -> tuple[float, float | None]:
-    """(pure-Python floor, floor[c]) in CPU µs per call, measured now; floor[c]
-    is None when the C dispatch path is not built or is switched off
-    (``MUX_RPC_PURE_PYTHON=1``), as in ``mux-rpc bench``."""
-    mod = _floor_module()
-    py = float(mod.run_floor("echo", FLOOR_N, 3)["cpu_us_per_request"])
-    if not mod.ACCELERATED:
-        return py, None
-    c = float(mod.run_floor("echo", FLOOR_N, 3, "c-many", calls)["cpu_us_per_request"])
-    return py, c
+    """(pure-Python floor, floor[c]) in CPU µs per call, measured now: ``mux-rpc
+    bench``'s own per-sample floors (floor[c] None when the C dispatch path is off)."""
+    from mux_rpc.bench import sample_floors
+
+    py, c = sample_floors(calls)  # CPU s per 100k calls = 10 µs per call
+    return py * 10, None if c is None else c * 10
 
 
 # -- driver ---------------------------------------------------------------------------

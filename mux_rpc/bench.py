@@ -71,7 +71,7 @@ from ._loadgen import (
 )
 from ._orchestrate import sweep_leftovers
 
-__all__ = ["run", "run_bench"]
+__all__ = ["run", "run_bench", "sample_floors"]
 
 MODES = ("afxdp", "afpacket", "direct")
 TARGET_VS_DIRECT = 0.5  # offloaded host CPU per RPC <= 0.5x direct, at 64 connections
@@ -133,8 +133,9 @@ def _c_dispatch() -> bool:
     return ACCELERATED
 
 
-def _sample_floors(depth: int) -> tuple[float, float | None]:
-    """(floor, floor[c]) in CPU s per 100k RPCs, measured now (see the module doc)."""
+def sample_floors(depth: int) -> tuple[float, float | None]:
+    """(floor, floor[c]) in CPU s per 100k RPCs, measured now (see the module doc);
+    floor[c] in batches of ``depth``, None when the C dispatch path is off."""
     py = run_floor(SAMPLE_FLOOR_N, 3)["cpu_us_per_request"] / 10
     if not _c_dispatch():
         return py, None
@@ -174,7 +175,7 @@ def _measure(hp: HostProcess, port: int, conns: int, depth: int, duration: float
                                       on_start=start, on_end=end,
                                       connect_concurrency=200))
     r = w.result.summary()
-    floor_py, floor_c = _sample_floors(depth)
+    floor_py, floor_c = sample_floors(depth)
     calls = max(r["calls"], 1)
     kernel = marks["host_sys1"] - marks["host_sys0"]
     host = marks["host_user1"] - marks["host_user0"] + kernel

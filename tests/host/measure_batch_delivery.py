@@ -122,36 +122,47 @@ async def main(nconn: int, run: int, batch: int, seconds: float, engine: bool,
     runs = [[(cid, [p for _, p in grp]) for cid, grp in itertools.groupby(b, lambda m: m[0])]
             for b in batches]
     conns = list(host._conns.values())
-    if idle_us is not None:
+    how = "run engine" if host._engine is not None else "Python chain"
+    if idle_us is None:
+        best = await _fastest_round(host, conns, runs, seconds)
+        result = f"{best:.2f} us per RPC"
+    else:
         per_rpc = await _batches_after_idle(host, conns, runs, seconds, idle_us / 1e6)
-        how = "run engine" if host._engine is not None else "Python chain"
-        print(f"{how}: {nconn} conns, runs of {run}, {batch} msgs/batch, {idle_us:.0f} us "
-              f"idle before each batch: median {statistics.median(per_rpc):.2f} us per RPC "
-              f"over {len(per_rpc):,} batches")
-        await _shutdown(server, task, host, agent)
-        return
+        result = (f"{idle_us:.0f} us idle before each batch: median "
+                  f"{statistics.median(per_rpc):.2f} us per RPC over {len(per_rpc):,} batches")
+    assert sent[0] > 0 and server.stats.messages >= sent[0]
+    print(f"{how}: {nconn} conns, runs of {run}, {batch} msgs/batch: {result} "
+          f"(replies {sent[0]:,}, credits {sent[1]:,}, "
+          f"protocol errors {host.stats.protocol_errors})")
+    await _shutdown(server, task, host, agent)
+
+
+def _fresh(conns: list[Any], runs: list[tuple[int, list[bytes]]]) -> list[tuple[int, list[bytes]]]:
+    """One batch ready for ``Host._on_batch``: the agent's window for replies
+    opened wide (never the limit here), the runs copied (a run's list is the host's)."""
+    for c in conns:
+        c._swin.messages = c._swin.bytes = 1 << 30
+    return [(cid, list(p)) for cid, p in runs]
+
+
+async def _fastest_round(host: Host, conns: list[Any], runs: list[Any], seconds: float) -> float:
+    """Microseconds per RPC of the fastest round of all the batches: what is left
+    of the host's work when nothing else got the CPU (a shared machine's noise
+    is one-sided)."""
     best = float("inf")
     deadline = time.monotonic() + seconds
     rounds = 0
     while time.monotonic() < deadline or rounds < 20:
-        # the fastest of many short rounds: what is left of the host's work
-        # when nothing else got the CPU (a shared machine's noise is one-sided)
         rounds += 1
         n = 0
         t0 = time.perf_counter()
         for b in runs:
-            for c in conns:  # the agent's window for replies, never the limit here
-                c._swin.messages = c._swin.bytes = 1 << 30
-            host._on_batch(0, [(cid, list(p)) for cid, p in b])
-            n += sum(len(p) for _, p in b)
+            batch = _fresh(conns, b)
+            host._on_batch(0, batch)
+            n += sum(len(p) for _, p in batch)
         best = min(best, (time.perf_counter() - t0) / n * 1e6)
         await asyncio.sleep(0)  # credit timers, as the event loop would
-    assert sent[0] > 0 and server.stats.messages >= sent[0]
-    how = "run engine" if host._engine is not None else "Python chain"
-    print(f"{how}: {nconn} conns, runs of {run}, {batch} msgs/batch: {best:.2f} us per RPC "
-          f"(replies {sent[0]:,}, credits {sent[1]:,}, "
-          f"protocol errors {host.stats.protocol_errors})")
-    await _shutdown(server, task, host, agent)
+    return best
 
 
 async def _batches_after_idle(host: Host, conns: list[Any], runs: list[Any],
@@ -161,11 +172,8 @@ async def _batches_after_idle(host: Host, conns: list[Any], runs: list[Any],
     deadline = time.monotonic() + seconds
     i = 0
     while time.monotonic() < deadline or len(per_rpc) < 20:
-        b = runs[i % len(runs)]
+        batch = _fresh(conns, runs[i % len(runs)])
         i += 1
-        for c in conns:  # the agent's window for replies, never the limit here
-            c._swin.messages = c._swin.bytes = 1 << 30
-        batch = [(cid, list(p)) for cid, p in b]
         n = sum(len(p) for _, p in batch)
         if idle:
             time.sleep(idle)  # the CPU goes to whoever else runs, the caches with it
